@@ -1,0 +1,207 @@
+//! What the server has: databases, schemas, tables, partitions, foreign keys, versions.
+//!
+//! Every query here reads system catalogs only and takes no lock on a user table, so listing
+//! a database never queues behind (or in front of) an application's DDL. That is why sizes are
+//! the planner's estimates from `pg_class.relpages` rather than `pg_total_relation_size()`,
+//! which opens, and so locks, every relation it measures.
+
+use std::collections::HashMap;
+
+use tokio_postgres::Client;
+
+/// A catalog query failed.
+#[derive(Debug, thiserror::Error)]
+#[error("reading the catalog of database {database:?}: {message}")]
+pub struct CatalogError {
+    pub database: String,
+    pub message: String,
+}
+
+fn cat_err(database: &str) -> impl Fn(tokio_postgres::Error) -> CatalogError + '_ {
+    move |e| CatalogError {
+        database: database.to_string(),
+        message: crate::pg_error_text(&e),
+    }
+}
+
+/// A table (ordinary or partitioned) of one database.
+#[derive(Debug, Clone)]
+pub struct Table {
+    pub oid: u32,
+    pub schema: String,
+    pub name: String,
+    /// 'r' ordinary, 'p' partitioned.
+    pub kind: char,
+    /// Estimated bytes of heap, TOAST and indexes.
+    pub bytes: i64,
+    /// The direct parent when this table is a partition.
+    pub partition_parent: Option<u32>,
+    /// Member of an extension (dumped by the extension, not on its own).
+    pub extension_member: bool,
+}
+
+impl Table {
+    /// `schema.table`, quoted where needed (see [`crate::config::qualified_name`]).
+    pub fn display(&self) -> String {
+        crate::config::qualified_name(&self.schema, &self.name)
+    }
+}
+
+/// A foreign key between two tables.
+#[derive(Debug, Clone)]
+pub struct ForeignKey {
+    pub name: String,
+    pub table: u32,
+    pub references: u32,
+}
+
+/// The catalog of one database, as far as planning needs it.
+#[derive(Debug, Clone)]
+pub struct DatabaseCatalog {
+    pub database: String,
+    pub tables: Vec<Table>,
+    pub schemas: Vec<String>,
+    pub foreign_keys: Vec<ForeignKey>,
+}
+
+impl DatabaseCatalog {
+    /// Tables by oid.
+    pub fn by_oid(&self) -> HashMap<u32, &Table> {
+        self.tables.iter().map(|t| (t.oid, t)).collect()
+    }
+
+    /// Direct partitions of each partitioned table.
+    pub fn children(&self) -> HashMap<u32, Vec<u32>> {
+        let mut m: HashMap<u32, Vec<u32>> = HashMap::new();
+        for t in &self.tables {
+            if let Some(p) = t.partition_parent {
+                m.entry(p).or_default().push(t.oid);
+            }
+        }
+        m
+    }
+
+    /// The top of a table's partition tree (itself when it is no partition).
+    pub fn root_of(&self, by_oid: &HashMap<u32, &Table>, mut oid: u32) -> u32 {
+        let mut guard = 0;
+        while let Some(p) = by_oid.get(&oid).and_then(|t| t.partition_parent) {
+            if !by_oid.contains_key(&p) || guard > 1000 {
+                break;
+            }
+            oid = p;
+            guard += 1;
+        }
+        oid
+    }
+}
+
+/// `server_version_num`, e.g. 150018.
+pub async fn server_version_num(client: &Client) -> Result<i32, CatalogError> {
+    let row = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .map_err(cat_err("(maintenance)"))?;
+    Ok(row.get(0))
+}
+
+/// Databases that accept connections, templates excluded, by name.
+pub async fn list_databases(client: &Client) -> Result<Vec<String>, CatalogError> {
+    let rows = client
+        .query(
+            "SELECT datname::text FROM pg_catalog.pg_database \
+             WHERE datallowconn AND NOT datistemplate ORDER BY datname",
+            &[],
+        )
+        .await
+        .map_err(cat_err("(maintenance)"))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Whether the session's role may read role passwords (pg_authid), which `pg_dumpall
+/// --globals-only` needs unless told `--no-role-passwords`.
+pub async fn can_read_role_passwords(client: &Client) -> Result<bool, CatalogError> {
+    let row = client
+        .query_one(
+            "SELECT pg_catalog.has_table_privilege('pg_catalog.pg_authid', 'SELECT')",
+            &[],
+        )
+        .await
+        .map_err(cat_err("(maintenance)"))?;
+    Ok(row.get(0))
+}
+
+const SYSTEM_SCHEMA_FILTER: &str = "n.nspname <> 'information_schema' \
+     AND n.nspname !~ '^pg_(catalog$|toast|temp_)'";
+
+/// Reads the tables, schemas and foreign keys of the database `client` is connected to.
+pub async fn read_database(
+    client: &Client,
+    database: &str,
+) -> Result<DatabaseCatalog, CatalogError> {
+    let e = cat_err(database);
+    let tables_sql = format!(
+        "SELECT c.oid, n.nspname::text, c.relname::text, c.relkind::text,
+                (greatest(c.relpages, 0)::bigint
+                 + coalesce((SELECT greatest(t.relpages, 0) FROM pg_catalog.pg_class t WHERE t.oid = c.reltoastrelid), 0)
+                 + coalesce((SELECT sum(greatest(i.relpages, 0)) FROM pg_catalog.pg_index x
+                             JOIN pg_catalog.pg_class i ON i.oid = x.indexrelid
+                             WHERE x.indrelid = c.oid), 0)::bigint
+                ) * current_setting('block_size')::bigint,
+                (SELECT h.inhparent FROM pg_catalog.pg_inherits h
+                  WHERE c.relispartition AND h.inhrelid = c.oid LIMIT 1),
+                EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                         WHERE d.classid = 'pg_catalog.pg_class'::regclass
+                           AND d.objid = c.oid AND d.deptype = 'e')
+           FROM pg_catalog.pg_class c
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+          WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't' AND {SYSTEM_SCHEMA_FILTER}
+          ORDER BY n.nspname, c.relname"
+    );
+    let rows = client.query(&tables_sql, &[]).await.map_err(&e)?;
+    let tables = rows
+        .iter()
+        .map(|r| Table {
+            oid: r.get(0),
+            schema: r.get(1),
+            name: r.get(2),
+            kind: r.get::<_, String>(3).chars().next().unwrap_or('r'),
+            bytes: r.get(4),
+            partition_parent: r.get(5),
+            extension_member: r.get(6),
+        })
+        .collect();
+
+    let schemas_sql = format!(
+        "SELECT n.nspname::text FROM pg_catalog.pg_namespace n WHERE {SYSTEM_SCHEMA_FILTER} ORDER BY 1"
+    );
+    let schemas = client
+        .query(&schemas_sql, &[])
+        .await
+        .map_err(&e)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+
+    let fks = client
+        .query(
+            "SELECT conname::text, conrelid, confrelid FROM pg_catalog.pg_constraint \
+             WHERE contype = 'f' AND conrelid <> 0 AND confrelid <> 0",
+            &[],
+        )
+        .await
+        .map_err(&e)?
+        .iter()
+        .map(|r| ForeignKey {
+            name: r.get(0),
+            table: r.get(1),
+            references: r.get(2),
+        })
+        .collect();
+
+    Ok(DatabaseCatalog {
+        database: database.to_string(),
+        tables,
+        schemas,
+        foreign_keys: fks,
+    })
+}

@@ -1,0 +1,600 @@
+//! Reading and checking `groups.toml`.
+//!
+//! The file is parsed into raw serde structs that mirror the TOML exactly and refuse unknown keys:
+//! for a tool that writes and deletes backups, a typo such as `lock_wait_timout` must be an error,
+//! not a silently ignored setting. The raw structs are then checked into [`Config`], whose values
+//! are ready to use (durations parsed, table names split into schema and table, defaults filled).
+//! Every error names the file, the key path (`group[1].tables[0]`) and the offending value.
+//!
+//! Checks that need the catalog (does this table exist? is it in two groups?) happen later, in
+//! [`crate::plan`], still before anything is dumped.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// An error in the configuration file, with the place it was found.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}: {message}")]
+pub struct ConfigError {
+    /// The configuration file.
+    pub file: String,
+    /// The key path, e.g. `backup.jobs` or `group[2].tables[0]`.
+    pub key: String,
+    /// What is wrong, including the offending value.
+    pub message: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(file: &Path, key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            file: file.display().to_string(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw file structure
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    connection: RawConnection,
+    backup: Option<RawBackup>,
+    #[serde(default, rename = "group")]
+    groups: Vec<RawGroup>,
+    #[serde(default)]
+    ungrouped: RawUngrouped,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConnection {
+    host: Option<String>,
+    port: Option<u16>,
+    user: Option<String>,
+    password_file: Option<PathBuf>,
+    sslmode: Option<String>,
+    maintenance_database: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackup {
+    dir: Option<PathBuf>,
+    jobs: Option<i64>,
+    lock_wait_timeout: Option<String>,
+    compress: Option<i64>,
+    databases: Option<Vec<String>>,
+    #[serde(default)]
+    exclude_databases: Vec<String>,
+    pg_dump: Option<PathBuf>,
+    pg_dumpall: Option<PathBuf>,
+    globals: Option<bool>,
+    schema: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGroup {
+    name: Option<String>,
+    database: Option<String>,
+    #[serde(default)]
+    tables: Vec<String>,
+    #[serde(default)]
+    schemas: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUngrouped {
+    mode: Option<String>,
+    #[serde(default)]
+    exclude: Vec<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checked configuration
+
+/// The checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from.
+    pub path: PathBuf,
+    pub connection: ConnectionConfig,
+    pub backup: BackupConfig,
+    pub groups: Vec<GroupConfig>,
+    pub ungrouped: UngroupedConfig,
+}
+
+/// `[connection]`: every value is optional; what is missing comes from the libpq environment.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionConfig {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub user: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub sslmode: Option<SslMode>,
+    pub maintenance_database: String,
+}
+
+/// libpq's `sslmode` values that pg_groupdump understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    Disable,
+    Allow,
+    Prefer,
+    Require,
+}
+
+impl SslMode {
+    pub fn parse(s: &str) -> Option<SslMode> {
+        Some(match s {
+            "disable" => SslMode::Disable,
+            "allow" => SslMode::Allow,
+            "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Allow => "allow",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+        }
+    }
+}
+
+/// `[backup]`.
+#[derive(Debug, Clone)]
+pub struct BackupConfig {
+    pub dir: PathBuf,
+    pub jobs: usize,
+    pub lock_wait_timeout: Duration,
+    pub compress: Option<u8>,
+    /// `None`: every database that allows connections.
+    pub databases: Option<Vec<String>>,
+    pub exclude_databases: Vec<String>,
+    pub pg_dump: Option<PathBuf>,
+    pub pg_dumpall: Option<PathBuf>,
+    pub globals: bool,
+    pub schema: bool,
+}
+
+/// The default `lock_wait_timeout`: long enough for a busy OLTP table, short enough that a
+/// blocked group gives up well before anyone notices the backup.
+pub const DEFAULT_LOCK_WAIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One `[[group]]`.
+#[derive(Debug, Clone)]
+pub struct GroupConfig {
+    /// Position in the file (for `group[N]` in messages).
+    pub index: usize,
+    pub name: String,
+    pub database: String,
+    pub tables: Vec<TableRef>,
+    pub schemas: Vec<String>,
+}
+
+impl GroupConfig {
+    /// The key path of this group, e.g. `group[2]`.
+    pub fn key(&self) -> String {
+        format!("group[{}]", self.index)
+    }
+}
+
+/// A table as written in the configuration: `schema.table` or a bare `table`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableRef {
+    pub schema: Option<String>,
+    pub table: String,
+}
+
+impl fmt::Display for TableRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.schema {
+            Some(s) => write!(f, "{}", qualified_name(s, &self.table)),
+            None => write!(f, "{}", quote_part(&self.table)),
+        }
+    }
+}
+
+/// `[ungrouped]`.
+#[derive(Debug, Clone)]
+pub struct UngroupedConfig {
+    pub mode: UngroupedMode,
+    pub exclude: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UngroupedMode {
+    /// Every table that no group names is dumped on its own.
+    Table,
+    /// Tables that no group names are not dumped.
+    Skip,
+}
+
+/// Reads and checks a configuration file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::new(
+            path,
+            "(file)",
+            format!("cannot read the configuration: {e}"),
+        )
+    })?;
+    parse(path, &text)
+}
+
+/// Parses and checks configuration text; `path` is used in messages and to resolve nothing else.
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let de = toml::Deserializer::new(text);
+    let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let key = if key == "." {
+            "(file)".to_string()
+        } else {
+            key
+        };
+        ConfigError::new(path, key, e.into_inner().to_string().trim_end().to_string())
+    })?;
+    check(path, raw)
+}
+
+fn check(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
+    let err = |key: &str, msg: String| ConfigError::new(path, key, msg);
+
+    let c = raw.connection;
+    let sslmode = match c.sslmode {
+        None => None,
+        Some(s) => Some(SslMode::parse(&s).ok_or_else(|| {
+            err(
+                "connection.sslmode",
+                format!("{s:?} is not one of \"disable\", \"allow\", \"prefer\", \"require\""),
+            )
+        })?),
+    };
+    if let Some(h) = &c.host {
+        if h.is_empty() {
+            return Err(err("connection.host", "must not be empty".into()));
+        }
+    }
+    if c.port == Some(0) {
+        return Err(err("connection.port", "0 is not a valid port".into()));
+    }
+    let connection = ConnectionConfig {
+        host: c.host,
+        port: c.port,
+        user: c.user,
+        password_file: c.password_file,
+        sslmode,
+        maintenance_database: c
+            .maintenance_database
+            .unwrap_or_else(|| "postgres".to_string()),
+    };
+
+    let b = raw.backup.ok_or_else(|| {
+        err(
+            "backup",
+            "the [backup] table is required (with at least `dir`)".into(),
+        )
+    })?;
+    let dir = b
+        .dir
+        .ok_or_else(|| err("backup.dir", "is required: where the dumps go".into()))?;
+    if dir.as_os_str().is_empty() {
+        return Err(err("backup.dir", "must not be empty".into()));
+    }
+    let jobs = match b.jobs {
+        None => 2,
+        Some(n) if (1..=256).contains(&n) => n as usize,
+        Some(n) => return Err(err("backup.jobs", format!("{n} is not between 1 and 256"))),
+    };
+    let lock_wait_timeout = match b.lock_wait_timeout {
+        None => DEFAULT_LOCK_WAIT_TIMEOUT,
+        Some(s) => parse_duration(&s).filter(|d| !d.is_zero()).ok_or_else(|| {
+            err(
+                "backup.lock_wait_timeout",
+                format!("{s:?} is not a positive duration such as \"6s\" or \"500ms\""),
+            )
+        })?,
+    };
+    let compress = match b.compress {
+        None => None,
+        Some(n) if (0..=9).contains(&n) => Some(n as u8),
+        Some(n) => {
+            return Err(err(
+                "backup.compress",
+                format!("{n} is not between 0 and 9"),
+            ))
+        }
+    };
+    if let Some(dbs) = &b.databases {
+        for (i, d) in dbs.iter().enumerate() {
+            if d.is_empty() {
+                return Err(err(
+                    &format!("backup.databases[{i}]"),
+                    "empty database name".into(),
+                ));
+            }
+        }
+    }
+    let backup = BackupConfig {
+        dir,
+        jobs,
+        lock_wait_timeout,
+        compress,
+        databases: b.databases,
+        exclude_databases: b.exclude_databases,
+        pg_dump: b.pg_dump,
+        pg_dumpall: b.pg_dumpall,
+        globals: b.globals.unwrap_or(true),
+        schema: b.schema.unwrap_or(true),
+    };
+
+    let mut groups = Vec::with_capacity(raw.groups.len());
+    let mut seen: HashSet<(String, String)> = HashSet::new();
+    for (i, g) in raw.groups.into_iter().enumerate() {
+        let key = format!("group[{i}]");
+        let name = g
+            .name
+            .ok_or_else(|| err(&format!("{key}.name"), "is required".into()))?;
+        check_group_name(&name).map_err(|m| err(&format!("{key}.name"), m))?;
+        let database = g.database.ok_or_else(|| {
+            err(
+                &format!("{key}.database"),
+                format!("is required (group {name:?})"),
+            )
+        })?;
+        if database.is_empty() {
+            return Err(err(
+                &format!("{key}.database"),
+                "empty database name".into(),
+            ));
+        }
+        if !seen.insert((database.clone(), name.clone())) {
+            return Err(err(
+                &format!("{key}.name"),
+                format!("duplicate group name {name:?} in database {database:?}"),
+            ));
+        }
+        if g.tables.is_empty() && g.schemas.is_empty() {
+            return Err(err(
+                &key,
+                format!("group {name:?} names no `tables` and no `schemas`"),
+            ));
+        }
+        let mut tables = Vec::with_capacity(g.tables.len());
+        for (j, t) in g.tables.iter().enumerate() {
+            let r = parse_table_ref(t)
+                .map_err(|m| err(&format!("{key}.tables[{j}]"), format!("{t:?}: {m}")))?;
+            tables.push(r);
+        }
+        for (j, s) in g.schemas.iter().enumerate() {
+            if s.is_empty() {
+                return Err(err(
+                    &format!("{key}.schemas[{j}]"),
+                    "empty schema name".into(),
+                ));
+            }
+        }
+        groups.push(GroupConfig {
+            index: i,
+            name,
+            database,
+            tables,
+            schemas: g.schemas,
+        });
+    }
+
+    let mode = match raw.ungrouped.mode.as_deref() {
+        None | Some("table") => UngroupedMode::Table,
+        Some("skip") => UngroupedMode::Skip,
+        Some(m) => {
+            return Err(err(
+                "ungrouped.mode",
+                format!("{m:?} is not \"table\" or \"skip\""),
+            ))
+        }
+    };
+    for (i, p) in raw.ungrouped.exclude.iter().enumerate() {
+        globset::Glob::new(p)
+            .map_err(|e| err(&format!("ungrouped.exclude[{i}]"), format!("{p:?}: {e}")))?;
+    }
+
+    Ok(Config {
+        path: path.to_path_buf(),
+        connection,
+        backup,
+        groups,
+        ungrouped: UngroupedConfig {
+            mode,
+            exclude: raw.ungrouped.exclude,
+        },
+    })
+}
+
+/// Parses a humantime duration ("6s", "1m 30s", "500ms").
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    humantime::parse_duration(s.trim()).ok()
+}
+
+fn check_group_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("empty group name".into());
+    }
+    if name.starts_with('_') {
+        return Err(format!(
+            "{name:?}: names starting with '_' are reserved (_schema, _globals)"
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(format!(
+            "{name:?}: control characters are not allowed in a group name"
+        ));
+    }
+    if name.len() > 200 {
+        return Err(format!("{name:?}: longer than 200 bytes"));
+    }
+    Ok(())
+}
+
+/// Parses `schema.table` where either part may be written in SQL double quotes (`"a.b"."X""y"`),
+/// or a bare `table`. Unquoted parts are taken exactly as written (no case folding).
+pub fn parse_table_ref(s: &str) -> Result<TableRef, String> {
+    let mut parts: Vec<String> = Vec::new();
+    let mut chars = s.chars().peekable();
+    loop {
+        let mut part = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next() {
+                    None => return Err("unterminated double quote".into()),
+                    Some('"') => {
+                        if chars.peek() == Some(&'"') {
+                            chars.next();
+                            part.push('"');
+                        } else {
+                            break;
+                        }
+                    }
+                    Some(c) => part.push(c),
+                }
+            }
+            match chars.peek() {
+                None | Some('.') => {}
+                Some(_) => return Err("a quoted name must be followed by '.' or end".into()),
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == '.' {
+                    break;
+                }
+                if c == '"' {
+                    return Err(
+                        "a double quote inside an unquoted name (quote the whole part: \"a\"\"b\")"
+                            .into(),
+                    );
+                }
+                part.push(c);
+                chars.next();
+            }
+        }
+        if part.is_empty() {
+            return Err("empty name part".into());
+        }
+        parts.push(part);
+        match chars.next() {
+            None => break,
+            Some('.') => continue,
+            Some(_) => unreachable!(),
+        }
+    }
+    match parts.len() {
+        1 => Ok(TableRef {
+            schema: None,
+            table: parts.pop().unwrap(),
+        }),
+        2 => {
+            let table = parts.pop().unwrap();
+            Ok(TableRef {
+                schema: parts.pop(),
+                table,
+            })
+        }
+        _ => Err("more than two dot-separated parts: write it as schema.table, double-quoting a part that contains '.'".into()),
+    }
+}
+
+/// Quotes a name part when it could not be read back unquoted (contains '.' or '"').
+pub fn quote_part(s: &str) -> String {
+    if s.is_empty() || s.contains('.') || s.contains('"') {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// The display name of a table, `schema.table`, readable back by [`parse_table_ref`].
+pub fn qualified_name(schema: &str, table: &str) -> String {
+    format!("{}.{}", quote_part(schema), quote_part(table))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(text: &str) -> Result<Config, ConfigError> {
+        parse(Path::new("groups.toml"), text)
+    }
+
+    #[test]
+    fn table_refs_round_trip() {
+        for (schema, table) in [
+            ("public", "t1"),
+            ("a.b", "c"),
+            ("a", "b.c"),
+            ("we\"ird", "x\"\"y"),
+            ("Mixed Case", "Ünïcödé *?$/..%"),
+            ("s", "line\nbreak"),
+        ] {
+            let shown = qualified_name(schema, table);
+            let back = parse_table_ref(&shown).unwrap();
+            assert_eq!(back.schema.as_deref(), Some(schema), "{shown}");
+            assert_eq!(back.table, table, "{shown}");
+        }
+        assert_eq!(parse_table_ref("orders").unwrap().schema, None);
+        assert!(parse_table_ref("a.b.c").is_err());
+        assert!(parse_table_ref("a.").is_err());
+        assert!(parse_table_ref("\"a").is_err());
+        assert!(parse_table_ref("a\"b.c").is_err());
+        // Ambiguous without quotes, distinct with them.
+        assert_ne!(qualified_name("a.b", "c"), qualified_name("a", "b.c"));
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = cfg("[backup]\ndir = \"/b\"\n").unwrap();
+        assert_eq!(c.backup.jobs, 2);
+        assert_eq!(c.backup.lock_wait_timeout, DEFAULT_LOCK_WAIT_TIMEOUT);
+        assert_eq!(c.ungrouped.mode, UngroupedMode::Table);
+        assert_eq!(c.connection.maintenance_database, "postgres");
+        assert!(c.backup.globals && c.backup.schema);
+    }
+
+    #[test]
+    fn errors_name_the_key_and_value() {
+        let e = cfg("[backup]\ndir = \"/b\"\njobz = 3\n").unwrap_err();
+        assert!(e.key.contains("backup"), "{e}");
+        assert!(e.to_string().contains("jobz"), "{e}");
+        let e = cfg("[backup]\ndir = \"/b\"\njobs = 0\n").unwrap_err();
+        assert_eq!(e.key, "backup.jobs");
+        let e = cfg("[backup]\ndir = \"/b\"\ncompress = 12\n").unwrap_err();
+        assert!(e.to_string().contains("12"), "{e}");
+        let e = cfg("[backup]\ndir = \"/b\"\nlock_wait_timeout = \"six\"\n").unwrap_err();
+        assert!(e.to_string().contains("six"), "{e}");
+        let e = cfg("[backup]\ndir = \"/b\"\n[[group]]\nname = \"g\"\ndatabase = \"d\"\ntables = [\"t\"]\n[[group]]\nname = \"g\"\ndatabase = \"d\"\ntables = [\"u\"]\n").unwrap_err();
+        assert_eq!(e.key, "group[1].name");
+        let e = cfg("[backup]\ndir = \"/b\"\n[[group]]\nname = \"g\"\ndatabase = \"d\"\ntables = [\"t\"]\nschemaz = []\n").unwrap_err();
+        assert!(e.to_string().contains("schemaz"), "{e}");
+        assert!(e.key.starts_with("group"), "{e}");
+        assert!(cfg("[connection]\nport = 1\n").is_err());
+    }
+
+    #[test]
+    fn example_config_parses() {
+        let text = include_str!("../groups.toml.example");
+        let c = cfg(text).unwrap();
+        assert!(!c.groups.is_empty());
+    }
+}

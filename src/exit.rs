@@ -1,0 +1,17 @@
+//! Exit codes, the contract with systemd units, cron wrappers and monitoring.
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | every dump of the run succeeded |
+//! | 1 | some dumps failed; the others were written and kept |
+//! | 2 | bad configuration or command line; nothing was dumped |
+//! | 3 | the run could not start: server unreachable, authentication failed, pg_dump missing or older than the server, backup directory unusable |
+//! | 4 | another run holds the lock on the backup directory |
+//! | 5 | the dumps succeeded but the run report could not be written |
+
+pub const OK: i32 = 0;
+pub const SOME_FAILED: i32 = 1;
+pub const CONFIG: i32 = 2;
+pub const CANNOT_START: i32 = 3;
+pub const LOCKED: i32 = 4;
+pub const NOT_REPORTED: i32 = 5;

@@ -1,0 +1,97 @@
+//! pg_groupdump: back up PostgreSQL group by group.
+//!
+//! A run walks through these modules in order:
+//! [`config`] (read `groups.toml`) → [`connect`] (connection settings) → [`catalog`] (what
+//! the server has) → [`plan`] (which tables go in which group) → [`dump`] (one `pg_dump` per
+//! group) → [`store`] (atomic files in the backup directory) → [`report`] (the run report).
+//! [`run`] ties them together; [`runlock`] keeps runs on one directory from overlapping.
+
+pub mod catalog;
+pub mod cli;
+pub mod config;
+pub mod connect;
+pub mod dump;
+pub mod exit;
+pub mod plan;
+pub mod report;
+pub mod run;
+pub mod runlock;
+pub mod store;
+
+/// Why a command could not do its work, each with its exit code (see [`exit`]).
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// The configuration is wrong (including names that match nothing in the catalog).
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// A command-line argument is wrong.
+    #[error("{0}")]
+    Usage(String),
+    /// Nothing could be dumped: server unreachable, authentication, pg_dump unusable, …
+    #[error("{0:#}")]
+    Start(anyhow::Error),
+    /// Another run holds the backup directory.
+    #[error(transparent)]
+    Locked(runlock::LockError),
+    /// The backup ran but its report could not be written.
+    #[error("{0:#}")]
+    Report(anyhow::Error, Box<report::RunReport>),
+}
+
+impl Failure {
+    /// The process exit code for this failure.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Failure::Config(_) | Failure::Usage(_) => exit::CONFIG,
+            Failure::Start(_) => exit::CANNOT_START,
+            Failure::Locked(_) => exit::LOCKED,
+            Failure::Report(..) => exit::NOT_REPORTED,
+        }
+    }
+}
+
+/// `s` with control characters (newlines, tabs, escapes) shown as escapes, for one-line logs.
+pub fn printable(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_debug().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
+/// "1 table", "3 tables".
+pub fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
+/// The text of a tokio-postgres error: for a server error its message, detail, hint and
+/// SQLSTATE (the error's own Display says only "db error"), else the error and its causes.
+pub fn pg_error_text(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut s = format!("{}: {}", db.severity(), db.message());
+        if let Some(d) = db.detail() {
+            s.push_str(&format!("; DETAIL: {d}"));
+        }
+        if let Some(h) = db.hint() {
+            s.push_str(&format!("; HINT: {h}"));
+        }
+        s.push_str(&format!(" (SQLSTATE {})", db.code().code()));
+        return s;
+    }
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}

@@ -1,0 +1,31 @@
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use pg_groupdump::cli::{dispatch, Cli};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => "warn",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        _ => "trace",
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PG_GROUPDUMP_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(format!("pg_groupdump={level}"))
+            }),
+        )
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let code = runtime.block_on(dispatch(cli));
+    ExitCode::from(code.clamp(0, 255) as u8)
+}

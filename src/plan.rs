@@ -1,0 +1,674 @@
+//! From configuration and catalog to the list of groups to dump.
+//!
+//! Resolution happens per database: each `[[group]]` claims its tables (a partitioned table
+//! with all its partitions, a schema with all its tables); a table claimed by two groups, or a
+//! name that matches nothing, is an error naming the key. Every table no group claims becomes a
+//! group of its own named `schema.table` (unless `[ungrouped] mode = "skip"` or an `exclude`
+//! pattern matches). All of this happens before the first dump starts.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::Serialize;
+
+use crate::catalog::{DatabaseCatalog, Table};
+use crate::config::{Config, ConfigError, GroupConfig, UngroupedMode};
+
+/// The resolved plan for a run or for `plan`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub databases: Vec<DatabasePlan>,
+    pub warnings: Vec<String>,
+}
+
+/// One database's groups.
+#[derive(Debug, Clone, Serialize)]
+pub struct DatabasePlan {
+    pub database: String,
+    pub groups: Vec<GroupPlan>,
+    /// Ungrouped tables left out by `ungrouped.exclude`.
+    pub excluded: Vec<String>,
+}
+
+/// Where a group comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// A `[[group]]` of the configuration.
+    Config,
+    /// A table no group names, dumped on its own.
+    Ungrouped,
+}
+
+/// One group: what one dump will contain.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupPlan {
+    pub group: String,
+    #[serde(skip)]
+    pub database: String,
+    pub origin: Origin,
+    pub tables: Vec<PlannedTable>,
+    /// Estimated bytes (see [`crate::catalog`]).
+    pub bytes: i64,
+}
+
+/// A table in a group.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedTable {
+    /// `schema.table`, quoted where needed.
+    pub table: String,
+    #[serde(skip)]
+    pub schema_name: String,
+    #[serde(skip)]
+    pub table_name: String,
+    pub bytes: i64,
+    /// The partitioned table this one is a partition of.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partition_of: Option<String>,
+}
+
+impl GroupPlan {
+    /// The tables' display names.
+    pub fn table_names(&self) -> Vec<String> {
+        self.tables.iter().map(|t| t.table.clone()).collect()
+    }
+}
+
+/// Accumulates unmatched `exclude` patterns over all databases.
+pub struct ExcludeMatcher {
+    patterns: Vec<(String, globset::GlobMatcher)>,
+    matched: Vec<bool>,
+}
+
+impl ExcludeMatcher {
+    pub fn new(patterns: &[String]) -> Self {
+        let patterns: Vec<_> = patterns
+            .iter()
+            .filter_map(|p| {
+                globset::GlobBuilder::new(p)
+                    .literal_separator(false)
+                    .build()
+                    .ok()
+                    .map(|g| (p.clone(), g.compile_matcher()))
+            })
+            .collect();
+        let matched = vec![false; patterns.len()];
+        ExcludeMatcher { patterns, matched }
+    }
+
+    fn is_excluded(&mut self, name: &str) -> bool {
+        let mut hit = false;
+        for (i, (_, m)) in self.patterns.iter().enumerate() {
+            if m.is_match(name) {
+                self.matched[i] = true;
+                hit = true;
+            }
+        }
+        hit
+    }
+
+    /// Warnings for patterns that matched no table.
+    pub fn unmatched_warnings(&self) -> Vec<String> {
+        self.patterns
+            .iter()
+            .zip(&self.matched)
+            .filter(|(_, m)| !**m)
+            .map(|((p, _), _)| format!("ungrouped.exclude pattern {p:?} matched no table"))
+            .collect()
+    }
+}
+
+/// Resolves the groups of one database.
+pub fn resolve_database(
+    config: &Config,
+    catalog: &DatabaseCatalog,
+    excludes: &mut ExcludeMatcher,
+    warnings: &mut Vec<String>,
+) -> Result<DatabasePlan, ConfigError> {
+    let db = &catalog.database;
+    let by_oid = catalog.by_oid();
+    let children = catalog.children();
+    let by_name: HashMap<(&str, &str), &Table> = catalog
+        .tables
+        .iter()
+        .map(|t| ((t.schema.as_str(), t.name.as_str()), t))
+        .collect();
+    let schemas: HashSet<&str> = catalog.schemas.iter().map(String::as_str).collect();
+    let err = |key: String, msg: String| ConfigError::new(&config.path, key, msg);
+
+    // oid -> (group index in `groups`, key that claimed it)
+    let mut claimed: HashMap<u32, (usize, String)> = HashMap::new();
+    let mut groups: Vec<GroupPlan> = Vec::new();
+    let mut members: Vec<Vec<u32>> = Vec::new();
+
+    let with_descendants = |oid: u32| -> Vec<u32> {
+        let mut out = vec![oid];
+        let mut i = 0;
+        while i < out.len() {
+            if let Some(c) = children.get(&out[i]) {
+                out.extend(c.iter().copied());
+            }
+            i += 1;
+        }
+        out
+    };
+
+    let config_groups: Vec<&GroupConfig> =
+        config.groups.iter().filter(|g| &g.database == db).collect();
+    for g in config_groups {
+        let gi = groups.len();
+        let mut mine: Vec<u32> = Vec::new();
+        let mut claim = |oids: Vec<u32>,
+                         key: String,
+                         claimed: &mut HashMap<u32, (usize, String)>|
+         -> Result<(), ConfigError> {
+            for oid in oids {
+                match claimed.get(&oid) {
+                    Some((other, _)) if *other == gi => {}
+                    Some((_, other_key)) => {
+                        let t = by_oid[&oid];
+                        return Err(err(
+                            key,
+                            format!(
+                                "table {} of database {db:?} is in two groups: {:?} ({other_key}) and {:?}",
+                                t.display(),
+                                groups_name(config, other_key),
+                                g.name
+                            ),
+                        ));
+                    }
+                    None => {
+                        claimed.insert(oid, (gi, key.clone()));
+                        mine.push(oid);
+                    }
+                }
+            }
+            Ok(())
+        };
+        for (j, r) in g.tables.iter().enumerate() {
+            let key = format!("{}.tables[{j}]", g.key());
+            let table = match &r.schema {
+                Some(s) => by_name
+                    .get(&(s.as_str(), r.table.as_str()))
+                    .copied()
+                    .ok_or_else(|| {
+                        let hint = if schemas.contains(s.as_str()) {
+                            String::new()
+                        } else {
+                            format!(" (there is no schema {s:?})")
+                        };
+                        err(
+                            key.clone(),
+                            format!("table {r} does not exist in database {db:?}{hint}"),
+                        )
+                    })?,
+                None => {
+                    let found: Vec<&Table> = catalog
+                        .tables
+                        .iter()
+                        .filter(|t| t.name == r.table)
+                        .collect();
+                    match found.len() {
+                        1 => found[0],
+                        0 => {
+                            return Err(err(
+                                key,
+                                format!("table {r} does not exist in database {db:?}"),
+                            ))
+                        }
+                        _ => {
+                            let list: Vec<String> = found.iter().map(|t| t.display()).collect();
+                            return Err(err(
+                                key,
+                                format!(
+                                    "{r} is ambiguous in database {db:?}: {}; write schema.table",
+                                    list.join(", ")
+                                ),
+                            ));
+                        }
+                    }
+                }
+            };
+            claim(with_descendants(table.oid), key, &mut claimed)?;
+        }
+        for (j, s) in g.schemas.iter().enumerate() {
+            let key = format!("{}.schemas[{j}]", g.key());
+            if !schemas.contains(s.as_str()) {
+                return Err(err(
+                    key,
+                    format!("schema {s:?} does not exist in database {db:?}"),
+                ));
+            }
+            for t in catalog.tables.iter().filter(|t| &t.schema == s) {
+                // A partition whose parent is in the same schema comes with its parent.
+                let parent_here = t
+                    .partition_parent
+                    .and_then(|p| by_oid.get(&p))
+                    .is_some_and(|p| &p.schema == s);
+                if !parent_here {
+                    claim(with_descendants(t.oid), key.clone(), &mut claimed)?;
+                }
+            }
+        }
+        if mine.is_empty() {
+            warnings.push(format!(
+                "{} ({:?} in database {db:?}) has no tables: its schemas are empty; nothing to dump",
+                g.key(),
+                g.name
+            ));
+        }
+        groups.push(GroupPlan {
+            group: g.name.clone(),
+            database: db.clone(),
+            origin: Origin::Config,
+            tables: Vec::new(),
+            bytes: 0,
+        });
+        members.push(mine);
+    }
+
+    // Every table no group claimed: its own group, keyed by the root of its partition tree.
+    let mut excluded = Vec::new();
+    if config.ungrouped.mode == UngroupedMode::Table {
+        let names: HashSet<String> = groups.iter().map(|g| g.group.clone()).collect();
+        for t in &catalog.tables {
+            if t.extension_member || claimed.contains_key(&t.oid) {
+                continue;
+            }
+            if t.partition_parent.is_some_and(|p| by_oid.contains_key(&p)) {
+                continue; // comes with its parent
+            }
+            let name = t.display();
+            if excludes.is_excluded(&name) {
+                excluded.push(name);
+                continue;
+            }
+            if names.contains(&name) {
+                return Err(err(
+                    "group".into(),
+                    format!(
+                        "a group of database {db:?} is named {name:?}, which is also the name of the ungrouped table {name}; rename the group or put the table in it"
+                    ),
+                ));
+            }
+            let gi = groups.len();
+            let mine: Vec<u32> = with_descendants(t.oid)
+                .into_iter()
+                .filter(|o| !claimed.contains_key(o))
+                .collect();
+            for o in &mine {
+                claimed.insert(*o, (gi, "ungrouped".into()));
+            }
+            groups.push(GroupPlan {
+                group: name,
+                database: db.clone(),
+                origin: Origin::Ungrouped,
+                tables: Vec::new(),
+                bytes: 0,
+            });
+            members.push(mine);
+        }
+    }
+
+    for (g, oids) in groups.iter_mut().zip(&members) {
+        g.tables = oids
+            .iter()
+            .map(|o| {
+                let t = by_oid[o];
+                PlannedTable {
+                    table: t.display(),
+                    schema_name: t.schema.clone(),
+                    table_name: t.name.clone(),
+                    bytes: t.bytes,
+                    partition_of: t
+                        .partition_parent
+                        .and_then(|p| by_oid.get(&p))
+                        .map(|p| p.display()),
+                }
+            })
+            .collect();
+        g.bytes = g.tables.iter().map(|t| t.bytes).sum();
+    }
+
+    // Foreign keys that cross groups: restoring one group without the other may fail.
+    let mut seen = HashSet::new();
+    for fk in &catalog.foreign_keys {
+        let (Some((ga, _)), Some((gb, _))) = (claimed.get(&fk.table), claimed.get(&fk.references))
+        else {
+            continue;
+        };
+        if ga == gb {
+            continue;
+        }
+        let ta = catalog.root_of(&by_oid, fk.table);
+        let tb = catalog.root_of(&by_oid, fk.references);
+        if !seen.insert((ta, tb, *ga, *gb)) {
+            continue;
+        }
+        warnings.push(format!(
+            "database {db:?}: foreign key {:?} of {} references {}, but they are in different groups ({:?} and {:?}): restoring one without the other may fail",
+            fk.name,
+            by_oid[&ta].display(),
+            by_oid[&tb].display(),
+            groups[*ga].group,
+            groups[*gb].group,
+        ));
+    }
+
+    groups.retain(|g| !g.tables.is_empty());
+    Ok(DatabasePlan {
+        database: db.clone(),
+        groups,
+        excluded,
+    })
+}
+
+fn groups_name(config: &Config, key: &str) -> String {
+    // key looks like "group[3].tables[0]"
+    key.strip_prefix("group[")
+        .and_then(|r| r.split(']').next())
+        .and_then(|n| n.parse::<usize>().ok())
+        .and_then(|i| config.groups.get(i))
+        .map(|g| g.name.clone())
+        .unwrap_or_else(|| key.to_string())
+}
+
+/// Checks the databases named in the configuration against those the server has, and returns
+/// the databases to back up, in order.
+pub fn select_databases(
+    config: &Config,
+    available: &[String],
+    only: &[String],
+) -> Result<Vec<String>, ConfigError> {
+    let err = |key: String, msg: String| ConfigError::new(&config.path, key, msg);
+    let have: HashSet<&str> = available.iter().map(String::as_str).collect();
+    if let Some(list) = &config.backup.databases {
+        for (i, d) in list.iter().enumerate() {
+            if !have.contains(d.as_str()) {
+                return Err(err(
+                    format!("backup.databases[{i}]"),
+                    format!("database {d:?} does not exist (or does not allow connections)"),
+                ));
+            }
+        }
+    }
+    let selected: Vec<String> = available
+        .iter()
+        .filter(|d| {
+            config
+                .backup
+                .databases
+                .as_ref()
+                .is_none_or(|l| l.contains(d))
+        })
+        .filter(|d| !config.backup.exclude_databases.contains(d))
+        .cloned()
+        .collect();
+    for g in &config.groups {
+        if !have.contains(g.database.as_str()) {
+            return Err(err(
+                format!("{}.database", g.key()),
+                format!(
+                    "database {:?} of group {:?} does not exist (or does not allow connections)",
+                    g.database, g.name
+                ),
+            ));
+        }
+        if !selected.contains(&g.database) {
+            return Err(err(
+                format!("{}.database", g.key()),
+                format!(
+                    "database {:?} of group {:?} is left out by backup.databases / backup.exclude_databases",
+                    g.database, g.name
+                ),
+            ));
+        }
+    }
+    let mut out = selected;
+    if !only.is_empty() {
+        for d in only {
+            if !out.contains(d) {
+                return Err(err(
+                    "--database".into(),
+                    format!(
+                        "database {d:?} is not among the databases this configuration backs up"
+                    ),
+                ));
+            }
+        }
+        out.retain(|d| only.contains(d));
+    }
+    Ok(out)
+}
+
+/// Human-readable plan, for `pg_groupdump plan`.
+pub fn render_text(plan: &Plan) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    for db in &plan.databases {
+        let total: i64 = db.groups.iter().map(|g| g.bytes).sum();
+        let tables: usize = db.groups.iter().map(|g| g.tables.len()).sum();
+        let _ = writeln!(
+            s,
+            "database {}: {}, {}, ~{}",
+            crate::printable(&db.database),
+            crate::plural(db.groups.len(), "group"),
+            crate::plural(tables, "table"),
+            human_bytes(total.max(0) as u64)
+        );
+        let mut ungrouped = Vec::new();
+        for g in &db.groups {
+            if g.origin == Origin::Ungrouped && g.tables.len() == 1 {
+                ungrouped.push(g);
+                continue;
+            }
+            let _ = writeln!(
+                s,
+                "  group {} ({}, ~{}{})",
+                crate::printable(&g.group),
+                crate::plural(g.tables.len(), "table"),
+                human_bytes(g.bytes.max(0) as u64),
+                if g.origin == Origin::Ungrouped {
+                    ", ungrouped"
+                } else {
+                    ""
+                }
+            );
+            for t in &g.tables {
+                let part = t
+                    .partition_of
+                    .as_ref()
+                    .map(|p| format!(", partition of {p}"))
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    s,
+                    "    {} (~{}{part})",
+                    crate::printable(&t.table),
+                    human_bytes(t.bytes.max(0) as u64)
+                );
+            }
+        }
+        if !ungrouped.is_empty() {
+            let _ = writeln!(
+                s,
+                "  ungrouped, one dump each ({}):",
+                crate::plural(ungrouped.len(), "table")
+            );
+            for g in ungrouped {
+                let _ = writeln!(
+                    s,
+                    "    {} (~{})",
+                    crate::printable(&g.group),
+                    human_bytes(g.bytes.max(0) as u64)
+                );
+            }
+        }
+        if !db.excluded.is_empty() {
+            let _ = writeln!(
+                s,
+                "  excluded by ungrouped.exclude: {}",
+                db.excluded.join(", ")
+            );
+        }
+    }
+    s
+}
+
+/// "1.2 MiB".
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Groups in the order they should start: largest first, so the long ones do not start last.
+pub fn by_size_desc(groups: &mut [GroupPlan]) {
+    groups.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.group.cmp(&b.group)));
+}
+
+/// Names of groups per database, for `--group` selection.
+pub fn group_index(plan: &Plan) -> BTreeMap<String, Vec<String>> {
+    let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for db in &plan.databases {
+        for g in &db.groups {
+            m.entry(g.group.clone())
+                .or_default()
+                .push(db.database.clone());
+        }
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::ForeignKey;
+    use std::path::Path;
+
+    fn table(oid: u32, schema: &str, name: &str, parent: Option<u32>) -> Table {
+        Table {
+            oid,
+            schema: schema.into(),
+            name: name.into(),
+            kind: 'r',
+            bytes: oid as i64 * 10,
+            partition_parent: parent,
+            extension_member: false,
+        }
+    }
+
+    fn catalog() -> DatabaseCatalog {
+        DatabaseCatalog {
+            database: "d".into(),
+            tables: vec![
+                table(1, "public", "orders", None),
+                table(2, "public", "items", None),
+                table(3, "public", "events", None),
+                table(4, "public", "events_2026", Some(3)),
+                table(5, "audit", "log", None),
+                table(6, "public", "tmp_x", None),
+            ],
+            schemas: vec!["public".into(), "audit".into(), "empty".into()],
+            foreign_keys: vec![ForeignKey {
+                name: "fk".into(),
+                table: 2,
+                references: 1,
+            }],
+        }
+    }
+
+    fn resolve(extra: &str) -> Result<(DatabasePlan, Vec<String>), ConfigError> {
+        let text = format!("[backup]\ndir = \"/b\"\n{extra}");
+        let config = crate::config::parse(Path::new("g.toml"), &text)?;
+        let mut ex = ExcludeMatcher::new(&config.ungrouped.exclude);
+        let mut w = Vec::new();
+        let p = resolve_database(&config, &catalog(), &mut ex, &mut w)?;
+        w.extend(ex.unmatched_warnings());
+        Ok((p, w))
+    }
+
+    fn names(p: &DatabasePlan) -> Vec<(String, Vec<String>)> {
+        p.groups
+            .iter()
+            .map(|g| (g.group.clone(), g.table_names()))
+            .collect()
+    }
+
+    #[test]
+    fn groups_partitions_and_ungrouped() {
+        let (p, w) = resolve(
+            "[[group]]\nname = \"o\"\ndatabase = \"d\"\ntables = [\"public.orders\", \"items\"]\n\
+             [[group]]\nname = \"a\"\ndatabase = \"d\"\nschemas = [\"audit\"]\n\
+             [ungrouped]\nexclude = [\"public.tmp_*\", \"nothing.*\"]\n",
+        )
+        .unwrap();
+        let n = names(&p);
+        assert_eq!(
+            n[0],
+            (
+                "o".into(),
+                vec!["public.orders".into(), "public.items".into()]
+            )
+        );
+        assert_eq!(n[1], ("a".into(), vec!["audit.log".into()]));
+        assert_eq!(
+            n[2],
+            (
+                "public.events".into(),
+                vec!["public.events".into(), "public.events_2026".into()]
+            )
+        );
+        assert_eq!(n.len(), 3);
+        assert_eq!(p.excluded, vec!["public.tmp_x".to_string()]);
+        assert!(w.iter().any(|w| w.contains("nothing.*")), "{w:?}");
+        assert!(!w.iter().any(|w| w.contains("foreign key")), "{w:?}");
+    }
+
+    #[test]
+    fn cross_group_foreign_key_warns() {
+        let (_, w) =
+            resolve("[[group]]\nname = \"o\"\ndatabase = \"d\"\ntables = [\"public.orders\"]\n")
+                .unwrap();
+        assert!(
+            w.iter()
+                .any(|w| w.contains("public.items") && w.contains("public.orders")),
+            "{w:?}"
+        );
+    }
+
+    #[test]
+    fn resolution_errors_name_the_key() {
+        let two = "[[group]]\nname = \"x\"\ndatabase = \"d\"\ntables = [\"public.orders\"]\n\
+                   [[group]]\nname = \"y\"\ndatabase = \"d\"\ntables = [\"public.orders\"]\n";
+        assert_eq!(resolve(two).unwrap_err().key, "group[1].tables[0]");
+        let missing = "[[group]]\nname = \"x\"\ndatabase = \"d\"\ntables = [\"public.nope\"]\n";
+        let e = resolve(missing).unwrap_err();
+        assert!(e.to_string().contains("public.nope"), "{e}");
+        let schema = "[[group]]\nname = \"x\"\ndatabase = \"d\"\nschemas = [\"nope\"]\n";
+        assert_eq!(resolve(schema).unwrap_err().key, "group[0].schemas[0]");
+        let part_twice = "[[group]]\nname = \"x\"\ndatabase = \"d\"\ntables = [\"public.events\"]\n\
+                          [[group]]\nname = \"y\"\ndatabase = \"d\"\ntables = [\"public.events_2026\"]\n";
+        assert!(resolve(part_twice).is_err());
+        let clash =
+            "[[group]]\nname = \"public.tmp_x\"\ndatabase = \"d\"\ntables = [\"public.orders\"]\n";
+        assert!(resolve(clash).is_err());
+    }
+
+    #[test]
+    fn skip_mode_and_empty_schema() {
+        let (p, w) = resolve(
+            "[[group]]\nname = \"e\"\ndatabase = \"d\"\nschemas = [\"empty\"]\n[ungrouped]\nmode = \"skip\"\n",
+        )
+        .unwrap();
+        assert!(p.groups.is_empty());
+        assert!(w.iter().any(|w| w.contains("no tables")), "{w:?}");
+    }
+}

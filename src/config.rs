@@ -78,6 +78,9 @@ struct RawBackup {
     pg_dumpall: Option<PathBuf>,
     globals: Option<bool>,
     schema: Option<bool>,
+    lock_retries: Option<i64>,
+    retry_delay: Option<String>,
+    yield_after: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -89,6 +92,8 @@ struct RawGroup {
     tables: Vec<String>,
     #[serde(default)]
     schemas: Vec<String>,
+    lock_wait_timeout: Option<String>,
+    yield_after: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -168,7 +173,19 @@ pub struct BackupConfig {
     pub pg_dumpall: Option<PathBuf>,
     pub globals: bool,
     pub schema: bool,
+    /// How many more times a group that met a lock (timeout or yield) is tried in a run.
+    pub lock_retries: u32,
+    /// The wait before the first retry; the n-th retry waits n times this.
+    pub retry_delay: Duration,
+    /// Cancel a dump when another session has waited this long for a lock it holds.
+    /// `None`: never yield.
+    pub yield_after: Option<Duration>,
 }
+
+/// The default `yield_after`: a DDL statement waits at most about this long behind a dump.
+pub const DEFAULT_YIELD_AFTER: Duration = Duration::from_secs(5);
+/// The default `retry_delay`.
+pub const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(10);
 
 /// The default `lock_wait_timeout`: long enough for a busy OLTP table, short enough that a
 /// blocked group gives up well before anyone notices the backup.
@@ -183,6 +200,10 @@ pub struct GroupConfig {
     pub database: String,
     pub tables: Vec<TableRef>,
     pub schemas: Vec<String>,
+    /// Overrides `backup.lock_wait_timeout` for this group.
+    pub lock_wait_timeout: Option<Duration>,
+    /// Overrides `backup.yield_after` for this group (`Some(None)`: never yield).
+    pub yield_after: Option<Option<Duration>>,
 }
 
 impl GroupConfig {
@@ -308,6 +329,29 @@ fn check(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
             )
         })?,
     };
+    let lock_retries = match b.lock_retries {
+        None => 3,
+        Some(n) if (0..=100).contains(&n) => n as u32,
+        Some(n) => {
+            return Err(err(
+                "backup.lock_retries",
+                format!("{n} is not between 0 and 100"),
+            ))
+        }
+    };
+    let retry_delay = match b.retry_delay {
+        None => DEFAULT_RETRY_DELAY,
+        Some(s) => parse_duration(&s).ok_or_else(|| {
+            err(
+                "backup.retry_delay",
+                format!("{s:?} is not a duration such as \"10s\""),
+            )
+        })?,
+    };
+    let yield_after = match b.yield_after {
+        None => Some(DEFAULT_YIELD_AFTER),
+        Some(s) => parse_yield_after(&s).map_err(|m| err("backup.yield_after", m))?,
+    };
     let compress = match b.compress {
         None => None,
         Some(n) if (0..=9).contains(&n) => Some(n as u8),
@@ -339,6 +383,9 @@ fn check(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
         pg_dumpall: b.pg_dumpall,
         globals: b.globals.unwrap_or(true),
         schema: b.schema.unwrap_or(true),
+        lock_retries,
+        retry_delay,
+        yield_after,
     };
 
     let mut groups = Vec::with_capacity(raw.groups.len());
@@ -387,12 +434,29 @@ fn check(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
                 ));
             }
         }
+        let lock_wait_timeout = match g.lock_wait_timeout {
+            None => None,
+            Some(s) => Some(parse_duration(&s).filter(|d| !d.is_zero()).ok_or_else(|| {
+                err(
+                    &format!("{key}.lock_wait_timeout"),
+                    format!("{s:?} is not a positive duration such as \"6s\""),
+                )
+            })?),
+        };
+        let yield_after = match g.yield_after {
+            None => None,
+            Some(s) => {
+                Some(parse_yield_after(&s).map_err(|m| err(&format!("{key}.yield_after"), m))?)
+            }
+        };
         groups.push(GroupConfig {
             index: i,
             name,
             database,
             tables,
             schemas: g.schemas,
+            lock_wait_timeout,
+            yield_after,
         });
     }
 
@@ -426,6 +490,19 @@ fn check(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
 /// Parses a humantime duration ("6s", "1m 30s", "500ms").
 pub fn parse_duration(s: &str) -> Option<Duration> {
     humantime::parse_duration(s.trim()).ok()
+}
+
+/// `yield_after`: a positive duration, or "never" / "off".
+fn parse_yield_after(s: &str) -> Result<Option<Duration>, String> {
+    match s.trim() {
+        "never" | "off" => Ok(None),
+        t => parse_duration(t)
+            .filter(|d| !d.is_zero())
+            .map(Some)
+            .ok_or_else(|| {
+                format!("{s:?} is not a positive duration such as \"5s\", or \"never\"")
+            }),
+    }
 }
 
 fn check_group_name(name: &str) -> Result<(), String> {

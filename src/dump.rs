@@ -179,7 +179,6 @@ pub enum DumpKind {
 pub struct DumpSettings {
     pub tools: Tools,
     pub conn: ConnParams,
-    pub lock_wait_timeout: Duration,
     pub compress: Option<u8>,
 }
 
@@ -198,16 +197,38 @@ pub enum ChildError {
         status: String,
         stderr: String,
     },
+    #[error("cancelled: {0}")]
+    Cancelled(String),
+}
+
+/// How long a child may take to exit after SIGTERM before it gets SIGKILL.
+pub const KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// One child's task.
+#[derive(Debug, Clone, Copy)]
+pub struct DumpRequest<'a> {
+    pub kind: &'a DumpKind,
+    pub database: &'a str,
+    pub application_name: &'a str,
+    pub lock_wait_timeout: Duration,
+    /// An exported snapshot for `pg_dump --snapshot`.
+    pub snapshot: Option<&'a str>,
+    pub out: &'a Path,
 }
 
 /// Builds the command line (without the password, which goes in the environment).
 pub fn command_args(
     settings: &DumpSettings,
-    kind: &DumpKind,
-    database: &str,
-    application_name: &str,
-    out: &Path,
+    req: &DumpRequest<'_>,
 ) -> (PathBuf, Vec<std::ffi::OsString>) {
+    let DumpRequest {
+        kind,
+        database,
+        application_name,
+        lock_wait_timeout,
+        snapshot,
+        out,
+    } = *req;
     let mut args: Vec<std::ffi::OsString> = Vec::new();
     let conninfo = settings.conn.conninfo(database, application_name);
     let program = match kind {
@@ -226,10 +247,13 @@ pub fn command_args(
             args.push(
                 format!(
                     "--lock-wait-timeout={}",
-                    settings.lock_wait_timeout.as_millis()
+                    lock_wait_timeout.as_millis().max(1)
                 )
                 .into(),
             );
+            if let Some(id) = snapshot {
+                args.push(format!("--snapshot={id}").into());
+            }
             if let DumpKind::Tables(tables) = kind {
                 args.push("--strict-names".into());
                 for (s, t) in tables {
@@ -250,15 +274,15 @@ pub fn command_args(
     (program, args)
 }
 
-/// Runs one dump child writing to `out`; returns its stderr (warnings) on success.
+/// Runs one dump child writing to `out`; returns its stderr (warnings) on success. When
+/// `cancel` completes first, the child's process group gets SIGTERM (SIGKILL after
+/// [`KILL_GRACE`]) and the result is [`ChildError::Cancelled`] with the reason it gave.
 pub async fn run_child(
     settings: &DumpSettings,
-    kind: &DumpKind,
-    database: &str,
-    application_name: &str,
-    out: &Path,
+    req: &DumpRequest<'_>,
+    cancel: impl std::future::Future<Output = String>,
 ) -> Result<String, ChildError> {
-    let (program, args) = command_args(settings, kind, database, application_name, out);
+    let (program, args) = command_args(settings, req);
     let program_name = program.display().to_string();
     let mut cmd = Command::new(&program);
     cmd.args(&args)
@@ -292,7 +316,15 @@ pub async fn run_child(
         }
         all
     });
-    let status = child.wait().await.map_err(|source| ChildError::Spawn {
+    let status = tokio::select! {
+        status = child.wait() => status,
+        reason = cancel => {
+            stop_child(&mut child).await;
+            reader.abort();
+            return Err(ChildError::Cancelled(reason));
+        }
+    };
+    let status = status.map_err(|source| ChildError::Spawn {
         program: program_name.clone(),
         source,
     })?;
@@ -313,6 +345,29 @@ pub async fn run_child(
             status,
             stderr: text,
         })
+    }
+}
+
+/// SIGTERM to the child's process group, then SIGKILL if it has not exited within the grace
+/// period.
+pub async fn stop_child(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        // SAFETY: kill(2) on the process group we created for this child.
+        unsafe {
+            libc::kill(-(pid as i32), libc::SIGTERM);
+        }
+    }
+    if tokio::time::timeout(KILL_GRACE, child.wait())
+        .await
+        .is_err()
+    {
+        if let Some(pid) = child.id() {
+            // SAFETY: as above.
+            unsafe {
+                libc::kill(-(pid as i32), libc::SIGKILL);
+            }
+        }
+        let _ = child.wait().await;
     }
 }
 

@@ -12,10 +12,12 @@ pub mod config;
 pub mod connect;
 pub mod dump;
 pub mod exit;
+pub mod locks;
 pub mod plan;
 pub mod report;
 pub mod run;
 pub mod runlock;
+pub mod snapshot;
 pub mod store;
 
 /// Why a command could not do its work, each with its exit code (see [`exit`]).

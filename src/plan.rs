@@ -60,6 +60,8 @@ pub struct PlannedTable {
     pub schema_name: String,
     #[serde(skip)]
     pub table_name: String,
+    #[serde(skip)]
+    pub oid: u32,
     pub bytes: i64,
     /// The partitioned table this one is a partition of.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -318,6 +320,7 @@ pub fn resolve_database(
                     table: t.display(),
                     schema_name: t.schema.clone(),
                     table_name: t.name.clone(),
+                    oid: t.oid,
                     bytes: t.bytes,
                     partition_of: t
                         .partition_parent

@@ -5,6 +5,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::locks::Session;
+use crate::snapshot::SnapshotInfo;
+
 /// What a dump contains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -40,6 +43,104 @@ pub struct GroupReport {
     /// Warnings pg_dump printed although it succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warnings: Option<String>,
+    /// When and at which WAL position the successful attempt's snapshot was taken.
+    #[serde(default)]
+    pub snapshot: Option<SnapshotInfo>,
+    /// How long the successful attempt waited for its locks.
+    #[serde(default)]
+    pub lock_wait_ms: u64,
+    /// Every attempt, failed ones with what they ran into.
+    #[serde(default)]
+    pub attempts: Vec<Attempt>,
+}
+
+impl GroupReport {
+    /// A report for a dump that starts now.
+    pub fn new(
+        kind: Kind,
+        database: Option<String>,
+        group: String,
+        tables: Vec<String>,
+        started_at: String,
+    ) -> Self {
+        GroupReport {
+            kind,
+            database,
+            group,
+            tables,
+            status: Status::Ok,
+            file: None,
+            bytes: None,
+            sha256: None,
+            finished_at: started_at.clone(),
+            started_at,
+            duration_ms: 0,
+            error: None,
+            warnings: None,
+            snapshot: None,
+            lock_wait_ms: 0,
+            attempts: Vec::new(),
+        }
+    }
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Ok,
+    /// Its locks were not granted within the lock-wait timeout.
+    LockTimeout,
+    /// Cancelled because a session waited too long for a lock it held.
+    Yielded,
+    /// Anything else.
+    Failed,
+}
+
+impl Outcome {
+    /// Lock trouble is worth another attempt later in the run.
+    pub fn is_lock_trouble(self) -> bool {
+        matches!(self, Outcome::LockTimeout | Outcome::Yielded)
+    }
+}
+
+/// One attempt at a dump.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Attempt {
+    pub number: u32,
+    pub started_at: String,
+    pub finished_at: String,
+    pub duration_ms: u64,
+    pub outcome: Outcome,
+    pub error: Option<String>,
+    /// Sessions that held or queued for conflicting locks (lock timeouts).
+    #[serde(default)]
+    pub blockers: Vec<Session>,
+    /// The session this attempt yielded to.
+    #[serde(default)]
+    pub yielded_to: Option<Session>,
+    pub lock_wait_ms: u64,
+    pub snapshot: Option<SnapshotInfo>,
+    #[serde(skip)]
+    pub warnings: Option<String>,
+}
+
+impl Attempt {
+    pub fn new(number: u32, started_at: String) -> Self {
+        Attempt {
+            number,
+            finished_at: started_at.clone(),
+            started_at,
+            duration_ms: 0,
+            outcome: Outcome::Ok,
+            error: None,
+            blockers: Vec::new(),
+            yielded_to: None,
+            lock_wait_ms: 0,
+            snapshot: None,
+            warnings: None,
+        }
+    }
 }
 
 /// The whole run.

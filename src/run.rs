@@ -7,8 +7,8 @@
 //! happen before the first dump starts.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -16,10 +16,12 @@ use tokio::task::JoinSet;
 use crate::catalog;
 use crate::config::Config;
 use crate::connect::{application_name, ConnParams};
-use crate::dump::{self, DumpKind, DumpSettings};
+use crate::dump::{self, ChildError, DumpKind, DumpSettings};
+use crate::locks::{self, Monitor, Session};
 use crate::plan::{self, ExcludeMatcher, GroupPlan, Plan};
-use crate::report::{now_rfc3339, GroupReport, Kind, RunReport, Status};
+use crate::report::{now_rfc3339, Attempt, GroupReport, Kind, Outcome, RunReport, Status};
 use crate::runlock::RunLock;
+use crate::snapshot::{SnapshotInfo, Snapshots};
 use crate::store;
 use crate::Failure;
 
@@ -103,14 +105,28 @@ pub async fn build_plan(
     })
 }
 
-/// One unit of work.
+/// One unit of work: a dump, tried up to `1 + lock_retries` times.
 struct Job {
     kind: Kind,
     database: Option<String>,
     group: String,
     tables: Vec<String>,
+    table_oids: Vec<u32>,
     dump: DumpKind,
     path: PathBuf,
+    lock_wait_timeout: Duration,
+    yield_after: Option<Duration>,
+}
+
+/// What every job of a run shares.
+struct Ctx {
+    settings: DumpSettings,
+    maintenance: String,
+    monitor: Monitor,
+    snapshots: Snapshots,
+    permits: Semaphore,
+    lock_retries: u32,
+    retry_delay: Duration,
 }
 
 /// Runs a backup and returns its report (already written to disk).
@@ -168,79 +184,29 @@ pub async fn run(config: &Config, opts: &RunOptions) -> Result<(RunReport, PathB
         planned.plan.databases.len()
     );
 
-    let filtered = !opts.groups.is_empty() || !opts.databases.is_empty();
-    let mut jobs: Vec<Job> = Vec::new();
-    if config.backup.globals && !filtered {
-        jobs.push(Job {
-            kind: Kind::Globals,
-            database: None,
-            group: store::GLOBALS_GROUP.into(),
-            tables: Vec::new(),
-            dump: DumpKind::Globals {
-                role_passwords: planned.role_passwords,
-            },
-            path: store::globals_path(&root, &run_id),
-        });
-    }
-    if config.backup.schema && opts.groups.is_empty() {
-        for db in &planned.plan.databases {
-            jobs.push(Job {
-                kind: Kind::Schema,
-                database: Some(db.database.clone()),
-                group: store::SCHEMA_GROUP.into(),
-                tables: Vec::new(),
-                dump: DumpKind::Schema,
-                path: store::dump_path(&root, &db.database, store::SCHEMA_GROUP, &run_id),
-            });
-        }
-    }
-    let mut groups: Vec<GroupPlan> = planned
-        .plan
-        .databases
-        .iter()
-        .flat_map(|d| d.groups.iter().cloned())
-        .filter(|g| opts.groups.is_empty() || opts.groups.contains(&g.group))
-        .collect();
-    plan::by_size_desc(&mut groups);
-    for g in groups {
-        jobs.push(Job {
-            kind: Kind::Tables,
-            path: store::dump_path(&root, &g.database, &g.group, &run_id),
-            database: Some(g.database.clone()),
-            tables: g.table_names(),
-            dump: DumpKind::Tables(
-                g.tables
-                    .iter()
-                    .map(|t| (t.schema_name.clone(), t.table_name.clone()))
-                    .collect(),
-            ),
-            group: g.group,
-        });
-    }
-
-    let settings = Arc::new(DumpSettings {
-        tools: tools.clone(),
-        conn: planned.conn.clone(),
-        lock_wait_timeout: config.backup.lock_wait_timeout,
-        compress: config.backup.compress,
+    let jobs = make_jobs(config, opts, &planned, &root, &run_id);
+    let ctx = Arc::new(Ctx {
+        settings: DumpSettings {
+            tools: tools.clone(),
+            conn: planned.conn.clone(),
+            compress: config.backup.compress,
+        },
+        maintenance: config.connection.maintenance_database.clone(),
+        monitor: Monitor::start(
+            planned.conn.clone(),
+            config.connection.maintenance_database.clone(),
+            planned.server_version_num,
+        ),
+        snapshots: Snapshots::new(planned.conn.clone()),
+        permits: Semaphore::new(opts.jobs.unwrap_or(config.backup.jobs).max(1)),
+        lock_retries: config.backup.lock_retries,
+        retry_delay: config.backup.retry_delay,
     });
-    let maintenance = config.connection.maintenance_database.clone();
-    let permits = Arc::new(Semaphore::new(
-        opts.jobs.unwrap_or(config.backup.jobs).max(1),
-    ));
     let mut set = JoinSet::new();
     let total = jobs.len();
     for (i, job) in jobs.into_iter().enumerate() {
-        let permits = permits.clone();
-        let settings = settings.clone();
-        let maintenance = maintenance.clone();
-        set.spawn(async move {
-            let _permit = permits
-                .acquire_owned()
-                .await
-                .expect("semaphore is never closed");
-            (i, execute(&settings, &maintenance, job).await)
-        });
+        let ctx = ctx.clone();
+        set.spawn(async move { (i, run_job(&ctx, job).await) });
     }
     let mut results: Vec<(usize, GroupReport)> = Vec::with_capacity(total);
     while let Some(r) = set.join_next().await {
@@ -253,21 +219,17 @@ pub async fn run(config: &Config, opts: &RunOptions) -> Result<(RunReport, PathB
     let mut group_reports: Vec<GroupReport> = results.into_iter().map(|(_, r)| r).collect();
     for (db, err) in &planned.unreadable {
         let now = now_rfc3339();
-        group_reports.push(GroupReport {
-            kind: Kind::Schema,
-            database: Some(db.clone()),
-            group: store::SCHEMA_GROUP.into(),
-            tables: Vec::new(),
-            status: Status::Failed,
-            file: None,
-            bytes: None,
-            sha256: None,
-            started_at: now.clone(),
-            finished_at: now,
-            duration_ms: 0,
-            error: Some(format!("cannot read the catalog of database {db:?}: {err}")),
-            warnings: None,
-        });
+        let mut r = GroupReport::new(
+            Kind::Schema,
+            Some(db.clone()),
+            store::SCHEMA_GROUP.into(),
+            Vec::new(),
+            now.clone(),
+        );
+        r.finished_at = now;
+        r.status = Status::Failed;
+        r.error = Some(format!("cannot read the catalog of database {db:?}: {err}"));
+        group_reports.push(r);
     }
 
     let failed = group_reports.iter().any(|g| g.status == Status::Failed);
@@ -302,6 +264,86 @@ pub async fn run(config: &Config, opts: &RunOptions) -> Result<(RunReport, PathB
     Ok((report, report_path))
 }
 
+/// The run's work list: globals, then each database's schema, then the groups, largest first.
+fn make_jobs(
+    config: &Config,
+    opts: &RunOptions,
+    planned: &Planned,
+    root: &Path,
+    run_id: &str,
+) -> Vec<Job> {
+    let b = &config.backup;
+    let filtered = !opts.groups.is_empty() || !opts.databases.is_empty();
+    let mut jobs: Vec<Job> = Vec::new();
+    if b.globals && !filtered {
+        jobs.push(Job {
+            kind: Kind::Globals,
+            database: None,
+            group: store::GLOBALS_GROUP.into(),
+            tables: Vec::new(),
+            table_oids: Vec::new(),
+            dump: DumpKind::Globals {
+                role_passwords: planned.role_passwords,
+            },
+            path: store::globals_path(root, run_id),
+            lock_wait_timeout: b.lock_wait_timeout,
+            yield_after: None,
+        });
+    }
+    if b.schema && opts.groups.is_empty() {
+        for db in &planned.plan.databases {
+            jobs.push(Job {
+                kind: Kind::Schema,
+                database: Some(db.database.clone()),
+                group: store::SCHEMA_GROUP.into(),
+                tables: Vec::new(),
+                table_oids: db
+                    .groups
+                    .iter()
+                    .flat_map(|g| g.tables.iter().map(|t| t.oid))
+                    .collect(),
+                dump: DumpKind::Schema,
+                path: store::dump_path(root, &db.database, store::SCHEMA_GROUP, run_id),
+                lock_wait_timeout: b.lock_wait_timeout,
+                yield_after: b.yield_after,
+            });
+        }
+    }
+    let mut groups: Vec<GroupPlan> = planned
+        .plan
+        .databases
+        .iter()
+        .flat_map(|d| d.groups.iter().cloned())
+        .filter(|g| opts.groups.is_empty() || opts.groups.contains(&g.group))
+        .collect();
+    plan::by_size_desc(&mut groups);
+    for g in groups {
+        let own = config
+            .groups
+            .iter()
+            .find(|c| c.database == g.database && c.name == g.group);
+        jobs.push(Job {
+            kind: Kind::Tables,
+            path: store::dump_path(root, &g.database, &g.group, run_id),
+            database: Some(g.database.clone()),
+            tables: g.table_names(),
+            table_oids: g.tables.iter().map(|t| t.oid).collect(),
+            dump: DumpKind::Tables(
+                g.tables
+                    .iter()
+                    .map(|t| (t.schema_name.clone(), t.table_name.clone()))
+                    .collect(),
+            ),
+            lock_wait_timeout: own
+                .and_then(|c| c.lock_wait_timeout)
+                .unwrap_or(b.lock_wait_timeout),
+            yield_after: own.and_then(|c| c.yield_after).unwrap_or(b.yield_after),
+            group: g.group,
+        });
+    }
+    jobs
+}
+
 /// A run id (UTC `yyyymmddThhmmssZ`) later than the previous run's, waiting for the next
 /// second if the previous run started in this one.
 async fn new_run_id(previous: Option<&str>) -> String {
@@ -309,102 +351,262 @@ async fn new_run_id(previous: Option<&str>) -> String {
         let id = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
         match previous {
             Some(p) if id.as_str() <= p => {
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
             _ => return id,
         }
     }
 }
 
-async fn execute(settings: &DumpSettings, maintenance: &str, job: Job) -> GroupReport {
-    let started = Instant::now();
-    let started_at = now_rfc3339();
-    let label = format!(
+/// Runs a job to its end: attempts until one succeeds, one fails for a reason retrying will
+/// not mend, or the lock retries are spent. Between attempts the job gives its slot to others.
+async fn run_job(ctx: &Ctx, job: Job) -> GroupReport {
+    let label = crate::printable(&format!(
         "{}/{}",
         job.database.as_deref().unwrap_or("(cluster)"),
         job.group
+    ));
+    let mut report = GroupReport::new(
+        job.kind,
+        job.database.clone(),
+        job.group.clone(),
+        job.tables.clone(),
+        now_rfc3339(),
     );
-    let database = job
-        .database
-        .clone()
-        .unwrap_or_else(|| maintenance.to_string());
-    let result = dump_one(settings, &database, &job).await;
-    let finished_at = now_rfc3339();
-    let duration_ms = started.elapsed().as_millis() as u64;
-    let mut report = GroupReport {
-        kind: job.kind,
-        database: job.database.clone(),
-        group: job.group.clone(),
-        tables: job.tables.clone(),
-        status: Status::Ok,
-        file: None,
-        bytes: None,
-        sha256: None,
-        started_at,
-        finished_at,
-        duration_ms,
-        error: None,
-        warnings: None,
-    };
-    match result {
-        Ok((finished, warnings)) => {
-            let what = match job.kind {
-                Kind::Tables => format!("{}, ", crate::plural(job.tables.len(), "table")),
-                _ => String::new(),
-            };
-            tracing::info!(
-                "ok {} ({what}{}) in {:.1}s",
-                crate::printable(&label),
-                crate::plan::human_bytes(finished.bytes),
-                duration_ms as f64 / 1000.0
-            );
-            report.file = Some(job.path.display().to_string());
-            report.bytes = Some(finished.bytes);
-            report.sha256 = Some(finished.sha256);
-            report.warnings = (!warnings.is_empty()).then_some(warnings);
+    let started = Instant::now();
+    let max_attempts = 1 + ctx.lock_retries;
+    for number in 1..=max_attempts {
+        let permit = ctx
+            .permits
+            .acquire()
+            .await
+            .expect("semaphore is never closed");
+        let (attempt, outcome) = attempt(ctx, &job, number).await;
+        drop(permit);
+        let retry = attempt.outcome.is_lock_trouble() && number < max_attempts;
+        match &outcome {
+            Ok(_) => {}
+            Err(e) if retry => {
+                let delay = ctx.retry_delay * number;
+                tracing::warn!(
+                    "{label}: attempt {number} of {max_attempts}: {e}; retrying in {}",
+                    humantime::format_duration(delay)
+                );
+            }
+            Err(_) => {}
         }
-        Err(e) => {
-            tracing::error!("FAILED {}: {e}", crate::printable(&label));
-            report.status = Status::Failed;
-            report.error = Some(e);
+        report.attempts.push(attempt);
+        match outcome {
+            Ok(finished) => {
+                let last = report.attempts.last().expect("just pushed");
+                report.snapshot = last.snapshot.clone();
+                report.lock_wait_ms = last.lock_wait_ms;
+                let what = match job.kind {
+                    Kind::Tables => format!("{}, ", crate::plural(job.tables.len(), "table")),
+                    _ => String::new(),
+                };
+                tracing::info!(
+                    "ok {label} ({what}{}) in {:.1}s{}",
+                    crate::plan::human_bytes(finished.bytes),
+                    last.duration_ms as f64 / 1000.0,
+                    if number > 1 {
+                        format!(", attempt {number}")
+                    } else {
+                        String::new()
+                    }
+                );
+                report.file = Some(job.path.display().to_string());
+                report.bytes = Some(finished.bytes);
+                report.sha256 = Some(finished.sha256);
+                report.warnings = last.warnings.clone();
+                break;
+            }
+            Err(e) if retry => {
+                tokio::time::sleep(ctx.retry_delay * number).await;
+                let _ = e;
+            }
+            Err(e) => {
+                let error = if report.attempts.len() > 1 {
+                    format!(
+                        "{e} (after {} attempts; see attempts for each)",
+                        report.attempts.len()
+                    )
+                } else {
+                    e
+                };
+                tracing::error!("FAILED {label}: {error}");
+                report.status = Status::Failed;
+                report.error = Some(error);
+                break;
+            }
         }
     }
+    report.finished_at = now_rfc3339();
+    report.duration_ms = started.elapsed().as_millis() as u64;
     report
 }
 
-/// Writes one dump to its `.ing` file and commits it; on any failure the `.ing` is removed.
-async fn dump_one(
-    settings: &DumpSettings,
-    database: &str,
-    job: &Job,
-) -> Result<(store::Finished, String), String> {
-    let partial = store::create_partial(&job.path).map_err(|e| {
-        format!(
-            "cannot create {}: {}",
-            store::partial_path(&job.path).display(),
-            io_message(&e)
-        )
-    })?;
+/// One attempt at a dump: write the `.ing`, watch the lock window, commit or clean up.
+async fn attempt(ctx: &Ctx, job: &Job, number: u32) -> (Attempt, Result<store::Finished, String>) {
+    let started = Instant::now();
+    let mut a = Attempt::new(number, now_rfc3339());
+    let database = job
+        .database
+        .clone()
+        .unwrap_or_else(|| ctx.maintenance.clone());
     let app = application_name(&job.group);
-    let outcome = match dump::run_child(settings, &job.dump, database, &app, &partial).await {
-        Ok(warnings) => {
-            let (p, f) = (partial.clone(), job.path.clone());
-            match tokio::task::spawn_blocking(move || store::commit(&p, &f)).await {
-                Ok(Ok(finished)) => Ok((finished, warnings)),
-                Ok(Err(e)) => Err(format!(
-                    "cannot finish {}: {}",
-                    job.path.display(),
-                    io_message(&e)
-                )),
-                Err(e) => Err(format!("cannot finish {}: {e}", job.path.display())),
+    let result: Result<store::Finished, String> = async {
+        let partial = store::create_partial(&job.path).map_err(|e| {
+            format!(
+                "cannot create {}: {}",
+                store::partial_path(&job.path).display(),
+                io_message(&e)
+            )
+        })?;
+        // Globals take no table locks: nothing to watch.
+        let watch = (job.kind != Kind::Globals)
+            .then(|| ctx.monitor.watch(&database, &app, job.yield_after));
+        let yielded_to: Arc<Mutex<Option<Session>>> = Arc::default();
+        let (watch, yield_rx) = match watch {
+            Some(mut w) => {
+                let (_tx, dummy) = tokio::sync::oneshot::channel();
+                let rx = std::mem::replace(&mut w.yield_rx, dummy);
+                (Some(w), Some(rx))
             }
+            None => (None, None),
+        };
+        let cancel = {
+            let yielded_to = yielded_to.clone();
+            async move {
+                match yield_rx {
+                    Some(rx) => match rx.await {
+                        Ok(s) => {
+                            let why = format!(
+                                "yielded to a session waiting for a lock: {}",
+                                s.describe()
+                            );
+                            *yielded_to.lock().expect("yield slot") = Some(s);
+                            why
+                        }
+                        Err(_) => std::future::pending().await,
+                    },
+                    None => std::future::pending().await,
+                }
+            }
+        };
+        // The group's snapshot, exported by a session of ours that locks nothing.
+        let exported = match job.kind {
+            Kind::Globals => None,
+            _ => match ctx.snapshots.export(&database).await {
+                Ok(e) => Some(e),
+                Err(e) => {
+                    tracing::debug!(
+                        "no exported snapshot for {}: {e}",
+                        crate::printable(&job.group)
+                    );
+                    None
+                }
+            },
+        };
+        a.snapshot = exported.as_ref().map(|e| e.info.clone());
+        let req = dump::DumpRequest {
+            kind: &job.dump,
+            database: &database,
+            application_name: &app,
+            lock_wait_timeout: job.lock_wait_timeout,
+            snapshot: exported.as_ref().map(|e| e.id.as_str()),
+            out: &partial,
+        };
+        let child = dump::run_child(&ctx.settings, &req, cancel).await;
+        if let Some(e) = exported {
+            ctx.snapshots.release(e).await;
         }
-        Err(e) => Err(e.to_string()),
-    };
-    if outcome.is_err() {
-        remove_quietly(&partial);
+        let observed = watch.map(|w| w.finish()).unwrap_or_default();
+        if a.snapshot.is_none() {
+            a.snapshot = observed.snapshot_at.clone().map(|t| SnapshotInfo {
+                taken_at: t,
+                wal_lsn: None,
+            });
+        }
+        a.lock_wait_ms = observed.lock_wait.as_millis() as u64;
+        let outcome = match child {
+            Ok(warnings) => {
+                a.warnings = (!warnings.is_empty()).then_some(warnings);
+                let (p, f) = (partial.clone(), job.path.clone());
+                match tokio::task::spawn_blocking(move || store::commit(&p, &f)).await {
+                    Ok(Ok(finished)) => Ok(finished),
+                    Ok(Err(e)) => Err(format!(
+                        "cannot finish {}: {}",
+                        job.path.display(),
+                        io_message(&e)
+                    )),
+                    Err(e) => Err(format!("cannot finish {}: {e}", job.path.display())),
+                }
+            }
+            Err(ChildError::Cancelled(why)) => {
+                if let Some(pid) = observed.backend_pid {
+                    ctx.monitor.terminate(pid).await;
+                }
+                a.outcome = Outcome::Yielded;
+                a.yielded_to = yielded_to.lock().expect("yield slot").take();
+                if let Some(s) = &a.yielded_to {
+                    tracing::warn!(
+                        "{}/{}: yielded to pid {}: {}",
+                        crate::printable(&database),
+                        crate::printable(&job.group),
+                        s.pid,
+                        s.query.as_deref().unwrap_or("(query not visible)")
+                    );
+                }
+                Err(why)
+            }
+            Err(e) => {
+                let text = e.to_string();
+                if locks::is_lock_failure(&text) {
+                    a.outcome = Outcome::LockTimeout;
+                    a.blockers = if observed.blockers.is_empty() {
+                        ctx.monitor
+                            .conflicting_sessions(&database, &job.table_oids)
+                            .await
+                    } else {
+                        observed.blockers.clone()
+                    };
+                    let who = if a.blockers.is_empty() {
+                        "no blocking session was seen".to_string()
+                    } else {
+                        format!(
+                            "blocked by {}",
+                            a.blockers
+                                .iter()
+                                .map(Session::describe)
+                                .collect::<Vec<_>>()
+                                .join("; ")
+                        )
+                    };
+                    Err(format!(
+                        "could not lock the tables within {} ({who}): {text}",
+                        humantime::format_duration(job.lock_wait_timeout)
+                    ))
+                } else {
+                    Err(text)
+                }
+            }
+        };
+        if outcome.is_err() {
+            remove_quietly(&partial);
+        }
+        outcome
     }
-    outcome
+    .await;
+    if let Err(e) = &result {
+        if a.outcome == Outcome::Ok {
+            a.outcome = Outcome::Failed;
+        }
+        a.error = Some(e.clone());
+    }
+    a.finished_at = now_rfc3339();
+    a.duration_ms = started.elapsed().as_millis() as u64;
+    (a, result)
 }
 
 fn absolute(p: &Path) -> String {

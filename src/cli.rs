@@ -56,6 +56,17 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         report: Option<PathBuf>,
     },
+    /// Delete dumps older than the retention rules allow (never a group's newest good dump).
+    Prune {
+        /// Show what would be deleted, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the decisions as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a test mail with the [email] settings and print the server's reply.
+    EmailTest,
 }
 
 /// Runs the parsed command and returns the process exit code.
@@ -82,17 +93,48 @@ pub async fn dispatch(cli: Cli) -> i32 {
                 report,
             };
             match run::run(&config, &opts).await {
-                Ok((report, path)) => {
+                Ok((mut report, path)) => {
                     eprint!("{}", report.summary(&path.display().to_string()));
-                    Ok(if report.failed() > 0 {
+                    let code = if report.failed() > 0 {
                         exit::SOME_FAILED
                     } else {
                         exit::OK
+                    };
+                    let mailed = mail_report(&config, &mut report, &path).await;
+                    Ok(if code == exit::OK && !mailed {
+                        exit::NOT_REPORTED
+                    } else {
+                        code
                     })
                 }
-                Err(e) => Err(e),
+                Err(e) => {
+                    mail_start_failure(&config, &e).await;
+                    Err(e)
+                }
             }
         }
+        Command::Prune { dry_run, json } => {
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || crate::prune::command(&config, dry_run, json))
+                .await
+                .unwrap_or_else(|e| Err(Failure::Start(anyhow::anyhow!("prune panicked: {e}"))))
+        }
+        Command::EmailTest => match &config.email {
+            None => Err(Failure::Usage(format!(
+                "{} has no [email] table",
+                config.path.display()
+            ))),
+            Some(email) => match crate::notify::email_test(email).await {
+                Ok(reply) => {
+                    println!("sent; the server answered: {reply}");
+                    Ok(exit::OK)
+                }
+                Err(e) => {
+                    eprintln!("pg_groupdump: email-test: {e}");
+                    Ok(exit::NOT_REPORTED)
+                }
+            },
+        },
     };
     match result {
         Ok(code) => code,
@@ -111,6 +153,67 @@ pub async fn dispatch(cli: Cli) -> i32 {
             }
             e.exit_code()
         }
+    }
+}
+
+/// Mails the run's summary when `[email]` asks for it and records the outcome in the report
+/// (rewritten in place). Returns false when a mail was due and could not be sent.
+async fn mail_report(
+    config: &config::Config,
+    report: &mut crate::report::RunReport,
+    path: &std::path::Path,
+) -> bool {
+    let Some(email) = &config.email else {
+        return true;
+    };
+    let outcome = crate::notify::notify_run(email, report, path).await;
+    let (ok, notification) = match outcome {
+        Ok(None) => return true,
+        Ok(Some(reply)) => (
+            true,
+            crate::report::Notification {
+                sent: true,
+                reply: Some(reply),
+                error: None,
+            },
+        ),
+        Err(e) => {
+            eprintln!("pg_groupdump: could not send the run's mail: {e}");
+            (
+                false,
+                crate::report::Notification {
+                    sent: false,
+                    reply: None,
+                    error: Some(e.to_string()),
+                },
+            )
+        }
+    };
+    report.notification = Some(notification);
+    let json = serde_json::to_vec_pretty(report).expect("report serializes");
+    if let Err(e) = crate::store::write_atomic(path, &json) {
+        eprintln!(
+            "pg_groupdump: cannot rewrite the run report {}: {e}",
+            path.display()
+        );
+    }
+    ok
+}
+
+/// Mails "the run could not start" (configuration problems are the operator's own, at the
+/// terminal, and get no mail).
+async fn mail_start_failure(config: &config::Config, failure: &Failure) {
+    let Some(email) = &config.email else { return };
+    if matches!(
+        failure,
+        Failure::Config(_) | Failure::Usage(_) | Failure::Report(..)
+    ) {
+        return;
+    }
+    if let Err(e) =
+        crate::notify::notify_start_failure(email, &config.path, &failure.to_string()).await
+    {
+        eprintln!("pg_groupdump: could not send the failure mail: {e}");
     }
 }
 

@@ -51,6 +51,8 @@ struct RawConfig {
     groups: Vec<RawGroup>,
     #[serde(default)]
     ungrouped: RawUngrouped,
+    email: Option<crate::notify::RawEmail>,
+    retention: Option<crate::prune::RawRetention>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -94,6 +96,8 @@ struct RawGroup {
     schemas: Vec<String>,
     lock_wait_timeout: Option<String>,
     yield_after: Option<String>,
+    max_age: Option<String>,
+    keep_min: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -116,6 +120,10 @@ pub struct Config {
     pub backup: BackupConfig,
     pub groups: Vec<GroupConfig>,
     pub ungrouped: UngroupedConfig,
+    /// `[email]`: where failure (or every) run summaries go. `None`: no mail.
+    pub email: Option<crate::notify::EmailConfig>,
+    /// `[retention]`: how old dumps are pruned. `None`: nothing is ever pruned.
+    pub retention: Option<crate::prune::RetentionConfig>,
 }
 
 /// `[connection]`: every value is optional; what is missing comes from the libpq environment.
@@ -204,6 +212,8 @@ pub struct GroupConfig {
     pub lock_wait_timeout: Option<Duration>,
     /// Overrides `backup.yield_after` for this group (`Some(None)`: never yield).
     pub yield_after: Option<Option<Duration>>,
+    /// Overrides `[retention]` for this group's dumps.
+    pub retention: crate::prune::GroupRetention,
 }
 
 impl GroupConfig {
@@ -449,6 +459,7 @@ fn check(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
                 Some(parse_yield_after(&s).map_err(|m| err(&format!("{key}.yield_after"), m))?)
             }
         };
+        let retention = crate::prune::check_group(path, &key, g.max_age.as_deref(), g.keep_min)?;
         groups.push(GroupConfig {
             index: i,
             name,
@@ -457,6 +468,7 @@ fn check(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
             schemas: g.schemas,
             lock_wait_timeout,
             yield_after,
+            retention,
         });
     }
 
@@ -475,6 +487,14 @@ fn check(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
             .map_err(|e| err(&format!("ungrouped.exclude[{i}]"), format!("{p:?}: {e}")))?;
     }
 
+    let email = match raw.email {
+        Some(e) => Some(crate::notify::check(path, e)?),
+        None => None,
+    };
+    let retention = match raw.retention {
+        Some(r) => Some(crate::prune::check(path, r)?),
+        None => None,
+    };
     Ok(Config {
         path: path.to_path_buf(),
         connection,
@@ -484,6 +504,8 @@ fn check(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
             mode,
             exclude: raw.ungrouped.exclude,
         },
+        email,
+        retention,
     })
 }
 

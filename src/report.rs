@@ -158,6 +158,22 @@ pub struct RunReport {
     pub groups: Vec<GroupReport>,
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// What the prune at the end of the run did (absent when it did not run).
+    #[serde(default)]
+    pub prune: Option<crate::prune::PruneSummary>,
+    /// Whether the mail about this run went out.
+    #[serde(default)]
+    pub notification: Option<Notification>,
+}
+
+/// The outcome of mailing a run's summary.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Notification {
+    pub sent: bool,
+    /// The SMTP server's reply, when sent.
+    pub reply: Option<String>,
+    /// Why it could not be sent.
+    pub error: Option<String>,
 }
 
 impl RunReport {

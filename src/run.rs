@@ -6,6 +6,7 @@
 //! unreachable, pg_dump unusable, another run holding the lock) end a run early, and those
 //! happen before the first dump starts.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -232,6 +233,22 @@ pub async fn run(config: &Config, opts: &RunOptions) -> Result<(RunReport, PathB
         group_reports.push(r);
     }
 
+    // Prune under the same lock; a group whose dump failed in this run loses nothing.
+    let prune = match &config.retention {
+        Some(r) if r.prune_after_run => {
+            let protect: HashSet<crate::prune::GroupKey> = group_reports
+                .iter()
+                .filter(|g| g.status == Status::Failed)
+                .map(|g| (g.database.clone(), g.group.clone()))
+                .collect();
+            let (config, r) = (config.clone(), r.clone());
+            tokio::task::spawn_blocking(move || crate::prune::prune(&config, &r, &protect, false))
+                .await
+                .ok()
+        }
+        _ => None,
+    };
+
     let failed = group_reports.iter().any(|g| g.status == Status::Failed);
     let report = RunReport {
         run_id: run_id.clone(),
@@ -245,6 +262,8 @@ pub async fn run(config: &Config, opts: &RunOptions) -> Result<(RunReport, PathB
         pg_dump_version: tools.version.clone(),
         groups: group_reports,
         warnings: planned.plan.warnings.clone(),
+        prune,
+        notification: None,
     };
     let report_path = opts
         .report

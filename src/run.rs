@@ -134,15 +134,6 @@ struct Ctx {
 pub async fn run(config: &Config, opts: &RunOptions) -> Result<(RunReport, PathBuf), Failure> {
     let started = Instant::now();
     let started_at = now_rfc3339();
-    let root = config.backup.dir.clone();
-    store::create_dir_all(&root).map_err(|e| {
-        Failure::Start(anyhow::anyhow!(
-            "cannot create backup.dir {}: {e}",
-            root.display()
-        ))
-    })?;
-    let mut lock = RunLock::acquire(&root).map_err(Failure::Locked)?;
-
     let (pg_dump, pg_dumpall) = dump::locate(
         config.backup.pg_dump.as_deref(),
         config.backup.pg_dumpall.as_deref(),
@@ -170,6 +161,16 @@ pub async fn run(config: &Config, opts: &RunOptions) -> Result<(RunReport, PathB
             )));
         }
     }
+
+    // Only now, with the configuration checked against the catalog, is anything written.
+    let root = config.backup.dir.clone();
+    store::create_dir_all(&root).map_err(|e| {
+        Failure::Start(anyhow::anyhow!(
+            "cannot create backup.dir {}: {e}",
+            root.display()
+        ))
+    })?;
+    let mut lock = RunLock::acquire(&root).map_err(Failure::Locked)?;
 
     let run_id = new_run_id(lock.previous_run_id()).await;
     lock.record(Some(&run_id)).map_err(|e| {

@@ -74,10 +74,11 @@ pub async fn dispatch(cli: Cli) -> i32 {
     let config = match config::load(&cli.config) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("pg_groupdump: configuration error: {e}");
+            crate::say!("pg_groupdump: configuration error: {e}");
             return exit::CONFIG;
         }
     };
+    crate::store::set_modes(config.backup.file_mode, config.backup.dir_mode);
     let result = match cli.command {
         Command::Plan { json } => plan(&config, json).await,
         Command::Run {
@@ -94,12 +95,8 @@ pub async fn dispatch(cli: Cli) -> i32 {
             };
             match run::run(&config, &opts).await {
                 Ok((mut report, path)) => {
-                    eprint!("{}", report.summary(&path.display().to_string()));
-                    let code = if report.failed() > 0 {
-                        exit::SOME_FAILED
-                    } else {
-                        exit::OK
-                    };
+                    crate::say_raw!(report.summary(&path.display().to_string()));
+                    let code = report.exit_code();
                     let mailed = mail_report(&config, &mut report, &path).await;
                     Ok(if code == exit::OK && !mailed {
                         exit::NOT_REPORTED
@@ -126,11 +123,14 @@ pub async fn dispatch(cli: Cli) -> i32 {
             ))),
             Some(email) => match crate::notify::email_test(email).await {
                 Ok(reply) => {
-                    println!("sent; the server answered: {reply}");
+                    {
+                        use std::io::Write as _;
+                        let _ = writeln!(std::io::stdout(), "sent; the server answered: {reply}");
+                    }
                     Ok(exit::OK)
                 }
                 Err(e) => {
-                    eprintln!("pg_groupdump: email-test: {e}");
+                    crate::say!("pg_groupdump: email-test: {e}");
                     Ok(exit::NOT_REPORTED)
                 }
             },
@@ -144,9 +144,9 @@ pub async fn dispatch(cli: Cli) -> i32 {
                 Failure::Usage(_) => "usage: ",
                 _ => "",
             };
-            eprintln!("pg_groupdump: {what}{e}");
+            crate::say!("pg_groupdump: {what}{e}");
             if let Failure::Report(_, report) = &e {
-                eprint!("{}", report.summary("(not written)"));
+                crate::say_raw!(report.summary("(not written)"));
                 if report.failed() > 0 {
                     return exit::SOME_FAILED;
                 }
@@ -178,7 +178,7 @@ async fn mail_report(
             },
         ),
         Err(e) => {
-            eprintln!("pg_groupdump: could not send the run's mail: {e}");
+            crate::say!("pg_groupdump: could not send the run's mail: {e}");
             (
                 false,
                 crate::report::Notification {
@@ -192,7 +192,7 @@ async fn mail_report(
     report.notification = Some(notification);
     let json = serde_json::to_vec_pretty(report).expect("report serializes");
     if let Err(e) = crate::store::write_atomic(path, &json) {
-        eprintln!(
+        crate::say!(
             "pg_groupdump: cannot rewrite the run report {}: {e}",
             path.display()
         );
@@ -213,22 +213,21 @@ async fn mail_start_failure(config: &config::Config, failure: &Failure) {
     if let Err(e) =
         crate::notify::notify_start_failure(email, &config.path, &failure.to_string()).await
     {
-        eprintln!("pg_groupdump: could not send the failure mail: {e}");
+        crate::say!("pg_groupdump: could not send the failure mail: {e}");
     }
 }
 
 async fn plan(config: &config::Config, json: bool) -> Result<i32, Failure> {
     let planned = run::build_plan(config, &[], false).await?;
     for w in &planned.plan.warnings {
-        eprintln!("warning: {w}");
+        crate::say!("warning: {w}");
     }
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&planned.plan).expect("plan serializes")
-        );
+    let text = if json {
+        serde_json::to_string_pretty(&planned.plan).expect("plan serializes") + "\n"
     } else {
-        print!("{}", crate::plan::render_text(&planned.plan));
-    }
+        crate::plan::render_text(&planned.plan)
+    };
+    use std::io::Write as _;
+    let _ = std::io::stdout().write_all(text.as_bytes());
     Ok(exit::OK)
 }

@@ -83,6 +83,8 @@ struct RawBackup {
     lock_retries: Option<i64>,
     retry_delay: Option<String>,
     yield_after: Option<String>,
+    file_mode: Option<String>,
+    dir_mode: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -188,6 +190,10 @@ pub struct BackupConfig {
     /// Cancel a dump when another session has waited this long for a lock it holds.
     /// `None`: never yield.
     pub yield_after: Option<Duration>,
+    /// Mode of the files written (default 0600).
+    pub file_mode: u32,
+    /// Mode of the directories created (default 0700).
+    pub dir_mode: u32,
 }
 
 /// The default `yield_after`: a DDL statement waits at most about this long behind a dump.
@@ -362,6 +368,10 @@ fn check(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
         None => Some(DEFAULT_YIELD_AFTER),
         Some(s) => parse_yield_after(&s).map_err(|m| err("backup.yield_after", m))?,
     };
+    let file_mode =
+        parse_mode(b.file_mode.as_deref(), 0o600, 0o600).map_err(|m| err("backup.file_mode", m))?;
+    let dir_mode =
+        parse_mode(b.dir_mode.as_deref(), 0o700, 0o700).map_err(|m| err("backup.dir_mode", m))?;
     let compress = match b.compress {
         None => None,
         Some(n) if (0..=9).contains(&n) => Some(n as u8),
@@ -396,6 +406,8 @@ fn check(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
         lock_retries,
         retry_delay,
         yield_after,
+        file_mode,
+        dir_mode,
     };
 
     let mut groups = Vec::with_capacity(raw.groups.len());
@@ -512,6 +524,19 @@ fn check(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
 /// Parses a humantime duration ("6s", "1m 30s", "500ms").
 pub fn parse_duration(s: &str) -> Option<Duration> {
     humantime::parse_duration(s.trim()).ok()
+}
+
+/// An octal mode such as "0640"; `required` bits must be set (the owner must keep access).
+fn parse_mode(s: Option<&str>, default: u32, required: u32) -> Result<u32, String> {
+    let Some(s) = s else { return Ok(default) };
+    let digits = s.trim().trim_start_matches("0o");
+    match u32::from_str_radix(digits, 8) {
+        Ok(m) if m <= 0o777 && m & required == required => Ok(m),
+        Ok(m) if m <= 0o777 => Err(format!(
+            "{s:?}: the owner must keep access ({required:04o})"
+        )),
+        _ => Err(format!("{s:?} is not an octal mode such as \"0640\"")),
+    }
 }
 
 /// `yield_after`: a positive duration, or "never" / "off".

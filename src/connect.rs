@@ -228,11 +228,26 @@ pub fn application_name(what: &str) -> String {
 }
 
 fn read_password_file(path: &Path) -> Result<String, ConnectError> {
+    warn_if_readable_by_others(path, "connection.password_file");
     let text = std::fs::read_to_string(path).map_err(|source| ConnectError::PasswordFile {
         path: path.to_path_buf(),
         source,
     })?;
     Ok(text.lines().next().unwrap_or("").to_string())
+}
+
+/// Warns when a file holding a secret can be read by other users.
+pub fn warn_if_readable_by_others(path: &Path, key: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(path) {
+        if m.permissions().mode() & 0o044 != 0 {
+            tracing::warn!(
+                "{key} {} is readable by other users (mode {:04o}); chmod 600 it",
+                path.display(),
+                m.permissions().mode() & 0o777
+            );
+        }
+    }
 }
 
 fn default_host() -> String {

@@ -291,6 +291,20 @@ pub async fn run_child(
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .process_group(0);
+    // If pg_groupdump dies (even by SIGKILL), its children get SIGTERM instead of writing on
+    // as orphans. SAFETY: prctl and getppid are async-signal-safe; nothing is allocated.
+    let parent = std::process::id() as libc::pid_t;
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
     for (k, v) in settings.conn.child_env() {
         cmd.env(k, v);
     }

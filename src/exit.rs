@@ -7,7 +7,9 @@
 //! | 2 | bad configuration or command line; nothing was dumped |
 //! | 3 | the run could not start: server unreachable, authentication failed, pg_dump missing or older than the server, backup directory unusable |
 //! | 4 | another run holds the lock on the backup directory |
-//! | 5 | the dumps succeeded but the run report could not be written |
+//! | 5 | the dumps succeeded but the run report could not be written or its mail not sent |
+//! | 130 | stopped by SIGINT: running dumps cancelled, their `.ing` files removed, report written |
+//! | 143 | stopped by SIGTERM: likewise |
 
 pub const OK: i32 = 0;
 pub const SOME_FAILED: i32 = 1;
@@ -15,3 +17,5 @@ pub const CONFIG: i32 = 2;
 pub const CANNOT_START: i32 = 3;
 pub const LOCKED: i32 = 4;
 pub const NOT_REPORTED: i32 = 5;
+pub const SIGINT: i32 = 130;
+pub const SIGTERM: i32 = 143;

@@ -54,6 +54,25 @@ impl Failure {
     }
 }
 
+/// Writes a line to stderr, ignoring errors: a run whose terminal went away (SIGHUP) must
+/// finish its work, not panic on a failed write as `eprintln!` would.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// Writes text to stderr as is, ignoring errors (see [`say!`]).
+#[macro_export]
+macro_rules! say_raw {
+    ($text:expr) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr(), "{}", $text);
+    }};
+}
+
 /// `s` with control characters (newlines, tabs, escapes) shown as escapes, for one-line logs.
 pub fn printable(s: &str) -> String {
     s.chars()

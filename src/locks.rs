@@ -434,6 +434,32 @@ pub fn is_lock_failure(stderr: &str) -> bool {
         || (stderr.contains("statement timeout") && stderr.contains("LOCK TABLE"))
 }
 
+/// Whether a failure was the connection going away or being refused (a server restart, a
+/// terminated backend) — worth another attempt — rather than something retrying cannot mend
+/// (a database that no longer exists, a failed authentication, a permission).
+pub fn is_connection_failure(stderr: &str) -> bool {
+    const PERMANENT: [&str; 5] = [
+        "does not exist",
+        "password authentication failed",
+        "no pg_hba.conf entry",
+        "permission denied",
+        "authentication failed",
+    ];
+    const TRANSIENT: [&str; 10] = [
+        "server closed the connection unexpectedly",
+        "terminating connection due to administrator command",
+        "Connection refused",
+        "the database system is starting up",
+        "the database system is shutting down",
+        "the database system is in recovery mode",
+        "could not receive data from server",
+        "no connection to the server",
+        "connection to server was lost",
+        "SSL SYSCALL error",
+    ];
+    !PERMANENT.iter().any(|p| stderr.contains(p)) && TRANSIENT.iter().any(|t| stderr.contains(t))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -449,6 +475,25 @@ mod tests {
         ));
         assert!(!is_lock_failure(
             "pg_dump: error: permission denied for table t"
+        ));
+    }
+
+    #[test]
+    fn connection_failures_are_recognised() {
+        assert!(is_connection_failure(
+            "pg_dump: error: query failed: server closed the connection unexpectedly"
+        ));
+        assert!(is_connection_failure(
+            "FATAL:  terminating connection due to administrator command"
+        ));
+        assert!(is_connection_failure(
+            "connection to server at \"127.0.0.1\", port 5 failed: Connection refused"
+        ));
+        assert!(!is_connection_failure(
+            "connection to server failed: FATAL:  database \"x\" does not exist"
+        ));
+        assert!(!is_connection_failure(
+            "FATAL:  password authentication failed for user \"bk\""
         ));
     }
 

@@ -1,53 +1,1234 @@
 //! Mail after a run: `[email]`, the message, and sending it over SMTP (lettre).
 //!
-//! (Being written: this file holds the interface the rest of the program uses.)
+//! One plain-text mail per run, sent after the run and its pruning: on failure only (the
+//! default) or after every run (`on = "always"`). A run that could not start after the
+//! configuration was read (server unreachable, authentication failed, another run holds the
+//! lock) is mailed too. `pg_groupdump email-test` sends a test message.
+//!
+//! Every exchange with the mail server, from the DNS lookup to `QUIT`, is bounded by
+//! `email.timeout`, so a dead or silent mail server never hangs a run. The password comes from
+//! `password_file` (its first line) or the environment variable named by `password_env`; it is
+//! never written to the configuration, a log or a message.
 
-use std::path::Path;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use lettre::message::header::{ContentType, HeaderName, HeaderValue};
+use lettre::message::Mailbox;
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{
+    AsyncSmtpConnection, Certificate, TlsParameters, TlsParametersBuilder,
+};
+use lettre::transport::smtp::extension::ClientId;
+use lettre::transport::smtp::response::Response;
+use lettre::Message;
 use serde::Deserialize;
 
 use crate::config::ConfigError;
-use crate::report::RunReport;
+use crate::report::{GroupReport, Outcome, RunReport, Status};
+
+/// The default `email.timeout`: one bound for the whole exchange with the mail server.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The default `email.subject_prefix`.
+pub const DEFAULT_SUBJECT_PREFIX: &str = "[pg_groupdump]";
+
+/// Failed groups described in full in one mail; the rest are listed by name.
+const MAX_DETAILED_GROUPS: usize = 50;
+/// Table names listed per failed group.
+const MAX_TABLES_LISTED: usize = 20;
 
 /// `[email]` as written in the file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawEmail {}
+pub struct RawEmail {
+    host: Option<String>,
+    port: Option<i64>,
+    tls: Option<String>,
+    username: Option<String>,
+    password_file: Option<PathBuf>,
+    password_env: Option<String>,
+    from: Option<String>,
+    to: Option<Vec<String>>,
+    on: Option<String>,
+    subject_prefix: Option<String>,
+    timeout: Option<String>,
+    ca_file: Option<PathBuf>,
+    tls_insecure_skip_verify: Option<bool>,
+}
+
+/// How the connection to the mail server is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// Plain TCP, then `STARTTLS`, which the server must offer (default port 587).
+    Starttls,
+    /// TLS from the first byte, "SMTPS" (default port 465).
+    Tls,
+    /// No encryption at all (default port 25): only for a relay on the same host or network.
+    None,
+}
+
+impl TlsMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsMode::Starttls => "starttls",
+            TlsMode::Tls => "tls",
+            TlsMode::None => "none",
+        }
+    }
+
+    fn default_port(self) -> u16 {
+        match self {
+            TlsMode::Starttls => 587,
+            TlsMode::Tls => 465,
+            TlsMode::None => 25,
+        }
+    }
+}
+
+/// When a run is mailed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum On {
+    /// Only runs with a failed dump (and runs that could not start).
+    Failure,
+    /// Every run.
+    Always,
+}
+
+/// Where the SMTP password comes from (the password itself is read only when sending).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PasswordSource {
+    /// The first line of this file.
+    File(PathBuf),
+    /// This environment variable.
+    Env(String),
+}
 
 /// The checked `[email]` settings.
 #[derive(Debug, Clone)]
-pub struct EmailConfig {}
+pub struct EmailConfig {
+    pub host: String,
+    pub port: u16,
+    pub tls: TlsMode,
+    /// SMTP AUTH user; `None`: no authentication.
+    pub username: Option<String>,
+    /// Set exactly when `username` is.
+    pub password: Option<PasswordSource>,
+    pub from: Mailbox,
+    pub to: Vec<Mailbox>,
+    pub on: On,
+    /// Put in front of every subject (may be empty).
+    pub subject_prefix: String,
+    /// Bounds the whole exchange with the mail server: connection, TLS, AUTH, sending, QUIT.
+    pub timeout: Duration,
+    /// PEM certificates trusted (besides the built-in web PKI roots) for the server's certificate.
+    pub ca_file: Option<PathBuf>,
+    /// Accept any certificate and host name. Dangerous; warned about at every start.
+    pub tls_insecure_skip_verify: bool,
+}
 
 /// A mail could not be sent.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct NotifyError(pub String);
 
+// ---------------------------------------------------------------------------------------------
+// Configuration
+
 /// Checks `[email]`; errors name the key (`email.port`).
-pub fn check(_path: &Path, _raw: RawEmail) -> Result<EmailConfig, ConfigError> {
-    Ok(EmailConfig {})
+pub fn check(path: &Path, raw: RawEmail) -> Result<EmailConfig, ConfigError> {
+    let err = |key: &str, msg: String| ConfigError::new(path, key, msg);
+
+    let host = raw.host.ok_or_else(|| {
+        err(
+            "email.host",
+            "is required: the SMTP server to send through".into(),
+        )
+    })?;
+    if host.trim().is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(err(
+            "email.host",
+            format!("{host:?} is not a host name or address"),
+        ));
+    }
+    let tls = match raw.tls.as_deref() {
+        None | Some("starttls") => TlsMode::Starttls,
+        Some("tls") => TlsMode::Tls,
+        Some("none") => TlsMode::None,
+        Some(t) => {
+            return Err(err(
+                "email.tls",
+                format!("{t:?} is not one of \"starttls\", \"tls\", \"none\""),
+            ))
+        }
+    };
+    let port = match raw.port {
+        None => tls.default_port(),
+        Some(p) if (1..=65535).contains(&p) => p as u16,
+        Some(p) => {
+            return Err(err(
+                "email.port",
+                format!("{p} is not a port number (1 to 65535)"),
+            ))
+        }
+    };
+
+    let username = match raw.username {
+        Some(u) if u.is_empty() => {
+            return Err(err(
+                "email.username",
+                "must not be empty (leave it out for no authentication)".into(),
+            ))
+        }
+        u => u,
+    };
+    let password = match (raw.password_file, raw.password_env) {
+        (Some(_), Some(_)) => {
+            return Err(err(
+                "email.password_env",
+                "give either password_file or password_env, not both".into(),
+            ))
+        }
+        (Some(f), None) => {
+            if f.as_os_str().is_empty() {
+                return Err(err("email.password_file", "must not be empty".into()));
+            }
+            Some(PasswordSource::File(f))
+        }
+        (None, Some(v)) => {
+            if v.is_empty() || v.contains('=') || v.contains('\0') {
+                return Err(err(
+                    "email.password_env",
+                    format!("{v:?} is not an environment variable name"),
+                ));
+            }
+            Some(PasswordSource::Env(v))
+        }
+        (None, None) => None,
+    };
+    match (&username, &password) {
+        (Some(u), None) => {
+            return Err(err(
+                "email.username",
+                format!("{u:?} needs a password: set password_file or password_env (the password is never written in this file)"),
+            ))
+        }
+        (None, Some(PasswordSource::File(_))) => {
+            return Err(err(
+                "email.password_file",
+                "is set but email.username is not".into(),
+            ))
+        }
+        (None, Some(PasswordSource::Env(_))) => {
+            return Err(err(
+                "email.password_env",
+                "is set but email.username is not".into(),
+            ))
+        }
+        _ => {}
+    }
+
+    let from_text = raw.from.ok_or_else(|| {
+        err(
+            "email.from",
+            "is required: the sender address, e.g. \"pg_groupdump <backup@example.com>\"".into(),
+        )
+    })?;
+    let from: Mailbox = from_text.parse().map_err(|e| {
+        err(
+            "email.from",
+            format!("{from_text:?} is not a mail address: {e}"),
+        )
+    })?;
+    let to_list = raw.to.ok_or_else(|| {
+        err(
+            "email.to",
+            "is required: a list of recipient addresses".into(),
+        )
+    })?;
+    if to_list.is_empty() {
+        return Err(err(
+            "email.to",
+            "is empty: give at least one recipient".into(),
+        ));
+    }
+    let mut to = Vec::with_capacity(to_list.len());
+    for (i, t) in to_list.iter().enumerate() {
+        let m: Mailbox = t.parse().map_err(|e| {
+            err(
+                &format!("email.to[{i}]"),
+                format!("{t:?} is not a mail address: {e}"),
+            )
+        })?;
+        to.push(m);
+    }
+
+    let on = match raw.on.as_deref() {
+        None | Some("failure") => On::Failure,
+        Some("always") => On::Always,
+        Some(o) => {
+            return Err(err(
+                "email.on",
+                format!("{o:?} is not \"failure\" or \"always\""),
+            ))
+        }
+    };
+    let subject_prefix = match raw.subject_prefix {
+        None => DEFAULT_SUBJECT_PREFIX.to_string(),
+        Some(p) if p.chars().any(char::is_control) => {
+            return Err(err(
+                "email.subject_prefix",
+                format!("{p:?}: control characters are not allowed in a subject"),
+            ))
+        }
+        Some(p) => p.trim().to_string(),
+    };
+    let timeout = match raw.timeout {
+        None => DEFAULT_TIMEOUT,
+        Some(s) => crate::config::parse_duration(&s)
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                err(
+                    "email.timeout",
+                    format!("{s:?} is not a positive duration such as \"30s\""),
+                )
+            })?,
+    };
+    let tls_insecure_skip_verify = raw.tls_insecure_skip_verify.unwrap_or(false);
+    if tls == TlsMode::None {
+        if raw.ca_file.is_some() {
+            return Err(err(
+                "email.ca_file",
+                "has no use with tls = \"none\"".into(),
+            ));
+        }
+        if tls_insecure_skip_verify {
+            return Err(err(
+                "email.tls_insecure_skip_verify",
+                "has no use with tls = \"none\"".into(),
+            ));
+        }
+    }
+    if let Some(f) = &raw.ca_file {
+        if f.as_os_str().is_empty() {
+            return Err(err("email.ca_file", "must not be empty".into()));
+        }
+    }
+
+    let cfg = EmailConfig {
+        host,
+        port,
+        tls,
+        username,
+        password,
+        from,
+        to,
+        on,
+        subject_prefix,
+        timeout,
+        ca_file: raw.ca_file,
+        tls_insecure_skip_verify,
+    };
+    for w in warnings(path, &cfg) {
+        tracing::warn!("{w}");
+    }
+    Ok(cfg)
 }
+
+/// What is risky about these settings (printed when the configuration is read).
+fn warnings(path: &Path, cfg: &EmailConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(PasswordSource::File(f)) = &cfg.password {
+        use std::os::unix::fs::PermissionsExt;
+        match std::fs::metadata(f) {
+            Ok(m) if m.permissions().mode() & 0o077 != 0 => out.push(format!(
+                "{}: email.password_file {} is readable by group or others (mode {:03o}): chmod 600 it",
+                path.display(),
+                f.display(),
+                m.permissions().mode() & 0o777
+            )),
+            Ok(_) => {}
+            Err(e) => out.push(format!(
+                "{}: email.password_file {}: {e}; mail cannot be sent",
+                path.display(),
+                f.display()
+            )),
+        }
+    }
+    if cfg.tls_insecure_skip_verify {
+        out.push(format!(
+            "{}: email.tls_insecure_skip_verify = true: the certificate of {} is not checked, so \
+             anyone on the way can read the mail{}",
+            path.display(),
+            cfg.host,
+            if cfg.username.is_some() {
+                " and the SMTP password"
+            } else {
+                ""
+            }
+        ));
+    }
+    if cfg.tls == TlsMode::None && cfg.username.is_some() && !is_loopback(&cfg.host) {
+        out.push(format!(
+            "{}: email.tls = \"none\" with a username: the SMTP password goes to {} unencrypted",
+            path.display(),
+            cfg.host
+        ));
+    }
+    out
+}
+
+fn is_loopback(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    h.eq_ignore_ascii_case("localhost")
+        || h.parse::<std::net::IpAddr>()
+            .map(|a| a.is_loopback())
+            .unwrap_or(false)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entry points
 
 /// Sends the run's summary if `on` says so. `Ok(Some(reply))` when sent, `Ok(None)` when
 /// there was nothing to send.
 pub async fn notify_run(
-    _cfg: &EmailConfig,
-    _report: &RunReport,
-    _report_path: &Path,
+    cfg: &EmailConfig,
+    report: &RunReport,
+    report_path: &Path,
 ) -> Result<Option<String>, NotifyError> {
-    Err(NotifyError("mail is not implemented yet".into()))
+    let failed = report.failed() > 0 || report.status == Status::Failed;
+    if !failed && cfg.on == On::Failure {
+        return Ok(None);
+    }
+    let (subject, body) = run_message(cfg, report, report_path);
+    let sent = send(cfg, &subject, body).await?;
+    Ok(Some(sent.reply))
 }
 
 /// Sends the "run could not start" mail.
 pub async fn notify_start_failure(
-    _cfg: &EmailConfig,
-    _config_path: &Path,
-    _error: &str,
+    cfg: &EmailConfig,
+    config_path: &Path,
+    error: &str,
 ) -> Result<String, NotifyError> {
-    Err(NotifyError("mail is not implemented yet".into()))
+    let machine = crate::report::host_name();
+    let target = configured_server(config_path);
+    let (subject, body) = start_failure_message(cfg, config_path, error, target, &machine);
+    Ok(send(cfg, &subject, body).await?.reply)
 }
 
 /// `pg_groupdump email-test`: sends a test message, returns what the server answered.
-pub async fn email_test(_cfg: &EmailConfig) -> Result<String, NotifyError> {
-    Err(NotifyError("mail is not implemented yet".into()))
+pub async fn email_test(cfg: &EmailConfig) -> Result<String, NotifyError> {
+    let machine = crate::report::host_name();
+    let subject = subject(cfg, &format!("{machine}: test message"));
+    let mut body = String::new();
+    let _ = writeln!(
+        body,
+        "This is a test message from `pg_groupdump email-test` on {machine}."
+    );
+    let _ = writeln!(body);
+    let _ = writeln!(
+        body,
+        "If you read this, the [email] settings work: runs are mailed {}.",
+        match cfg.on {
+            On::Failure => "when a dump fails (on = \"failure\")",
+            On::Always => "after every run (on = \"always\")",
+        }
+    );
+    let _ = writeln!(body);
+    let _ = writeln!(body, "Sent     {}", crate::report::now_rfc3339());
+    let _ = writeln!(body, "Server   {}", describe_server(cfg));
+    let _ = writeln!(body, "From     {}", cfg.from);
+    let _ = writeln!(body, "To       {}", mailbox_list(&cfg.to));
+    let sent = send(cfg, &subject, body).await?;
+    Ok(sent.describe())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The messages
+
+fn subject(cfg: &EmailConfig, text: &str) -> String {
+    if cfg.subject_prefix.is_empty() {
+        text.to_string()
+    } else {
+        format!("{} {text}", cfg.subject_prefix)
+    }
+}
+
+/// The name a run is known by in the subject: the PostgreSQL server's host (with its port
+/// unless 5432), or the name of this machine when the server is reached over a unix socket or
+/// a loopback address (it then runs here).
+pub fn server_label(server: &str, machine: &str) -> String {
+    if server.is_empty() || server.starts_with('/') {
+        return machine.to_string();
+    }
+    let (host, port) = match server.rsplit_once(':') {
+        Some((h, p)) if p.parse::<u16>().is_ok() => (h, Some(p)),
+        _ => (server, None),
+    };
+    if host.is_empty() || is_loopback(host) {
+        return machine.to_string();
+    }
+    match port {
+        None | Some("5432") => host.to_string(),
+        Some(p) => format!("{host}:{p}"),
+    }
+}
+
+/// Subject and body of a run's mail.
+pub fn run_message(cfg: &EmailConfig, report: &RunReport, report_path: &Path) -> (String, String) {
+    let label = server_label(&report.server, &report.host);
+    let total = report.groups.len();
+    let failed: Vec<&GroupReport> = report
+        .groups
+        .iter()
+        .filter(|g| g.status == Status::Failed)
+        .collect();
+    let bytes = crate::plan::human_bytes(report.bytes());
+    let subject_text = if failed.is_empty() {
+        format!("{label}: all {total} groups ok ({bytes})")
+    } else {
+        format!("{label}: {} of {total} groups failed", failed.len(),)
+    };
+
+    let mut b = String::new();
+    if failed.is_empty() {
+        let _ = writeln!(
+            b,
+            "pg_groupdump backed up {} from {}: every dump succeeded.",
+            crate::plural(total, "group"),
+            report.server
+        );
+    } else {
+        let _ = writeln!(
+            b,
+            "pg_groupdump: {} of {total} groups FAILED in the backup of {}; the other {} were written and kept.",
+            failed.len(),
+            report.server,
+            total - failed.len()
+        );
+    }
+    let _ = writeln!(b);
+    let _ = writeln!(b, "Run       {}", report.run_id);
+    let _ = writeln!(b, "Server    {}", report.server);
+    let _ = writeln!(b, "Host      {}", report.host);
+    let _ = writeln!(b, "Report    {}", report_path.display());
+    let _ = writeln!(b, "Config    {}", report.config);
+
+    if !failed.is_empty() {
+        let _ = writeln!(b);
+        let _ = writeln!(b, "FAILED GROUPS");
+        for g in failed.iter().take(MAX_DETAILED_GROUPS) {
+            let _ = writeln!(b);
+            write_failed_group(&mut b, g);
+        }
+        if failed.len() > MAX_DETAILED_GROUPS {
+            let _ = writeln!(b);
+            let _ = writeln!(
+                b,
+                "{} more failed groups (details in the report):",
+                failed.len() - MAX_DETAILED_GROUPS
+            );
+            for g in failed.iter().skip(MAX_DETAILED_GROUPS) {
+                let _ = writeln!(b, "  {}", group_name(g));
+            }
+        }
+    }
+
+    let _ = writeln!(b);
+    let _ = writeln!(b, "TOTALS");
+    let _ = writeln!(
+        b,
+        "  groups    {total} in all: {} ok, {} failed",
+        total - failed.len(),
+        failed.len()
+    );
+    let _ = writeln!(b, "  written   {bytes} ({} bytes)", report.bytes());
+    let _ = writeln!(
+        b,
+        "  duration  {} (from {} to {})",
+        duration_between(&report.started_at, &report.finished_at),
+        report.started_at,
+        report.finished_at
+    );
+    if let Some(p) = &report.prune {
+        let _ = writeln!(
+            b,
+            "  pruned    {}, {} freed{}",
+            crate::plural(p.deleted_files as usize, "file"),
+            crate::plan::human_bytes(p.freed_bytes),
+            if p.errors.is_empty() {
+                String::new()
+            } else {
+                format!(", {}", crate::plural(p.errors.len(), "error"))
+            }
+        );
+        for e in &p.errors {
+            let _ = writeln!(b, "            {}", indent_rest(e, 12));
+        }
+    }
+    if !report.warnings.is_empty() {
+        let _ = writeln!(b);
+        let _ = writeln!(b, "WARNINGS");
+        for w in &report.warnings {
+            let _ = writeln!(b, "  - {}", indent_rest(w, 4));
+        }
+    }
+    let _ = writeln!(b);
+    let _ = writeln!(
+        b,
+        "-- \npg_groupdump {} on {}",
+        env!("CARGO_PKG_VERSION"),
+        report.host
+    );
+    (subject(cfg, &subject_text), b)
+}
+
+fn group_name(g: &GroupReport) -> String {
+    format!(
+        "{} / {}",
+        g.database.as_deref().unwrap_or("(cluster)"),
+        crate::printable(&g.group)
+    )
+}
+
+fn write_failed_group(b: &mut String, g: &GroupReport) {
+    let _ = writeln!(b, "{}", group_name(g));
+    let _ = writeln!(
+        b,
+        "  database  {}",
+        g.database.as_deref().unwrap_or("(cluster: globals)")
+    );
+    let _ = writeln!(b, "  group     {}", crate::printable(&g.group));
+    if !g.tables.is_empty() {
+        let mut tables: Vec<String> = g
+            .tables
+            .iter()
+            .take(MAX_TABLES_LISTED)
+            .map(|t| crate::printable(t))
+            .collect();
+        if g.tables.len() > MAX_TABLES_LISTED {
+            tables.push(format!("and {} more", g.tables.len() - MAX_TABLES_LISTED));
+        }
+        let _ = writeln!(b, "  tables    {}", tables.join(", "));
+    }
+    let _ = writeln!(b, "  attempts  {}", g.attempts.len());
+    let _ = writeln!(
+        b,
+        "  error     {}",
+        indent_rest(g.error.as_deref().unwrap_or("(no error recorded)"), 12)
+    );
+    for a in &g.attempts {
+        let outcome = match a.outcome {
+            Outcome::Ok => "ok",
+            Outcome::LockTimeout => "lock wait timed out",
+            Outcome::Yielded => "yielded to a waiting session",
+            Outcome::ConnectionLost => "lost its connection to the server",
+            Outcome::Interrupted => "interrupted",
+            Outcome::Failed => "failed",
+        };
+        let _ = writeln!(
+            b,
+            "  attempt {} at {}: {outcome} after {}",
+            a.number,
+            a.started_at,
+            short_duration(Duration::from_millis(a.duration_ms))
+        );
+        // With one attempt its error is the group's, printed above.
+        if g.attempts.len() > 1 {
+            if let Some(e) = &a.error {
+                let _ = writeln!(b, "    error: {}", indent_rest(e, 11));
+            }
+        }
+        for s in &a.blockers {
+            let _ = writeln!(b, "    blocked by {}", indent_rest(&s.describe(), 15));
+        }
+        if let Some(s) = &a.yielded_to {
+            let _ = writeln!(b, "    yielded to {}", indent_rest(&s.describe(), 15));
+        }
+    }
+}
+
+/// Subject and body of the "run could not start" mail. `target` is the PostgreSQL server as
+/// configured (host, port), if known.
+fn start_failure_message(
+    cfg: &EmailConfig,
+    config_path: &Path,
+    error: &str,
+    target: Option<String>,
+    machine: &str,
+) -> (String, String) {
+    let label = server_label(target.as_deref().unwrap_or(""), machine);
+    let mut b = String::new();
+    let _ = writeln!(
+        b,
+        "pg_groupdump could not start a backup run: nothing was dumped."
+    );
+    let _ = writeln!(b);
+    let _ = writeln!(b, "Error     {}", indent_rest(error, 10));
+    let _ = writeln!(b);
+    if let Some(t) = &target {
+        let _ = writeln!(b, "Server    {t}");
+    }
+    let _ = writeln!(b, "Host      {machine}");
+    let _ = writeln!(
+        b,
+        "Config    {}",
+        std::path::absolute(config_path)
+            .unwrap_or_else(|_| config_path.to_path_buf())
+            .display()
+    );
+    let _ = writeln!(b, "Time      {}", crate::report::now_rfc3339());
+    let _ = writeln!(b);
+    let _ = writeln!(
+        b,
+        "-- \npg_groupdump {} on {machine}",
+        env!("CARGO_PKG_VERSION")
+    );
+    (
+        subject(cfg, &format!("{label}: the run could not start")),
+        b,
+    )
+}
+
+/// `host:port` of the PostgreSQL server as the configuration file (or libpq's environment)
+/// names it, for the "could not start" mail. Reads only `[connection]` again.
+fn configured_server(config_path: &Path) -> Option<String> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let text = std::fs::read_to_string(config_path).ok();
+    let conn = text
+        .as_deref()
+        .and_then(|t| t.parse::<toml::Table>().ok())
+        .and_then(|t| t.get("connection").and_then(|c| c.as_table()).cloned());
+    let host = conn
+        .as_ref()
+        .and_then(|c| c.get("host"))
+        .and_then(|h| h.as_str())
+        .map(str::to_string)
+        .or_else(|| env("PGHOST"))
+        .map(|h| h.split(',').next().unwrap_or("").to_string())
+        .filter(|h| !h.is_empty())?;
+    let port = conn
+        .as_ref()
+        .and_then(|c| c.get("port"))
+        .and_then(|p| p.as_integer())
+        .map(|p| p.to_string())
+        .or_else(|| env("PGPORT"))
+        .unwrap_or_else(|| "5432".to_string());
+    Some(if host.starts_with('/') {
+        format!("{}/.s.PGSQL.{port}", host.trim_end_matches('/'))
+    } else {
+        format!("{host}:{port}")
+    })
+}
+
+/// Continuation lines of `s` indented by `n` spaces (so multi-line errors stay readable).
+fn indent_rest(s: &str, n: usize) -> String {
+    let s = s.trim_end();
+    s.replace('\n', &format!("\n{}", " ".repeat(n)))
+}
+
+fn short_duration(d: Duration) -> String {
+    if d < Duration::from_secs(60) {
+        format!("{:.1}s", d.as_secs_f64())
+    } else {
+        humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+    }
+}
+
+fn duration_between(start: &str, end: &str) -> String {
+    let parse = |s: &str| chrono::DateTime::parse_from_rfc3339(s).ok();
+    match (parse(start), parse(end)) {
+        (Some(a), Some(b)) => short_duration((b - a).to_std().unwrap_or_default()),
+        _ => "unknown".to_string(),
+    }
+}
+
+fn mailbox_list(list: &[Mailbox]) -> String {
+    list.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn describe_server(cfg: &EmailConfig) -> String {
+    format!(
+        "{}:{} (tls = \"{}\"{}{})",
+        cfg.host,
+        cfg.port,
+        cfg.tls.as_str(),
+        match &cfg.username {
+            Some(u) => format!(", user {u}"),
+            None => String::new(),
+        },
+        if cfg.tls_insecure_skip_verify {
+            ", certificate NOT checked"
+        } else {
+            ""
+        }
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sending
+
+/// What happened when a mail went out.
+#[derive(Debug)]
+struct Sent {
+    /// The server's reply to the message (e.g. `250 2.0.0 Ok: queued as 4XyZ`).
+    reply: String,
+    /// The server's name from its EHLO reply.
+    server_name: String,
+    encrypted: bool,
+    /// The reply to AUTH, when authenticated.
+    auth: Option<String>,
+}
+
+impl Sent {
+    fn describe(&self) -> String {
+        let mut s = format!("{} (server {}", self.reply, self.server_name);
+        s.push_str(if self.encrypted {
+            ", encrypted"
+        } else {
+            ", not encrypted"
+        });
+        if let Some(a) = &self.auth {
+            s.push_str(&format!(", AUTH: {a}"));
+        }
+        s.push(')');
+        s
+    }
+}
+
+fn reply_text(r: &Response) -> String {
+    let lines: Vec<&str> = r.message().collect();
+    if lines.is_empty() {
+        r.code().to_string()
+    } else {
+        format!("{} {}", r.code(), lines.join(" / "))
+    }
+}
+
+/// The text of a lettre error with its causes (lettre's Display already includes the source).
+fn smtp_error(e: &lettre::transport::smtp::Error) -> String {
+    e.to_string()
+}
+
+fn build_message(cfg: &EmailConfig, subject: &str, body: String) -> Result<Message, NotifyError> {
+    let mut m = Message::builder()
+        .from(cfg.from.clone())
+        .subject(subject)
+        .message_id(None)
+        .user_agent(format!("pg_groupdump/{}", env!("CARGO_PKG_VERSION")))
+        .raw_header(HeaderValue::new(
+            HeaderName::new_from_ascii_str("Auto-Submitted"),
+            "auto-generated".to_string(),
+        ))
+        .header(ContentType::TEXT_PLAIN);
+    for t in &cfg.to {
+        m = m.to(t.clone());
+    }
+    m.body(body)
+        .map_err(|e| NotifyError(format!("cannot build the mail: {e}")))
+}
+
+fn read_password(src: &PasswordSource) -> Result<String, NotifyError> {
+    match src {
+        PasswordSource::File(f) => std::fs::read_to_string(f)
+            .map(|t| t.lines().next().unwrap_or("").to_string())
+            .map_err(|e| {
+                NotifyError(format!(
+                    "cannot read email.password_file {}: {e}",
+                    f.display()
+                ))
+            }),
+        PasswordSource::Env(v) => std::env::var(v).map_err(|_| {
+            NotifyError(format!(
+                "email.password_env: the environment variable {v} is not set (or not UTF-8)"
+            ))
+        }),
+    }
+}
+
+fn tls_parameters(cfg: &EmailConfig) -> Result<TlsParameters, NotifyError> {
+    let mut b = TlsParametersBuilder::new(cfg.host.clone());
+    if let Some(ca) = &cfg.ca_file {
+        let pem = std::fs::read(ca)
+            .map_err(|e| NotifyError(format!("cannot read email.ca_file {}: {e}", ca.display())))?;
+        let cert = Certificate::from_pem(&pem).map_err(|e| {
+            NotifyError(format!(
+                "email.ca_file {} holds no usable PEM certificate: {e}",
+                ca.display()
+            ))
+        })?;
+        b = b.add_root_certificate(cert);
+    }
+    if cfg.tls_insecure_skip_verify {
+        b = b
+            .dangerous_accept_invalid_certs(true)
+            .dangerous_accept_invalid_hostnames(true);
+    }
+    b.build_rustls()
+        .map_err(|e| NotifyError(format!("TLS setup for {}: {e}", cfg.host)))
+}
+
+/// Sends one message, the whole exchange bounded by `cfg.timeout`.
+async fn send(cfg: &EmailConfig, subject: &str, body: String) -> Result<Sent, NotifyError> {
+    let message = build_message(cfg, subject, body)?;
+    let credentials = match (&cfg.username, &cfg.password) {
+        (Some(u), Some(p)) => Some(Credentials::new(u.clone(), read_password(p)?)),
+        _ => None,
+    };
+    let tls = match cfg.tls {
+        TlsMode::None => None,
+        _ => Some(tls_parameters(cfg)?),
+    };
+    let server = format!("{}:{}", cfg.host, cfg.port);
+    let exchange = exchange(cfg, &message, credentials.as_ref(), tls);
+    match tokio::time::timeout(cfg.timeout, exchange).await {
+        Ok(Ok(sent)) => {
+            tracing::info!("mail sent through {server}: {}", sent.reply);
+            Ok(sent)
+        }
+        Ok(Err(e)) => Err(NotifyError(format!("mail server {server}: {e}"))),
+        Err(_) => Err(NotifyError(format!(
+            "mail server {server}: no answer within email.timeout ({}); the mail was not sent",
+            humantime::format_duration(cfg.timeout)
+        ))),
+    }
+}
+
+/// Connects, secures, authenticates, sends, quits.
+async fn exchange(
+    cfg: &EmailConfig,
+    message: &Message,
+    credentials: Option<&Credentials>,
+    tls: Option<TlsParameters>,
+) -> Result<Sent, String> {
+    let hello = ClientId::default();
+    let (wrapper, starttls) = match cfg.tls {
+        TlsMode::Tls => (tls, None),
+        TlsMode::Starttls => (None, tls),
+        TlsMode::None => (None, None),
+    };
+    let mut conn = AsyncSmtpConnection::connect_tokio1(
+        (cfg.host.as_str(), cfg.port),
+        Some(cfg.timeout),
+        &hello,
+        wrapper,
+        None,
+    )
+    .await
+    .map_err(|e| format!("cannot connect: {}", smtp_error(&e)))?;
+    let mut usable = true;
+    let result = async {
+        let usable = &mut usable;
+        if let Some(params) = starttls {
+            if !conn.can_starttls() {
+                return Err(
+                    "the server does not offer STARTTLS (tls = \"starttls\" requires it; \
+                     use tls = \"tls\" for port 465)"
+                        .to_string(),
+                );
+            }
+            if let Err(e) = conn.starttls(params, &hello).await {
+                // After a failed TLS handshake the connection has no stream left: lettre
+                // panics on any further write, so it must not even be sent QUIT.
+                *usable = false;
+                return Err(format!("STARTTLS failed: {}", smtp_error(&e)));
+            }
+        }
+        let auth = match credentials {
+            Some(c) => Some(
+                conn.auth(&[Mechanism::Plain, Mechanism::Login], c)
+                    .await
+                    .map(|r| reply_text(&r))
+                    .map_err(|e| {
+                        format!(
+                            "authentication as {} failed: {}",
+                            cfg.username.as_deref().unwrap_or(""),
+                            smtp_error(&e)
+                        )
+                    })?,
+            ),
+            None => None,
+        };
+        let reply = conn
+            .send(message.envelope(), &message.formatted())
+            .await
+            .map_err(|e| format!("the message was refused: {}", smtp_error(&e)))?;
+        Ok(Sent {
+            reply: reply_text(&reply),
+            server_name: conn.server_info().name().to_string(),
+            encrypted: conn.is_encrypted(),
+            auth,
+        })
+    }
+    .await;
+    match &result {
+        Ok(_) => {
+            let _ = conn.quit().await;
+        }
+        Err(_) if usable => conn.abort().await,
+        Err(_) => {}
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::locks::Session;
+    use crate::report::{Attempt, Kind};
+
+    fn cfg(email: &str) -> Result<crate::config::Config, ConfigError> {
+        crate::config::parse(
+            Path::new("groups.toml"),
+            &format!("[backup]\ndir = \"/b\"\n[email]\n{email}\n"),
+        )
+    }
+
+    const MINIMAL: &str =
+        "host = \"smtp.example.com\"\nfrom = \"backup@example.com\"\nto = [\"ops@example.com\"]";
+
+    /// MINIMAL with the keys of `extra` replaced or added.
+    fn with(extra: &str) -> String {
+        let key = |l: &str| l.split('=').next().unwrap_or("").trim().to_string();
+        let given: Vec<String> = extra.lines().map(key).collect();
+        let mut lines: Vec<&str> = MINIMAL
+            .lines()
+            .filter(|l| !given.contains(&key(l)))
+            .collect();
+        lines.extend(extra.lines());
+        lines.join("\n")
+    }
+
+    fn email(extra: &str) -> EmailConfig {
+        cfg(&with(extra)).unwrap().email.expect("[email] parsed")
+    }
+
+    fn key_of(extra: &str) -> String {
+        let e = cfg(&with(extra)).unwrap_err();
+        e.key
+    }
+
+    #[test]
+    fn defaults() {
+        let e = email("");
+        assert_eq!(e.host, "smtp.example.com");
+        assert_eq!(e.port, 587);
+        assert_eq!(e.tls, TlsMode::Starttls);
+        assert_eq!(e.on, On::Failure);
+        assert_eq!(e.timeout, DEFAULT_TIMEOUT);
+        assert_eq!(e.subject_prefix, DEFAULT_SUBJECT_PREFIX);
+        assert!(e.username.is_none() && e.password.is_none());
+        assert!(!e.tls_insecure_skip_verify);
+        assert_eq!(email("tls = \"tls\"").port, 465);
+        assert_eq!(email("tls = \"none\"").port, 25);
+        assert_eq!(email("tls = \"none\"\nport = 2525").port, 2525);
+        let e = email("to = [\"a@example.com\", \"Ops Team <ops@example.com>\"]\non = \"always\"\ntimeout = \"2s\"\nsubject_prefix = \"\"");
+        assert_eq!(e.to.len(), 2);
+        assert_eq!(e.on, On::Always);
+        assert_eq!(e.timeout, Duration::from_secs(2));
+        assert_eq!(e.subject_prefix, "");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert_eq!(key_of("port = 0"), "email.port");
+        assert_eq!(key_of("port = 70000"), "email.port");
+        assert_eq!(key_of("tls = \"ssl\""), "email.tls");
+        assert_eq!(key_of("on = \"never\""), "email.on");
+        assert_eq!(key_of("timeout = \"soon\""), "email.timeout");
+        assert_eq!(key_of("timeout = \"0s\""), "email.timeout");
+        assert_eq!(key_of("username = \"u\""), "email.username");
+        assert_eq!(key_of("password_env = \"X\""), "email.password_env");
+        assert_eq!(key_of("password_file = \"/x\""), "email.password_file");
+        assert_eq!(
+            key_of("username = \"u\"\npassword_env = \"X\"\npassword_file = \"/x\""),
+            "email.password_env"
+        );
+        assert_eq!(
+            key_of("tls = \"none\"\nca_file = \"/ca.pem\""),
+            "email.ca_file"
+        );
+        assert_eq!(
+            key_of("tls = \"none\"\ntls_insecure_skip_verify = true"),
+            "email.tls_insecure_skip_verify"
+        );
+        // an inline password is no key at all
+        let e = cfg(&format!(
+            "{MINIMAL}\nusername = \"u\"\npassword = \"hunter2\""
+        ))
+        .unwrap_err();
+        assert!(e.key.starts_with("email"), "{e}");
+        assert!(e.to_string().contains("password"), "{e}");
+        for (text, key) in [
+            (
+                "from = \"backup@example.com\"\nto = [\"a@x\"]",
+                "email.host",
+            ),
+            ("host = \"h\"\nto = [\"a@x\"]", "email.from"),
+            ("host = \"h\"\nfrom = \"a@x\"", "email.to"),
+            ("host = \"h\"\nfrom = \"a@x\"\nto = []", "email.to"),
+            (
+                "host = \"h\"\nfrom = \"not an address\"\nto = [\"a@x\"]",
+                "email.from",
+            ),
+            (
+                "host = \"h\"\nfrom = \"a@x\"\nto = [\"a@x\", \"nope\"]",
+                "email.to[1]",
+            ),
+        ] {
+            let e = cfg(text).unwrap_err();
+            assert_eq!(e.key, key, "{text}: {e}");
+        }
+        let e = cfg("host = \"h\"\nfrom = \"a@x\"\nto = [\"a@x\", \"nope\"]").unwrap_err();
+        assert!(e.to_string().contains("nope"), "{e}");
+        let e = cfg(&format!("{MINIMAL}\nport = 0")).unwrap_err();
+        assert!(e.to_string().contains('0'), "{e}");
+    }
+
+    #[test]
+    fn labels() {
+        assert_eq!(
+            server_label("db1.example.com:5432", "backup1"),
+            "db1.example.com"
+        );
+        assert_eq!(
+            server_label("db1.example.com:6432", "backup1"),
+            "db1.example.com:6432"
+        );
+        assert_eq!(server_label("127.0.0.1:5432", "backup1"), "backup1");
+        assert_eq!(server_label("localhost:5433", "backup1"), "backup1");
+        assert_eq!(server_label("::1:5432", "backup1"), "backup1");
+        assert_eq!(
+            server_label("/var/run/postgresql/.s.PGSQL.5432", "db9"),
+            "db9"
+        );
+        assert_eq!(server_label("", "db9"), "db9");
+    }
+
+    fn group(name: &str, status: Status) -> GroupReport {
+        let mut g = GroupReport::new(
+            Kind::Tables,
+            Some("shop".into()),
+            name.into(),
+            vec!["public.orders".into(), "public.order_items".into()],
+            "2026-01-01T00:00:00.000Z".into(),
+        );
+        g.status = status;
+        if status == Status::Ok {
+            g.bytes = Some(2048);
+        }
+        g
+    }
+
+    fn report(groups: Vec<GroupReport>) -> RunReport {
+        RunReport {
+            run_id: "20260101T000000Z".into(),
+            started_at: "2026-01-01T00:00:00.000Z".into(),
+            finished_at: "2026-01-01T01:02:03.000Z".into(),
+            status: if groups.iter().any(|g| g.status == Status::Failed) {
+                Status::Failed
+            } else {
+                Status::Ok
+            },
+            host: "backup1".into(),
+            server: "db1.example.com:5432".into(),
+            dir: "/b".into(),
+            config: "/etc/groups.toml".into(),
+            pg_dump_version: "17.0".into(),
+            groups,
+            warnings: vec![],
+            prune: None,
+            notification: None,
+            signal: None,
+        }
+    }
+
+    #[test]
+    fn failure_mail_names_group_error_and_blocker() {
+        let mut bad = group("orders", Status::Failed);
+        let mut a = Attempt::new(1, "2026-01-01T00:00:01.000Z".into());
+        a.outcome = Outcome::LockTimeout;
+        a.duration_ms = 500;
+        a.error = Some("could not lock the tables within 500ms".into());
+        a.blockers.push(Session {
+            pid: 4242,
+            user: Some("app".into()),
+            application_name: Some("psql".into()),
+            client_addr: None,
+            state: Some("idle in transaction".into()),
+            xact_age_s: Some(75.0),
+            waited_s: None,
+            lock_mode: Some("AccessExclusiveLock".into()),
+            query: Some("ALTER TABLE orders ADD COLUMN x int".into()),
+        });
+        bad.attempts.push(a);
+        bad.error = Some("could not lock the tables within 500ms\nsecond line".into());
+        let r = report(vec![bad, group("audit", Status::Ok)]);
+        let (subject, body) = run_message(&email(""), &r, Path::new("/b/reports/x.json"));
+        assert_eq!(
+            subject,
+            "[pg_groupdump] db1.example.com: 1 of 2 groups failed"
+        );
+        for want in [
+            "shop / orders",
+            "public.orders, public.order_items",
+            "attempts  1",
+            "could not lock the tables within 500ms",
+            "\n            second line",
+            "blocked by pid 4242 user app",
+            "ALTER TABLE orders ADD COLUMN x int",
+            "/b/reports/x.json",
+            "backup1",
+            "2 in all: 1 ok, 1 failed",
+            "1h 2m 3s",
+        ] {
+            assert!(body.contains(want), "{want:?} not in:\n{body}");
+        }
+        assert!(!body.contains("shop / audit"), "{body}");
+    }
+
+    #[test]
+    fn success_mail_subject() {
+        let r = report(vec![group("a", Status::Ok), group("b", Status::Ok)]);
+        let (subject, body) = run_message(
+            &email("subject_prefix = \"[db]\""),
+            &r,
+            Path::new("/r.json"),
+        );
+        assert_eq!(subject, "[db] db1.example.com: all 2 groups ok (4.0 KiB)");
+        assert!(body.contains("every dump succeeded"), "{body}");
+        assert!(!body.contains("FAILED"), "{body}");
+    }
+
+    #[test]
+    fn nothing_to_send_when_ok_and_on_failure() {
+        let r = report(vec![group("a", Status::Ok)]);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // host is never contacted
+        let sent = rt
+            .block_on(notify_run(&email(""), &r, Path::new("/r.json")))
+            .unwrap();
+        assert!(sent.is_none());
+    }
+
+    #[test]
+    fn message_is_plain_text_to_every_recipient() {
+        let e = email("to = [\"a@example.com\", \"b@example.com\"]");
+        let m = build_message(&e, "[pg_groupdump] x: ü", "body ü\n".into()).unwrap();
+        assert_eq!(m.envelope().to().len(), 2);
+        let text = String::from_utf8(m.formatted()).unwrap();
+        assert!(
+            text.contains("Content-Type: text/plain; charset=utf-8"),
+            "{text}"
+        );
+        assert!(text.contains("Auto-Submitted: auto-generated"), "{text}");
+        assert!(text.is_ascii(), "encoded for any server: {text}");
+    }
 }

@@ -23,6 +23,8 @@ pub enum Kind {
 pub enum Status {
     Ok,
     Failed,
+    /// The run was stopped by SIGINT or SIGTERM (run status only).
+    Interrupted,
 }
 
 /// One dump of a run.
@@ -93,14 +95,21 @@ pub enum Outcome {
     LockTimeout,
     /// Cancelled because a session waited too long for a lock it held.
     Yielded,
+    /// The connection to the server was lost or refused (a restart, a terminated backend).
+    ConnectionLost,
+    /// Stopped by SIGINT or SIGTERM.
+    Interrupted,
     /// Anything else.
     Failed,
 }
 
 impl Outcome {
-    /// Lock trouble is worth another attempt later in the run.
-    pub fn is_lock_trouble(self) -> bool {
-        matches!(self, Outcome::LockTimeout | Outcome::Yielded)
+    /// Lock trouble and lost connections are worth another attempt later in the run.
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            Outcome::LockTimeout | Outcome::Yielded | Outcome::ConnectionLost
+        )
     }
 }
 
@@ -164,6 +173,9 @@ pub struct RunReport {
     /// Whether the mail about this run went out.
     #[serde(default)]
     pub notification: Option<Notification>,
+    /// The signal that stopped the run ("SIGINT", "SIGTERM"), when `status` is `interrupted`.
+    #[serde(default)]
+    pub signal: Option<String>,
 }
 
 /// The outcome of mailing a run's summary.
@@ -183,6 +195,16 @@ impl RunReport {
             .iter()
             .filter(|g| g.status == Status::Failed)
             .count()
+    }
+
+    /// The process exit code this run's outcome calls for (see [`crate::exit`]).
+    pub fn exit_code(&self) -> i32 {
+        match (self.status, self.signal.as_deref()) {
+            (Status::Interrupted, Some("SIGINT")) => crate::exit::SIGINT,
+            (Status::Interrupted, _) => crate::exit::SIGTERM,
+            _ if self.failed() > 0 => crate::exit::SOME_FAILED,
+            _ => crate::exit::OK,
+        }
     }
 
     /// Bytes written by successful dumps.

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::catalog;
@@ -128,12 +128,71 @@ struct Ctx {
     permits: Semaphore,
     lock_retries: u32,
     retry_delay: Duration,
+    /// Set to the signal number once SIGINT or SIGTERM arrives.
+    shutdown: watch::Receiver<Option<i32>>,
+}
+
+/// Listens for SIGINT and SIGTERM (stop: no new dump starts, running ones are cancelled) and
+/// SIGHUP (ignored: a run whose terminal goes away finishes its work).
+fn listen_for_signals() -> watch::Receiver<Option<i32>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (tx, rx) = watch::channel(None);
+    let streams = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    );
+    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = streams else {
+        tracing::warn!("cannot install signal handlers; SIGINT/SIGTERM will end the run abruptly");
+        return rx;
+    };
+    tokio::spawn(async move {
+        loop {
+            let sig = tokio::select! {
+                _ = int.recv() => libc::SIGINT,
+                _ = term.recv() => libc::SIGTERM,
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: ignored, the run goes on (send SIGTERM to stop it)");
+                    continue;
+                }
+            };
+            if tx.borrow().is_none() {
+                tracing::warn!(
+                    "{}: starting no new dump, cancelling the running ones",
+                    signal_name(sig)
+                );
+                let _ = tx.send(Some(sig));
+            }
+        }
+    });
+    rx
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGINT => "SIGINT",
+        libc::SIGTERM => "SIGTERM",
+        _ => "signal",
+    }
+}
+
+/// Resolves when the run is told to stop; returns the signal.
+async fn stopped(mut rx: watch::Receiver<Option<i32>>) -> i32 {
+    loop {
+        if let Some(sig) = *rx.borrow_and_update() {
+            return sig;
+        }
+        if rx.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
 }
 
 /// Runs a backup and returns its report (already written to disk).
 pub async fn run(config: &Config, opts: &RunOptions) -> Result<(RunReport, PathBuf), Failure> {
     let started = Instant::now();
     let started_at = now_rfc3339();
+    let shutdown = listen_for_signals();
     let (pg_dump, pg_dumpall) = dump::locate(
         config.backup.pg_dump.as_deref(),
         config.backup.pg_dumpall.as_deref(),
@@ -171,6 +230,10 @@ pub async fn run(config: &Config, opts: &RunOptions) -> Result<(RunReport, PathB
         ))
     })?;
     let mut lock = RunLock::acquire(&root).map_err(Failure::Locked)?;
+    // With the lock held, no other run is writing: `.ing` files are a crashed run's leftovers.
+    for p in store::sweep_partials(&root) {
+        tracing::info!("removed {}, left by an interrupted run", p.display());
+    }
 
     let run_id = new_run_id(lock.previous_run_id()).await;
     lock.record(Some(&run_id)).map_err(|e| {
@@ -203,6 +266,7 @@ pub async fn run(config: &Config, opts: &RunOptions) -> Result<(RunReport, PathB
         permits: Semaphore::new(opts.jobs.unwrap_or(config.backup.jobs).max(1)),
         lock_retries: config.backup.lock_retries,
         retry_delay: config.backup.retry_delay,
+        shutdown: shutdown.clone(),
     });
     let mut set = JoinSet::new();
     let total = jobs.len();
@@ -235,8 +299,9 @@ pub async fn run(config: &Config, opts: &RunOptions) -> Result<(RunReport, PathB
     }
 
     // Prune under the same lock; a group whose dump failed in this run loses nothing.
+    let interrupted = *shutdown.borrow();
     let prune = match &config.retention {
-        Some(r) if r.prune_after_run => {
+        Some(r) if r.prune_after_run && interrupted.is_none() => {
             let protect: HashSet<crate::prune::GroupKey> = group_reports
                 .iter()
                 .filter(|g| g.status == Status::Failed)
@@ -255,7 +320,11 @@ pub async fn run(config: &Config, opts: &RunOptions) -> Result<(RunReport, PathB
         run_id: run_id.clone(),
         started_at,
         finished_at: now_rfc3339(),
-        status: if failed { Status::Failed } else { Status::Ok },
+        status: match (interrupted, failed) {
+            (Some(_), _) => Status::Interrupted,
+            (None, true) => Status::Failed,
+            (None, false) => Status::Ok,
+        },
         host: crate::report::host_name(),
         server: planned.conn.target(),
         dir: absolute(&root),
@@ -265,6 +334,7 @@ pub async fn run(config: &Config, opts: &RunOptions) -> Result<(RunReport, PathB
         warnings: planned.plan.warnings.clone(),
         prune,
         notification: None,
+        signal: interrupted.map(|s| signal_name(s).to_string()),
     };
     let report_path = opts
         .report
@@ -396,14 +466,21 @@ async fn run_job(ctx: &Ctx, job: Job) -> GroupReport {
     let started = Instant::now();
     let max_attempts = 1 + ctx.lock_retries;
     for number in 1..=max_attempts {
-        let permit = ctx
-            .permits
-            .acquire()
-            .await
-            .expect("semaphore is never closed");
+        let permit = tokio::select! {
+            p = ctx.permits.acquire() => p.expect("semaphore is never closed"),
+            sig = stopped(ctx.shutdown.clone()) => {
+                let mut a = Attempt::new(number, now_rfc3339());
+                a.outcome = Outcome::Interrupted;
+                a.error = Some(format!("interrupted by {} before it started", signal_name(sig)));
+                report.status = Status::Failed;
+                report.error = a.error.clone();
+                report.attempts.push(a);
+                break;
+            }
+        };
         let (attempt, outcome) = attempt(ctx, &job, number).await;
         drop(permit);
-        let retry = attempt.outcome.is_lock_trouble() && number < max_attempts;
+        let retry = attempt.outcome.is_retryable() && number < max_attempts;
         match &outcome {
             Ok(_) => {}
             Err(e) if retry => {
@@ -442,8 +519,14 @@ async fn run_job(ctx: &Ctx, job: Job) -> GroupReport {
                 break;
             }
             Err(e) if retry => {
-                tokio::time::sleep(ctx.retry_delay * number).await;
-                let _ = e;
+                tokio::select! {
+                    _ = tokio::time::sleep(ctx.retry_delay * number) => {}
+                    sig = stopped(ctx.shutdown.clone()) => {
+                        report.status = Status::Failed;
+                        report.error = Some(format!("{e} (then interrupted by {} before the next attempt)", signal_name(sig)));
+                        break;
+                    }
+                }
             }
             Err(e) => {
                 let error = if report.attempts.len() > 1 {
@@ -495,9 +578,10 @@ async fn attempt(ctx: &Ctx, job: &Job, number: u32) -> (Attempt, Result<store::F
             }
             None => (None, None),
         };
+        let shutdown = ctx.shutdown.clone();
         let cancel = {
             let yielded_to = yielded_to.clone();
-            async move {
+            let yielded = async move {
                 match yield_rx {
                     Some(rx) => match rx.await {
                         Ok(s) => {
@@ -511,6 +595,12 @@ async fn attempt(ctx: &Ctx, job: &Job, number: u32) -> (Attempt, Result<store::F
                         Err(_) => std::future::pending().await,
                     },
                     None => std::future::pending().await,
+                }
+            };
+            async move {
+                tokio::select! {
+                    why = yielded => why,
+                    sig = stopped(shutdown) => format!("interrupted by {}", signal_name(sig)),
                 }
             }
         };
@@ -567,8 +657,12 @@ async fn attempt(ctx: &Ctx, job: &Job, number: u32) -> (Attempt, Result<store::F
                 if let Some(pid) = observed.backend_pid {
                     ctx.monitor.terminate(pid).await;
                 }
-                a.outcome = Outcome::Yielded;
                 a.yielded_to = yielded_to.lock().expect("yield slot").take();
+                a.outcome = if a.yielded_to.is_some() {
+                    Outcome::Yielded
+                } else {
+                    Outcome::Interrupted
+                };
                 if let Some(s) = &a.yielded_to {
                     tracing::warn!(
                         "{}/{}: yielded to pid {}: {}",
@@ -606,6 +700,14 @@ async fn attempt(ctx: &Ctx, job: &Job, number: u32) -> (Attempt, Result<store::F
                     Err(format!(
                         "could not lock the tables within {} ({who}): {text}",
                         humantime::format_duration(job.lock_wait_timeout)
+                    ))
+                } else if locks::is_connection_failure(&text) {
+                    a.outcome = Outcome::ConnectionLost;
+                    Err(text)
+                } else if text.contains("No space left on device") {
+                    Err(format!(
+                        "disk full: could not write {} (No space left on device): {text}",
+                        partial.display()
                     ))
                 } else {
                     Err(text)

@@ -20,6 +20,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use sha2::{Digest, Sha256};
 
@@ -156,12 +157,62 @@ pub fn partial_path(final_path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Creates a directory and its parents with mode 0700 (what already exists is left as it is).
+static FILE_MODE: AtomicU32 = AtomicU32::new(0o600);
+static DIR_MODE: AtomicU32 = AtomicU32::new(0o700);
+
+/// Sets the modes of the files and directories created from now on (`backup.file_mode`,
+/// `backup.dir_mode`; defaults 0600 and 0700: dumps hold the data of every table).
+pub fn set_modes(file: u32, dir: u32) {
+    FILE_MODE.store(file, Ordering::Relaxed);
+    DIR_MODE.store(dir, Ordering::Relaxed);
+}
+
+/// Creates a directory and its parents with the directory mode (what already exists is left
+/// as it is).
 pub fn create_dir_all(path: &Path) -> io::Result<()> {
     fs::DirBuilder::new()
         .recursive(true)
-        .mode(0o700)
+        .mode(DIR_MODE.load(Ordering::Relaxed))
         .create(path)
+}
+
+/// Removes the `.ing` files a crashed or killed run left under `root`. Only regular files
+/// whose name is one of ours plus `.ing` are touched; symlinks are never followed. The caller
+/// holds the run lock, so no run is writing them.
+pub fn sweep_partials(root: &Path) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    for entry in walkdir::WalkDir::new(root)
+        .follow_links(false)
+        .max_depth(4)
+        .into_iter()
+        .flatten()
+    {
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy();
+        let Some(stem) = name.strip_suffix(PARTIAL_SUFFIX) else {
+            continue;
+        };
+        let ours = [".dump", ".sql", ".json"].iter().any(|ext| {
+            stem.strip_suffix(ext)
+                .and_then(|s| s.rsplit('.').next())
+                .is_some_and(is_run_id)
+        });
+        if ours && fs::remove_file(entry.path()).is_ok() {
+            removed.push(entry.path().to_path_buf());
+        }
+    }
+    removed
+}
+
+/// `yyyymmddThhmmssZ`.
+pub fn is_run_id(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 16
+        && b[8] == b'T'
+        && b[15] == b'Z'
+        && b[..8].iter().chain(&b[9..15]).all(u8::is_ascii_digit)
 }
 
 /// Creates (or empties) the `.ing` file for `final_path`, mode 0600, so that a child process
@@ -175,7 +226,7 @@ pub fn create_partial(final_path: &Path) -> io::Result<PathBuf> {
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
+        .mode(FILE_MODE.load(Ordering::Relaxed))
         .open(&partial)?;
     Ok(partial)
 }
@@ -301,6 +352,26 @@ mod tests {
             p,
             dump_path(Path::new("/b"), &db, &other, "20261123T184501Z")
         );
+    }
+
+    #[test]
+    fn sweep_removes_only_our_partials() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("db").join("g");
+        fs::create_dir_all(&d).unwrap();
+        let ours = d.join("db.g.20261123T184501Z.dump.ing");
+        let other = d.join("notes.ing");
+        let finished = d.join("db.g.20261123T184501Z.dump");
+        for p in [&ours, &other, &finished] {
+            fs::write(p, b"x").unwrap();
+        }
+        let outside = tempfile::tempdir().unwrap();
+        let target = outside.path().join("x.20261123T184501Z.dump.ing");
+        fs::write(&target, b"x").unwrap();
+        std::os::unix::fs::symlink(&target, d.join("link.20261123T184501Z.dump.ing")).unwrap();
+        assert_eq!(sweep_partials(dir.path()), vec![ours.clone()]);
+        assert!(!ours.exists() && other.exists() && finished.exists() && target.exists());
+        assert!(is_run_id("20261123T184501Z") && !is_run_id("2026112xT184501Z"));
     }
 
     #[test]

@@ -1,0 +1,1040 @@
+//! Test harness: one real PostgreSQL server per test process, a fresh database per test,
+//! a temporary workspace per test, and helpers to run `pg_groupdump` and inspect its output.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsStr;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How long one invocation of the binary under test may take.
+const RUN_TIMEOUT: Duration = Duration::from_secs(180);
+
+// ---------------------------------------------------------------------------------------------
+// Server
+// ---------------------------------------------------------------------------------------------
+
+pub struct Server {
+    pub bindir: PathBuf,
+    pub port: u16,
+    /// Temp dir holding the data directory, the unix socket and the server log.
+    pub root: PathBuf,
+    pub datadir: PathBuf,
+    /// Run initdb / pg_ctl through `runuser -u postgres --` (we are root).
+    as_postgres: bool,
+}
+
+static SERVER: OnceLock<Server> = OnceLock::new();
+
+/// The shared server, started on first use and stopped at process exit.
+pub fn server() -> &'static Server {
+    SERVER.get_or_init(start_server)
+}
+
+fn pg_bindir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("PG_BINDIR") {
+        return PathBuf::from(dir);
+    }
+    let mut best: Option<(u32, PathBuf)> = None;
+    for entry in fs::read_dir("/usr/lib/postgresql").expect("no /usr/lib/postgresql; set PG_BINDIR")
+    {
+        let entry = entry.unwrap();
+        let Ok(version) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let bin = entry.path().join("bin");
+        let better = match &best {
+            None => true,
+            Some((v, _)) => version > *v,
+        };
+        if better && bin.join("initdb").exists() {
+            best = Some((version, bin));
+        }
+    }
+    best.expect("no /usr/lib/postgresql/*/bin with initdb; set PG_BINDIR")
+        .1
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().unwrap().port()
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn postgres_ids() -> (u32, u32) {
+    let id = |flag: &str| -> u32 {
+        let out = Command::new("id")
+            .args([flag, "postgres"])
+            .output()
+            .expect("run id");
+        assert!(
+            out.status.success(),
+            "no postgres user to run the server as"
+        );
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    };
+    (id("-u"), id("-g"))
+}
+
+impl Server {
+    /// A command running a server binary, as the postgres user if we are root.
+    fn server_cmd(&self, prog: &str) -> Command {
+        server_cmd(&self.bindir, self.as_postgres, prog)
+    }
+
+    /// A client program from the server's bin dir (psql, pg_dump, pg_restore...).
+    pub fn bin(&self, prog: &str) -> PathBuf {
+        self.bindir.join(prog)
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.root.join("server.log")).unwrap_or_default()
+    }
+}
+
+fn server_cmd(bindir: &Path, as_postgres: bool, prog: &str) -> Command {
+    let prog = bindir.join(prog);
+    if as_postgres {
+        let mut c = Command::new("runuser");
+        c.args([OsStr::new("-u"), OsStr::new("postgres"), OsStr::new("--")]);
+        c.arg(prog);
+        c
+    } else {
+        Command::new(prog)
+    }
+}
+
+fn check(what: &str, out: std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn start_server() -> Server {
+    let bindir = pg_bindir();
+    let as_postgres = is_root();
+    let root = tempfile::Builder::new()
+        .prefix("pg_groupdump-it-")
+        .tempdir()
+        .expect("tempdir")
+        .keep();
+    if as_postgres {
+        let (uid, gid) = postgres_ids();
+        std::os::unix::fs::chown(&root, Some(uid), Some(gid)).expect("chown server dir");
+    }
+    let datadir = root.join("data");
+    let out = server_cmd(&bindir, as_postgres, "initdb")
+        .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"])
+        .arg("--locale=C")
+        .arg("-D")
+        .arg(&datadir)
+        .output()
+        .expect("run initdb");
+    check("initdb", out);
+
+    // A port can be taken between our probe and the server's bind: retry a few times.
+    let mut last_err = String::new();
+    for _ in 0..5 {
+        let port = free_port();
+        let opts = format!(
+            "-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={} \
+             -c fsync=off -c max_connections=200 -c full_page_writes=off",
+            root.display()
+        );
+        let out = server_cmd(&bindir, as_postgres, "pg_ctl")
+            .arg("start")
+            .arg("-D")
+            .arg(&datadir)
+            .arg("-l")
+            .arg(root.join("server.log"))
+            .args(["-w", "-t", "60", "-o", &opts])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run pg_ctl start");
+        if out.status.success() {
+            let server = Server {
+                bindir,
+                port,
+                root,
+                datadir,
+                as_postgres,
+            };
+            // SAFETY: registering a plain extern "C" function with no captured state.
+            unsafe {
+                libc::atexit(stop_server);
+            }
+            return server;
+        }
+        last_err = format!(
+            "{}\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            fs::read_to_string(root.join("server.log")).unwrap_or_default()
+        );
+    }
+    panic!("could not start PostgreSQL: {last_err}");
+}
+
+extern "C" fn stop_server() {
+    if let Some(s) = SERVER.get() {
+        let _ = s
+            .server_cmd("pg_ctl")
+            .arg("stop")
+            .arg("-D")
+            .arg(&s.datadir)
+            .args(["-m", "immediate", "-w", "-t", "30"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = fs::remove_dir_all(&s.root);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Databases
+// ---------------------------------------------------------------------------------------------
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A process-unique lowercase identifier starting with `hint`.
+pub fn unique_name(hint: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let hint: String = hint
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .take(30)
+        .collect();
+    format!("{hint}_{}_{n}", std::process::id())
+}
+
+/// Quote an SQL identifier.
+pub fn qi(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Quote an SQL string literal.
+pub fn ql(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// `"schema"."table"` for SQL.
+pub fn qt(schema: &str, table: &str) -> String {
+    format!("{}.{}", qi(schema), qi(table))
+}
+
+#[derive(Clone, Debug)]
+pub struct TestDb {
+    pub name: String,
+}
+
+/// A new, empty, uniquely named database.
+pub fn fresh_db(hint: &str) -> TestDb {
+    create_db_named(&unique_name(hint))
+}
+
+/// A new, empty database with exactly this name (make it unique!).
+pub fn create_db_named(name: &str) -> TestDb {
+    psql("postgres", &format!("CREATE DATABASE {}", qi(name)));
+    TestDb {
+        name: name.to_owned(),
+    }
+}
+
+fn psql_cmd(db: &str) -> Command {
+    let s = server();
+    let mut c = Command::new(s.bin("psql"));
+    c.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
+        .arg("-p")
+        .arg(s.port.to_string())
+        .args(["-U", "postgres", "-d"])
+        .arg(conninfo_db(db));
+    clean_pg_env(&mut c);
+    c
+}
+
+/// `dbname='...'`: a database name for `-d` that is never taken for a connection string.
+pub fn conninfo_db(db: &str) -> String {
+    format!("dbname='{}'", db.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// Remove libpq environment variables that could redirect a client.
+pub fn clean_pg_env(c: &mut Command) {
+    for v in [
+        "PGHOST",
+        "PGHOSTADDR",
+        "PGPORT",
+        "PGUSER",
+        "PGPASSWORD",
+        "PGPASSFILE",
+        "PGDATABASE",
+        "PGSERVICE",
+        "PGSERVICEFILE",
+        "PGSSLMODE",
+        "PGOPTIONS",
+        "PGTZ",
+        "PGCLIENTENCODING",
+    ] {
+        c.env_remove(v);
+    }
+}
+
+fn run_with_stdin(mut c: Command, input: &str) -> std::process::Output {
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().expect("spawn");
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_owned();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(input.as_bytes());
+    });
+    let out = child.wait_with_output().expect("wait");
+    writer.join().unwrap();
+    out
+}
+
+/// Run SQL (any number of statements) in `db`; panic with psql's stderr on error.
+pub fn psql(db: &str, sql: &str) {
+    let out = run_with_stdin(psql_cmd(db), sql);
+    assert!(
+        out.status.success(),
+        "psql -d {db} failed:\n--- sql ---\n{sql}\n--- stderr ---\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl TestDb {
+    pub fn sql(&self, sql: &str) {
+        psql(&self.name, sql)
+    }
+
+    pub fn query(&self, sql: &str) -> Vec<Vec<String>> {
+        query_rows(&self.name, sql)
+    }
+
+    /// First column of the first row.
+    pub fn query_one(&self, sql: &str) -> String {
+        let rows = self.query(sql);
+        assert!(!rows.is_empty(), "no rows from {sql}");
+        rows[0][0].clone()
+    }
+
+    /// Another fresh database (e.g. a restore target).
+    pub fn another(&self, hint: &str) -> TestDb {
+        fresh_db(hint)
+    }
+
+    /// Checksum and count of all rows of a table.
+    pub fn table_digest(&self, schema: &str, table: &str) -> (String, String) {
+        let row = &self.query(&format!(
+            "SELECT coalesce(md5(string_agg(t::text, ',' ORDER BY t::text)), 'empty'), count(*) \
+             FROM {} t",
+            qt(schema, table)
+        ))[0];
+        (row[0].clone(), row[1].clone())
+    }
+
+    /// (schema, table) of every ordinary or partitioned user table.
+    pub fn user_tables(&self) -> BTreeSet<(String, String)> {
+        self.query(
+            "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r','p') AND n.nspname NOT IN ('pg_catalog','information_schema') \
+             AND n.nspname NOT LIKE 'pg\\_toast%'",
+        )
+        .into_iter()
+        .map(|r| (r[0].clone(), r[1].clone()))
+        .collect()
+    }
+
+    /// oid of a table.
+    pub fn table_oid(&self, schema: &str, table: &str) -> u32 {
+        self.query_one(&format!("SELECT {}::regclass::oid", ql(&qt(schema, table))))
+            .parse()
+            .unwrap()
+    }
+
+    /// Create the given (non-public) schemas.
+    pub fn create_schemas<'a>(&self, schemas: impl IntoIterator<Item = &'a str>) {
+        let mut sql = String::new();
+        for s in schemas {
+            if s != "public" {
+                sql.push_str(&format!("CREATE SCHEMA IF NOT EXISTS {};\n", qi(s)));
+            }
+        }
+        if !sql.is_empty() {
+            self.sql(&sql);
+        }
+    }
+}
+
+/// Run one query, returning rows of text fields (unit/record separator characters on the
+/// wire, so values with newlines survive).
+fn query_rows(db: &str, sql: &str) -> Vec<Vec<String>> {
+    let mut c = psql_cmd(db);
+    c.args(["-A", "-t", "-F", "\u{1f}", "-R", "\u{1e}"]);
+    let out = run_with_stdin(c, sql);
+    assert!(
+        out.status.success(),
+        "psql -d {db} query failed:\n--- sql ---\n{sql}\n--- stderr ---\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("psql output is UTF-8");
+    let text = text.strip_suffix('\n').unwrap_or(&text);
+    if text.is_empty() {
+        return Vec::new();
+    }
+    text.split('\u{1e}')
+        .map(|r| r.split('\u{1f}').map(str::to_owned).collect())
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Workspace and the binary under test
+// ---------------------------------------------------------------------------------------------
+
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}):\n{}\n--- stderr ---\n{}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+
+    /// Panic with both streams unless the exit code is `code`.
+    pub fn expect_code(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.code, code,
+            "expected exit {code}, got {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.code, self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+impl std::fmt::Debug for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// A per-test workspace: a temp dir with a config file and a backup dir.
+pub struct Env {
+    pub tmp: tempfile::TempDir,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let tmp = tempfile::Builder::new()
+            .prefix("pg_groupdump-ws-")
+            .tempdir()
+            .expect("tempdir");
+        let dir = tmp.path().join("backup");
+        let config = tmp.path().join("groups.toml");
+        Env { tmp, dir, config }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    pub fn write_config(&self, toml: &str) {
+        fs::write(&self.config, toml).expect("write config");
+    }
+
+    /// Default config for `db` (see [`Config`]) plus `extra`; written to the config file.
+    pub fn cfg(&self, db: &TestDb, extra: &str) {
+        self.write_config(&Config::new(self, &db.name).extra(extra).toml());
+    }
+
+    pub fn config_for(&self, db: &TestDb) -> Config {
+        Config::new(self, &db.name)
+    }
+
+    /// Run `pg_groupdump -c <config> <args>`.
+    pub fn run(&self, args: &[&str]) -> Output {
+        let mut full: Vec<&OsStr> = vec![OsStr::new("-c"), self.config.as_os_str()];
+        full.extend(args.iter().map(OsStr::new));
+        run_bin(&full, self.path())
+    }
+
+    pub fn plan_json(&self) -> Value {
+        let out = self.run(&["plan", "--json"]);
+        out.expect_code(0);
+        out.json()
+    }
+
+    /// Every file (not dir) under the backup dir, relative to it.
+    pub fn files(&self) -> Vec<PathBuf> {
+        list_files(&self.dir)
+    }
+
+    /// Every `*.dump` file under the backup dir (absolute).
+    pub fn dumps(&self) -> Vec<PathBuf> {
+        self.files()
+            .into_iter()
+            .filter(|p| p.extension() == Some(OsStr::new("dump")))
+            .map(|p| self.dir.join(p))
+            .collect()
+    }
+
+    /// Assert that no `.ing` file is left anywhere under the backup dir.
+    pub fn assert_no_ing(&self) {
+        let ing: Vec<_> = self
+            .files()
+            .into_iter()
+            .filter(|p| p.to_string_lossy().ends_with(".ing"))
+            .collect();
+        assert!(ing.is_empty(), "leftover .ing files: {ing:?}");
+    }
+
+    /// The report written at the default location `<dir>/reports/<run_id>.json` (exactly one).
+    pub fn report(&self) -> Value {
+        let reports = self.dir.join("reports");
+        let entries: Vec<PathBuf> = fs::read_dir(&reports)
+            .unwrap_or_else(|e| panic!("no reports dir {}: {e}", reports.display()))
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension() == Some(OsStr::new("json")))
+            .collect();
+        assert_eq!(
+            entries.len(),
+            1,
+            "expected one report in {reports:?}: {entries:?}"
+        );
+        let report = read_json(&entries[0]);
+        let run_id = report["run_id"].as_str().expect("run_id is a string");
+        assert_eq!(
+            entries[0].file_name().unwrap().to_string_lossy(),
+            format!("{run_id}.json"),
+            "report file name is <run_id>.json"
+        );
+        report
+    }
+}
+
+pub fn read_json(path: &Path) -> Value {
+    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{} is not JSON: {e}\n{text}", path.display()))
+}
+
+pub fn list_files(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if !root.exists() {
+        return out;
+    }
+    for entry in walkdir::WalkDir::new(root) {
+        let entry = entry.expect("walk");
+        if !entry.file_type().is_dir() {
+            out.push(entry.path().strip_prefix(root).unwrap().to_path_buf());
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Run the binary under test with `args` in `cwd`, with a timeout.
+pub fn run_bin<S: AsRef<OsStr>>(args: &[S], cwd: &Path) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pg_groupdump"));
+    c.args(args).current_dir(cwd);
+    clean_pg_env(&mut c);
+    c.env("PGCONNECT_TIMEOUT", "10");
+    c.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = c.spawn().expect("spawn pg_groupdump");
+    wait_timeout(child, RUN_TIMEOUT)
+}
+
+fn wait_timeout(mut child: Child, timeout: Duration) -> Output {
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out_t = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = stdout.read_to_end(&mut b);
+        b
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = stderr.read_to_end(&mut b);
+        b
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            let so = String::from_utf8_lossy(&out_t.join().unwrap()).into_owned();
+            let se = String::from_utf8_lossy(&err_t.join().unwrap()).into_owned();
+            panic!("pg_groupdump timed out after {timeout:?}\nstdout: {so}\nstderr: {se}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = String::from_utf8_lossy(&out_t.join().unwrap()).into_owned();
+    let stderr = String::from_utf8_lossy(&err_t.join().unwrap()).into_owned();
+    let code = match status.code() {
+        Some(c) => c,
+        None => {
+            panic!("pg_groupdump killed by a signal ({status})\nstdout: {stdout}\nstderr: {stderr}")
+        }
+    };
+    Output {
+        code,
+        stdout,
+        stderr,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Config
+// ---------------------------------------------------------------------------------------------
+
+/// A TOML basic string.
+pub fn ts(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\u{:04X}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A TOML array of strings.
+pub fn ta(items: &[&str]) -> String {
+    format!(
+        "[{}]",
+        items.iter().map(|s| ts(s)).collect::<Vec<_>>().join(", ")
+    )
+}
+
+/// Config builder. Defaults: `[connection]` host 127.0.0.1, the test server's port, user
+/// postgres; `[backup]` dir = the workspace backup dir, `databases = [db]`, `globals = false`,
+/// `pg_dump` = the test server's pg_dump. Values are raw TOML.
+pub struct Config {
+    connection: BTreeMap<String, String>,
+    backup: BTreeMap<String, String>,
+    extra: String,
+}
+
+impl Config {
+    pub fn new(env: &Env, db: &str) -> Config {
+        let s = server();
+        let mut connection = BTreeMap::new();
+        connection.insert("host".into(), ts("127.0.0.1"));
+        connection.insert("port".into(), s.port.to_string());
+        connection.insert("user".into(), ts("postgres"));
+        let mut backup = BTreeMap::new();
+        backup.insert("dir".into(), ts(env.dir.to_str().unwrap()));
+        backup.insert("databases".into(), ta(&[db]));
+        backup.insert("globals".into(), "false".into());
+        backup.insert("pg_dump".into(), ts(s.bin("pg_dump").to_str().unwrap()));
+        Config {
+            connection,
+            backup,
+            extra: String::new(),
+        }
+    }
+
+    pub fn connection(mut self, key: &str, raw: &str) -> Self {
+        self.connection.insert(key.into(), raw.into());
+        self
+    }
+
+    pub fn backup(mut self, key: &str, raw: &str) -> Self {
+        self.backup.insert(key.into(), raw.into());
+        self
+    }
+
+    pub fn without_backup(mut self, key: &str) -> Self {
+        self.backup.remove(key);
+        self
+    }
+
+    /// Appended after `[backup]`: `[[group]]` / `[ungrouped]` tables.
+    pub fn extra(mut self, toml: &str) -> Self {
+        self.extra.push('\n');
+        self.extra.push_str(toml);
+        self.extra.push('\n');
+        self
+    }
+
+    pub fn toml(&self) -> String {
+        let mut out = String::from("[connection]\n");
+        for (k, v) in &self.connection {
+            out.push_str(&format!("{k} = {v}\n"));
+        }
+        out.push_str("\n[backup]\n");
+        for (k, v) in &self.backup {
+            out.push_str(&format!("{k} = {v}\n"));
+        }
+        out.push_str(&self.extra);
+        out
+    }
+
+    pub fn write(&self, env: &Env) {
+        env.write_config(&self.toml());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Names, per the naming rules of src/store.rs
+// ---------------------------------------------------------------------------------------------
+
+/// One part of a display name: SQL-quoted if it contains '.' or '"'.
+pub fn display_part(part: &str) -> String {
+    if part.contains('.') || part.contains('"') {
+        qi(part)
+    } else {
+        part.to_owned()
+    }
+}
+
+/// The "schema.table" display name.
+pub fn display(schema: &str, table: &str) -> String {
+    format!("{}.{}", display_part(schema), display_part(table))
+}
+
+/// Path component encoding.
+pub fn encode_component(name: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in name.chars().enumerate() {
+        let keep = if c.is_ascii() {
+            c.is_ascii_alphanumeric() || "._+=@,-".contains(c)
+        } else {
+            !(c.is_whitespace() || c.is_control())
+        };
+        let leading_special = i == 0 && (c == '.' || c == '_');
+        if keep && !leading_special {
+            out.push(c);
+        } else {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+    }
+    out
+}
+
+/// `<dir>/<db>/<group>/<db>.<group>.<ts>.dump`
+pub fn expected_dump_path(dir: &Path, db: &str, group: &str, ts: &str) -> PathBuf {
+    let (d, g) = (encode_component(db), encode_component(group));
+    dir.join(&d).join(&g).join(format!("{d}.{g}.{ts}.dump"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dump inspection and restore
+// ---------------------------------------------------------------------------------------------
+
+/// One line of `pg_restore -l`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TocEntry {
+    pub desc: String,
+    pub tableoid: u32,
+    pub oid: u32,
+    /// "schema name owner" as printed (names are not quoted and may contain spaces).
+    pub rest: String,
+}
+
+const TOC_DESCS: &[&str] = &[
+    "TABLE DATA",
+    "TABLE ATTACH",
+    "TABLE",
+    "SEQUENCE SET",
+    "SEQUENCE OWNED BY",
+    "SEQUENCE",
+    "FK CONSTRAINT",
+    "CHECK CONSTRAINT",
+    "CONSTRAINT",
+    "INDEX ATTACH",
+    "INDEX",
+    "DEFAULT ACL",
+    "DEFAULT",
+    "SCHEMA",
+    "COMMENT",
+    "ACL",
+    "TYPE",
+    "FUNCTION",
+    "VIEW",
+    "MATERIALIZED VIEW DATA",
+    "MATERIALIZED VIEW",
+    "EXTENSION",
+    "ENCODING",
+    "STDSTRINGS",
+    "SEARCHPATH",
+    "DATABASE PROPERTIES",
+    "DATABASE",
+    "TRIGGER",
+    "RULE",
+    "POLICY",
+    "ROW SECURITY",
+];
+
+/// `pg_restore -l FILE`, parsed (comment lines dropped).
+pub fn toc(file: &Path) -> Vec<TocEntry> {
+    let out = Command::new(server().bin("pg_restore"))
+        .arg("-l")
+        .arg(file)
+        .output()
+        .expect("run pg_restore -l");
+    assert!(
+        out.status.success(),
+        "pg_restore -l {} failed: {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut entries = Vec::new();
+    for line in text.lines() {
+        if line.starts_with(';') || line.trim().is_empty() {
+            continue;
+        }
+        // "ID; TABLEOID OID DESC SCHEMA NAME OWNER"
+        let (_, rest) = line.split_once("; ").expect("toc line");
+        let mut it = rest.splitn(3, ' ');
+        let tableoid = it.next().unwrap().parse().expect("tableoid");
+        let oid = it.next().unwrap().parse().expect("oid");
+        let tail = it.next().unwrap_or("");
+        let desc = TOC_DESCS
+            .iter()
+            .find(|d| tail.starts_with(&format!("{d} ")))
+            .map(|d| d.to_string())
+            .unwrap_or_else(|| tail.split(' ').next().unwrap().to_owned());
+        let rest = tail[desc.len()..].trim_start().to_owned();
+        entries.push(TocEntry {
+            desc,
+            tableoid,
+            oid,
+            rest,
+        });
+    }
+    entries
+}
+
+/// Assert that the dump's TABLE entries are exactly `tables` (matched by oid in `db`), and its
+/// TABLE DATA entries exactly those of them that hold data (ordinary tables, not partitioned
+/// ones). With `only_tables`, the dump must hold nothing but TABLE, TABLE DATA and (for
+/// partitions) TABLE ATTACH entries.
+pub fn assert_dump_tables(file: &Path, db: &TestDb, tables: &[(&str, &str)], only_tables: bool) {
+    let entries = toc(file);
+    let entry_oids = |desc: &str| -> BTreeSet<u32> {
+        entries
+            .iter()
+            .filter(|e| e.desc == desc)
+            .map(|e| e.oid)
+            .collect()
+    };
+    let mut want = BTreeSet::new();
+    let mut want_data = BTreeSet::new();
+    for (s, t) in tables {
+        let oid = db.table_oid(s, t);
+        want.insert(oid);
+        if db.query_one(&format!("SELECT relkind FROM pg_class WHERE oid = {oid}")) == "r" {
+            want_data.insert(oid);
+        }
+    }
+    assert_eq!(
+        entry_oids("TABLE"),
+        want,
+        "TABLE entries of {} (by oid) are not exactly {tables:?}; toc: {entries:#?}",
+        file.display()
+    );
+    assert_eq!(
+        entry_oids("TABLE DATA"),
+        want_data,
+        "TABLE DATA entries of {} (by oid) are not exactly {tables:?}; toc: {entries:#?}",
+        file.display()
+    );
+    if only_tables {
+        let others: Vec<&TocEntry> = entries
+            .iter()
+            .filter(|e| !["TABLE", "TABLE DATA", "TABLE ATTACH"].contains(&e.desc.as_str()))
+            .collect();
+        assert!(
+            others.is_empty(),
+            "{} holds entries other than tables: {others:#?}",
+            file.display()
+        );
+    }
+}
+
+/// `pg_restore -d <target> FILE` (exit status must be 0).
+pub fn restore(file: &Path, target: &TestDb) {
+    let s = server();
+    let mut c = Command::new(s.bin("pg_restore"));
+    c.args(["--exit-on-error", "-h", "127.0.0.1"])
+        .arg("-p")
+        .arg(s.port.to_string())
+        .args(["-U", "postgres", "-d"])
+        .arg(conninfo_db(&target.name))
+        .arg(file);
+    clean_pg_env(&mut c);
+    let out = c.output().expect("run pg_restore");
+    assert!(
+        out.status.success(),
+        "pg_restore {} into {} failed: {}",
+        file.display(),
+        target.name,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Assert a table has identical rows in two databases.
+pub fn assert_same_rows(a: &TestDb, b: &TestDb, schema: &str, table: &str) {
+    assert_eq!(
+        a.table_digest(schema, table),
+        b.table_digest(schema, table),
+        "rows of {} differ between {} and {}",
+        qt(schema, table),
+        a.name,
+        b.name
+    );
+}
+
+pub fn sha256_hex(path: &Path) -> String {
+    use sha2::Digest;
+    let data = fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    hex::encode(sha2::Sha256::digest(&data))
+}
+
+// ---------------------------------------------------------------------------------------------
+// JSON helpers
+// ---------------------------------------------------------------------------------------------
+
+/// The groups of one database in `plan --json` output, by group name.
+pub fn plan_groups(plan: &Value, db: &str) -> BTreeMap<String, Value> {
+    let dbs = plan["databases"].as_array().expect("plan.databases array");
+    let entry = dbs
+        .iter()
+        .find(|d| d["database"] == db)
+        .unwrap_or_else(|| panic!("database {db} not in plan: {plan:#}"));
+    entry["groups"]
+        .as_array()
+        .expect("groups array")
+        .iter()
+        .map(|g| {
+            (
+                g["group"].as_str().expect("group name").to_owned(),
+                g.clone(),
+            )
+        })
+        .collect()
+}
+
+/// The table names of a plan group, sorted.
+pub fn plan_group_tables(group: &Value) -> Vec<String> {
+    let mut v: Vec<String> = group["tables"]
+        .as_array()
+        .expect("tables array")
+        .iter()
+        .map(|t| t["table"].as_str().expect("table name").to_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+pub fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|s| {
+            s.as_str()
+                .unwrap_or_else(|| panic!("not a string: {s}"))
+                .to_owned()
+        })
+        .collect()
+}
+
+pub fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+pub fn owned(v: &[&str]) -> Vec<String> {
+    sorted(v.iter().map(|s| s.to_string()).collect())
+}
+
+/// Report group entries of kind "tables" for `db`, by group name.
+pub fn report_groups(report: &Value, db: &str) -> BTreeMap<String, Value> {
+    report["groups"]
+        .as_array()
+        .expect("report.groups array")
+        .iter()
+        .filter(|g| g["kind"] == "tables" && g["database"] == db)
+        .map(|g| (g["group"].as_str().expect("group").to_owned(), g.clone()))
+        .collect()
+}
+
+/// The file of a report entry, checked to exist with the recorded size and sha256.
+pub fn checked_file(entry: &Value) -> PathBuf {
+    let file = PathBuf::from(
+        entry["file"]
+            .as_str()
+            .unwrap_or_else(|| panic!("entry has no file: {entry:#}")),
+    );
+    assert!(file.is_absolute(), "file is not absolute: {entry:#}");
+    let meta = fs::metadata(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    assert_eq!(
+        entry["bytes"].as_u64(),
+        Some(meta.len()),
+        "bytes of {}",
+        file.display()
+    );
+    assert_eq!(
+        entry["sha256"].as_str(),
+        Some(sha256_hex(&file).as_str()),
+        "sha256 of {}",
+        file.display()
+    );
+    file
+}

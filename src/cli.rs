@@ -67,6 +67,40 @@ pub enum Command {
     },
     /// Send a test mail with the [email] settings and print the server's reply.
     EmailTest,
+    /// Check a run's dumps against its report: files, sizes, sha256, tables; with --restore,
+    /// restore each group into a scratch database and compare row counts.
+    Verify {
+        /// The run to check (default: the newest report in <dir>/reports).
+        #[arg(long, value_name = "ID", conflicts_with = "report")]
+        run: Option<String>,
+        /// The run report to check.
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
+        /// Also restore every group into a scratch database and compare row counts.
+        #[arg(long)]
+        restore: bool,
+    },
+    /// Restore one group's newest (or --run's) dump, or a whole database from one run.
+    Restore {
+        /// The group to restore; without it, --run and --database rebuild a whole database.
+        #[arg(short, long, value_name = "NAME")]
+        group: Option<String>,
+        /// The database the group (or the run's dumps) belong to.
+        #[arg(short, long, value_name = "DB")]
+        database: Option<String>,
+        /// The run to restore from (default for --group: its newest dump).
+        #[arg(long, value_name = "ID")]
+        run: Option<String>,
+        /// Database to restore into (created if missing).
+        #[arg(long, value_name = "DB")]
+        target: String,
+        /// pg_restore --jobs.
+        #[arg(short, long)]
+        jobs: Option<u16>,
+        /// Drop the group's objects in the target first (pg_restore --clean --if-exists).
+        #[arg(long)]
+        clean: bool,
+    },
 }
 
 /// Runs the parsed command and returns the process exit code.
@@ -116,6 +150,42 @@ pub async fn dispatch(cli: Cli) -> i32 {
                 .await
                 .unwrap_or_else(|e| Err(Failure::Start(anyhow::anyhow!("prune panicked: {e}"))))
         }
+        Command::Verify {
+            run,
+            report,
+            restore,
+        } => {
+            crate::verify::verify(
+                &config,
+                &crate::verify::VerifyOptions {
+                    run,
+                    report,
+                    restore,
+                },
+            )
+            .await
+        }
+        Command::Restore {
+            group,
+            database,
+            run,
+            target,
+            jobs,
+            clean,
+        } => {
+            crate::restore::restore(
+                &config,
+                &crate::restore::RestoreOptions {
+                    group,
+                    database,
+                    run,
+                    target,
+                    jobs,
+                    clean,
+                },
+            )
+            .await
+        }
         Command::EmailTest => match &config.email {
             None => Err(Failure::Usage(format!(
                 "{} has no [email] table",
@@ -147,6 +217,12 @@ pub async fn dispatch(cli: Cli) -> i32 {
             crate::say!("pg_groupdump: {what}{e}");
             if let Failure::Report(_, report) = &e {
                 crate::say_raw!(report.summary("(not written)"));
+                if let Some(email) = &config.email {
+                    let path = std::path::Path::new("(not written)");
+                    if let Err(e) = crate::notify::notify_run(email, report, path).await {
+                        crate::say!("pg_groupdump: could not send the run's mail: {e}");
+                    }
+                }
                 if report.failed() > 0 {
                     return exit::SOME_FAILED;
                 }

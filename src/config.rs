@@ -85,6 +85,8 @@ struct RawBackup {
     yield_after: Option<String>,
     file_mode: Option<String>,
     dir_mode: Option<String>,
+    count_rows: Option<bool>,
+    pg_restore: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -194,6 +196,10 @@ pub struct BackupConfig {
     pub file_mode: u32,
     /// Mode of the directories created (default 0700).
     pub dir_mode: u32,
+    /// Count each table's rows in the group's snapshot after its dump (for `verify --restore`).
+    pub count_rows: bool,
+    /// pg_restore for `verify` and `restore`; default: beside pg_dump.
+    pub pg_restore: Option<PathBuf>,
 }
 
 /// The default `yield_after`: a DDL statement waits at most about this long behind a dump.
@@ -408,6 +414,8 @@ fn check(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
         yield_after,
         file_mode,
         dir_mode,
+        count_rows: b.count_rows.unwrap_or(true),
+        pg_restore: b.pg_restore,
     };
 
     let mut groups = Vec::with_capacity(raw.groups.len());

@@ -168,8 +168,10 @@ pub fn exact_table_pattern(schema: &str, table: &str) -> String {
 pub enum DumpKind {
     /// `pg_dump -Fc` of these (schema, table) pairs.
     Tables(Vec<(String, String)>),
-    /// `pg_dump -Fc --schema-only` of a whole database.
-    Schema,
+    /// `pg_dump -Fc` of a whole database without the data of these (schema, table) pairs —
+    /// every table of the database: the DDL of everything, plus the values of sequences and
+    /// the contents of materialized views, which no group's dump carries.
+    Schema { exclude_data: Vec<(String, String)> },
     /// `pg_dumpall --globals-only`.
     Globals { role_passwords: bool },
 }
@@ -239,7 +241,7 @@ pub fn command_args(
             }
             settings.tools.pg_dumpall.clone()
         }
-        DumpKind::Schema | DumpKind::Tables(_) => {
+        DumpKind::Schema { .. } | DumpKind::Tables(_) => {
             args.push("--format=custom".into());
             if let Some(z) = settings.compress {
                 args.push(format!("--compress={z}").into());
@@ -260,8 +262,11 @@ pub fn command_args(
                     args.push("--table".into());
                     args.push(exact_table_pattern(s, t).into());
                 }
-            } else {
-                args.push("--schema-only".into());
+            } else if let DumpKind::Schema { exclude_data } = kind {
+                for (s, t) in exclude_data {
+                    args.push("--exclude-table-data".into());
+                    args.push(exact_table_pattern(s, t).into());
+                }
             }
             settings.tools.pg_dump.clone()
         }

@@ -7,7 +7,7 @@
 //! | 2 | bad configuration or command line; nothing was dumped |
 //! | 3 | the run could not start: server unreachable, authentication failed, pg_dump missing or older than the server, backup directory unusable |
 //! | 4 | another run holds the lock on the backup directory |
-//! | 5 | the dumps succeeded but the run report could not be written or its mail not sent |
+//! | 5 | the dumps succeeded but the run could not be reported: the run report could not be written, or the `[email]` mail could not be sent |
 //! | 130 | stopped by SIGINT: running dumps cancelled, their `.ing` files removed, report written |
 //! | 143 | stopped by SIGTERM: likewise |
 

@@ -17,10 +17,12 @@ pub mod notify;
 pub mod plan;
 pub mod prune;
 pub mod report;
+pub mod restore;
 pub mod run;
 pub mod runlock;
 pub mod snapshot;
 pub mod store;
+pub mod verify;
 
 /// Why a command could not do its work, each with its exit code (see [`exit`]).
 #[derive(Debug, thiserror::Error)]

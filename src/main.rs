@@ -27,5 +27,7 @@ fn main() -> ExitCode {
         .build()
         .expect("tokio runtime");
     let code = runtime.block_on(dispatch(cli));
+    // A blocking task still stuck (a hung DNS lookup, say) must not delay the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     ExitCode::from(code.clamp(0, 255) as u8)
 }

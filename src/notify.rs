@@ -11,6 +11,7 @@
 //! never written to the configuration, a log or a message.
 
 use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -381,7 +382,7 @@ fn warnings(path: &Path, cfg: &EmailConfig) -> Vec<String> {
 fn is_loopback(host: &str) -> bool {
     let h = host.trim_start_matches('[').trim_end_matches(']');
     h.eq_ignore_ascii_case("localhost")
-        || h.parse::<std::net::IpAddr>()
+        || h.parse::<IpAddr>()
             .map(|a| a.is_loopback())
             .unwrap_or(false)
 }
@@ -502,7 +503,7 @@ pub fn run_message(cfg: &EmailConfig, report: &RunReport, report_path: &Path) ->
     } else {
         let _ = writeln!(
             b,
-            "pg_groupdump: {} of {total} groups FAILED in the backup of {}; the other {} were written and kept.",
+            "pg_groupdump: {} of {total} groups FAILED in the backup of {}; {} ok (written and kept).",
             failed.len(),
             report.server,
             total - failed.len()
@@ -898,6 +899,34 @@ async fn send(cfg: &EmailConfig, subject: &str, body: String) -> Result<Sent, No
     }
 }
 
+/// The addresses of the mail server. The lookup runs on a thread of its own, not tokio's
+/// blocking pool: a resolver that hangs past `email.timeout` is then simply abandoned, instead
+/// of holding up the runtime's shutdown at the end of the process.
+async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    let literal = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = literal.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let name = host.to_string();
+    std::thread::Builder::new()
+        .name("smtp-resolve".into())
+        .spawn(move || {
+            let _ = tx.send(
+                (name.as_str(), port)
+                    .to_socket_addrs()
+                    .map(|a| a.collect::<Vec<_>>()),
+            );
+        })
+        .map_err(|e| format!("cannot start the lookup of {host}: {e}"))?;
+    match rx.await {
+        Ok(Ok(addrs)) if !addrs.is_empty() => Ok(addrs),
+        Ok(Ok(_)) => Err(format!("{host} has no address")),
+        Ok(Err(e)) => Err(format!("cannot resolve {host}: {e}")),
+        Err(_) => Err(format!("the lookup of {host} failed")),
+    }
+}
+
 /// Connects, secures, authenticates, sends, quits.
 async fn exchange(
     cfg: &EmailConfig,
@@ -911,15 +940,11 @@ async fn exchange(
         TlsMode::Starttls => (None, tls),
         TlsMode::None => (None, None),
     };
-    let mut conn = AsyncSmtpConnection::connect_tokio1(
-        (cfg.host.as_str(), cfg.port),
-        Some(cfg.timeout),
-        &hello,
-        wrapper,
-        None,
-    )
-    .await
-    .map_err(|e| format!("cannot connect: {}", smtp_error(&e)))?;
+    let addrs = resolve(&cfg.host, cfg.port).await?;
+    let mut conn =
+        AsyncSmtpConnection::connect_tokio1(&addrs[..], Some(cfg.timeout), &hello, wrapper, None)
+            .await
+            .map_err(|e| format!("cannot connect: {}", smtp_error(&e)))?;
     let mut usable = true;
     let result = async {
         let usable = &mut usable;
@@ -1087,6 +1112,42 @@ mod tests {
         assert!(e.to_string().contains("nope"), "{e}");
         let e = cfg(&format!("{MINIMAL}\nport = 0")).unwrap_err();
         assert!(e.to_string().contains('0'), "{e}");
+    }
+
+    /// The block given for the README.
+    const README_BLOCK: &str = r#"[email]
+host = "smtp.example.com"
+port = 587                          # default: 587 with starttls, 465 with tls, 25 with none
+tls = "starttls"                    # "starttls" (default) | "tls" (SMTPS, TLS from the start) | "none"
+username = "pg_groupdump"           # optional; if set, password_file or password_env is required
+password_file = "/etc/pg_groupdump/smtp-password"   # its first line; keep it mode 600 (warned otherwise)
+# password_env = "PG_GROUPDUMP_SMTP_PASSWORD"       # or: the password is in this environment variable
+from = "pg_groupdump <backup@example.com>"
+to = ["dba@example.com", "oncall@example.com"]
+on = "failure"                      # "failure" (default): runs with a failed group | "always": every run
+subject_prefix = "[pg_groupdump]"   # the default
+timeout = "30s"                     # bounds the whole exchange (connect, TLS, AUTH, send); default 30s
+# ca_file = "/etc/pg_groupdump/mail-ca.pem"   # PEM CA to trust for a mail server with a private CA
+# tls_insecure_skip_verify = true             # no certificate checks at all: last resort, warned at every run
+"#;
+
+    #[test]
+    fn readme_block_parses() {
+        let c = crate::config::parse(
+            Path::new("groups.toml"),
+            &format!("[backup]\ndir = \"/b\"\n{README_BLOCK}"),
+        )
+        .unwrap();
+        let e = c.email.unwrap();
+        assert_eq!((e.port, e.tls, e.on), (587, TlsMode::Starttls, On::Failure));
+        assert_eq!(e.to.len(), 2);
+        assert_eq!(e.username.as_deref(), Some("pg_groupdump"));
+        assert_eq!(
+            e.password,
+            Some(PasswordSource::File(
+                "/etc/pg_groupdump/smtp-password".into()
+            ))
+        );
     }
 
     #[test]

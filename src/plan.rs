@@ -27,6 +27,9 @@ pub struct DatabasePlan {
     pub groups: Vec<GroupPlan>,
     /// Ungrouped tables left out by `ungrouped.exclude`.
     pub excluded: Vec<String>,
+    /// Every table of the database as (schema, table), grouped or not.
+    #[serde(skip)]
+    pub all_tables: Vec<(String, String)>,
 }
 
 /// Where a group comes from.
@@ -362,6 +365,11 @@ pub fn resolve_database(
         database: db.clone(),
         groups,
         excluded,
+        all_tables: catalog
+            .tables
+            .iter()
+            .map(|t| (t.schema.clone(), t.name.clone()))
+            .collect(),
     })
 }
 

@@ -54,6 +54,9 @@ pub struct GroupReport {
     /// Every attempt, failed ones with what they ran into.
     #[serde(default)]
     pub attempts: Vec<Attempt>,
+    /// Rows of each table ("schema.table") in the dump's snapshot (`backup.count_rows`).
+    #[serde(default)]
+    pub row_counts: Option<std::collections::BTreeMap<String, i64>>,
 }
 
 impl GroupReport {
@@ -82,6 +85,7 @@ impl GroupReport {
             snapshot: None,
             lock_wait_ms: 0,
             attempts: Vec::new(),
+            row_counts: None,
         }
     }
 }
@@ -132,6 +136,8 @@ pub struct Attempt {
     pub snapshot: Option<SnapshotInfo>,
     #[serde(skip)]
     pub warnings: Option<String>,
+    #[serde(skip)]
+    pub row_counts: Option<std::collections::BTreeMap<String, i64>>,
 }
 
 impl Attempt {
@@ -148,6 +154,7 @@ impl Attempt {
             lock_wait_ms: 0,
             snapshot: None,
             warnings: None,
+            row_counts: None,
         }
     }
 }

@@ -130,6 +130,7 @@ struct Ctx {
     retry_delay: Duration,
     /// Set to the signal number once SIGINT or SIGTERM arrives.
     shutdown: watch::Receiver<Option<i32>>,
+    count_rows: bool,
 }
 
 /// Listens for SIGINT and SIGTERM (stop: no new dump starts, running ones are cancelled) and
@@ -267,6 +268,7 @@ pub async fn run(config: &Config, opts: &RunOptions) -> Result<(RunReport, PathB
         lock_retries: config.backup.lock_retries,
         retry_delay: config.backup.retry_delay,
         shutdown: shutdown.clone(),
+        count_rows: config.backup.count_rows,
     });
     let mut set = JoinSet::new();
     let total = jobs.len();
@@ -392,7 +394,9 @@ fn make_jobs(
                     .iter()
                     .flat_map(|g| g.tables.iter().map(|t| t.oid))
                     .collect(),
-                dump: DumpKind::Schema,
+                dump: DumpKind::Schema {
+                    exclude_data: db.all_tables.clone(),
+                },
                 path: store::dump_path(root, &db.database, store::SCHEMA_GROUP, run_id),
                 lock_wait_timeout: b.lock_wait_timeout,
                 yield_after: b.yield_after,
@@ -497,6 +501,7 @@ async fn run_job(ctx: &Ctx, job: Job) -> GroupReport {
             Ok(finished) => {
                 let last = report.attempts.last().expect("just pushed");
                 report.snapshot = last.snapshot.clone();
+                report.row_counts = last.row_counts.clone();
                 report.lock_wait_ms = last.lock_wait_ms;
                 let what = match job.kind {
                     Kind::Tables => format!("{}, ", crate::plural(job.tables.len(), "table")),
@@ -629,6 +634,20 @@ async fn attempt(ctx: &Ctx, job: &Job, number: u32) -> (Attempt, Result<store::F
         };
         let child = dump::run_child(&ctx.settings, &req, cancel).await;
         if let Some(e) = exported {
+            if let (Ok(_), DumpKind::Tables(pairs), true) = (&child, &job.dump, ctx.count_rows) {
+                match ctx
+                    .snapshots
+                    .count_rows(&e, pairs, job.lock_wait_timeout)
+                    .await
+                {
+                    Ok(counts) => {
+                        a.row_counts = Some(job.tables.iter().cloned().zip(counts).collect());
+                    }
+                    Err(err) => {
+                        tracing::warn!("{}: rows not counted: {err}", crate::printable(&job.group))
+                    }
+                }
+            }
             ctx.snapshots.release(e).await;
         }
         let observed = watch.map(|w| w.finish()).unwrap_or_default();

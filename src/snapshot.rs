@@ -94,6 +94,39 @@ impl Snapshots {
         }
     }
 
+    /// Counts the rows of each (schema, table), `ONLY` that table (partitions are counted on
+    /// their own), in the exported snapshot — the rows the dump that used it contains. Runs
+    /// after the dump has finished, so it takes its own short ACCESS SHARE locks, bounded by
+    /// `lock_timeout`.
+    pub async fn count_rows(
+        &self,
+        exported: &Exported,
+        tables: &[(String, String)],
+        lock_timeout: std::time::Duration,
+    ) -> Result<Vec<i64>, String> {
+        let c = &exported.client;
+        c.batch_execute(&format!(
+            "SET LOCAL lock_timeout = '{}ms'",
+            lock_timeout.as_millis().max(1)
+        ))
+        .await
+        .map_err(|e| crate::pg_error_text(&e))?;
+        let mut counts = Vec::with_capacity(tables.len());
+        for (schema, table) in tables {
+            let sql = format!(
+                "SELECT count(*) FROM ONLY {}.{}",
+                quote_ident(schema),
+                quote_ident(table)
+            );
+            let row = c
+                .query_one(&sql, &[])
+                .await
+                .map_err(|e| crate::pg_error_text(&e))?;
+            counts.push(row.get(0));
+        }
+        Ok(counts)
+    }
+
     /// Ends the transaction and keeps the session for the next group of its database.
     pub async fn release(&self, exported: Exported) {
         if exported.client.batch_execute("COMMIT").await.is_ok() {
@@ -105,4 +138,9 @@ impl Snapshots {
                 .push(exported.client);
         }
     }
+}
+
+/// A quoted SQL identifier.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
 }

@@ -1,0 +1,635 @@
+//! Getting data back: `pg_groupdump restore` (one group, or a whole database from one run),
+//! and the pieces `verify` shares with it — finding dumps and reports on disk, running
+//! `pg_restore`, reading an archive's table of contents.
+//!
+//! A whole database is rebuilt from one run in the order that makes per-group dumps a full
+//! backup: the schema archive's pre-data (types, functions, tables), every group's data, the
+//! schema archive's data (sequence values), then its post-data (indexes, constraints, foreign
+//! keys, triggers, materialized views) — constraints come last, so the groups' data can be
+//! loaded in any order.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use tokio::process::Command;
+
+use crate::config::Config;
+use crate::connect::{application_name, ConnParams};
+use crate::report::{Kind, RunReport, Status};
+use crate::snapshot::quote_ident;
+use crate::store;
+use crate::Failure;
+
+/// The pg_restore to use: configured, else beside pg_dump, else on PATH.
+pub fn pg_restore_path(config: &Config) -> Result<PathBuf, Failure> {
+    if let Some(p) = &config.backup.pg_restore {
+        return Ok(p.clone());
+    }
+    let (pg_dump, _) = crate::dump::locate(config.backup.pg_dump.as_deref(), None)
+        .map_err(|e| Failure::Start(e.into()))?;
+    let beside = pg_dump.with_file_name("pg_restore");
+    if beside.exists() {
+        return Ok(beside);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join("pg_restore"))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            Failure::Start(anyhow::anyhow!(
+                "pg_restore not found beside {} or on PATH; set backup.pg_restore",
+                pg_dump.display()
+            ))
+        })
+}
+
+/// Reads the report of `run_id`, or the one at `file`, or the newest in `<dir>/reports`.
+pub fn load_report(
+    config: &Config,
+    run_id: Option<&str>,
+    file: Option<&Path>,
+) -> Result<(RunReport, PathBuf), Failure> {
+    let path = match (file, run_id) {
+        (Some(f), _) => f.to_path_buf(),
+        (None, Some(id)) => store::report_path(&config.backup.dir, id),
+        (None, None) => newest_report(&config.backup.dir).ok_or_else(|| {
+            Failure::Usage(format!(
+                "no run report in {}",
+                config.backup.dir.join(store::REPORTS_DIR).display()
+            ))
+        })?,
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        Failure::Usage(format!(
+            "cannot read the run report {}: {e}",
+            path.display()
+        ))
+    })?;
+    let report = serde_json::from_str(&text)
+        .map_err(|e| Failure::Usage(format!("{} is not a run report: {e}", path.display())))?;
+    Ok((report, path))
+}
+
+fn newest_report(dir: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(dir.join(store::REPORTS_DIR))
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let id = name.strip_suffix(".json")?;
+            store::is_run_id(id).then(|| (id.to_string(), e.path()))
+        })
+        .max()
+        .map(|(_, p)| p)
+}
+
+/// One entry of `pg_restore --list`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TocEntry {
+    /// "TABLE", "TABLE DATA", "SEQUENCE SET", …
+    pub desc: String,
+    /// What follows the description: "schema name owner" (names unquoted; newlines printed
+    /// as spaces by pg_restore).
+    pub rest: String,
+}
+
+/// The kinds of entry pg_restore lists, longest first so "TABLE DATA" is not read as "TABLE".
+const DESCS: &[&str] = &[
+    "MATERIALIZED VIEW DATA",
+    "MATERIALIZED VIEW",
+    "SEQUENCE OWNED BY",
+    "SEQUENCE SET",
+    "SEQUENCE",
+    "TABLE ATTACH",
+    "TABLE DATA",
+    "TABLE",
+    "FK CONSTRAINT",
+    "CHECK CONSTRAINT",
+    "CONSTRAINT",
+    "INDEX ATTACH",
+    "INDEX",
+    "DEFAULT ACL",
+    "DEFAULT",
+    "ROW SECURITY",
+    "POLICY",
+    "TRIGGER",
+    "RULE",
+    "COMMENT",
+    "ACL",
+];
+
+/// Runs `pg_restore --list` on an archive.
+pub async fn list_archive(pg_restore: &Path, archive: &Path) -> Result<Vec<TocEntry>, String> {
+    let out = Command::new(pg_restore)
+        .arg("--list")
+        .arg(archive)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| format!("cannot run {}: {e}", pg_restore.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "pg_restore cannot read {}: {}",
+            archive.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(parse_list(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Parses `pg_restore --list` output ("215; 1259 16385 TABLE public orders postgres").
+pub fn parse_list(text: &str) -> Vec<TocEntry> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.starts_with(';') || line.trim().is_empty() {
+            continue;
+        }
+        // "<dump id>; <tableoid> <oid> <desc> <rest>"
+        let Some((_, after)) = line.split_once("; ") else {
+            continue;
+        };
+        let mut it = after.splitn(3, ' ');
+        let (Some(_), Some(_), Some(tail)) = (it.next(), it.next(), it.next()) else {
+            continue;
+        };
+        if let Some(desc) = DESCS.iter().find(|d| tail.starts_with(&format!("{d} "))) {
+            out.push(TocEntry {
+                desc: desc.to_string(),
+                rest: tail[desc.len() + 1..].to_string(),
+            });
+        } else if let Some((desc, rest)) = tail.split_once(' ') {
+            out.push(TocEntry {
+                desc: desc.to_string(),
+                rest: rest.to_string(),
+            });
+        }
+    }
+    out
+}
+
+/// How pg_restore prints a name in `--list`: newlines and carriage returns as spaces.
+pub fn listed_name(s: &str) -> String {
+    s.replace(['\n', '\r'], " ")
+}
+
+/// Checks that the archive's TABLE entries are exactly `tables` (schema, name), and that it
+/// has data only for those. Returns a description of every difference.
+pub fn compare_tables(entries: &[TocEntry], tables: &[(String, String)]) -> Vec<String> {
+    let expected: Vec<String> = tables
+        .iter()
+        .map(|(s, t)| format!("{} {} ", listed_name(s), listed_name(t)))
+        .collect();
+    let mut problems = Vec::new();
+    let mut found: BTreeSet<usize> = BTreeSet::new();
+    for e in entries
+        .iter()
+        .filter(|e| e.desc == "TABLE" || e.desc == "TABLE DATA")
+    {
+        match expected.iter().position(|x| e.rest.starts_with(x.as_str())) {
+            Some(i) => {
+                if e.desc == "TABLE" {
+                    found.insert(i);
+                }
+            }
+            None => problems.push(format!("unexpected {} entry: {}", e.desc, e.rest)),
+        }
+    }
+    for (i, (s, t)) in tables.iter().enumerate() {
+        if !found.contains(&i) {
+            problems.push(format!(
+                "table {} is missing",
+                crate::config::qualified_name(s, t)
+            ));
+        }
+    }
+    problems
+}
+
+/// Runs pg_restore with `args` into `database`; returns its stderr, and whether it succeeded.
+pub async fn run_pg_restore(
+    pg_restore: &Path,
+    conn: &ConnParams,
+    database: &str,
+    args: &[std::ffi::OsString],
+) -> Result<(bool, String), String> {
+    let mut cmd = Command::new(pg_restore);
+    cmd.arg("--no-password")
+        .arg(format!(
+            "--dbname={}",
+            conn.conninfo(database, &application_name("restore"))
+        ))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in conn.child_env() {
+        cmd.env(k, v);
+    }
+    let out = cmd
+        .output()
+        .await
+        .map_err(|e| format!("cannot run {}: {e}", pg_restore.display()))?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    ))
+}
+
+/// Creates `database` if it does not exist; true if it was created.
+pub async fn ensure_database(
+    conn: &ConnParams,
+    maintenance: &str,
+    database: &str,
+) -> Result<bool, Failure> {
+    let c = conn
+        .connect(maintenance, &application_name("restore"))
+        .await
+        .map_err(|e| Failure::Start(e.into()))?;
+    let exists = c
+        .query_opt(
+            "SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1",
+            &[&database],
+        )
+        .await
+        .map_err(|e| Failure::Start(anyhow::anyhow!(crate::pg_error_text(&e))))?
+        .is_some();
+    if exists {
+        return Ok(false);
+    }
+    c.batch_execute(&format!("CREATE DATABASE {}", quote_ident(database)))
+        .await
+        .map_err(|e| {
+            Failure::Start(anyhow::anyhow!(
+                "cannot create database {database:?}: {}",
+                crate::pg_error_text(&e)
+            ))
+        })?;
+    Ok(true)
+}
+
+/// Entry kinds of a schema archive that a group's tables may need and that `pg_dump -t`
+/// leaves out: schemas, extensions, types, functions and the like (no tables, views or
+/// sequences, which the group's own archive brings or which belong to other groups).
+const PREREQUISITES: &[&str] = &[
+    "SCHEMA ",
+    "EXTENSION ",
+    "TYPE ",
+    "SHELL TYPE ",
+    "DOMAIN ",
+    "FUNCTION ",
+    "PROCEDURE ",
+    "AGGREGATE ",
+    "COLLATION ",
+    "CONVERSION ",
+    "TEXT SEARCH ",
+    "OPERATOR ",
+    "CAST ",
+    "PROCEDURAL LANGUAGE ",
+    "ACCESS METHOD ",
+    "FOREIGN DATA WRAPPER ",
+    "SERVER ",
+];
+
+/// Restores into `database` what a group's archive needs but does not carry (schemas, types,
+/// functions, extensions), taken from a schema archive. Errors (an object that already
+/// exists) are reported by the caller's later checks, not here.
+pub async fn restore_prerequisites(
+    pg_restore: &Path,
+    conn: &ConnParams,
+    database: &str,
+    schema_archive: &Path,
+) -> Result<(), String> {
+    let out = Command::new(pg_restore)
+        .arg("--list")
+        .arg(schema_archive)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| format!("cannot run {}: {e}", pg_restore.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "pg_restore cannot read {}: {}",
+            schema_archive.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let list: String = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|line| {
+            line.split_once("; ")
+                .and_then(|(_, after)| after.splitn(3, ' ').nth(2))
+                .is_some_and(|tail| PREREQUISITES.iter().any(|p| tail.starts_with(p)))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let list_file = tempfile_path("toc");
+    std::fs::write(&list_file, list)
+        .map_err(|e| format!("cannot write {}: {e}", list_file.display()))?;
+    let args: Vec<std::ffi::OsString> = vec![
+        "--no-owner".into(),
+        "--use-list".into(),
+        list_file.clone().into(),
+        schema_archive.into(),
+    ];
+    let result = run_pg_restore(pg_restore, conn, database, &args).await;
+    let _ = std::fs::remove_file(&list_file);
+    result.map(|_| ())
+}
+
+fn tempfile_path(what: &str) -> PathBuf {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    std::env::temp_dir().join(format!(
+        "pg_groupdump-{}-{}-{what}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ))
+}
+
+/// The schema archive to take a group's prerequisites from: the same run's, else the newest.
+pub fn schema_archive_for(root: &Path, database: &str, run_id: &str) -> Option<PathBuf> {
+    let same = store::dump_path(root, database, store::SCHEMA_GROUP, run_id);
+    if same.is_file() {
+        return Some(same);
+    }
+    group_dumps(root, database, store::SCHEMA_GROUP)
+        .pop()
+        .map(|(_, p)| p)
+}
+
+/// The dumps of one group on disk: (run id, path), oldest first.
+fn group_dumps(root: &Path, database: &str, group: &str) -> Vec<(String, PathBuf)> {
+    let dir = store::dump_path(root, database, group, "20000101T000000Z");
+    let Some(dir) = dir.parent() else {
+        return Vec::new();
+    };
+    let mut out: Vec<(String, PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let stem = name.strip_suffix(".dump")?;
+            let id = stem.rsplit('.').next()?;
+            let expected = store::dump_path(root, database, group, id);
+            (store::is_run_id(id) && expected == e.path()).then(|| (id.to_string(), e.path()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The databases that have a dump directory for `group`.
+fn databases_with_group(root: &Path, group: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        let Some(db) = store::decode_component(&e.file_name().to_string_lossy()) else {
+            continue;
+        };
+        if e.path().is_dir() && !group_dumps(root, &db, group).is_empty() {
+            out.push(db);
+        }
+    }
+    out
+}
+
+/// What `pg_groupdump restore` was asked to do.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    pub group: Option<String>,
+    pub database: Option<String>,
+    pub run: Option<String>,
+    pub target: String,
+    pub jobs: Option<u16>,
+    pub clean: bool,
+}
+
+/// `pg_groupdump restore`. Returns the exit code.
+pub async fn restore(config: &Config, opts: &RestoreOptions) -> Result<i32, Failure> {
+    let pg_restore = pg_restore_path(config)?;
+    let conn = ConnParams::resolve(&config.connection).map_err(|e| Failure::Start(e.into()))?;
+    let maintenance = &config.connection.maintenance_database;
+    let root = &config.backup.dir;
+    let mut common: Vec<std::ffi::OsString> = Vec::new();
+    if let Some(j) = opts.jobs {
+        common.push(format!("--jobs={j}").into());
+    }
+
+    if let Some(group) = &opts.group {
+        let database = match &opts.database {
+            Some(d) => d.clone(),
+            None => {
+                let dbs = databases_with_group(root, group);
+                match dbs.len() {
+                    1 => dbs.into_iter().next().expect("one"),
+                    0 => return Err(Failure::Usage(format!("no dump of group {group:?} in {}", root.display()))),
+                    _ => {
+                        return Err(Failure::Usage(format!(
+                            "group {group:?} exists in several databases ({}): name one with --database",
+                            dbs.join(", ")
+                        )))
+                    }
+                }
+            }
+        };
+        let dumps = group_dumps(root, &database, group);
+        let file = match &opts.run {
+            Some(id) => dumps.iter().find(|(r, _)| r == id).map(|(_, p)| p.clone()),
+            None => dumps.last().map(|(_, p)| p.clone()),
+        }
+        .ok_or_else(|| {
+            Failure::Usage(format!(
+                "no dump of group {group:?} of database {database:?}{} in {}",
+                opts.run
+                    .as_deref()
+                    .map(|r| format!(" from run {r}"))
+                    .unwrap_or_default(),
+                root.display()
+            ))
+        })?;
+        if ensure_database(&conn, maintenance, &opts.target).await? {
+            crate::say!("created database {}", opts.target);
+            // A new database lacks the schemas, types and functions the group's tables use.
+            let run_id = file
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".dump"))
+                .and_then(|n| n.rsplit('.').next())
+                .unwrap_or("");
+            if let Some(schema) = schema_archive_for(root, &database, run_id) {
+                restore_prerequisites(&pg_restore, &conn, &opts.target, &schema)
+                    .await
+                    .map_err(|e| Failure::Start(anyhow::anyhow!(e)))?;
+            }
+        }
+        let mut args = common.clone();
+        if opts.clean {
+            args.push("--clean".into());
+            args.push("--if-exists".into());
+        }
+        args.push(file.clone().into());
+        crate::say!("restoring {} into {}", file.display(), opts.target);
+        let (ok, stderr) = run_pg_restore(&pg_restore, &conn, &opts.target, &args)
+            .await
+            .map_err(|e| Failure::Start(anyhow::anyhow!(e)))?;
+        if !stderr.is_empty() {
+            crate::say!("{stderr}");
+        }
+        return Ok(if ok {
+            crate::exit::OK
+        } else {
+            crate::exit::SOME_FAILED
+        });
+    }
+
+    // A whole database from one run.
+    let (Some(run_id), Some(database)) = (&opts.run, &opts.database) else {
+        return Err(Failure::Usage(
+            "restore needs --group NAME, or --run ID with --database DB for a whole database"
+                .into(),
+        ));
+    };
+    let schema = store::dump_path(root, database, store::SCHEMA_GROUP, run_id);
+    if !schema.is_file() {
+        return Err(Failure::Usage(format!(
+            "run {run_id} has no schema dump of database {database:?} ({} is missing)",
+            schema.display()
+        )));
+    }
+    let mut groups: Vec<(String, Option<PathBuf>)> = Vec::new();
+    match load_report(config, Some(run_id), None) {
+        Ok((report, _)) => {
+            for g in report.groups.iter().filter(|g| {
+                g.kind == Kind::Tables && g.database.as_deref() == Some(database.as_str())
+            }) {
+                let file = (g.status == Status::Ok)
+                    .then(|| store::dump_path(root, database, &g.group, run_id))
+                    .filter(|p| p.is_file());
+                groups.push((g.group.clone(), file));
+            }
+        }
+        Err(_) => {
+            // No report (e.g. written elsewhere with --report): take what is on disk.
+            let dbdir = store::dump_path(root, database, "x", run_id);
+            let dbdir = dbdir.parent().and_then(Path::parent).unwrap_or(root);
+            for e in std::fs::read_dir(dbdir).into_iter().flatten().flatten() {
+                let Some(group) = store::decode_component(&e.file_name().to_string_lossy()) else {
+                    continue;
+                };
+                if group == store::SCHEMA_GROUP {
+                    continue;
+                }
+                let p = store::dump_path(root, database, &group, run_id);
+                if p.is_file() {
+                    groups.push((group, Some(p)));
+                }
+            }
+        }
+    }
+    if ensure_database(&conn, maintenance, &opts.target).await? {
+        crate::say!("created database {}", opts.target);
+    }
+    let mut failures = 0;
+    let step = |ok: bool, what: &str, stderr: String| -> usize {
+        if !stderr.is_empty() {
+            crate::say!("{what}: {stderr}");
+        }
+        if ok {
+            0
+        } else {
+            crate::say!("{what}: pg_restore reported errors");
+            1
+        }
+    };
+    let section = |s: &str| -> Vec<std::ffi::OsString> {
+        let mut a = common.clone();
+        a.push(format!("--section={s}").into());
+        a.push(schema.clone().into());
+        a
+    };
+    let run = |args: Vec<std::ffi::OsString>| {
+        let (pg_restore, conn, target) = (pg_restore.clone(), conn.clone(), opts.target.clone());
+        async move {
+            run_pg_restore(&pg_restore, &conn, &target, &args)
+                .await
+                .map_err(|e| Failure::Start(anyhow::anyhow!(e)))
+        }
+    };
+    let (ok, e) = run(section("pre-data")).await?;
+    failures += step(ok, "schema (pre-data)", e);
+    for (group, file) in &groups {
+        match file {
+            Some(f) => {
+                let mut a = common.clone();
+                a.push("--data-only".into());
+                a.push(f.clone().into());
+                let (ok, e) = run(a).await?;
+                failures += step(ok, &format!("group {group}"), e);
+            }
+            None => {
+                failures += 1;
+                crate::say!(
+                    "group {group}: no successful dump in run {run_id}; its tables stay empty"
+                );
+            }
+        }
+    }
+    let (ok, e) = run(section("data")).await?;
+    failures += step(ok, "schema (sequence values)", e);
+    let (ok, e) = run(section("post-data")).await?;
+    failures += step(ok, "schema (post-data)", e);
+    crate::say!(
+        "restored database {database} from run {run_id} into {}: {} groups{}",
+        opts.target,
+        groups.len(),
+        if failures > 0 {
+            format!(", {failures} problems")
+        } else {
+            String::new()
+        }
+    );
+    Ok(if failures > 0 {
+        crate::exit::SOME_FAILED
+    } else {
+        crate::exit::OK
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_parsing_and_comparison() {
+        let text = ";\n; Archive created at ...\n;\n\
+            215; 1259 16385 TABLE public orders postgres\n\
+            216; 1259 16392 TABLE my schema order items postgres\n\
+            3364; 0 16385 TABLE DATA public orders postgres\n\
+            3365; 0 16392 TABLE DATA my schema order items postgres\n\
+            3220; 2606 16396 CONSTRAINT public orders orders_pkey postgres\n";
+        let e = parse_list(text);
+        assert_eq!(e.len(), 5);
+        assert_eq!(e[2].desc, "TABLE DATA");
+        assert_eq!(e[2].rest, "public orders postgres");
+        let tables = vec![
+            ("public".to_string(), "orders".to_string()),
+            ("my schema".to_string(), "order items".to_string()),
+        ];
+        assert!(compare_tables(&e, &tables).is_empty());
+        let fewer = vec![("public".to_string(), "orders".to_string())];
+        let p = compare_tables(&e, &fewer);
+        assert_eq!(p.len(), 2, "{p:?}");
+        let more = vec![
+            ("public".to_string(), "orders".to_string()),
+            ("my schema".to_string(), "order items".to_string()),
+            ("public".to_string(), "x".to_string()),
+        ];
+        assert_eq!(
+            compare_tables(&e, &more),
+            vec!["table public.x is missing".to_string()]
+        );
+    }
+}

@@ -12,8 +12,18 @@ use crate::Failure;
 /// Back up PostgreSQL group by group: each group of related tables in its own short snapshot
 /// and lock window, each dump written atomically.
 #[derive(Debug, Parser)]
-#[command(name = "pg_groupdump", version, about, max_term_width = 100)]
+#[command(
+    name = "pg_groupdump",
+    about,
+    max_term_width = 100,
+    disable_version_flag = true,
+    subcommand_required = false,
+    arg_required_else_help = true
+)]
 pub struct Cli {
+    /// Print the version, and the pg_dump a run would use.
+    #[arg(short = 'V', long)]
+    pub version: bool,
     /// Configuration file.
     #[arg(
         short,
@@ -29,8 +39,18 @@ pub struct Cli {
     /// Only warnings and errors in the log.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
+    /// Log format: plain text lines, or one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -101,10 +121,43 @@ pub enum Command {
         #[arg(long)]
         clean: bool,
     },
+    /// Print a shell completion script.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff).
+    Man,
 }
 
 /// Runs the parsed command and returns the process exit code.
 pub async fn dispatch(cli: Cli) -> i32 {
+    use std::io::Write as _;
+    if cli.version {
+        let _ = std::io::stdout().write_all(version_text(&cli.config).await.as_bytes());
+        return exit::OK;
+    }
+    let Some(command) = cli.command else {
+        return exit::CONFIG; // clap printed the help (arg_required_else_help)
+    };
+    match &command {
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut out = Vec::new();
+            clap_complete::generate(*shell, &mut cmd, "pg_groupdump", &mut out);
+            let _ = std::io::stdout().write_all(&out);
+            return exit::OK;
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            let mut out = Vec::new();
+            if clap_mangen::Man::new(cmd).render(&mut out).is_ok() {
+                let _ = std::io::stdout().write_all(&out);
+            }
+            return exit::OK;
+        }
+        _ => {}
+    }
     let config = match config::load(&cli.config) {
         Ok(c) => c,
         Err(e) => {
@@ -113,7 +166,8 @@ pub async fn dispatch(cli: Cli) -> i32 {
         }
     };
     crate::store::set_modes(config.backup.file_mode, config.backup.dir_mode);
-    let result = match cli.command {
+    let progress = cli.log_format == LogFormat::Text && !cli.quiet && crate::progress::wanted();
+    let result = match command {
         Command::Plan { json } => plan(&config, json).await,
         Command::Run {
             jobs,
@@ -126,20 +180,30 @@ pub async fn dispatch(cli: Cli) -> i32 {
                 groups,
                 databases,
                 report,
+                progress,
             };
             match run::run(&config, &opts).await {
                 Ok((mut report, path)) => {
                     crate::say_raw!(report.summary(&path.display().to_string()));
                     let code = report.exit_code();
                     let mailed = mail_report(&config, &mut report, &path).await;
-                    Ok(if code == exit::OK && !mailed {
+                    let code = if code == exit::OK && !mailed {
                         exit::NOT_REPORTED
                     } else {
                         code
-                    })
+                    };
+                    write_metrics(&config, Some(&report), code);
+                    Ok(code)
                 }
                 Err(e) => {
                     mail_start_failure(&config, &e).await;
+                    if !matches!(e, Failure::Config(_) | Failure::Usage(_)) {
+                        let report = match &e {
+                            Failure::Report(_, r) => Some(r.as_ref()),
+                            _ => None,
+                        };
+                        write_metrics(&config, report, e.exit_code());
+                    }
                     Err(e)
                 }
             }
@@ -186,6 +250,7 @@ pub async fn dispatch(cli: Cli) -> i32 {
             )
             .await
         }
+        Command::Completions { .. } | Command::Man => unreachable!("handled above"),
         Command::EmailTest => match &config.email {
             None => Err(Failure::Usage(format!(
                 "{} has no [email] table",
@@ -274,6 +339,34 @@ async fn mail_report(
         );
     }
     ok
+}
+
+/// `--version`: ours, and the pg_dump a run with this configuration would use.
+async fn version_text(config_path: &std::path::Path) -> String {
+    let (pg_dump, pg_dumpall) = match config::load(config_path) {
+        Ok(c) => (c.backup.pg_dump, c.backup.pg_dumpall),
+        Err(_) => (None, None),
+    };
+    let dump = match crate::dump::locate(pg_dump.as_deref(), pg_dumpall.as_deref()) {
+        Err(e) => format!("pg_dump: {e}"),
+        Ok((path, _)) => match crate::dump::binary_version(&path).await {
+            Ok((v, _)) => format!("pg_dump: {} (PostgreSQL {v})", path.display()),
+            Err(e) => format!("pg_dump: {e}"),
+        },
+    };
+    format!("pg_groupdump {}\n{dump}\n", env!("CARGO_PKG_VERSION"))
+}
+
+/// Writes the Prometheus textfile, if configured; a failure is reported, not fatal.
+fn write_metrics(config: &config::Config, report: Option<&crate::report::RunReport>, code: i32) {
+    if let Some(path) = &config.metrics_textfile {
+        if let Err(e) = crate::metrics::write(path, report, code) {
+            crate::say!(
+                "pg_groupdump: cannot write the metrics file {}: {e}",
+                path.display()
+            );
+        }
+    }
 }
 
 /// Mails "the run could not start" (configuration problems are the operator's own, at the

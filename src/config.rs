@@ -53,6 +53,13 @@ struct RawConfig {
     ungrouped: RawUngrouped,
     email: Option<crate::notify::RawEmail>,
     retention: Option<crate::prune::RawRetention>,
+    metrics: Option<RawMetrics>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    textfile: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -128,6 +135,8 @@ pub struct Config {
     pub email: Option<crate::notify::EmailConfig>,
     /// `[retention]`: how old dumps are pruned. `None`: nothing is ever pruned.
     pub retention: Option<crate::prune::RetentionConfig>,
+    /// `[metrics] textfile`: where the Prometheus metrics of each run are written.
+    pub metrics_textfile: Option<PathBuf>,
 }
 
 /// `[connection]`: every value is optional; what is missing comes from the libpq environment.
@@ -515,6 +524,24 @@ fn check(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
         Some(r) => Some(crate::prune::check(path, r)?),
         None => None,
     };
+    let metrics_textfile = match raw.metrics {
+        None => None,
+        Some(RawMetrics { textfile: None }) => {
+            return Err(err("metrics.textfile", "is required in [metrics]".into()))
+        }
+        Some(RawMetrics { textfile: Some(p) }) => {
+            if p.extension().and_then(|e| e.to_str()) != Some("prom") {
+                return Err(err(
+                    "metrics.textfile",
+                    format!(
+                        "{}: node_exporter reads only files ending in .prom",
+                        p.display()
+                    ),
+                ));
+            }
+            Some(p)
+        }
+    };
     Ok(Config {
         path: path.to_path_buf(),
         connection,
@@ -526,6 +553,7 @@ fn check(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
         },
         email,
         retention,
+        metrics_textfile,
     })
 }
 

@@ -2,7 +2,8 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use pg_groupdump::cli::{dispatch, Cli};
+use pg_groupdump::cli::{dispatch, Cli, LogFormat};
+use pg_groupdump::progress::LogWriterMaker;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -12,16 +13,16 @@ fn main() -> ExitCode {
         (false, 1) => "debug",
         _ => "trace",
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PG_GROUPDUMP_LOG").unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new(format!("pg_groupdump={level}"))
-            }),
-        )
-        .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PG_GROUPDUMP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("pg_groupdump={level}")));
+    let builder = tracing_subscriber::fmt()
+        .with_writer(LogWriterMaker)
+        .with_env_filter(filter)
+        .with_target(false);
+    match cli.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -574,6 +574,13 @@ pub fn scan(root: &Path) -> Scan {
         let shown = rel.display().to_string();
         let ft = entry.file_type();
         if ft.is_dir() {
+            if entry.depth() == 3 {
+                out.ignored.push(Ignored {
+                    path: shown,
+                    reason: "a directory where pg_groupdump writes only files: not looked into"
+                        .into(),
+                });
+            }
             continue;
         }
         if entry.depth() == 1 && entry.file_name() == crate::runlock::LOCK_FILE {

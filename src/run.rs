@@ -20,6 +20,7 @@ use crate::connect::{application_name, ConnParams};
 use crate::dump::{self, ChildError, DumpKind, DumpSettings};
 use crate::locks::{self, Monitor, Session};
 use crate::plan::{self, ExcludeMatcher, GroupPlan, Plan};
+use crate::progress::Progress;
 use crate::report::{now_rfc3339, Attempt, GroupReport, Kind, Outcome, RunReport, Status};
 use crate::runlock::RunLock;
 use crate::snapshot::{SnapshotInfo, Snapshots};
@@ -33,6 +34,8 @@ pub struct RunOptions {
     pub groups: Vec<String>,
     pub databases: Vec<String>,
     pub report: Option<PathBuf>,
+    /// Show the live progress display (on a terminal).
+    pub progress: bool,
 }
 
 /// What the server told us while planning.
@@ -131,6 +134,7 @@ struct Ctx {
     /// Set to the signal number once SIGINT or SIGTERM arrives.
     shutdown: watch::Receiver<Option<i32>>,
     count_rows: bool,
+    progress: Progress,
 }
 
 /// Listens for SIGINT and SIGTERM (stop: no new dump starts, running ones are cancelled) and
@@ -269,6 +273,7 @@ pub async fn run(config: &Config, opts: &RunOptions) -> Result<(RunReport, PathB
         retry_delay: config.backup.retry_delay,
         shutdown: shutdown.clone(),
         count_rows: config.backup.count_rows,
+        progress: Progress::new(jobs.len() as u64, opts.progress),
     });
     let mut set = JoinSet::new();
     let total = jobs.len();
@@ -283,6 +288,7 @@ pub async fn run(config: &Config, opts: &RunOptions) -> Result<(RunReport, PathB
             Err(e) => tracing::error!("a dump task panicked: {e}"),
         }
     }
+    ctx.progress.finish();
     results.sort_by_key(|(i, _)| *i);
     let mut group_reports: Vec<GroupReport> = results.into_iter().map(|(_, r)| r).collect();
     for (db, err) in &planned.unreadable {
@@ -482,9 +488,16 @@ async fn run_job(ctx: &Ctx, job: Job) -> GroupReport {
                 break;
             }
         };
+        let shown = ctx.progress.started(&label);
         let (attempt, outcome) = attempt(ctx, &job, number).await;
         drop(permit);
         let retry = attempt.outcome.is_retryable() && number < max_attempts;
+        ctx.progress.finished(
+            shown,
+            !retry,
+            outcome.is_ok(),
+            outcome.as_ref().map(|f| f.bytes).unwrap_or(0),
+        );
         match &outcome {
             Ok(_) => {}
             Err(e) if retry => {

@@ -269,9 +269,16 @@ pub fn commit(partial: &Path, final_path: &Path) -> io::Result<Finished> {
     })
 }
 
-/// Writes `data` to `path` atomically (temp file, fsync, rename, directory fsync), mode 0600.
+/// Writes `data` to `path` atomically (temp file, fsync, rename, directory fsync), with the
+/// file mode (`backup.file_mode`).
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    write_atomic_mode(path, data, FILE_MODE.load(Ordering::Relaxed))
+}
+
+/// [`write_atomic`] with an explicit mode (e.g. 0644 for a file another service reads).
+pub fn write_atomic_mode(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     let partial = create_partial(path)?;
+    fs::set_permissions(&partial, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
     let result = (|| {
         let mut f = OpenOptions::new()
             .write(true)

@@ -711,6 +711,12 @@ fn human_duration(d: Duration) -> String {
     humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
 }
 
+/// An age, to the minute (to the second below one).
+fn human_age(d: Duration) -> String {
+    let s = d.as_secs();
+    human_duration(Duration::from_secs(if s >= 60 { s - s % 60 } else { s }))
+}
+
 /// Decides, for every file of every group, whether it is kept or deleted, and why. Pure: no
 /// I/O, `now` given. The newest `policy.keep_min` complete files dated up to `now` of every
 /// group are always kept.
@@ -775,7 +781,7 @@ fn plan_group(g: &GroupInput, now: DateTime<Utc>) -> GroupPlan {
                 Rule::Newest,
                 format!(
                     "one of the newest {keep_min} {what} (kept whatever its age; age {})",
-                    human_duration(age)
+                    human_age(age)
                 ),
             )
         } else if age <= max_age {
@@ -784,7 +790,7 @@ fn plan_group(g: &GroupInput, now: DateTime<Utc>) -> GroupPlan {
                 format!(
                     "not older than max_age {} (age {})",
                     human_duration(max_age),
-                    human_duration(age)
+                    human_age(age)
                 ),
             )
         } else {
@@ -793,7 +799,7 @@ fn plan_group(g: &GroupInput, now: DateTime<Utc>) -> GroupPlan {
                 format!(
                     "older than max_age {} (age {}) and not one of the newest {keep_min} {what}",
                     human_duration(max_age),
-                    human_duration(age)
+                    human_age(age)
                 ),
             )
         };

@@ -31,6 +31,8 @@ pub struct Server {
     pub datadir: PathBuf,
     /// Run initdb / pg_ctl through `runuser -u postgres --` (we are root).
     as_postgres: bool,
+    /// The server options (`pg_ctl -o`), for a restart.
+    opts: String,
 }
 
 static SERVER: OnceLock<Server> = OnceLock::new();
@@ -128,10 +130,25 @@ fn check(what: &str, out: std::process::Output) {
 }
 
 fn start_server() -> Server {
+    let server = start_cluster("pg_groupdump-it-");
+    // SAFETY: registering a plain extern "C" function with no captured state.
+    unsafe {
+        libc::atexit(stop_server);
+    }
+    server
+}
+
+/// Roles that are members of this role must log in with a password over TCP (scram-sha-256);
+/// every other role is trusted. Created (NOLOGIN) on every server the harness starts.
+pub const PASSWORD_ROLE: &str = "pwauth";
+
+/// initdb (trust, plus the [`PASSWORD_ROLE`] line in pg_hba.conf) and start a server on a
+/// free port, in a new temp dir named `prefix…`.
+fn start_cluster(prefix: &str) -> Server {
     let bindir = pg_bindir();
     let as_postgres = is_root();
     let root = tempfile::Builder::new()
-        .prefix("pg_groupdump-it-")
+        .prefix(prefix)
         .tempdir()
         .expect("tempdir")
         .keep();
@@ -148,6 +165,14 @@ fn start_server() -> Server {
         .output()
         .expect("run initdb");
     check("initdb", out);
+    // First match wins: members of PASSWORD_ROLE need a password, everyone else is trusted.
+    let hba = datadir.join("pg_hba.conf");
+    let trust = fs::read_to_string(&hba).expect("read pg_hba.conf");
+    fs::write(
+        &hba,
+        format!("host all +{PASSWORD_ROLE} 127.0.0.1/32 scram-sha-256\n{trust}"),
+    )
+    .expect("write pg_hba.conf");
 
     // A port can be taken between our probe and the server's bind: retry a few times.
     let mut last_err = String::new();
@@ -175,11 +200,12 @@ fn start_server() -> Server {
                 root,
                 datadir,
                 as_postgres,
+                opts,
             };
-            // SAFETY: registering a plain extern "C" function with no captured state.
-            unsafe {
-                libc::atexit(stop_server);
-            }
+            server.psql(
+                "postgres",
+                &format!("CREATE ROLE {} NOLOGIN", qi(PASSWORD_ROLE)),
+            );
             return server;
         }
         last_err = format!(
@@ -192,19 +218,94 @@ fn start_server() -> Server {
     panic!("could not start PostgreSQL: {last_err}");
 }
 
-extern "C" fn stop_server() {
-    if let Some(s) = SERVER.get() {
-        let _ = s
-            .server_cmd("pg_ctl")
+impl Server {
+    /// `pg_ctl stop -m MODE` (waits).
+    fn stop(&self, mode: &str) -> std::process::Output {
+        self.server_cmd("pg_ctl")
             .arg("stop")
             .arg("-D")
-            .arg(&s.datadir)
-            .args(["-m", "immediate", "-w", "-t", "30"])
+            .arg(&self.datadir)
+            .args(["-m", mode, "-w", "-t", "30"])
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+            .output()
+            .expect("run pg_ctl stop")
+    }
+
+    /// psql on this server, as postgres over TCP.
+    fn psql_cmd(&self, db: &str) -> Command {
+        let mut c = Command::new(self.bin("psql"));
+        c.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(["-U", "postgres", "-d"])
+            .arg(conninfo_db(db));
+        clean_pg_env(&mut c);
+        c
+    }
+
+    /// Run SQL in `db` of this server; panic with psql's stderr on error.
+    pub fn psql(&self, db: &str, sql: &str) {
+        let out = run_with_stdin(self.psql_cmd(db), sql);
+        assert!(
+            out.status.success(),
+            "psql -p {} -d {db} failed:\n--- sql ---\n{sql}\n--- stderr ---\n{}",
+            self.port,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// One query in `db` of this server, as rows of text fields.
+    pub fn query(&self, db: &str, sql: &str) -> Vec<Vec<String>> {
+        query_rows_with(self.psql_cmd(db), db, sql)
+    }
+}
+
+extern "C" fn stop_server() {
+    if let Some(s) = SERVER.get() {
+        let _ = s.stop("immediate");
         let _ = fs::remove_dir_all(&s.root);
+    }
+}
+
+/// A server of one test's own (same binaries, own temp dir and port), for faults that would
+/// disturb the tests sharing [`server`]. Stopped and removed on drop.
+pub struct PrivateServer(Server);
+
+/// Starts a [`PrivateServer`].
+pub fn private_server() -> PrivateServer {
+    PrivateServer(start_cluster("pg_groupdump-priv-"))
+}
+
+impl std::ops::Deref for PrivateServer {
+    type Target = Server;
+    fn deref(&self) -> &Server {
+        &self.0
+    }
+}
+
+impl PrivateServer {
+    /// `pg_ctl restart -m fast`: sessions are terminated, the server comes back on the same
+    /// port. Returns once it accepts connections again.
+    pub fn restart(&self) {
+        let out = self
+            .server_cmd("pg_ctl")
+            .arg("restart")
+            .arg("-D")
+            .arg(&self.datadir)
+            .arg("-l")
+            .arg(self.root.join("server.log"))
+            .args(["-m", "fast", "-w", "-t", "60", "-o", &self.opts])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run pg_ctl restart");
+        check("pg_ctl restart", out);
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        let _ = self.stop("immediate");
+        let _ = fs::remove_dir_all(&self.root);
     }
 }
 
@@ -265,15 +366,7 @@ pub fn create_db_named(name: &str) -> TestDb {
 }
 
 fn psql_cmd(db: &str) -> Command {
-    let s = server();
-    let mut c = Command::new(s.bin("psql"));
-    c.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
-        .arg("-p")
-        .arg(s.port.to_string())
-        .args(["-U", "postgres", "-d"])
-        .arg(conninfo_db(db));
-    clean_pg_env(&mut c);
-    c
+    server().psql_cmd(db)
 }
 
 /// `dbname='...'`: a database name for `-d` that is never taken for a connection string.
@@ -394,7 +487,10 @@ impl TestDb {
 /// Run one query, returning rows of text fields (unit/record separator characters on the
 /// wire, so values with newlines survive).
 fn query_rows(db: &str, sql: &str) -> Vec<Vec<String>> {
-    let mut c = psql_cmd(db);
+    query_rows_with(psql_cmd(db), db, sql)
+}
+
+fn query_rows_with(mut c: Command, db: &str, sql: &str) -> Vec<Vec<String>> {
     c.args(["-A", "-t", "-F", "\u{1f}", "-R", "\u{1e}"]);
     let out = run_with_stdin(c, sql);
     assert!(
@@ -1037,4 +1133,249 @@ pub fn checked_file(entry: &Value) -> PathBuf {
         file.display()
     );
     file
+}
+
+// ---------------------------------------------------------------------------------------------
+// Runs, reports, schema dumps and background load (verify, restore and consistency tests)
+// ---------------------------------------------------------------------------------------------
+
+impl Env {
+    /// `run` (must exit 0); returns the report it wrote (the newest in `<dir>/reports`).
+    pub fn run_ok(&self, args: &[&str]) -> Value {
+        let mut full = vec!["run"];
+        full.extend_from_slice(args);
+        self.run(&full).expect_code(0);
+        self.newest_report()
+    }
+
+    /// The newest report in `<dir>/reports` (by run id).
+    pub fn newest_report(&self) -> Value {
+        let reports = self.dir.join("reports");
+        let newest = fs::read_dir(&reports)
+            .unwrap_or_else(|e| panic!("no reports dir {}: {e}", reports.display()))
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension() == Some(OsStr::new("json")))
+            .max()
+            .unwrap_or_else(|| panic!("no report in {}", reports.display()));
+        read_json(&newest)
+    }
+
+    /// `<dir>/reports/<run_id>.json`.
+    pub fn report_path(&self, run_id: &str) -> PathBuf {
+        self.dir.join("reports").join(format!("{run_id}.json"))
+    }
+
+    /// Run `pg_groupdump -c <config> <args>`; also returns the process id it had.
+    pub fn run_with_pid(&self, args: &[&str]) -> (u32, Output) {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_pg_groupdump"));
+        c.arg("-c")
+            .arg(&self.config)
+            .args(args)
+            .current_dir(self.path());
+        clean_pg_env(&mut c);
+        c.env("PGCONNECT_TIMEOUT", "10");
+        c.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let child = c.spawn().expect("spawn pg_groupdump");
+        let pid = child.id();
+        (pid, wait_timeout(child, RUN_TIMEOUT))
+    }
+}
+
+/// The entry of group `name` (kind "tables") in a run report.
+pub fn report_group<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["groups"]
+        .as_array()
+        .expect("report.groups array")
+        .iter()
+        .find(|g| g["kind"] == "tables" && g["group"] == name)
+        .unwrap_or_else(|| panic!("no group {name:?} in the report: {report:#}"))
+}
+
+/// A database handle for an existing database (e.g. one `restore --target` created).
+pub fn db_named(name: &str) -> TestDb {
+    TestDb {
+        name: name.to_owned(),
+    }
+}
+
+/// Whether a database of this name exists.
+pub fn database_exists(name: &str) -> bool {
+    !query_rows(
+        "postgres",
+        &format!("SELECT 1 FROM pg_database WHERE datname = {}", ql(name)),
+    )
+    .is_empty()
+}
+
+/// `pg_dump --schema-only` of `db`, without the `\restrict` / `\unrestrict` lines (their key
+/// differs on every dump).
+pub fn schema_only_dump(db: &TestDb) -> String {
+    let s = server();
+    let mut c = Command::new(s.bin("pg_dump"));
+    c.args(["--schema-only", "-h", "127.0.0.1", "-U", "postgres"])
+        .arg("-p")
+        .arg(s.port.to_string())
+        .arg("-d")
+        .arg(conninfo_db(&db.name));
+    clean_pg_env(&mut c);
+    let out = c.output().expect("run pg_dump --schema-only");
+    check(&format!("pg_dump --schema-only {}", db.name), out.clone());
+    String::from_utf8(out.stdout)
+        .expect("pg_dump output is UTF-8")
+        .lines()
+        .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// A long-lived `psql` session fed SQL through its stdin by a thread, until stopped: load
+/// that runs while the binary under test works. psql echoes each statement's command tag
+/// on stdout; the lines equal to `tag` (e.g. "COMMIT") are counted.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    done: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    child: Child,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Load {
+    /// Starts the session on `db`; `next(i)` gives the SQL to send i-th (whole statements).
+    pub fn start(
+        db: &TestDb,
+        tag: &'static str,
+        mut next: impl FnMut(u64) -> String + Send + 'static,
+    ) -> Load {
+        use std::io::BufRead;
+        use std::sync::atomic::{AtomicBool, AtomicU64};
+        use std::sync::{Arc, Mutex};
+        let s = server();
+        let mut c = Command::new(s.bin("psql"));
+        c.args(["-X", "-h", "127.0.0.1", "-U", "postgres"])
+            .arg("-p")
+            .arg(s.port.to_string())
+            .arg("-d")
+            .arg(conninfo_db(&db.name));
+        clean_pg_env(&mut c);
+        c.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().expect("spawn psql");
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicU64::new(0));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut err = child.stderr.take().unwrap();
+        let writer = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut i = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    if stdin.write_all(next(i).as_bytes()).is_err() {
+                        break;
+                    }
+                    i += 1;
+                }
+                // Dropping stdin ends the session once psql has run what it was sent.
+            })
+        };
+        let reader = {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    if line == tag {
+                        done.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            })
+        };
+        let errors = {
+            let stderr = stderr.clone();
+            std::thread::spawn(move || {
+                let mut b = String::new();
+                let _ = err.read_to_string(&mut b);
+                stderr.lock().unwrap().push_str(&b);
+            })
+        };
+        Load {
+            stop,
+            done,
+            child,
+            threads: vec![writer, reader, errors],
+            stderr,
+        }
+    }
+
+    /// How many `tag` lines psql has printed so far.
+    pub fn done(&self) -> u64 {
+        self.done.load(Ordering::SeqCst)
+    }
+
+    /// Waits (at most `timeout`) until at least `n` were done.
+    pub fn wait_done(&self, n: u64, timeout: Duration) {
+        let start = Instant::now();
+        while self.done() < n {
+            assert!(
+                start.elapsed() < timeout,
+                "load did only {} of {n} in {timeout:?}; psql stderr: {}",
+                self.done(),
+                self.stderr.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops feeding, lets psql finish what it was sent (killing it after 30 s); returns how
+    /// many were done and psql's stderr.
+    pub fn stop(mut self) -> (u64, String) {
+        self.stop.store(true, Ordering::SeqCst);
+        let start = Instant::now();
+        loop {
+            if self.child.try_wait().expect("wait psql").is_some() {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        let err = self.stderr.lock().unwrap().clone();
+        (self.done(), err)
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if !self.threads.is_empty() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A small deterministic pseudo-random generator (xorshift64*), for load generators.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    /// A number in `lo..=hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        lo + self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % (hi - lo + 1)
+    }
 }

@@ -70,6 +70,7 @@ struct RawConnection {
     user: Option<String>,
     password_file: Option<PathBuf>,
     sslmode: Option<String>,
+    sslrootcert: Option<PathBuf>,
     maintenance_database: Option<String>,
 }
 
@@ -147,6 +148,9 @@ pub struct ConnectionConfig {
     pub user: Option<String>,
     pub password_file: Option<PathBuf>,
     pub sslmode: Option<SslMode>,
+    /// PEM file of the CAs trusted for verify-ca / verify-full (default: PGSSLROOTCERT,
+    /// ~/.postgresql/root.crt, else the bundled web PKI roots).
+    pub sslrootcert: Option<PathBuf>,
     pub maintenance_database: String,
 }
 
@@ -157,6 +161,10 @@ pub enum SslMode {
     Allow,
     Prefer,
     Require,
+    /// TLS, and the server's certificate must chain to a trusted root.
+    VerifyCa,
+    /// As `VerifyCa`, and the certificate must name the host.
+    VerifyFull,
 }
 
 impl SslMode {
@@ -166,6 +174,8 @@ impl SslMode {
             "allow" => SslMode::Allow,
             "prefer" => SslMode::Prefer,
             "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
             _ => return None,
         })
     }
@@ -176,6 +186,8 @@ impl SslMode {
             SslMode::Allow => "allow",
             SslMode::Prefer => "prefer",
             SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
         }
     }
 }
@@ -311,7 +323,7 @@ fn check(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
         Some(s) => Some(SslMode::parse(&s).ok_or_else(|| {
             err(
                 "connection.sslmode",
-                format!("{s:?} is not one of \"disable\", \"allow\", \"prefer\", \"require\""),
+                format!("{s:?} is not one of \"disable\", \"allow\", \"prefer\", \"require\", \"verify-ca\", \"verify-full\""),
             )
         })?),
     };
@@ -329,6 +341,7 @@ fn check(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
         user: c.user,
         password_file: c.password_file,
         sslmode,
+        sslrootcert: c.sslrootcert,
         maintenance_database: c
             .maintenance_database
             .unwrap_or_else(|| "postgres".to_string()),

@@ -21,10 +21,12 @@ pub enum ConnectError {
     },
     #[error("PGPORT={0:?} is not a port number")]
     BadPort(String),
-    #[error("PGSSLMODE={0:?} is not one of disable, allow, prefer, require")]
+    #[error(
+        "PGSSLMODE={0:?} is not one of disable, allow, prefer, require, verify-ca, verify-full"
+    )]
     BadSslMode(String),
-    #[error("sslmode=require: pg_groupdump's own connections do not support TLS; use sslmode=prefer or disable, or connect through a local socket")]
-    TlsUnsupported,
+    #[error("cannot read the root certificates {path}: {message}")]
+    RootCert { path: PathBuf, message: String },
     #[error("cannot connect to database {database:?} at {target} as user {user:?}: {message}")]
     Connect {
         database: String,
@@ -45,6 +47,8 @@ pub struct ConnParams {
     /// True when the password came from `password_file` and children must be given it.
     password_for_children: bool,
     pub sslmode: SslMode,
+    /// CAs for verify-ca / verify-full.
+    pub sslrootcert: Option<PathBuf>,
     pub maintenance_database: String,
 }
 
@@ -90,6 +94,14 @@ impl ConnParams {
                 None => SslMode::Prefer,
             },
         };
+        let sslrootcert = cfg
+            .sslrootcert
+            .clone()
+            .or_else(|| env("PGSSLROOTCERT").map(PathBuf::from))
+            .or_else(|| {
+                let p = PathBuf::from(std::env::var_os("HOME")?).join(".postgresql/root.crt");
+                p.is_file().then_some(p)
+            });
         let (password, password_for_children) = match &cfg.password_file {
             Some(path) => (Some(read_password_file(path)?), true),
             None => (env("PGPASSWORD"), false),
@@ -101,6 +113,7 @@ impl ConnParams {
             password,
             password_for_children,
             sslmode,
+            sslrootcert,
             maintenance_database: cfg.maintenance_database.clone(),
         })
     }
@@ -138,9 +151,6 @@ impl ConnParams {
         database: &str,
         application_name: &str,
     ) -> Result<tokio_postgres::Client, ConnectError> {
-        if self.sslmode == SslMode::Require {
-            return Err(ConnectError::TlsUnsupported);
-        }
         let mut c = tokio_postgres::Config::new();
         if self.is_socket() {
             c.host_path(&self.host);
@@ -153,21 +163,27 @@ impl ConnParams {
             .application_name(application_name)
             .connect_timeout(std::time::Duration::from_secs(15))
             .ssl_mode(match self.sslmode {
+                // A unix socket never speaks TLS (libpq ignores sslmode there too).
+                _ if self.is_socket() => tokio_postgres::config::SslMode::Disable,
                 SslMode::Disable => tokio_postgres::config::SslMode::Disable,
-                _ => tokio_postgres::config::SslMode::Prefer,
+                SslMode::Allow | SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+                SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+                    tokio_postgres::config::SslMode::Require
+                }
             });
         if let Some(pw) = self.password_for(database) {
             c.password(pw);
         }
-        let (client, connection) =
-            c.connect(tokio_postgres::NoTls)
-                .await
-                .map_err(|e| ConnectError::Connect {
-                    database: database.to_string(),
-                    target: self.target(),
-                    user: self.user.clone(),
-                    message: crate::pg_error_text(&e),
-                })?;
+        let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls::client_config(
+            self.sslmode,
+            self.sslrootcert.as_deref(),
+        )?);
+        let (client, connection) = c.connect(tls).await.map_err(|e| ConnectError::Connect {
+            database: database.to_string(),
+            target: self.target(),
+            user: self.user.clone(),
+            message: crate::pg_error_text(&e),
+        })?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!("connection closed: {}", crate::pg_error_text(&e));
@@ -187,7 +203,17 @@ impl ConnParams {
             ("dbname", database),
             ("application_name", application_name),
             ("sslmode", self.sslmode.as_str()),
+            (
+                "sslrootcert",
+                self.sslrootcert
+                    .as_deref()
+                    .and_then(Path::to_str)
+                    .unwrap_or(""),
+            ),
         ] {
+            if v.is_empty() && k == "sslrootcert" {
+                continue;
+            }
             if !s.is_empty() {
                 s.push(' ');
             }
@@ -209,6 +235,144 @@ impl ConnParams {
         match (&self.password, self.password_for_children) {
             (Some(pw), true) => vec![("PGPASSWORD", pw.clone())],
             _ => Vec::new(),
+        }
+    }
+}
+
+/// TLS for pg_groupdump's own sessions, with libpq's `sslmode` semantics: `allow`, `prefer`
+/// and `require` encrypt without checking the certificate (as libpq does when no root
+/// certificate is configured), `verify-ca` checks the chain, `verify-full` also the host name.
+mod tls {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::client::WebPkiServerVerifier;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{DigitallySignedStruct, Error, RootCertStore, SignatureScheme};
+
+    use super::ConnectError;
+    use crate::config::SslMode;
+
+    pub fn client_config(
+        mode: SslMode,
+        rootcert: Option<&Path>,
+    ) -> Result<rustls::ClientConfig, ConnectError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default protocol versions");
+        let verifier: Arc<dyn ServerCertVerifier> = match mode {
+            SslMode::VerifyCa | SslMode::VerifyFull => {
+                let mut roots = RootCertStore::empty();
+                match rootcert {
+                    Some(path) => {
+                        let certs = CertificateDer::pem_file_iter(path).map_err(|e| {
+                            ConnectError::RootCert {
+                                path: path.to_path_buf(),
+                                message: e.to_string(),
+                            }
+                        })?;
+                        for c in certs {
+                            let c = c.map_err(|e| ConnectError::RootCert {
+                                path: path.to_path_buf(),
+                                message: e.to_string(),
+                            })?;
+                            roots.add(c).map_err(|e| ConnectError::RootCert {
+                                path: path.to_path_buf(),
+                                message: e.to_string(),
+                            })?;
+                        }
+                    }
+                    None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+                }
+                let webpki =
+                    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                        .build()
+                        .map_err(|e| ConnectError::RootCert {
+                            path: rootcert.map(Path::to_path_buf).unwrap_or_default(),
+                            message: e.to_string(),
+                        })?;
+                Arc::new(Verifier {
+                    webpki: Some(webpki),
+                    check_name: mode == SslMode::VerifyFull,
+                    provider,
+                })
+            }
+            _ => Arc::new(Verifier {
+                webpki: None,
+                check_name: false,
+                provider,
+            }),
+        };
+        Ok(builder
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth())
+    }
+
+    #[derive(Debug)]
+    struct Verifier {
+        /// None: no certificate check (sslmode require and below).
+        webpki: Option<Arc<WebPkiServerVerifier>>,
+        check_name: bool,
+        provider: Arc<rustls::crypto::CryptoProvider>,
+    }
+
+    impl ServerCertVerifier for Verifier {
+        fn verify_server_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            intermediates: &[CertificateDer<'_>],
+            server_name: &ServerName<'_>,
+            ocsp: &[u8],
+            now: UnixTime,
+        ) -> Result<ServerCertVerified, Error> {
+            let Some(webpki) = &self.webpki else {
+                return Ok(ServerCertVerified::assertion());
+            };
+            match webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+                Err(Error::InvalidCertificate(rustls::CertificateError::NotValidForName))
+                | Err(Error::InvalidCertificate(
+                    rustls::CertificateError::NotValidForNameContext { .. },
+                )) if !self.check_name => Ok(ServerCertVerified::assertion()),
+                other => other,
+            }
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            rustls::crypto::verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &self.provider.signature_verification_algorithms,
+            )
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            rustls::crypto::verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &self.provider.signature_verification_algorithms,
+            )
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.provider
+                .signature_verification_algorithms
+                .supported_schemes()
         }
     }
 }
@@ -371,6 +535,7 @@ mod tests {
             password: Some("secret".into()),
             password_for_children: true,
             sslmode: SslMode::Prefer,
+            sslrootcert: None,
             maintenance_database: "postgres".into(),
         };
         let ci = p.conninfo("a=b \\ c", "pg_groupdump/x");

@@ -537,6 +537,7 @@ fn check(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
         Some(r) => Some(crate::prune::check(path, r)?),
         None => None,
     };
+    crate::prune::check_overrides(path, &groups, retention.as_ref())?;
     let metrics_textfile = match raw.metrics {
         None => None,
         Some(RawMetrics { textfile: None }) => {

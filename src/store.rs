@@ -33,7 +33,7 @@ pub const GLOBALS_GROUP: &str = "_globals";
 /// Directory of run reports.
 pub const REPORTS_DIR: &str = "reports";
 /// Longest file name component we create (most filesystems allow 255 bytes).
-const MAX_NAME: usize = 240;
+pub(crate) const MAX_NAME: usize = 240;
 
 /// Encodes a name as one path component: bytes that are not safe in a file name become `%XX`
 /// (UTF-8 bytes), `%` itself included, so decoding is exact. Safe: ASCII letters, digits and
@@ -85,7 +85,7 @@ pub fn decode_component(s: &str) -> Option<String> {
 }
 
 /// A short stable hash of a name, for file names that would be too long.
-fn short_hash(s: &str) -> String {
+pub(crate) fn short_hash(s: &str) -> String {
     hex::encode(&Sha256::digest(s.as_bytes())[..8])
 }
 
@@ -94,16 +94,22 @@ fn fit(encoded: String, raw: &str, max: usize) -> String {
     if encoded.len() <= max {
         return encoded;
     }
-    let mut cut = max.saturating_sub(18);
-    // Do not cut inside a %XX escape or a multi-byte character.
+    format!("{}~{}", &encoded[..fit_cut(&encoded, max)], short_hash(raw))
+}
+
+/// Where [`fit`] cuts an encoding longer than `max`: never inside a multi-byte character or a
+/// `%XX` escape, leaving room for `~` and the hash.
+pub(crate) fn fit_cut(encoded: &str, max: usize) -> usize {
+    let b = encoded.as_bytes();
+    let mut cut = max.saturating_sub(18).min(b.len());
     while cut > 0
         && (!encoded.is_char_boundary(cut)
-            || encoded[..cut].ends_with('%')
-            || encoded[..cut.saturating_sub(1)].ends_with('%'))
+            || b[..cut].ends_with(b"%")
+            || b[..cut.saturating_sub(1)].ends_with(b"%"))
     {
         cut -= 1;
     }
-    format!("{}~{}", &encoded[..cut], short_hash(raw))
+    cut
 }
 
 /// Where the dumps of one group go.
@@ -344,6 +350,19 @@ mod tests {
         assert_eq!(encode_component("public.t1"), "public.t1");
         assert_eq!(decode_component("%4"), None);
         assert_eq!(decode_component("a%2Fb%"), None);
+    }
+
+    #[test]
+    fn cuts_never_split_a_character() {
+        for n in 50..130 {
+            let p = dump_path(
+                Path::new("/b"),
+                &"d".repeat(40),
+                &"ü".repeat(n),
+                "20261123T184501Z",
+            );
+            assert!(p.to_str().is_some());
+        }
     }
 
     #[test]

@@ -97,6 +97,8 @@ pub struct Observed {
 struct Watch {
     database: String,
     application_name: String,
+    /// Watch this backend rather than the one found by database and application_name.
+    pid: Option<i32>,
     yield_after: Option<Duration>,
     yield_tx: Option<oneshot::Sender<Session>>,
     observed: Observed,
@@ -206,6 +208,21 @@ impl Monitor {
         application_name: &str,
         yield_after: Option<Duration>,
     ) -> WatchHandle {
+        self.insert(database, application_name, None, yield_after)
+    }
+
+    /// Starts watching one backend of ours by pid (a session counting rows, say).
+    pub fn watch_pid(&self, pid: i32, yield_after: Option<Duration>) -> WatchHandle {
+        self.insert("", "", Some(pid), yield_after)
+    }
+
+    fn insert(
+        &self,
+        database: &str,
+        application_name: &str,
+        pid: Option<i32>,
+        yield_after: Option<Duration>,
+    ) -> WatchHandle {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.shared.lock().expect("monitor state").watches.insert(
@@ -213,6 +230,7 @@ impl Monitor {
             Watch {
                 database: database.to_string(),
                 application_name: application_name.to_string(),
+                pid,
                 yield_after,
                 yield_tx: Some(tx),
                 observed: Observed::default(),
@@ -251,6 +269,22 @@ impl Monitor {
             Err(e) => {
                 tracing::debug!("blocker diagnosis: {}", crate::pg_error_text(&e));
                 Vec::new()
+            }
+        }
+    }
+
+    /// Cancels the running statement of a backend of ours (its session stays usable).
+    pub async fn cancel(&self, pid: i32) {
+        if let Ok(c) = self
+            .conn
+            .connect(&self.database, &application_name("monitor"))
+            .await
+        {
+            if let Err(e) = c
+                .execute("SELECT pg_catalog.pg_cancel_backend($1)", &[&pid])
+                .await
+            {
+                tracing::debug!("cancelling backend {pid}: {}", crate::pg_error_text(&e));
             }
         }
     }
@@ -315,42 +349,51 @@ impl MonitorInner {
         c: &tokio_postgres::Client,
         elapsed: Duration,
     ) -> Result<(), tokio_postgres::Error> {
-        let wanted: Vec<(u64, String, String)> = {
+        let wanted: Vec<(u64, String, String, Option<i32>)> = {
             let g = self.shared.lock().expect("monitor state");
             g.watches
                 .iter()
-                .map(|(id, w)| (*id, w.database.clone(), w.application_name.clone()))
+                .map(|(id, w)| (*id, w.database.clone(), w.application_name.clone(), w.pid))
                 .collect()
         };
         let names: Vec<String> = wanted.iter().map(|w| w.2.clone()).collect();
+        let pids: Vec<i32> = wanted.iter().filter_map(|w| w.3).collect();
         let rows = c
             .query(
                 "SELECT a.pid, a.datname::text, a.application_name,
                         to_char(a.xact_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
                         coalesce(a.wait_event_type = 'Lock', false)
                    FROM pg_catalog.pg_stat_activity a
-                  WHERE a.application_name = ANY($1) AND a.backend_type = 'client backend'
+                  WHERE (a.application_name = ANY($1) OR a.pid = ANY($2))
+                    AND a.backend_type = 'client backend'
                   ORDER BY a.backend_start",
-                &[&names],
+                &[&names, &pids],
             )
             .await?;
         // (database, application_name) -> (pid, xact_start, waiting); the newest backend wins.
         let mut backends: HashMap<(String, String), (i32, Option<String>, bool)> = HashMap::new();
+        let mut by_pid: HashMap<i32, (i32, Option<String>, bool)> = HashMap::new();
         for r in &rows {
             let db: Option<String> = r.get(1);
             let app: Option<String> = r.get(2);
+            let b = (r.get(0), r.get(3), r.get(4));
+            by_pid.insert(b.0, b.clone());
             if let (Some(db), Some(app)) = (db, app) {
-                backends.insert((db, app), (r.get(0), r.get(3), r.get(4)));
+                backends.insert((db, app), b);
             }
         }
-        let ours: Vec<i32> = backends.values().map(|b| b.0).collect();
+        let ours: Vec<i32> = by_pid.keys().copied().collect();
         let waitstart = if self.server_version_num >= 140000 {
             "coalesce(l.waitstart, b.state_change)"
         } else {
             "b.state_change"
         };
-        for (id, db, app) in wanted {
-            let Some((pid, xact_start, waiting)) = backends.get(&(db, app)).cloned() else {
+        for (id, db, app, pid) in wanted {
+            let found = match pid {
+                Some(pid) => by_pid.get(&pid),
+                None => backends.get(&(db, app)),
+            };
+            let Some((pid, xact_start, waiting)) = found.cloned() else {
                 continue;
             };
             {

@@ -648,11 +648,17 @@ async fn attempt(ctx: &Ctx, job: &Job, number: u32) -> (Attempt, Result<store::F
         let child = dump::run_child(&ctx.settings, &req, cancel).await;
         if let Some(e) = exported {
             if let (Ok(_), DumpKind::Tables(pairs), true) = (&child, &job.dump, ctx.count_rows) {
-                match ctx
-                    .snapshots
-                    .count_rows(&e, pairs, job.lock_wait_timeout)
-                    .await
-                {
+                // Counting takes ACCESS SHARE again: it yields to DDL like the dump did.
+                let mut w = ctx.monitor.watch_pid(e.pid, job.yield_after);
+                let counted = tokio::select! {
+                    r = ctx.snapshots.count_rows(&e, pairs, job.lock_wait_timeout) => r,
+                    Ok(s) = &mut w.yield_rx => {
+                        ctx.monitor.cancel(e.pid).await;
+                        Err(format!("cancelled, yielding to a waiting session: {}", s.describe()))
+                    }
+                };
+                drop(w);
+                match counted {
                     Ok(counts) => {
                         a.row_counts = Some(job.tables.iter().cloned().zip(counts).collect());
                     }

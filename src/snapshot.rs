@@ -31,6 +31,8 @@ pub struct Exported {
     database: String,
     /// The snapshot id for `pg_dump --snapshot`.
     pub id: String,
+    /// The exporting session's backend pid.
+    pub pid: i32,
     pub info: SnapshotInfo,
 }
 
@@ -71,7 +73,7 @@ impl Snapshots {
                 .await?;
             client
                 .query_one(
-                    "SELECT pg_catalog.pg_export_snapshot(),
+                    "SELECT pg_catalog.pg_export_snapshot(), pg_catalog.pg_backend_pid(),
                             to_char(statement_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
                             (CASE WHEN pg_catalog.pg_is_in_recovery()
                                   THEN pg_catalog.pg_last_wal_replay_lsn()
@@ -83,9 +85,10 @@ impl Snapshots {
         match run.await {
             Ok(row) => Ok(Exported {
                 id: row.get(0),
+                pid: row.get(1),
                 info: SnapshotInfo {
-                    taken_at: row.get(1),
-                    wal_lsn: row.get(2),
+                    taken_at: row.get(2),
+                    wal_lsn: row.get(3),
                 },
                 client,
                 database: database.to_string(),

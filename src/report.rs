@@ -54,6 +54,9 @@ pub struct GroupReport {
     /// Every attempt, failed ones with what they ran into.
     #[serde(default)]
     pub attempts: Vec<Attempt>,
+    /// The tables' oids in the source database, in the order of `tables`.
+    #[serde(default)]
+    pub table_oids: Option<Vec<u32>>,
     /// Rows of each table ("schema.table") in the dump's snapshot (`backup.count_rows`).
     #[serde(default)]
     pub row_counts: Option<std::collections::BTreeMap<String, i64>>,
@@ -85,6 +88,7 @@ impl GroupReport {
             snapshot: None,
             lock_wait_ms: 0,
             attempts: Vec::new(),
+            table_oids: None,
             row_counts: None,
         }
     }

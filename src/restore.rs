@@ -89,6 +89,8 @@ fn newest_report(dir: &Path) -> Option<PathBuf> {
 pub struct TocEntry {
     /// "TABLE", "TABLE DATA", "SEQUENCE SET", …
     pub desc: String,
+    /// The object's oid in the source database (for TABLE DATA: its table's).
+    pub oid: u32,
     /// What follows the description: "schema name owner" (names unquoted; newlines printed
     /// as spaces by pg_restore).
     pub rest: String,
@@ -151,17 +153,20 @@ pub fn parse_list(text: &str) -> Vec<TocEntry> {
             continue;
         };
         let mut it = after.splitn(3, ' ');
-        let (Some(_), Some(_), Some(tail)) = (it.next(), it.next(), it.next()) else {
+        let (Some(_), Some(oid), Some(tail)) = (it.next(), it.next(), it.next()) else {
             continue;
         };
+        let oid = oid.parse().unwrap_or(0);
         if let Some(desc) = DESCS.iter().find(|d| tail.starts_with(&format!("{d} "))) {
             out.push(TocEntry {
                 desc: desc.to_string(),
+                oid,
                 rest: tail[desc.len() + 1..].to_string(),
             });
         } else if let Some((desc, rest)) = tail.split_once(' ') {
             out.push(TocEntry {
                 desc: desc.to_string(),
+                oid,
                 rest: rest.to_string(),
             });
         }
@@ -174,20 +179,37 @@ pub fn listed_name(s: &str) -> String {
     s.replace(['\n', '\r'], " ")
 }
 
-/// Checks that the archive's TABLE entries are exactly `tables` (schema, name), and that it
-/// has data only for those. Returns a description of every difference.
-pub fn compare_tables(entries: &[TocEntry], tables: &[(String, String)]) -> Vec<String> {
+/// Checks that the archive's TABLE entries are exactly the group's tables, and that it has
+/// data only for those. Tables are matched by oid when the report recorded them (exact, whatever
+/// the names), else by name — "schema name owner" as pg_restore prints it, the owner being the
+/// single word left over. Returns a description of every difference.
+pub fn compare_tables(
+    entries: &[TocEntry],
+    tables: &[(String, String)],
+    oids: Option<&[u32]>,
+) -> Vec<String> {
+    let shown = |i: usize| crate::config::qualified_name(&tables[i].0, &tables[i].1);
     let expected: Vec<String> = tables
         .iter()
         .map(|(s, t)| format!("{} {} ", listed_name(s), listed_name(t)))
         .collect();
+    let find = |e: &TocEntry| -> Option<usize> {
+        match oids {
+            Some(oids) if oids.len() == tables.len() => oids.iter().position(|o| *o == e.oid),
+            _ => expected.iter().position(|x| {
+                e.rest
+                    .strip_prefix(x.as_str())
+                    .is_some_and(|owner| !owner.is_empty() && !owner.contains(' '))
+            }),
+        }
+    };
     let mut problems = Vec::new();
     let mut found: BTreeSet<usize> = BTreeSet::new();
     for e in entries
         .iter()
         .filter(|e| e.desc == "TABLE" || e.desc == "TABLE DATA")
     {
-        match expected.iter().position(|x| e.rest.starts_with(x.as_str())) {
+        match find(e) {
             Some(i) => {
                 if e.desc == "TABLE" {
                     found.insert(i);
@@ -196,12 +218,9 @@ pub fn compare_tables(entries: &[TocEntry], tables: &[(String, String)]) -> Vec<
             None => problems.push(format!("unexpected {} entry: {}", e.desc, e.rest)),
         }
     }
-    for (i, (s, t)) in tables.iter().enumerate() {
+    for i in 0..tables.len() {
         if !found.contains(&i) {
-            problems.push(format!(
-                "table {} is missing",
-                crate::config::qualified_name(s, t)
-            ));
+            problems.push(format!("table {} is missing", shown(i)));
         }
     }
     problems
@@ -360,6 +379,25 @@ pub fn schema_archive_for(root: &Path, database: &str, run_id: &str) -> Option<P
         .map(|(_, p)| p)
 }
 
+/// Whether `database` holds no relation outside the system schemas.
+async fn database_is_empty(conn: &ConnParams, database: &str) -> Result<bool, Failure> {
+    let c = conn
+        .connect(database, &application_name("restore"))
+        .await
+        .map_err(|e| Failure::Start(e.into()))?;
+    let row = c
+        .query_one(
+            "SELECT NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                WHERE n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'
+                  AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f'))",
+            &[],
+        )
+        .await
+        .map_err(|e| Failure::Start(anyhow::anyhow!(crate::pg_error_text(&e))))?;
+    Ok(row.get(0))
+}
+
 /// The dumps of one group on disk: (run id, path), oldest first.
 fn group_dumps(root: &Path, database: &str, group: &str) -> Vec<(String, PathBuf)> {
     let dir = store::dump_path(root, database, group, "20000101T000000Z");
@@ -450,8 +488,11 @@ pub async fn restore(config: &Config, opts: &RestoreOptions) -> Result<i32, Fail
                 root.display()
             ))
         })?;
-        if ensure_database(&conn, maintenance, &opts.target).await? {
+        let created = ensure_database(&conn, maintenance, &opts.target).await?;
+        if created {
             crate::say!("created database {}", opts.target);
+        }
+        if created || database_is_empty(&conn, &opts.target).await? {
             // A new database lacks the schemas, types and functions the group's tables use.
             let run_id = file
                 .file_name()
@@ -603,6 +644,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn names_sharing_a_prefix_are_told_apart() {
+        let text = "1; 1259 1 TABLE public t 2 postgres\n2; 0 1 TABLE DATA public t 2 postgres\n";
+        let e = parse_list(text);
+        let t = vec![("public".to_string(), "t".to_string())];
+        assert_eq!(compare_tables(&e, &t, None).len(), 3);
+        let both = vec![
+            ("public".to_string(), "t".to_string()),
+            ("public".to_string(), "t 2".to_string()),
+        ];
+        let text = "1; 1259 1 TABLE public t postgres\n2; 1259 2 TABLE public t 2 postgres\n";
+        assert!(compare_tables(&parse_list(text), &both, None).is_empty());
+    }
+
+    #[test]
     fn list_parsing_and_comparison() {
         let text = ";\n; Archive created at ...\n;\n\
             215; 1259 16385 TABLE public orders postgres\n\
@@ -618,9 +673,11 @@ mod tests {
             ("public".to_string(), "orders".to_string()),
             ("my schema".to_string(), "order items".to_string()),
         ];
-        assert!(compare_tables(&e, &tables).is_empty());
+        assert!(compare_tables(&e, &tables, None).is_empty());
+        assert!(compare_tables(&e, &tables, Some(&[16385, 16392])).is_empty());
+        assert_eq!(compare_tables(&e, &tables, Some(&[16385, 1])).len(), 3);
         let fewer = vec![("public".to_string(), "orders".to_string())];
-        let p = compare_tables(&e, &fewer);
+        let p = compare_tables(&e, &fewer, None);
         assert_eq!(p.len(), 2, "{p:?}");
         let more = vec![
             ("public".to_string(), "orders".to_string()),
@@ -628,7 +685,7 @@ mod tests {
             ("public".to_string(), "x".to_string()),
         ];
         assert_eq!(
-            compare_tables(&e, &more),
+            compare_tables(&e, &more, None),
             vec!["table public.x is missing".to_string()]
         );
     }

@@ -515,6 +515,7 @@ async fn run_job(ctx: &Ctx, job: Job) -> GroupReport {
                 let last = report.attempts.last().expect("just pushed");
                 report.snapshot = last.snapshot.clone();
                 report.row_counts = last.row_counts.clone();
+                report.table_oids = (job.kind == Kind::Tables).then(|| job.table_oids.clone());
                 report.lock_wait_ms = last.lock_wait_ms;
                 let what = match job.kind {
                     Kind::Tables => format!("{}, ", crate::plural(job.tables.len(), "table")),

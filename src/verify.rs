@@ -110,12 +110,16 @@ async fn check_file(pg_restore: &Path, g: &GroupReport) -> Vec<String> {
             let mut p = Vec::new();
             if Some(bytes) != g.bytes {
                 p.push(format!(
-                    "size is {bytes} bytes, the report says {:?}",
+                    "size is {bytes} bytes, the report says {}",
                     g.bytes
+                        .map_or("nothing".to_string(), |b| format!("{b} bytes"))
                 ));
             }
             if Some(&sha) != g.sha256.as_ref() {
-                p.push(format!("sha256 is {sha}, the report says {:?}", g.sha256));
+                p.push(format!(
+                    "sha256 is {sha}, the report says {}",
+                    g.sha256.as_deref().unwrap_or("nothing")
+                ));
             }
             if !p.is_empty() {
                 return p;
@@ -130,7 +134,7 @@ async fn check_file(pg_restore: &Path, g: &GroupReport) -> Vec<String> {
     match list_archive(pg_restore, &file).await {
         Err(e) => vec![e],
         Ok(entries) => match g.kind {
-            Kind::Tables => compare_tables(&entries, &report_tables(g)),
+            Kind::Tables => compare_tables(&entries, &report_tables(g), g.table_oids.as_deref()),
             _ => entries
                 .iter()
                 .filter(|e| e.desc == "TABLE DATA")

@@ -260,6 +260,71 @@ impl Server {
     }
 }
 
+/// One psql session kept open for many small queries (polling without a new connection, and
+/// a new process, each time). Values must not contain newlines.
+pub struct SqlSession {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Server {
+    /// A [`SqlSession`] on `db` of this server, as postgres.
+    pub fn session(&self, db: &str) -> SqlSession {
+        let mut c = self.psql_cmd(db);
+        c.args(["-A", "-t", "-F", "\u{1f}"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = c.spawn().expect("spawn psql");
+        SqlSession {
+            stdin: child.stdin.take().unwrap(),
+            stdout: std::io::BufReader::new(child.stdout.take().unwrap()),
+            child,
+        }
+    }
+}
+
+impl SqlSession {
+    /// Runs one statement; returns its rows (fields split on the unit separator).
+    pub fn query(&mut self, sql: &str) -> Vec<Vec<String>> {
+        use std::io::BufRead;
+        const END: &str = "\u{1e}end-of-result\u{1e}";
+        write!(self.stdin, "{sql};\n\\echo {END}\n").expect("write to psql");
+        self.stdin.flush().expect("flush psql");
+        let mut rows = Vec::new();
+        loop {
+            let mut line = String::new();
+            let n = self.stdout.read_line(&mut line).expect("read psql");
+            assert!(
+                n > 0,
+                "psql session ended (see its stderr above) after: {sql}"
+            );
+            let line = line.trim_end_matches('\n');
+            if line == END {
+                return rows;
+            }
+            if !line.is_empty() {
+                rows.push(line.split('\u{1f}').map(str::to_owned).collect());
+            }
+        }
+    }
+
+    /// First column of the first row.
+    pub fn query_one(&mut self, sql: &str) -> String {
+        let rows = self.query(sql);
+        assert!(!rows.is_empty(), "no rows from {sql}");
+        rows[0][0].clone()
+    }
+}
+
+impl Drop for SqlSession {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 extern "C" fn stop_server() {
     if let Some(s) = SERVER.get() {
         let _ = s.stop("immediate");
@@ -1232,7 +1297,9 @@ pub fn schema_only_dump(db: &TestDb) -> String {
 
 /// A long-lived `psql` session fed SQL through its stdin by a thread, until stopped: load
 /// that runs while the binary under test works. psql echoes each statement's command tag
-/// on stdout; the lines equal to `tag` (e.g. "COMMIT") are counted.
+/// on stdout; the lines equal to `tag` (e.g. "COMMIT") are counted. Each piece of SQL must
+/// print `tag` exactly once: the feeder keeps at most a few pieces ahead of psql, so that
+/// stopping is prompt.
 pub struct Load {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     done: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -1270,10 +1337,14 @@ impl Load {
         let stdout = child.stdout.take().unwrap();
         let mut err = child.stderr.take().unwrap();
         let writer = {
-            let stop = stop.clone();
+            let (stop, done) = (stop.clone(), done.clone());
             std::thread::spawn(move || {
                 let mut i = 0;
                 while !stop.load(Ordering::SeqCst) {
+                    if i > done.load(Ordering::SeqCst) + 4 {
+                        std::thread::sleep(Duration::from_millis(1));
+                        continue;
+                    }
                     if stdin.write_all(next(i).as_bytes()).is_err() {
                         break;
                     }

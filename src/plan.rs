@@ -25,6 +25,8 @@ pub struct Plan {
 pub struct DatabasePlan {
     pub database: String,
     pub groups: Vec<GroupPlan>,
+    /// Tables no group names, each dumped on its own (`ungrouped.mode = "table"`).
+    pub ungrouped: Vec<String>,
     /// Ungrouped tables left out by `ungrouped.exclude`.
     pub excluded: Vec<String>,
     /// Every table of the database as (schema, table), grouped or not.
@@ -363,6 +365,11 @@ pub fn resolve_database(
     groups.retain(|g| !g.tables.is_empty());
     Ok(DatabasePlan {
         database: db.clone(),
+        ungrouped: groups
+            .iter()
+            .filter(|g| g.origin == Origin::Ungrouped)
+            .map(|g| g.group.clone())
+            .collect(),
         groups,
         excluded,
         all_tables: catalog

@@ -18,7 +18,9 @@ fn main() -> ExitCode {
     let builder = tracing_subscriber::fmt()
         .with_writer(LogWriterMaker)
         .with_env_filter(filter)
-        .with_target(false);
+        .with_target(false)
+        // A lost terminal must not turn a log line into a panic: drop what cannot be written.
+        .log_internal_errors(false);
     match cli.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),

@@ -121,22 +121,24 @@ impl Progress {
 /// stderr for the log: while a progress display is active, lines are printed above it.
 pub struct LogWriter;
 
+/// Write errors are swallowed: a run whose terminal went away (SIGHUP) keeps working, and its
+/// report and mail still tell what happened.
 impl Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         match ACTIVE.get() {
-            Some(mp) if !mp.is_hidden() => {
-                let mut r = Ok(buf.len());
-                mp.suspend(|| {
-                    r = std::io::stderr().write_all(buf).map(|_| buf.len());
-                });
-                r
+            Some(mp) if !mp.is_hidden() => mp.suspend(|| {
+                let _ = std::io::stderr().write_all(buf);
+            }),
+            _ => {
+                let _ = std::io::stderr().write_all(buf);
             }
-            _ => std::io::stderr().write(buf),
         }
+        Ok(buf.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        std::io::stderr().flush()
+        let _ = std::io::stderr().flush();
+        Ok(())
     }
 }
 

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::catalog;
@@ -128,7 +128,7 @@ struct Ctx {
     maintenance: String,
     monitor: Monitor,
     snapshots: Snapshots,
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
     lock_retries: u32,
     retry_delay: Duration,
     /// Set to the signal number once SIGINT or SIGTERM arrives.
@@ -268,7 +268,9 @@ pub async fn run(config: &Config, opts: &RunOptions) -> Result<(RunReport, PathB
             planned.server_version_num,
         ),
         snapshots: Snapshots::new(planned.conn.clone()),
-        permits: Semaphore::new(opts.jobs.unwrap_or(config.backup.jobs).max(1)),
+        permits: Arc::new(Semaphore::new(
+            opts.jobs.unwrap_or(config.backup.jobs).max(1),
+        )),
         lock_retries: config.backup.lock_retries,
         retry_delay: config.backup.retry_delay,
         shutdown: shutdown.clone(),
@@ -277,9 +279,15 @@ pub async fn run(config: &Config, opts: &RunOptions) -> Result<(RunReport, PathB
     });
     let mut set = JoinSet::new();
     let total = jobs.len();
+    // First attempts start in the order of `jobs` (largest groups first): each takes its slot
+    // here, in turn, before its task exists. Retries queue for slots on their own.
     for (i, job) in jobs.into_iter().enumerate() {
+        let first = tokio::select! {
+            p = ctx.permits.clone().acquire_owned() => Some(p.expect("semaphore is never closed")),
+            _ = stopped(shutdown.clone()) => None,
+        };
         let ctx = ctx.clone();
-        set.spawn(async move { (i, run_job(&ctx, job).await) });
+        set.spawn(async move { (i, run_job(&ctx, job, first).await) });
     }
     let mut results: Vec<(usize, GroupReport)> = Vec::with_capacity(total);
     while let Some(r) = set.join_next().await {
@@ -460,7 +468,7 @@ async fn new_run_id(previous: Option<&str>) -> String {
 
 /// Runs a job to its end: attempts until one succeeds, one fails for a reason retrying will
 /// not mend, or the lock retries are spent. Between attempts the job gives its slot to others.
-async fn run_job(ctx: &Ctx, job: Job) -> GroupReport {
+async fn run_job(ctx: &Ctx, job: Job, first: Option<OwnedSemaphorePermit>) -> GroupReport {
     let label = crate::printable(&format!(
         "{}/{}",
         job.database.as_deref().unwrap_or("(cluster)"),
@@ -475,13 +483,25 @@ async fn run_job(ctx: &Ctx, job: Job) -> GroupReport {
     );
     let started = Instant::now();
     let max_attempts = 1 + ctx.lock_retries;
+    let mut first = Some(first);
     for number in 1..=max_attempts {
-        let permit = tokio::select! {
-            p = ctx.permits.acquire() => p.expect("semaphore is never closed"),
-            sig = stopped(ctx.shutdown.clone()) => {
+        let slot = match first.take() {
+            Some(given) => given,
+            None => tokio::select! {
+                p = ctx.permits.clone().acquire_owned() => Some(p.expect("semaphore is never closed")),
+                _ = stopped(ctx.shutdown.clone()) => None,
+            },
+        };
+        let permit = match slot {
+            Some(p) if ctx.shutdown.borrow().is_none() => p,
+            _ => {
+                let sig = stopped(ctx.shutdown.clone()).await;
                 let mut a = Attempt::new(number, now_rfc3339());
                 a.outcome = Outcome::Interrupted;
-                a.error = Some(format!("interrupted by {} before it started", signal_name(sig)));
+                a.error = Some(format!(
+                    "interrupted by {} before it started",
+                    signal_name(sig)
+                ));
                 report.status = Status::Failed;
                 report.error = a.error.clone();
                 report.attempts.push(a);

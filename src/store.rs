@@ -18,7 +18,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -176,10 +176,25 @@ pub fn set_modes(file: u32, dir: u32) {
 /// Creates a directory and its parents with the directory mode (what already exists is left
 /// as it is).
 pub fn create_dir_all(path: &Path) -> io::Result<()> {
+    let mode = DIR_MODE.load(Ordering::Relaxed);
+    let mut missing = Vec::new();
+    let mut p = path;
+    while !p.as_os_str().is_empty() && !p.exists() {
+        missing.push(p.to_path_buf());
+        match p.parent() {
+            Some(parent) => p = parent,
+            None => break,
+        }
+    }
     fs::DirBuilder::new()
         .recursive(true)
-        .mode(DIR_MODE.load(Ordering::Relaxed))
-        .create(path)
+        .mode(mode)
+        .create(path)?;
+    // The umask may have taken bits away: the configured mode is what was asked for.
+    for dir in missing {
+        fs::set_permissions(&dir, fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
 }
 
 /// Removes the `.ing` files a crashed or killed run left under `root`. Only regular files
@@ -228,12 +243,14 @@ pub fn create_partial(final_path: &Path) -> io::Result<PathBuf> {
         create_dir_all(parent)?;
     }
     let partial = partial_path(final_path);
-    OpenOptions::new()
+    let mode = FILE_MODE.load(Ordering::Relaxed);
+    let f = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(FILE_MODE.load(Ordering::Relaxed))
+        .mode(mode)
         .open(&partial)?;
+    f.set_permissions(fs::Permissions::from_mode(mode))?;
     Ok(partial)
 }
 
@@ -284,7 +301,7 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
 /// [`write_atomic`] with an explicit mode (e.g. 0644 for a file another service reads).
 pub fn write_atomic_mode(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     let partial = create_partial(path)?;
-    fs::set_permissions(&partial, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+    fs::set_permissions(&partial, fs::Permissions::from_mode(mode))?;
     let result = (|| {
         let mut f = OpenOptions::new()
             .write(true)

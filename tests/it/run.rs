@@ -495,3 +495,40 @@ fn run_exits_4_while_another_run_holds_the_lock() {
     env.run(&["run"]).expect_code(0);
     assert_eq!(env.dumps().len(), 2, "{:?}", env.files());
 }
+
+#[test]
+fn run_starts_the_largest_groups_first() {
+    let db = fresh_db("largest_first");
+    db.sql(
+        "CREATE TABLE small (id int); INSERT INTO small SELECT generate_series(1, 10);
+         CREATE TABLE large (id int, t text); INSERT INTO large SELECT g, md5(g::text) FROM generate_series(1, 60000) g;
+         CREATE TABLE medium (id int, t text); INSERT INTO medium SELECT g, md5(g::text) FROM generate_series(1, 6000) g;
+         CREATE TABLE tiny (id int);
+         VACUUM ANALYZE small; VACUUM ANALYZE large; VACUUM ANALYZE medium; VACUUM ANALYZE tiny;",
+    );
+    let env = Env::new();
+    env.config_for(&db)
+        .backup("schema", "false")
+        .backup("jobs", "1")
+        .write(&env);
+    env.run(&["run"]).expect_code(0);
+    let report = env.report();
+    let mut started: Vec<(String, String)> = report["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["attempts"][0]["started_at"].as_str().unwrap().to_owned(),
+                g["group"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    started.sort();
+    let order: Vec<&str> = started.iter().map(|(_, g)| g.as_str()).collect();
+    assert_eq!(
+        &order[..3],
+        &["public.large", "public.medium", "public.small"],
+        "{report:#}"
+    );
+}

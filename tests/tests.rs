@@ -1,0 +1,34 @@
+//! Integration tests: the real `pg_groupdump` binary against a real PostgreSQL server
+//! (started once per test process, see `util`). Every test uses its own database(s) and
+//! workspace, so they run in parallel.
+
+mod util;
+
+#[path = "it/config_errors.rs"]
+mod config_errors;
+#[path = "it/consistency.rs"]
+mod consistency;
+#[path = "it/email.rs"]
+mod email;
+#[path = "it/failure.rs"]
+mod failure;
+#[path = "it/faults.rs"]
+mod faults;
+#[path = "it/locks.rs"]
+mod locks;
+#[path = "it/names.rs"]
+mod names;
+#[path = "it/ops.rs"]
+mod ops;
+#[path = "it/plan.rs"]
+mod plan;
+#[path = "it/prune.rs"]
+mod prune;
+#[path = "it/run.rs"]
+mod run;
+#[path = "it/smoke.rs"]
+mod smoke;
+#[path = "it/startup.rs"]
+mod startup;
+#[path = "it/verify.rs"]
+mod verify;

@@ -30,5 +30,7 @@ mod run;
 mod smoke;
 #[path = "it/startup.rs"]
 mod startup;
+#[path = "it/tls.rs"]
+mod tls;
 #[path = "it/verify.rs"]
 mod verify;

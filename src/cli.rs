@@ -89,38 +89,9 @@ pub enum Command {
     EmailTest,
     /// Check a run's dumps against its report: files, sizes, sha256, tables; with --restore,
     /// restore each group into a scratch database and compare row counts.
-    Verify {
-        /// The run to check (default: the newest report in <dir>/reports).
-        #[arg(long, value_name = "ID", conflicts_with = "report")]
-        run: Option<String>,
-        /// The run report to check.
-        #[arg(long, value_name = "FILE")]
-        report: Option<PathBuf>,
-        /// Also restore every group into a scratch database and compare row counts.
-        #[arg(long)]
-        restore: bool,
-    },
+    Verify(crate::verify::VerifyOptions),
     /// Restore one group's newest (or --run's) dump, or a whole database from one run.
-    Restore {
-        /// The group to restore; without it, --run and --database rebuild a whole database.
-        #[arg(short, long, value_name = "NAME")]
-        group: Option<String>,
-        /// The database the group (or the run's dumps) belong to.
-        #[arg(short, long, value_name = "DB")]
-        database: Option<String>,
-        /// The run to restore from (default for --group: its newest dump).
-        #[arg(long, value_name = "ID")]
-        run: Option<String>,
-        /// Database to restore into (created if missing).
-        #[arg(long, value_name = "DB")]
-        target: String,
-        /// pg_restore --jobs.
-        #[arg(short, long)]
-        jobs: Option<u16>,
-        /// Drop the group's objects in the target first (pg_restore --clean --if-exists).
-        #[arg(long)]
-        clean: bool,
-    },
+    Restore(crate::restore::RestoreOptions),
     /// Print a shell completion script.
     Completions {
         #[arg(value_enum)]
@@ -214,42 +185,8 @@ pub async fn dispatch(cli: Cli) -> i32 {
                 .await
                 .unwrap_or_else(|e| Err(Failure::Start(anyhow::anyhow!("prune panicked: {e}"))))
         }
-        Command::Verify {
-            run,
-            report,
-            restore,
-        } => {
-            crate::verify::verify(
-                &config,
-                &crate::verify::VerifyOptions {
-                    run,
-                    report,
-                    restore,
-                },
-            )
-            .await
-        }
-        Command::Restore {
-            group,
-            database,
-            run,
-            target,
-            jobs,
-            clean,
-        } => {
-            crate::restore::restore(
-                &config,
-                &crate::restore::RestoreOptions {
-                    group,
-                    database,
-                    run,
-                    target,
-                    jobs,
-                    clean,
-                },
-            )
-            .await
-        }
+        Command::Verify(opts) => crate::verify::verify(&config, &opts).await,
+        Command::Restore(opts) => crate::restore::restore(&config, &opts).await,
         Command::Completions { .. } | Command::Man => unreachable!("handled above"),
         Command::EmailTest => match &config.email {
             None => Err(Failure::Usage(format!(

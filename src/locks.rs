@@ -275,33 +275,25 @@ impl Monitor {
 
     /// Cancels the running statement of a backend of ours (its session stays usable).
     pub async fn cancel(&self, pid: i32) {
-        if let Ok(c) = self
-            .conn
-            .connect(&self.database, &application_name("monitor"))
-            .await
-        {
-            if let Err(e) = c
-                .execute("SELECT pg_catalog.pg_cancel_backend($1)", &[&pid])
-                .await
-            {
-                tracing::debug!("cancelling backend {pid}: {}", crate::pg_error_text(&e));
-            }
-        }
+        self.signal_backend("pg_cancel_backend", pid).await;
     }
 
     /// Terminates a backend of ours (after a yield), so its locks go at once.
     pub async fn terminate(&self, pid: i32) {
-        if let Ok(c) = self
+        self.signal_backend("pg_terminate_backend", pid).await;
+    }
+
+    async fn signal_backend(&self, function: &str, pid: i32) {
+        let Ok(c) = self
             .conn
             .connect(&self.database, &application_name("monitor"))
             .await
-        {
-            if let Err(e) = c
-                .execute("SELECT pg_catalog.pg_terminate_backend($1)", &[&pid])
-                .await
-            {
-                tracing::debug!("terminating backend {pid}: {}", crate::pg_error_text(&e));
-            }
+        else {
+            return;
+        };
+        let sql = format!("SELECT pg_catalog.{function}($1)");
+        if let Err(e) = c.execute(&sql, &[&pid]).await {
+            tracing::debug!("{function}({pid}): {}", crate::pg_error_text(&e));
         }
     }
 }

@@ -123,6 +123,11 @@ const DESCS: &[&str] = &[
 
 /// Runs `pg_restore --list` on an archive.
 pub async fn list_archive(pg_restore: &Path, archive: &Path) -> Result<Vec<TocEntry>, String> {
+    Ok(parse_list(&list_text(pg_restore, archive).await?))
+}
+
+/// The text of `pg_restore --list`.
+async fn list_text(pg_restore: &Path, archive: &Path) -> Result<String, String> {
     let out = Command::new(pg_restore)
         .arg("--list")
         .arg(archive)
@@ -138,7 +143,7 @@ pub async fn list_archive(pg_restore: &Path, archive: &Path) -> Result<Vec<TocEn
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
-    Ok(parse_list(&String::from_utf8_lossy(&out.stdout)))
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Parses `pg_restore --list` output ("215; 1259 16385 TABLE public orders postgres").
@@ -321,22 +326,8 @@ pub async fn restore_prerequisites(
     database: &str,
     schema_archive: &Path,
 ) -> Result<(), String> {
-    let out = Command::new(pg_restore)
-        .arg("--list")
-        .arg(schema_archive)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(|e| format!("cannot run {}: {e}", pg_restore.display()))?;
-    if !out.status.success() {
-        return Err(format!(
-            "pg_restore cannot read {}: {}",
-            schema_archive.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    let list: String = String::from_utf8_lossy(&out.stdout)
+    let text = list_text(pg_restore, schema_archive).await?;
+    let list: String = text
         .lines()
         .filter(|line| {
             line.split_once("; ")
@@ -435,13 +426,25 @@ fn databases_with_group(root: &Path, group: &str) -> Vec<String> {
 }
 
 /// What `pg_groupdump restore` was asked to do.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct RestoreOptions {
+    /// The group to restore; without it, --run and --database rebuild a whole database.
+    #[arg(short, long, value_name = "NAME")]
     pub group: Option<String>,
+    /// The database the group (or the run's dumps) belong to.
+    #[arg(short, long, value_name = "DB")]
     pub database: Option<String>,
+    /// The run to restore from (default for --group: its newest dump).
+    #[arg(long, value_name = "ID")]
     pub run: Option<String>,
+    /// Database to restore into (created if missing).
+    #[arg(long, value_name = "DB")]
     pub target: String,
+    /// pg_restore --jobs.
+    #[arg(short, long)]
     pub jobs: Option<u16>,
+    /// Drop the group's objects in the target first (pg_restore --clean --if-exists).
+    #[arg(long)]
     pub clean: bool,
 }
 

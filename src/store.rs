@@ -264,7 +264,22 @@ pub struct Finished {
 /// Hashes the `.ing` file, fsyncs it, renames it to `final_path` and fsyncs the directory.
 /// Refuses to replace an existing file.
 pub fn commit(partial: &Path, final_path: &Path) -> io::Result<Finished> {
-    let mut f = File::open(partial)?;
+    let (bytes, sha256) = hash_file(partial)?;
+    File::open(partial)?.sync_all()?;
+    if final_path.exists() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{} already exists; not replaced", final_path.display()),
+        ));
+    }
+    fs::rename(partial, final_path)?;
+    sync_dir(final_path.parent().unwrap_or(Path::new(".")))?;
+    Ok(Finished { bytes, sha256 })
+}
+
+/// Size and hex sha256 of a file.
+pub fn hash_file(path: &Path) -> io::Result<(u64, String)> {
+    let mut f = File::open(path)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut bytes = 0u64;
@@ -276,20 +291,7 @@ pub fn commit(partial: &Path, final_path: &Path) -> io::Result<Finished> {
         h.update(&buf[..n]);
         bytes += n as u64;
     }
-    f.sync_all()?;
-    drop(f);
-    if final_path.exists() {
-        return Err(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            format!("{} already exists; not replaced", final_path.display()),
-        ));
-    }
-    fs::rename(partial, final_path)?;
-    sync_dir(final_path.parent().unwrap_or(Path::new(".")))?;
-    Ok(Finished {
-        bytes,
-        sha256: hex::encode(h.finalize()),
-    })
+    Ok((bytes, hex::encode(h.finalize())))
 }
 
 /// Writes `data` to `path` atomically (temp file, fsync, rename, directory fsync), with the

@@ -7,10 +7,7 @@
 //! named after the run and this process so it cannot collide) and each table's rows are
 //! counted and compared with the counts recorded in the group's snapshot.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-
-use sha2::{Digest, Sha256};
 
 use crate::config::{parse_table_ref, Config};
 use crate::connect::{application_name, ConnParams};
@@ -20,10 +17,16 @@ use crate::snapshot::quote_ident;
 use crate::Failure;
 
 /// What `verify` was asked to check.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct VerifyOptions {
+    /// The run to check (default: the newest report in <dir>/reports).
+    #[arg(long, value_name = "ID", conflicts_with = "report")]
     pub run: Option<String>,
+    /// The run report to check.
+    #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
+    /// Also restore every group into a scratch database and compare row counts.
+    #[arg(long)]
     pub restore: bool,
 }
 
@@ -104,7 +107,7 @@ async fn check_file(pg_restore: &Path, g: &GroupReport) -> Vec<String> {
         return vec!["the report names no file".into()];
     };
     let path = file.clone();
-    let hashed = tokio::task::spawn_blocking(move || hash_file(&path)).await;
+    let hashed = tokio::task::spawn_blocking(move || crate::store::hash_file(&path)).await;
     match hashed {
         Ok(Ok((bytes, sha))) => {
             let mut p = Vec::new();
@@ -142,22 +145,6 @@ async fn check_file(pg_restore: &Path, g: &GroupReport) -> Vec<String> {
                 .collect(),
         },
     }
-}
-
-fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n = 0u64;
-    loop {
-        let k = f.read(&mut buf)?;
-        if k == 0 {
-            break;
-        }
-        h.update(&buf[..k]);
-        n += k as u64;
-    }
-    Ok((n, hex::encode(h.finalize())))
 }
 
 /// Restores one group into a scratch database and compares row counts with the report's.

@@ -279,6 +279,12 @@ pub async fn run(config: &Config, opts: &RunOptions) -> Result<(RunReport, PathB
     });
     let mut set = JoinSet::new();
     let total = jobs.len();
+    let mut results: Vec<(usize, GroupReport)> = Vec::with_capacity(total);
+    let collect = |r: Result<(usize, GroupReport), tokio::task::JoinError>,
+                   results: &mut Vec<(usize, GroupReport)>| match r {
+        Ok(r) => results.push(r),
+        Err(e) => tracing::error!("a dump task panicked: {e}"),
+    };
     // First attempts start in the order of `jobs` (largest groups first): each takes its slot
     // here, in turn, before its task exists. Retries queue for slots on their own.
     for (i, job) in jobs.into_iter().enumerate() {
@@ -288,13 +294,14 @@ pub async fn run(config: &Config, opts: &RunOptions) -> Result<(RunReport, PathB
         };
         let ctx = ctx.clone();
         set.spawn(async move { (i, run_job(&ctx, job, first).await) });
-    }
-    let mut results: Vec<(usize, GroupReport)> = Vec::with_capacity(total);
-    while let Some(r) = set.join_next().await {
-        match r {
-            Ok(r) => results.push(r),
-            Err(e) => tracing::error!("a dump task panicked: {e}"),
+        // Finished tasks keep their (large) futures' memory until joined: join them as we go,
+        // so memory stays flat however many groups there are.
+        while let Some(r) = set.try_join_next() {
+            collect(r, &mut results);
         }
+    }
+    while let Some(r) = set.join_next().await {
+        collect(r, &mut results);
     }
     ctx.progress.finish();
     results.sort_by_key(|(i, _)| *i);

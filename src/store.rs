@@ -281,7 +281,7 @@ pub fn commit(partial: &Path, final_path: &Path) -> io::Result<Finished> {
 pub fn hash_file(path: &Path) -> io::Result<(u64, String)> {
     let mut f = File::open(path)?;
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
+    let mut buf = vec![0u8; 64 * 1024];
     let mut bytes = 0u64;
     loop {
         let n = f.read(&mut buf)?;

@@ -1,0 +1,243 @@
+//! Watching table locks while a contender runs: `pg_locks` is polled every few milliseconds on
+//! a session of our own, and for each workload table the continuous stretches during which a
+//! backup session (application_name `pg_groupdump/…` or `pg_dump`, which is also what the
+//! workers of `pg_dump -j` call themselves) held a granted lock on it are recorded. A stretch
+//! runs from the first poll that saw the lock to the last poll that still saw it, so it is
+//! short by up to one poll interval (reported as the resolution). Polls are at least 3 query
+//! durations apart, so the poller uses at most a quarter of a core (its backend's CPU time is
+//! reported with each run).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const QUERY: &str = "SELECT l.relation::oid::int8 \
+     FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid \
+     WHERE l.locktype = 'relation' AND l.granted AND l.database = $1::int8::oid \
+       AND l.pid <> pg_catalog.pg_backend_pid() \
+       AND (a.application_name LIKE 'pg\\_groupdump/%' OR a.application_name = 'pg_dump')";
+
+/// What a recording found.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct LockStats {
+    /// The longest continuous lock on any one table, in seconds.
+    pub longest_s: f64,
+    /// The table it was on.
+    pub longest_table: Option<String>,
+    /// How many different workload tables were seen locked.
+    pub tables_seen: usize,
+    /// How many polls were made, and their median interval (the resolution), in ms.
+    pub polls: u64,
+    pub median_interval_ms: f64,
+}
+
+#[derive(Default)]
+struct Recording {
+    /// Per table: the start and last sighting of the stretch in progress.
+    open: HashMap<u32, (Instant, Instant)>,
+    longest: HashMap<u32, Duration>,
+    polls: u64,
+    intervals: Vec<f64>,
+    last_poll: Option<Instant>,
+}
+
+impl Recording {
+    fn close(&mut self, oid: u32) {
+        if let Some((first, last)) = self.open.remove(&oid) {
+            let d = last - first;
+            let e = self.longest.entry(oid).or_default();
+            if d > *e {
+                *e = d;
+            }
+        }
+    }
+}
+
+struct Shared {
+    recording: Mutex<Option<Recording>>,
+    /// The pid of the polling session's backend.
+    backend: Mutex<Option<i32>>,
+    stop: AtomicBool,
+}
+
+/// A running poller for one database.
+pub struct LockWatch {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+    names: Arc<HashMap<u32, String>>,
+}
+
+impl LockWatch {
+    /// Starts polling the locks of database `db_oid` on `client`'s server every `every`; only
+    /// relations in `names` (the workload's tables) count.
+    pub fn start(
+        config: tokio_postgres::Config,
+        db_oid: u32,
+        names: HashMap<u32, String>,
+        every: Duration,
+    ) -> anyhow::Result<LockWatch> {
+        let shared = Arc::new(Shared {
+            recording: Mutex::new(None),
+            backend: Mutex::new(None),
+            stop: AtomicBool::new(false),
+        });
+        let relevant: HashSet<u32> = names.keys().copied().collect();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
+        let thread = {
+            let shared = shared.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("tokio runtime");
+                rt.block_on(async move {
+                    let client = match config.connect(tokio_postgres::NoTls).await {
+                        Ok((client, conn)) => {
+                            tokio::spawn(conn);
+                            client
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e.into()));
+                            return;
+                        }
+                    };
+                    let stmt = match client.prepare(QUERY).await {
+                        Ok(s) => s,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e.into()));
+                            return;
+                        }
+                    };
+                    let backend: i32 = match client
+                        .query_one("SELECT pg_catalog.pg_backend_pid()", &[])
+                        .await
+                    {
+                        Ok(r) => r.get(0),
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e.into()));
+                            return;
+                        }
+                    };
+                    *shared.backend.lock().unwrap() = Some(backend);
+                    let _ = ready_tx.send(Ok(()));
+                    let db = db_oid as i64;
+                    while !shared.stop.load(Ordering::Relaxed) {
+                        let active = shared.recording.lock().unwrap().is_some();
+                        if !active {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            continue;
+                        }
+                        let asked = Instant::now();
+                        let rows = match client.query(&stmt, &[&db]).await {
+                            Ok(r) => r,
+                            Err(e) => {
+                                eprintln!("bench: lock poll failed: {e}");
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                                continue;
+                            }
+                        };
+                        let now = Instant::now();
+                        let seen: HashSet<u32> = rows
+                            .iter()
+                            .map(|r| r.get::<_, i64>(0) as u32)
+                            .filter(|o| relevant.contains(o))
+                            .collect();
+                        if let Some(rec) = shared.recording.lock().unwrap().as_mut() {
+                            if let Some(prev) = rec.last_poll {
+                                rec.intervals.push((now - prev).as_secs_f64() * 1000.0);
+                            }
+                            rec.last_poll = Some(now);
+                            rec.polls += 1;
+                            let gone: Vec<u32> = rec
+                                .open
+                                .keys()
+                                .filter(|o| !seen.contains(o))
+                                .copied()
+                                .collect();
+                            for o in gone {
+                                rec.close(o);
+                            }
+                            for o in seen {
+                                rec.open.entry(o).or_insert((now, now)).1 = now;
+                            }
+                        }
+                        // pg_locks is not free: with 10 000 locks held a poll takes tens of
+                        // milliseconds of server CPU. Wait at least 3 times as long as the poll
+                        // took, so polling never takes more than a quarter of a core.
+                        tokio::time::sleep(every.max((now - asked) * 3)).await;
+                    }
+                });
+            })
+        };
+        ready_rx
+            .recv()
+            .map_err(|_| anyhow::anyhow!("lock poller thread died"))??;
+        Ok(LockWatch {
+            shared,
+            thread: Some(thread),
+            names: Arc::new(names),
+        })
+    }
+
+    /// The pid of the polling session's backend (to measure what polling costs the server).
+    pub fn backend_pid(&self) -> Option<i32> {
+        *self.shared.backend.lock().unwrap()
+    }
+
+    /// Starts a new recording.
+    pub fn begin(&self) {
+        *self.shared.recording.lock().unwrap() = Some(Recording::default());
+    }
+
+    /// Ends the recording (after one more poll, which sees the last locks gone) and returns
+    /// what it found.
+    pub fn end(&self) -> LockStats {
+        let asked = Instant::now();
+        loop {
+            let done = self
+                .shared
+                .recording
+                .lock()
+                .unwrap()
+                .as_ref()
+                .and_then(|r| r.last_poll)
+                .is_some_and(|t| t > asked);
+            if done || asked.elapsed() > Duration::from_secs(2) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let mut rec = self
+            .shared
+            .recording
+            .lock()
+            .unwrap()
+            .take()
+            .unwrap_or_default();
+        let open: Vec<u32> = rec.open.keys().copied().collect();
+        for o in open {
+            rec.close(o);
+        }
+        let best = rec.longest.iter().max_by_key(|(_, d)| **d);
+        let mut iv = rec.intervals.clone();
+        iv.sort_by(|a, b| a.total_cmp(b));
+        LockStats {
+            longest_s: best.map(|(_, d)| d.as_secs_f64()).unwrap_or(0.0),
+            longest_table: best.and_then(|(o, _)| self.names.get(o).cloned()),
+            tables_seen: rec.longest.len(),
+            polls: rec.polls,
+            median_interval_ms: if iv.is_empty() { 0.0 } else { iv[iv.len() / 2] },
+        }
+    }
+}
+
+impl Drop for LockWatch {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

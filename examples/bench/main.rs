@@ -1,0 +1,978 @@
+//! Benchmark: pg_groupdump side by side with `pg_dump -Fd -j N`, `pg_dump -Fc` and the
+//! per-table shell loop, on the same data, in the same run, each contender run several times
+//! in turn. Prints (and with `--markdown` writes) medians and ratios.
+//!
+//! Usually started by `scripts/bench.sh`, which builds everything and runs this against a
+//! throwaway PostgreSQL; it can also be pointed at any server it may create databases on
+//! (`bench_s8`, `bench_s1000`, `bench_s10000`, dropped and recreated when they do not hold the
+//! expected workload): see `--help`.
+
+mod locks;
+mod measure;
+mod workload;
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, ValueEnum};
+use serde::Serialize;
+
+use workload::Workload;
+
+/// Benchmark pg_groupdump against pg_dump -Fd -j N, pg_dump -Fc and the per-table loop.
+///
+/// Connection: --host/--port/--user (or PGHOST, PGPORT, PGUSER, PGPASSWORD). The server must
+/// let this user create databases; `max_locks_per_transaction` must be large enough for one
+/// session to lock 10 000 tables (scripts/bench.sh sets 1024).
+#[derive(Parser, Debug)]
+#[command(name = "bench")]
+struct Args {
+    /// Workloads to run, in this order.
+    #[arg(long, value_delimiter = ',', default_value = "s8,s1000,s10000")]
+    workloads: Vec<Workload>,
+    /// Contenders to run.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "groupdump-tables,groupdump-groups,pg_dump-fd,pg_dump-fc,loop,groupdump-stub"
+    )]
+    contenders: Vec<Kind>,
+    /// Runs of each contender (in turn: every contender once, then again, ...).
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Scale factor of S8 (1 = 2, 1.5, 1, 3, 4, 1, 1 and 5 million rows).
+    #[arg(long, default_value_t = 0.2)]
+    scale: f64,
+    /// pg_groupdump's `jobs` and pg_dump's `-j`.
+    #[arg(long, default_value_t = 2)]
+    jobs: usize,
+    /// On workloads with more than --sample-above tables, the per-table contenders (the loop and
+    /// pg_groupdump with every table its own group) dump only this many tables, evenly spread,
+    /// and their time, CPU and bytes are extrapolated linearly. 0: skip them there.
+    #[arg(long, default_value_t = 100)]
+    sample: usize,
+    /// See --sample.
+    #[arg(long, default_value_t = 2000)]
+    sample_above: usize,
+    /// Like --sample-above, for the per-table loop alone (plain pg_dump processes one after
+    /// another: its cost is linear in the tables dumped, so a sample predicts it well).
+    #[arg(long, default_value_t = 500)]
+    loop_sample_above: usize,
+    /// Never sample: run every contender on every table (S10000 then takes hours).
+    #[arg(long)]
+    full: bool,
+    /// Interval between two polls of pg_locks, in milliseconds.
+    #[arg(long, default_value_t = 5)]
+    poll_ms: u64,
+    /// The pg_groupdump binary.
+    #[arg(long)]
+    bin: Option<PathBuf>,
+    /// Directory of pg_dump (default: PG_BINDIR, else pg_dump on PATH).
+    #[arg(long)]
+    pg_bindir: Option<PathBuf>,
+    /// Server host or socket directory (default: PGHOST, else 127.0.0.1).
+    #[arg(long)]
+    host: Option<String>,
+    /// Server port (default: PGPORT, else 5432).
+    #[arg(long)]
+    port: Option<u16>,
+    /// User, who must be allowed to create databases (default: PGUSER, else postgres).
+    #[arg(long)]
+    user: Option<String>,
+    /// Where configurations and dumps go (default: a new temporary directory, removed at the end).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Drop and recreate the workload databases even if they hold the workload already.
+    #[arg(long)]
+    recreate: bool,
+    /// Also write the result tables (Markdown) to this file.
+    #[arg(long)]
+    markdown: Option<PathBuf>,
+    /// Also write every run's raw figures (JSON) to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// A line added to the [backup] section of every pg_groupdump configuration, e.g.
+    /// `--backup-set 'count_rows = false'` (repeatable; shown in the result's details).
+    #[arg(long, value_name = "TOML")]
+    backup_set: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum, Serialize)]
+enum Kind {
+    /// pg_groupdump, every table its own group (no [[group]], ungrouped mode "table").
+    #[value(name = "groupdump-tables")]
+    GroupdumpTables,
+    /// pg_groupdump with a few groups (S8: 3, others: 10).
+    #[value(name = "groupdump-groups")]
+    GroupdumpGroups,
+    /// pg_dump -Fd -j N of the whole database.
+    #[value(name = "pg_dump-fd")]
+    DumpDir,
+    /// pg_dump -Fc of the whole database.
+    #[value(name = "pg_dump-fc")]
+    DumpCustom,
+    /// for each table, one after another: pg_dump -Fc -t schema.table.
+    #[value(name = "loop")]
+    Loop,
+    /// Not a contender but a probe: pg_groupdump with every table its own group and a stub
+    /// in place of pg_dump that writes an empty file. What is left is pg_groupdump's own cost
+    /// per group (planning, snapshots, lock monitor, process start, files, report) and its
+    /// memory with that many groups, in minutes even on S10000.
+    #[value(name = "groupdump-stub")]
+    GroupdumpStub,
+}
+
+/// A contender ready to run on one workload.
+struct Contender {
+    kind: Kind,
+    label: String,
+    /// (tables dumped, tables in the workload) when sampled.
+    sample: Option<(usize, usize)>,
+    config: Option<PathBuf>,
+    /// The tables the loop dumps, or the groups `run --group` selects when sampled.
+    list: Vec<String>,
+    list_file: Option<PathBuf>,
+}
+
+impl Contender {
+    fn factor(&self) -> f64 {
+        self.sample
+            .map_or(1.0, |(n, total)| total as f64 / n as f64)
+    }
+}
+
+struct Ctx {
+    args: Args,
+    host: String,
+    port: u16,
+    user: String,
+    bin: PathBuf,
+    pg_dump: PathBuf,
+    work: PathBuf,
+    pg: tokio_postgres::Config,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct RunResult {
+    workload: &'static str,
+    contender: Kind,
+    label: String,
+    rep: usize,
+    sample: Option<(usize, usize)>,
+    #[serde(flatten)]
+    measured: measure::Measured,
+    server_cpu_s: Option<f64>,
+    /// CPU the lock poller's backend used during the run.
+    poll_cpu_s: Option<f64>,
+    /// pg_groupdump: first table dump's start to the last one's end, from its run report.
+    dump_span_s: Option<f64>,
+    /// pg_groupdump: how long its schema dump took, from its run report.
+    schema_dump_s: Option<f64>,
+    /// The machine's 1-minute load average when the run started (other work on the machine).
+    load_before: Option<f64>,
+    output_bytes: u64,
+    output_files: u64,
+    report_bytes: u64,
+    locks: locks::LockStats,
+    error: Option<String>,
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Err(e) = real_main(args) {
+        eprintln!("bench: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main(mut args: Args) -> anyhow::Result<()> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    args.pg_bindir = args
+        .pg_bindir
+        .or_else(|| env("PG_BINDIR").map(PathBuf::from));
+    let host = args
+        .host
+        .clone()
+        .or_else(|| env("PGHOST"))
+        .unwrap_or("127.0.0.1".into());
+    let port = match (args.port, env("PGPORT")) {
+        (Some(p), _) => p,
+        (None, Some(p)) => p.parse().context("PGPORT")?,
+        (None, None) => 5432,
+    };
+    let user = args
+        .user
+        .clone()
+        .or_else(|| env("PGUSER"))
+        .unwrap_or("postgres".into());
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let bin = args.bin.clone().unwrap_or_else(|| {
+        std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| manifest.join("target"))
+            .join("release/pg_groupdump")
+    });
+    if !bin.is_file() {
+        bail!(
+            "{} not found: cargo build --release, or --bin PATH",
+            bin.display()
+        );
+    }
+    let pg_dump = match &args.pg_bindir {
+        Some(d) => d.join("pg_dump"),
+        None => which("pg_dump").context("pg_dump not on PATH; set --pg-bindir")?,
+    };
+    if args.reps == 0 {
+        bail!("--reps must be at least 1");
+    }
+    let (work, _tmp) = match &args.work_dir {
+        Some(d) => {
+            fs::create_dir_all(d)?;
+            (d.clone(), None)
+        }
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix("pg_groupdump-bench.")
+                .tempdir()?;
+            (t.path().to_path_buf(), Some(t))
+        }
+    };
+    let mut pg = tokio_postgres::Config::new();
+    if host.starts_with('/') {
+        pg.host_path(&host);
+    } else {
+        pg.host(&host);
+    }
+    pg.port(port)
+        .user(&user)
+        .application_name("bench")
+        .dbname("postgres");
+    if let Ok(pw) = std::env::var("PGPASSWORD") {
+        pg.password(pw);
+    }
+    let ctx = Ctx {
+        args,
+        host,
+        port,
+        user,
+        bin,
+        pg_dump,
+        work,
+        pg,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+
+    let details = rt.block_on(details(&ctx))?;
+    eprintln!("{details}");
+    let mut results: Vec<RunResult> = Vec::new();
+    let mut contenders_by_workload: Vec<(Workload, Vec<Contender>, String)> = Vec::new();
+    for &w in &ctx.args.workloads {
+        rt.block_on(workload::ensure(
+            &ctx.pg,
+            w,
+            ctx.args.scale,
+            ctx.args.recreate,
+        ))?;
+        let (db_oid, names, size) = rt.block_on(workload::tables(&ctx.pg, w))?;
+        let contenders = prepare(&ctx, w, &names)?;
+        let watch = locks::LockWatch::start(
+            {
+                let mut c = ctx.pg.clone();
+                c.dbname(w.database()).application_name("bench/locks");
+                c
+            },
+            db_oid,
+            names.clone(),
+            Duration::from_millis(ctx.args.poll_ms),
+        )?;
+        let postmaster = rt.block_on(postmaster_pid(&ctx.pg))?;
+        let info = format!(
+            "{} tables, {} (pg_total_relation_size)",
+            names.len(),
+            mib(size as f64)
+        );
+        eprintln!("bench: {} ({info})", w.name());
+        for rep in 0..ctx.args.reps {
+            let n = contenders.len();
+            for i in 0..n {
+                let c = &contenders[(i + rep) % n];
+                // The probe measures pg_groupdump's own overhead, which hardly varies: once.
+                if c.kind == Kind::GroupdumpStub && rep > 0 {
+                    continue;
+                }
+                let r = run_one(&ctx, w, c, rep + 1, &watch, postmaster)?;
+                eprintln!(
+                    "bench: {} rep {} {:<45} wall {:>7.2}s cpu {:>6.2}s (itself {:.2}s) srv {:>6.2}s rss {:>7} ({}) out {:>9} lock {:.2}s ({} tables, {} polls, {:.1} ms, {:.2}s CPU){}",
+                    w.name(),
+                    rep + 1,
+                    c.label,
+                    r.measured.wall_s,
+                    r.measured.cpu_s,
+                    r.measured.self_cpu_s.unwrap_or(f64::NAN),
+                    r.server_cpu_s.unwrap_or(f64::NAN),
+                    r.measured.self_rss_kib.map_or("?".into(), |k| mib(k as f64 * 1024.0)),
+                    r.measured.self_rss_method,
+                    mib(r.output_bytes as f64),
+                    r.locks.longest_s,
+                    r.locks.tables_seen,
+                    r.locks.polls,
+                    r.locks.median_interval_ms,
+                    r.poll_cpu_s.unwrap_or(f64::NAN),
+                    r.error.as_deref().map(|e| format!("  FAILED: {e}")).unwrap_or_default()
+                );
+                results.push(r);
+            }
+        }
+        drop(watch);
+        contenders_by_workload.push((w, contenders, info));
+    }
+
+    let mut md = String::new();
+    md.push_str(&details);
+    md.push('\n');
+    for (w, contenders, info) in &contenders_by_workload {
+        md.push_str(&table(&ctx, *w, info, contenders, &results));
+    }
+    md.push_str(&growth(&contenders_by_workload, &results));
+    println!("{md}");
+    if let Some(p) = &ctx.args.markdown {
+        fs::write(p, &md).with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let Some(p) = &ctx.args.json {
+        fs::write(p, serde_json::to_vec_pretty(&results)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+fn mib(bytes: f64) -> String {
+    format!("{:.1} MB", bytes / 1048576.0)
+}
+
+async fn postmaster_pid(pg: &tokio_postgres::Config) -> anyhow::Result<i32> {
+    let c = workload::connect(pg, "postgres").await?;
+    let backend: i32 = c.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
+    measure::parent_pid(backend).context("cannot read the server's processes in /proc (run the benchmark on the server's machine, as root or the server's user)")
+}
+
+/// A command's standard output, its lines joined with "; ".
+fn command_output(cmd: &mut Command) -> String {
+    cmd.output()
+        .ok()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+        .unwrap_or_default()
+}
+
+/// The run's circumstances, as a Markdown list.
+async fn details(ctx: &Ctx) -> anyhow::Result<String> {
+    let c = workload::connect(&ctx.pg, "postgres").await?;
+    let version: String = c.query_one("SELECT version()", &[]).await?.get(0);
+    let mut settings = Vec::new();
+    for s in [
+        "shared_buffers",
+        "max_locks_per_transaction",
+        "autovacuum",
+        "fsync",
+    ] {
+        let v: String = c.query_one(&format!("SHOW {s}"), &[]).await?.get(0);
+        settings.push(format!("{s}={v}"));
+    }
+    let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or("?".into(), |k| format!("{:.1} GiB", k / 1048576.0));
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "?".into());
+    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let manifest = env!("CARGO_MANIFEST_DIR");
+    let rev =
+        command_output(Command::new("git").args(["-C", manifest, "rev-parse", "--short", "HEAD"]));
+    let dirty = !command_output(Command::new("git").args([
+        "-C",
+        manifest,
+        "status",
+        "--porcelain",
+        "--",
+        "src",
+        "Cargo.toml",
+        "Cargo.lock",
+    ]))
+    .is_empty();
+    let a = &ctx.args;
+    let mut s = String::new();
+    writeln!(
+        s,
+        "## Run of {}",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
+    )?;
+    writeln!(s)?;
+    writeln!(
+        s,
+        "- command: `{}`",
+        std::env::args().collect::<Vec<_>>().join(" ")
+    )?;
+    writeln!(
+        s,
+        "- machine: {nproc} CPUs ({cpu}), {mem} memory, Linux {}; load average at start: {}",
+        kernel.trim(),
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    )?;
+    writeln!(s, "- server: {version}; {}", settings.join(", "))?;
+    writeln!(
+        s,
+        "- pg_dump: {}",
+        command_output(Command::new(&ctx.pg_dump).arg("--version"))
+    )?;
+    writeln!(
+        s,
+        "- pg_groupdump: {} (git {rev}{})",
+        command_output(Command::new(&ctx.bin).arg("--version"))
+            .split("; ")
+            .next()
+            .unwrap_or_default(),
+        if dirty {
+            ", with uncommitted changes in src/"
+        } else {
+            ""
+        }
+    )?;
+    if !a.backup_set.is_empty() {
+        writeln!(
+            s,
+            "- added to pg_groupdump's `[backup]`: `{}`",
+            a.backup_set.join("`, `")
+        )?;
+    }
+    writeln!(s, "- {} runs of each contender, in turn; jobs = {} (pg_groupdump `jobs`, pg_dump `-j`); S8 scale {}; lock polls every {} ms", a.reps, a.jobs, a.scale, a.poll_ms)?;
+    Ok(s)
+}
+
+/// Writes the configurations and lists a workload's contenders need.
+fn prepare(ctx: &Ctx, w: Workload, names: &HashMap<u32, String>) -> anyhow::Result<Vec<Contender>> {
+    let a = &ctx.args;
+    let dir = ctx.work.join(w.database());
+    fs::create_dir_all(&dir)?;
+    let mut all: Vec<String> = names.values().cloned().collect();
+    all.sort();
+    let total = all.len();
+    let n = a.sample.min(total);
+    let sample: Vec<String> = (0..n).map(|i| all[i * total / n].clone()).collect();
+    let mut out = Vec::new();
+    for &kind in &a.contenders {
+        let per_table = matches!(kind, Kind::Loop | Kind::GroupdumpTables);
+        let above = if kind == Kind::Loop {
+            a.loop_sample_above
+        } else {
+            a.sample_above
+        };
+        let sampled = per_table && !a.full && total > above;
+        if sampled && n == 0 {
+            eprintln!(
+                "bench: {}: skipping {kind:?} (--sample 0 on more than {above} tables)",
+                w.name(),
+            );
+            continue;
+        }
+        let sample_info = sampled.then_some((sample.len(), total));
+        let list = if sampled {
+            sample.clone()
+        } else if kind == Kind::Loop {
+            all.clone()
+        } else {
+            Vec::new()
+        };
+        let name = format!("{kind:?}").to_lowercase();
+        let mut c = Contender {
+            kind,
+            label: String::new(),
+            sample: sample_info,
+            config: None,
+            list,
+            list_file: None,
+        };
+        match kind {
+            Kind::GroupdumpTables | Kind::GroupdumpGroups | Kind::GroupdumpStub => {
+                let groups = if kind == Kind::GroupdumpGroups {
+                    w.few_groups(a.scale)
+                } else {
+                    Vec::new()
+                };
+                c.label = match kind {
+                    Kind::GroupdumpGroups => format!("pg_groupdump, {} groups", groups.len()),
+                    Kind::GroupdumpStub => {
+                        "probe: pg_groupdump, every table its own group, stub pg_dump".into()
+                    }
+                    _ => "pg_groupdump, every table its own group".into(),
+                };
+                let pg_dump = if kind == Kind::GroupdumpStub {
+                    stub_pg_dump(ctx)?
+                } else {
+                    ctx.pg_dump.clone()
+                };
+                let path = dir.join(format!("{name}.toml"));
+                fs::write(
+                    &path,
+                    groupdump_config(ctx, w, &out_dir(ctx, w, kind), &pg_dump, &groups),
+                )?;
+                c.config = Some(path);
+            }
+            Kind::DumpDir => c.label = format!("pg_dump -Fd -j {}", a.jobs),
+            Kind::DumpCustom => c.label = "pg_dump -Fc".into(),
+            Kind::Loop => {
+                c.label = "per-table loop: pg_dump -Fc -t, one by one".into();
+                let path = dir.join("loop.tables");
+                fs::write(&path, c.list.join("\n") + "\n")?;
+                c.list_file = Some(path);
+            }
+        }
+        out.push(c);
+    }
+    Ok(out)
+}
+
+/// A stand-in for pg_dump that answers `--version` like the real one and otherwise writes an
+/// empty `--file`.
+fn stub_pg_dump(ctx: &Ctx) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let version = command_output(Command::new(&ctx.pg_dump).arg("--version"));
+    let path = ctx.work.join("stub-pg_dump");
+    fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\n# benchmark stub: no dump, an empty file\nfor a; do\n  case $a in\n    --version) echo '{}'; exit 0 ;;\n    --file=*) : > \"${{a#--file=}}\" ;;\n  esac\ndone\n",
+            version.replace('\'', "")
+        ),
+    )?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
+    Ok(path)
+}
+
+fn toml_str(s: &str) -> String {
+    serde_json::to_string(s).expect("a string serializes")
+}
+
+fn groupdump_config(
+    ctx: &Ctx,
+    w: Workload,
+    out: &Path,
+    pg_dump: &Path,
+    groups: &[(String, Vec<String>)],
+) -> String {
+    let a = &ctx.args;
+    let mut s = String::new();
+    let _ = writeln!(s, "# written by the benchmark (examples/bench)");
+    let _ = writeln!(s, "[connection]");
+    let _ = writeln!(s, "host = {}", toml_str(&ctx.host));
+    let _ = writeln!(s, "port = {}", ctx.port);
+    let _ = writeln!(s, "user = {}", toml_str(&ctx.user));
+    let _ = writeln!(s, "\n[backup]");
+    let _ = writeln!(s, "dir = {}", toml_str(&out.display().to_string()));
+    let _ = writeln!(s, "jobs = {}", a.jobs);
+    let _ = writeln!(s, "databases = [{}]", toml_str(w.database()));
+    let _ = writeln!(s, "pg_dump = {}", toml_str(&pg_dump.display().to_string()));
+    let _ = writeln!(
+        s,
+        "# like pg_dump, which does not dump roles; the schema dump stays (users get it)"
+    );
+    let _ = writeln!(s, "globals = false");
+    for line in &a.backup_set {
+        let _ = writeln!(s, "{line}");
+    }
+    for (name, tables) in groups {
+        let _ = writeln!(s, "\n[[group]]");
+        let _ = writeln!(s, "name = {}", toml_str(name));
+        let _ = writeln!(s, "database = {}", toml_str(w.database()));
+        let list: Vec<String> = tables.iter().map(|t| toml_str(t)).collect();
+        let _ = writeln!(s, "tables = [{}]", list.join(", "));
+    }
+    let _ = writeln!(s, "\n[ungrouped]");
+    let _ = writeln!(s, "mode = \"table\"");
+    s
+}
+
+fn out_dir(ctx: &Ctx, w: Workload, kind: Kind) -> PathBuf {
+    ctx.work
+        .join(w.database())
+        .join(format!("out-{}", format!("{kind:?}").to_lowercase()))
+}
+
+fn command(ctx: &Ctx, w: Workload, c: &Contender, out: &Path) -> Command {
+    let a = &ctx.args;
+    let mut cmd;
+    match c.kind {
+        Kind::GroupdumpTables | Kind::GroupdumpGroups | Kind::GroupdumpStub => {
+            cmd = Command::new(&ctx.bin);
+            cmd.arg("-c")
+                .arg(c.config.as_ref().expect("config"))
+                .arg("run");
+            if c.sample.is_some() {
+                for g in &c.list {
+                    cmd.arg("--group").arg(g);
+                }
+            }
+        }
+        Kind::DumpDir => {
+            cmd = Command::new(&ctx.pg_dump);
+            cmd.arg("-Fd")
+                .arg("-j")
+                .arg(a.jobs.to_string())
+                .arg("-f")
+                .arg(out.join("dump"))
+                .arg("-d")
+                .arg(w.database());
+        }
+        Kind::DumpCustom => {
+            cmd = Command::new(&ctx.pg_dump);
+            cmd.arg("-Fc")
+                .arg("-f")
+                .arg(out.join(format!("{}.dump", w.database())))
+                .arg("-d")
+                .arg(w.database());
+        }
+        Kind::Loop => {
+            cmd = Command::new("bash");
+            cmd.arg("-c")
+                .arg(r#"set -e; while IFS= read -r t; do "$0" -Fc -t "$t" -f "$1/$t.dump" -d "$2"; done < "$3""#)
+                .arg(&ctx.pg_dump)
+                .arg(out)
+                .arg(w.database())
+                .arg(c.list_file.as_ref().expect("list file"));
+        }
+    }
+    cmd.env("PGHOST", &ctx.host)
+        .env("PGPORT", ctx.port.to_string())
+        .env("PGUSER", &ctx.user);
+    cmd
+}
+
+fn run_one(
+    ctx: &Ctx,
+    w: Workload,
+    c: &Contender,
+    rep: usize,
+    watch: &locks::LockWatch,
+    postmaster: i32,
+) -> anyhow::Result<RunResult> {
+    let out = out_dir(ctx, w, c.kind);
+    if out.exists() {
+        fs::remove_dir_all(&out)?;
+    }
+    fs::create_dir_all(&out)?;
+    let log = out.with_extension("stderr");
+    let mut cmd = command(ctx, w, c, &out);
+    // Start from a clean slate: no dirty pages of the previous run being written meanwhile.
+    // SAFETY: sync(2) has no preconditions.
+    unsafe { libc::sync() };
+    std::thread::sleep(Duration::from_millis(200));
+    let load_before = load_average();
+    let cpu0 = measure::reaped_children_cpu_s(postmaster);
+    let poll0 = watch.backend_pid().and_then(measure::process_cpu_s);
+    watch.begin();
+    let measured = measure::run(&mut cmd, &log).with_context(|| format!("running {}", c.label))?;
+    let locks = watch.end();
+    // Let the server reap the backends of the contender's sessions.
+    std::thread::sleep(Duration::from_millis(300));
+    let cpu1 = measure::reaped_children_cpu_s(postmaster);
+    let poll1 = watch.backend_pid().and_then(measure::process_cpu_s);
+    let (dump_span_s, schema_dump_s) = measure::report_spans(&out);
+    let (output_bytes, output_files, report_bytes) = measure::output_size(&out);
+    let error = (measured.exit_code != 0).then(|| {
+        format!(
+            "exit code {}: {}",
+            measured.exit_code,
+            measure::tail(&log, 600)
+        )
+    });
+    fs::remove_dir_all(&out)?;
+    Ok(RunResult {
+        workload: w.name(),
+        contender: c.kind,
+        label: c.label.clone(),
+        rep,
+        sample: c.sample,
+        measured,
+        server_cpu_s: cpu0.zip(cpu1).map(|(a, b)| b - a),
+        poll_cpu_s: poll0.zip(poll1).map(|(a, b)| b - a),
+        dump_span_s,
+        schema_dump_s,
+        load_before,
+        output_bytes,
+        output_files,
+        report_bytes,
+        locks,
+        error,
+    })
+}
+
+/// The 1-minute load average.
+fn load_average() -> Option<f64> {
+    fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Medians of one contender's successful runs on one workload, extrapolated when sampled.
+#[derive(Debug, Clone, Copy)]
+struct Summary {
+    runs: usize,
+    failed: usize,
+    wall: f64,
+    wall_min: f64,
+    wall_max: f64,
+    cpu: f64,
+    self_cpu: f64,
+    server_cpu: f64,
+    self_rss_mib: f64,
+
+    bytes: f64,
+    lock: f64,
+}
+
+fn summarize(results: &[RunResult], w: Workload, c: &Contender) -> Option<Summary> {
+    let all: Vec<&RunResult> = results
+        .iter()
+        .filter(|r| r.workload == w.name() && r.contender == c.kind)
+        .collect();
+    let ok: Vec<&RunResult> = all.iter().copied().filter(|r| r.error.is_none()).collect();
+    if all.is_empty() {
+        return None;
+    }
+    let f = c.factor();
+    let m = |g: &dyn Fn(&RunResult) -> f64| median(ok.iter().map(|r| g(r)).collect());
+    // pg_groupdump's fixed cost per run (start, catalog, plan, report) is not multiplied: only
+    // the span of its table dumps is. The loop has no fixed cost to speak of.
+    let walls: Vec<f64> = ok
+        .iter()
+        .map(|r| match r.dump_span_s {
+            Some(span) if f != 1.0 => r.measured.wall_s - span + span * f,
+            _ => r.measured.wall_s * f,
+        })
+        .collect();
+    Some(Summary {
+        runs: all.len(),
+        failed: all.len() - ok.len(),
+        wall: median(walls.clone()),
+        wall_min: walls.iter().copied().fold(f64::NAN, f64::min),
+        wall_max: walls.iter().copied().fold(f64::NAN, f64::max),
+        cpu: m(&|r| r.measured.cpu_s) * f,
+        self_cpu: m(&|r| r.measured.self_cpu_s.unwrap_or(f64::NAN)) * f,
+        server_cpu: m(&|r| r.server_cpu_s.unwrap_or(f64::NAN)) * f,
+        self_rss_mib: m(&|r| {
+            r.measured
+                .self_rss_kib
+                .map_or(f64::NAN, |k| k as f64 / 1024.0)
+        }),
+
+        bytes: m(&|r| r.output_bytes as f64) * f,
+        lock: m(&|r| r.locks.longest_s),
+    })
+}
+
+fn fmt_s(v: f64) -> String {
+    if v.is_nan() {
+        "–".into()
+    } else if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn table(
+    ctx: &Ctx,
+    w: Workload,
+    info: &str,
+    contenders: &[Contender],
+    results: &[RunResult],
+) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "### {} — {info}\n", w.name());
+    let _ = writeln!(
+        s,
+        "| contender | wall s (median) | min–max | × {} | CPU s (client) | of which itself | CPU s (server) | RSS MB (itself) | output MB | longest lock s | lock ÷ wall |",
+        format_args!("pg_dump -Fd -j {}", ctx.args.jobs)
+    );
+    let _ = writeln!(s, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    let base = contenders
+        .iter()
+        .find(|c| c.kind == Kind::DumpDir)
+        .and_then(|c| summarize(results, w, c))
+        .map(|b| b.wall);
+    let mut notes = Vec::new();
+    for c in contenders {
+        let Some(m) = summarize(results, w, c) else {
+            continue;
+        };
+        let x = if c.sample.is_some() { "~" } else { "" };
+        let mut label = c.label.clone();
+        if let Some((n, total)) = c.sample {
+            label.push_str(" †");
+            notes.push(format!(
+                "† {}: run on {n} of the {total} tables (evenly spread{}), then extrapolated ×{:.0}: {}; CPU and output linearly; RSS and the longest lock as measured on the sample; lock ÷ wall against the extrapolated wall.",
+                c.label,
+                if c.kind == Kind::GroupdumpTables {
+                    ", selected with `run --group …`, which also skips the schema dump"
+                } else {
+                    ""
+                },
+                c.factor(),
+                if c.kind == Kind::GroupdumpTables {
+                    "the wall time of the table dumps (first start to last end, from the run report) multiplied, the rest of the run (start, catalog, plan, report) added once"
+                } else {
+                    "wall time linearly"
+                },
+            ));
+        }
+        if m.failed > 0 {
+            label.push_str(&format!(" ({} of {} runs FAILED)", m.failed, m.runs));
+        }
+        let probe = c.kind == Kind::GroupdumpStub;
+        let ratio = match base {
+            Some(b) if !probe => format!("{x}{:.2}", m.wall / b),
+            _ => "–".into(),
+        };
+        let (lock, lock_ratio) = if probe {
+            ("–".to_string(), "–".to_string())
+        } else {
+            (fmt_s(m.lock), format!("{x}{:.3}", m.lock / m.wall))
+        };
+        let _ = writeln!(
+            s,
+            "| {label} | {x}{} | {x}{}–{} | {ratio} | {x}{} | {x}{} | {x}{} | {} | {x}{:.1} | {lock} | {lock_ratio} |",
+            fmt_s(m.wall),
+            fmt_s(m.wall_min),
+            fmt_s(m.wall_max),
+            fmt_s(m.cpu),
+            fmt_s(m.self_cpu),
+            fmt_s(m.server_cpu),
+            fmt_s(m.self_rss_mib),
+            m.bytes / 1048576.0,
+        );
+    }
+    if contenders.iter().any(|c| c.kind == Kind::GroupdumpStub) {
+        notes.push("The probe is no contender: pg_groupdump with every table its own group and a stub that writes an empty file in place of pg_dump, so what it measures is pg_groupdump's own cost per group (planning, snapshot, lock monitor, child process, file, report) and its memory with that many groups.".into());
+    }
+    let poll_max = results
+        .iter()
+        .filter(|r| r.workload == w.name())
+        .filter_map(|r| Some(r.poll_cpu_s? / r.measured.wall_s))
+        .fold(0.0f64, f64::max);
+    let loads: Vec<f64> = results
+        .iter()
+        .filter(|r| r.workload == w.name())
+        .filter_map(|r| r.load_before)
+        .collect();
+    notes.push(format!(
+        "Lock polling (not counted in the CPU columns) took at most {:.0}% of a core during any run. The machine's load average (1 min) when a run started: {:.1} to {:.1}.",
+        poll_max * 100.0,
+        loads.iter().copied().fold(f64::NAN, f64::min),
+        loads.iter().copied().fold(f64::NAN, f64::max),
+    ));
+    for n in notes {
+        let _ = writeln!(s, "\n{n}");
+    }
+    s.push('\n');
+    s
+}
+
+fn growth(done: &[(Workload, Vec<Contender>, String)], results: &[RunResult]) -> String {
+    let find = |w: Workload| done.iter().find(|(x, _, _)| *x == w);
+    let (Some((_, small, _)), Some((_, big, _))) = (find(Workload::S1000), find(Workload::S10000))
+    else {
+        return String::new();
+    };
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "### Growth from S1000 to S10000 (10× the tables, the same 1 million rows)\n"
+    );
+    let _ = writeln!(s, "| contender | wall s S1000 | wall s S10000 | growth | ms per table S1000 | ms per table S10000 | CPU growth (client) | CPU growth (server) |");
+    let _ = writeln!(s, "|---|--:|--:|--:|--:|--:|--:|--:|");
+    for c in small {
+        let Some(b) = big.iter().find(|b| b.kind == c.kind) else {
+            continue;
+        };
+        let (Some(m1), Some(m2)) = (
+            summarize(results, Workload::S1000, c),
+            summarize(results, Workload::S10000, b),
+        ) else {
+            continue;
+        };
+        let x1 = if c.sample.is_some() { "~" } else { "" };
+        let x = if b.sample.is_some() || c.sample.is_some() {
+            "~"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            s,
+            "| {}{} | {x1}{} | {x}{} | {x}{:.1}× | {x1}{:.1} | {x}{:.1} | {x}{:.1}× | {x}{:.1}× |",
+            c.label,
+            if x.is_empty() { "" } else { " †" },
+            fmt_s(m1.wall),
+            fmt_s(m2.wall),
+            m2.wall / m1.wall,
+            m1.wall * 1000.0 / 1000.0,
+            m2.wall * 1000.0 / 10000.0,
+            m2.cpu / m1.cpu,
+            m2.server_cpu / m1.server_cpu,
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n† extrapolated from a sample (see the notes under the tables above)."
+    );
+    s.push('\n');
+    s
+}

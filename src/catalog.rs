@@ -30,8 +30,6 @@ pub struct Table {
     pub oid: u32,
     pub schema: String,
     pub name: String,
-    /// 'r' ordinary, 'p' partitioned.
-    pub kind: char,
     /// Estimated bytes of heap, TOAST and indexes.
     pub bytes: i64,
     /// The direct parent when this table is a partition.
@@ -140,7 +138,7 @@ pub async fn read_database(
 ) -> Result<DatabaseCatalog, CatalogError> {
     let e = cat_err(database);
     let tables_sql = format!(
-        "SELECT c.oid, n.nspname::text, c.relname::text, c.relkind::text,
+        "SELECT c.oid, n.nspname::text, c.relname::text,
                 (greatest(c.relpages, 0)::bigint
                  + coalesce((SELECT greatest(t.relpages, 0) FROM pg_catalog.pg_class t WHERE t.oid = c.reltoastrelid), 0)
                  + coalesce((SELECT sum(greatest(i.relpages, 0)) FROM pg_catalog.pg_index x
@@ -164,10 +162,9 @@ pub async fn read_database(
             oid: r.get(0),
             schema: r.get(1),
             name: r.get(2),
-            kind: r.get::<_, String>(3).chars().next().unwrap_or('r'),
-            bytes: r.get(4),
-            partition_parent: r.get(5),
-            extension_member: r.get(6),
+            bytes: r.get(3),
+            partition_parent: r.get(4),
+            extension_member: r.get(5),
         })
         .collect();
 

@@ -576,7 +576,6 @@ mod tests {
             oid,
             schema: schema.into(),
             name: name.into(),
-            kind: 'r',
             bytes: oid as i64 * 10,
             partition_parent: parent,
             extension_member: false,

@@ -525,17 +525,6 @@ async fn run_job(ctx: &Ctx, job: Job, first: Option<OwnedSemaphorePermit>) -> Gr
             outcome.is_ok(),
             outcome.as_ref().map(|f| f.bytes).unwrap_or(0),
         );
-        match &outcome {
-            Ok(_) => {}
-            Err(e) if retry => {
-                let delay = ctx.retry_delay * number;
-                tracing::warn!(
-                    "{label}: attempt {number} of {max_attempts}: {e}; retrying in {}",
-                    humantime::format_duration(delay)
-                );
-            }
-            Err(_) => {}
-        }
         report.attempts.push(attempt);
         match outcome {
             Ok(finished) => {
@@ -565,8 +554,13 @@ async fn run_job(ctx: &Ctx, job: Job, first: Option<OwnedSemaphorePermit>) -> Gr
                 break;
             }
             Err(e) if retry => {
+                let delay = ctx.retry_delay * number;
+                tracing::warn!(
+                    "{label}: attempt {number} of {max_attempts}: {e}; retrying in {}",
+                    humantime::format_duration(delay)
+                );
                 tokio::select! {
-                    _ = tokio::time::sleep(ctx.retry_delay * number) => {}
+                    _ = tokio::time::sleep(delay) => {}
                     sig = stopped(ctx.shutdown.clone()) => {
                         report.status = Status::Failed;
                         report.error = Some(format!("{e} (then interrupted by {} before the next attempt)", signal_name(sig)));

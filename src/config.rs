@@ -95,6 +95,7 @@ struct RawBackup {
     dir_mode: Option<String>,
     count_rows: Option<bool>,
     pg_restore: Option<PathBuf>,
+    engine: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -110,6 +111,7 @@ struct RawGroup {
     yield_after: Option<String>,
     max_age: Option<String>,
     keep_min: Option<i64>,
+    engine: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -221,6 +223,37 @@ pub struct BackupConfig {
     pub count_rows: bool,
     /// pg_restore for `verify` and `restore`; default: beside pg_dump.
     pub pg_restore: Option<PathBuf>,
+    /// How group dumps are written (default `pg_dump`).
+    pub engine: Engine,
+}
+
+/// How a group's archive is produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Engine {
+    /// One `pg_dump -Fc -t …` child per group.
+    #[default]
+    PgDump,
+    /// pg_groupdump writes the archive itself: the group's entries of the run's schema
+    /// archive plus the data, copied in the group's own snapshot (see `native`).
+    Native,
+}
+
+impl Engine {
+    fn parse(s: &str) -> Result<Engine, String> {
+        match s {
+            "pg_dump" => Ok(Engine::PgDump),
+            "native" => Ok(Engine::Native),
+            _ => Err(format!("{s:?} is not \"pg_dump\" or \"native\"")),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::PgDump => "pg_dump",
+            Engine::Native => "native",
+        }
+    }
 }
 
 /// The default `yield_after`: a DDL statement waits at most about this long behind a dump.
@@ -247,6 +280,8 @@ pub struct GroupConfig {
     pub yield_after: Option<Option<Duration>>,
     /// Overrides `[retention]` for this group's dumps.
     pub retention: crate::prune::GroupRetention,
+    /// Overrides `backup.engine` for this group.
+    pub engine: Option<Engine>,
 }
 
 impl GroupConfig {
@@ -438,6 +473,10 @@ fn check(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
         dir_mode,
         count_rows: b.count_rows.unwrap_or(true),
         pg_restore: b.pg_restore,
+        engine: match b.engine {
+            None => Engine::PgDump,
+            Some(s) => Engine::parse(&s).map_err(|m| err("backup.engine", m))?,
+        },
     };
 
     let mut groups = Vec::with_capacity(raw.groups.len());
@@ -502,6 +541,10 @@ fn check(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
             }
         };
         let retention = crate::prune::check_group(path, &key, g.max_age.as_deref(), g.keep_min)?;
+        let engine = match g.engine {
+            None => None,
+            Some(s) => Some(Engine::parse(&s).map_err(|m| err(&format!("{key}.engine"), m))?),
+        };
         groups.push(GroupConfig {
             index: i,
             name,
@@ -511,6 +554,7 @@ fn check(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
             lock_wait_timeout,
             yield_after,
             retention,
+            engine,
         });
     }
 

@@ -172,6 +172,9 @@ pub enum DumpKind {
     /// every table of the database: the DDL of everything, plus the values of sequences and
     /// the contents of materialized views, which no group's dump carries.
     Schema { exclude_data: Vec<(String, String)> },
+    /// `pg_dump -Fc --schema-only` of a whole database: the TOC the native engine needs when
+    /// the run takes no schema dump of its own.
+    SchemaOnly,
     /// `pg_dumpall --globals-only`.
     Globals { role_passwords: bool },
 }
@@ -241,7 +244,7 @@ pub fn command_args(
             }
             settings.tools.pg_dumpall.clone()
         }
-        DumpKind::Schema { .. } | DumpKind::Tables(_) => {
+        DumpKind::Schema { .. } | DumpKind::SchemaOnly | DumpKind::Tables(_) => {
             args.push("--format=custom".into());
             if let Some(z) = settings.compress {
                 args.push(format!("--compress={z}").into());
@@ -262,6 +265,8 @@ pub fn command_args(
                     args.push("--table".into());
                     args.push(exact_table_pattern(s, t).into());
                 }
+            } else if let DumpKind::SchemaOnly = kind {
+                args.push("--schema-only".into());
             } else if let DumpKind::Schema { exclude_data } = kind {
                 for (s, t) in exclude_data {
                     args.push("--exclude-table-data".into());

@@ -3,9 +3,12 @@
 //! A run walks through these modules in order:
 //! [`config`] (read `groups.toml`) → [`connect`] (connection settings) → [`catalog`] (what
 //! the server has) → [`plan`] (which tables go in which group) → [`dump`] (one `pg_dump` per
-//! group) → [`store`] (atomic files in the backup directory) → [`report`] (the run report).
+//! group) or [`native`] (the group's archive cut from the run's schema archive, plus a COPY of
+//! its tables, in [`archive`]'s format) → [`store`] (atomic files in the backup directory) →
+//! [`report`] (the run report).
 //! [`run`] ties them together; [`runlock`] keeps runs on one directory from overlapping.
 
+pub mod archive;
 pub mod catalog;
 pub mod cli;
 pub mod config;
@@ -14,6 +17,7 @@ pub mod dump;
 pub mod exit;
 pub mod locks;
 pub mod metrics;
+pub mod native;
 pub mod notify;
 pub mod plan;
 pub mod progress;

@@ -60,6 +60,12 @@ pub struct GroupReport {
     /// Rows of each table ("schema.table") in the dump's snapshot (`backup.count_rows`).
     #[serde(default)]
     pub row_counts: Option<std::collections::BTreeMap<String, i64>>,
+    /// The engine that wrote the file (a group's dump only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<crate::config::Engine>,
+    /// Why the native engine handed this group to pg_dump.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
 }
 
 impl GroupReport {
@@ -90,6 +96,8 @@ impl GroupReport {
             attempts: Vec::new(),
             table_oids: None,
             row_counts: None,
+            engine: None,
+            fallback: None,
         }
     }
 }

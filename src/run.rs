@@ -15,10 +15,11 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::catalog;
-use crate::config::Config;
+use crate::config::{Config, Engine};
 use crate::connect::{application_name, ConnParams};
 use crate::dump::{self, ChildError, DumpKind, DumpSettings};
 use crate::locks::{self, Monitor, Session};
+use crate::native::{self, SchemaToc};
 use crate::plan::{self, ExcludeMatcher, GroupPlan, Plan};
 use crate::progress::Progress;
 use crate::report::{now_rfc3339, Attempt, GroupReport, Kind, Outcome, RunReport, Status};
@@ -120,6 +121,29 @@ struct Job {
     path: PathBuf,
     lock_wait_timeout: Duration,
     yield_after: Option<Duration>,
+    engine: Engine,
+    /// A schema job whose archive native groups cut: where it publishes the TOC.
+    toc: Option<Arc<TocSlot>>,
+}
+
+/// What the native engine knows of a database once its schema archive is taken.
+type TocResult = Result<Arc<SchemaToc>, String>;
+
+/// Where a schema job hands its archive's TOC to the native groups of its database.
+struct TocSlot {
+    /// What the schema snapshot said, recorded by the successful attempt.
+    recorded: Mutex<Option<native::Recorded>>,
+    tx: watch::Sender<Option<TocResult>>,
+}
+
+/// How the native groups of a database get its TOC.
+#[derive(Clone)]
+enum TocSource {
+    /// From the run's schema job.
+    Job(watch::Receiver<Option<TocResult>>),
+    /// From a `pg_dump --schema-only` of our own, taken by the first group that needs it
+    /// (the run takes no schema dump of that database).
+    Private(Arc<tokio::sync::OnceCell<TocResult>>),
 }
 
 /// What every job of a run shares.
@@ -135,6 +159,14 @@ struct Ctx {
     shutdown: watch::Receiver<Option<i32>>,
     count_rows: bool,
     progress: Progress,
+    native: native::Sessions,
+    tocs: std::collections::HashMap<String, TocSource>,
+    /// zlib level of native archives (-1: default).
+    compression: i32,
+    root: PathBuf,
+    run_id: String,
+    lock_wait_timeout: Duration,
+    yield_after: Option<Duration>,
 }
 
 /// Listens for SIGINT and SIGTERM (stop: no new dump starts, running ones are cancelled) and
@@ -255,6 +287,7 @@ pub async fn run(config: &Config, opts: &RunOptions) -> Result<(RunReport, PathB
     );
 
     let jobs = make_jobs(config, opts, &planned, &root, &run_id);
+    let tocs = toc_sources(&jobs);
     let ctx = Arc::new(Ctx {
         settings: DumpSettings {
             tools: tools.clone(),
@@ -276,6 +309,13 @@ pub async fn run(config: &Config, opts: &RunOptions) -> Result<(RunReport, PathB
         shutdown: shutdown.clone(),
         count_rows: config.backup.count_rows,
         progress: Progress::new(jobs.len() as u64, opts.progress),
+        native: native::Sessions::new(planned.conn.clone()),
+        tocs,
+        compression: config.backup.compress.map(i32::from).unwrap_or(-1),
+        root: root.clone(),
+        run_id: run_id.clone(),
+        lock_wait_timeout: config.backup.lock_wait_timeout,
+        yield_after: config.backup.yield_after,
     });
     let mut set = JoinSet::new();
     let total = jobs.len();
@@ -288,6 +328,18 @@ pub async fn run(config: &Config, opts: &RunOptions) -> Result<(RunReport, PathB
     // First attempts start in the order of `jobs` (largest groups first): each takes its slot
     // here, in turn, before its task exists. Retries queue for slots on their own.
     for (i, job) in jobs.into_iter().enumerate() {
+        // A native group waits for its database's schema archive before it takes a slot:
+        // the schema job may need slots for its retries.
+        if let (Engine::Native, Some(TocSource::Job(rx))) = (
+            job.engine,
+            job.database.as_ref().and_then(|d| ctx.tocs.get(d)),
+        ) {
+            let mut rx = rx.clone();
+            tokio::select! {
+                _ = rx.wait_for(Option::is_some) => {}
+                _ = stopped(shutdown.clone()) => {}
+            }
+        }
         let first = tokio::select! {
             p = ctx.permits.clone().acquire_owned() => Some(p.expect("semaphore is never closed")),
             _ = stopped(shutdown.clone()) => None,
@@ -401,10 +453,38 @@ fn make_jobs(
             path: store::globals_path(root, run_id),
             lock_wait_timeout: b.lock_wait_timeout,
             yield_after: None,
+            engine: Engine::PgDump,
+            toc: None,
         });
     }
+    let mut groups: Vec<GroupPlan> = planned
+        .plan
+        .databases
+        .iter()
+        .flat_map(|d| d.groups.iter().cloned())
+        .filter(|g| opts.groups.is_empty() || opts.groups.contains(&g.group))
+        .collect();
+    plan::by_size_desc(&mut groups);
+    let own = |g: &GroupPlan| {
+        config
+            .groups
+            .iter()
+            .find(|c| c.database == g.database && c.name == g.group)
+    };
+    let engine = |g: &GroupPlan| own(g).and_then(|c| c.engine).unwrap_or(b.engine);
+    let native_dbs: HashSet<&str> = groups
+        .iter()
+        .filter(|g| engine(g) == Engine::Native)
+        .map(|g| g.database.as_str())
+        .collect();
     if b.schema && opts.groups.is_empty() {
         for db in &planned.plan.databases {
+            let toc = native_dbs.contains(db.database.as_str()).then(|| {
+                Arc::new(TocSlot {
+                    recorded: Mutex::new(None),
+                    tx: watch::channel(None).0,
+                })
+            });
             jobs.push(Job {
                 kind: Kind::Schema,
                 database: Some(db.database.clone()),
@@ -421,22 +501,14 @@ fn make_jobs(
                 path: store::dump_path(root, &db.database, store::SCHEMA_GROUP, run_id),
                 lock_wait_timeout: b.lock_wait_timeout,
                 yield_after: b.yield_after,
+                engine: Engine::PgDump,
+                toc,
             });
         }
     }
-    let mut groups: Vec<GroupPlan> = planned
-        .plan
-        .databases
-        .iter()
-        .flat_map(|d| d.groups.iter().cloned())
-        .filter(|g| opts.groups.is_empty() || opts.groups.contains(&g.group))
-        .collect();
-    plan::by_size_desc(&mut groups);
     for g in groups {
-        let own = config
-            .groups
-            .iter()
-            .find(|c| c.database == g.database && c.name == g.group);
+        let engine = engine(&g);
+        let own = own(&g);
         jobs.push(Job {
             kind: Kind::Tables,
             path: store::dump_path(root, &g.database, &g.group, run_id),
@@ -454,9 +526,29 @@ fn make_jobs(
                 .unwrap_or(b.lock_wait_timeout),
             yield_after: own.and_then(|c| c.yield_after).unwrap_or(b.yield_after),
             group: g.group,
+            engine,
+            toc: None,
         });
     }
     jobs
+}
+
+/// Where the native groups of each database get their TOC: from the run's schema job, or
+/// from a private schema dump when the run takes none of that database.
+fn toc_sources(jobs: &[Job]) -> std::collections::HashMap<String, TocSource> {
+    let mut tocs = std::collections::HashMap::new();
+    for j in jobs {
+        if let (Some(slot), Some(db)) = (&j.toc, &j.database) {
+            tocs.insert(db.clone(), TocSource::Job(slot.tx.subscribe()));
+        }
+    }
+    for j in jobs {
+        if let (Engine::Native, Some(db)) = (j.engine, &j.database) {
+            tocs.entry(db.clone())
+                .or_insert_with(|| TocSource::Private(Arc::default()));
+        }
+    }
+    tocs
 }
 
 /// A run id (UTC `yyyymmddThhmmssZ`) later than the previous run's, waiting for the next
@@ -491,6 +583,7 @@ async fn run_job(ctx: &Ctx, job: Job, first: Option<OwnedSemaphorePermit>) -> Gr
     let started = Instant::now();
     let max_attempts = 1 + ctx.lock_retries;
     let mut first = Some(first);
+    let mut native = job.engine == Engine::Native && job.kind == Kind::Tables;
     for number in 1..=max_attempts {
         let slot = match first.take() {
             Some(given) => given,
@@ -516,7 +609,23 @@ async fn run_job(ctx: &Ctx, job: Job, first: Option<OwnedSemaphorePermit>) -> Gr
             }
         };
         let shown = ctx.progress.started(&label);
-        let (attempt, outcome) = attempt(ctx, &job, number).await;
+        let (attempt, outcome) = if native {
+            match native_attempt(ctx, &job, number).await {
+                NativeTry::Done(a, outcome) => (*a, outcome),
+                NativeTry::Fallback { why, quiet } => {
+                    native = false;
+                    if quiet {
+                        tracing::debug!("{label}: dumped with pg_dump: {why}");
+                    } else {
+                        tracing::warn!("{label}: dumped with pg_dump: {why}");
+                    }
+                    report.fallback = Some(why);
+                    attempt(ctx, &job, number).await
+                }
+            }
+        } else {
+            attempt(ctx, &job, number).await
+        };
         drop(permit);
         let retry = attempt.outcome.is_retryable() && number < max_attempts;
         ctx.progress.finished(
@@ -548,6 +657,13 @@ async fn run_job(ctx: &Ctx, job: Job, first: Option<OwnedSemaphorePermit>) -> Gr
                     }
                 );
                 report.file = Some(job.path.display().to_string());
+                if job.kind == Kind::Tables {
+                    report.engine = Some(if native {
+                        Engine::Native
+                    } else {
+                        Engine::PgDump
+                    });
+                }
                 report.bytes = Some(finished.bytes);
                 report.sha256 = Some(finished.sha256);
                 report.warnings = last.warnings.clone();
@@ -586,7 +702,246 @@ async fn run_job(ctx: &Ctx, job: Job, first: Option<OwnedSemaphorePermit>) -> Gr
     }
     report.finished_at = now_rfc3339();
     report.duration_ms = started.elapsed().as_millis() as u64;
+    if let (Some(slot), Some(db)) = (&job.toc, &job.database) {
+        let recorded = slot.recorded.lock().expect("toc slot").take();
+        let toc = if report.status == Status::Ok {
+            load_toc(job.path.clone(), recorded).await
+        } else {
+            Err(format!(
+                "the schema dump failed: {}",
+                report.error.as_deref().unwrap_or("unknown error")
+            ))
+        };
+        if let Err(e) = &toc {
+            tracing::warn!(
+                "{}: the native engine cannot use the schema archive ({e}); the groups of this database are dumped with pg_dump",
+                crate::printable(db)
+            );
+        }
+        slot.tx.send_replace(Some(toc));
+    }
     report
+}
+
+/// Reads a schema archive's TOC for the native engine.
+async fn load_toc(path: PathBuf, recorded: Option<native::Recorded>) -> TocResult {
+    let recorded =
+        recorded.ok_or_else(|| "the catalog could not be read in its snapshot".to_string())?;
+    tokio::task::spawn_blocking(move || SchemaToc::load(&path, recorded))
+        .await
+        .map_err(|e| e.to_string())?
+        .map(Arc::new)
+}
+
+/// The schema TOC of `database` for its native groups: the run's schema archive, or one
+/// taken now for the purpose (and removed once read).
+async fn schema_toc(ctx: &Ctx, database: &str) -> TocResult {
+    match ctx.tocs.get(database) {
+        None => Err("no schema archive is planned".into()),
+        Some(TocSource::Job(rx)) => {
+            let mut rx = rx.clone();
+            let result = match rx.wait_for(Option::is_some).await {
+                Ok(v) => v.clone().expect("waited for Some"),
+                Err(_) => Err("the schema dump ended without a result".into()),
+            };
+            result
+        }
+        Some(TocSource::Private(cell)) => cell
+            .get_or_init(|| private_toc(ctx, database))
+            .await
+            .clone(),
+    }
+}
+
+/// Takes a `pg_dump --schema-only` archive of `database` in a snapshot of ours, reads its TOC
+/// and removes it. Its name ends in `.ing`, so a crash leaves nothing the next run keeps.
+async fn private_toc(ctx: &Ctx, database: &str) -> TocResult {
+    let schema = store::dump_path(&ctx.root, database, store::SCHEMA_GROUP, &ctx.run_id);
+    let slot = Arc::new(TocSlot {
+        recorded: Mutex::new(None),
+        tx: watch::channel(None).0,
+    });
+    let job = Job {
+        kind: Kind::Schema,
+        database: Some(database.to_string()),
+        group: store::SCHEMA_GROUP.into(),
+        tables: Vec::new(),
+        table_oids: Vec::new(),
+        dump: DumpKind::SchemaOnly,
+        path: store::partial_path(&schema),
+        lock_wait_timeout: ctx.lock_wait_timeout,
+        yield_after: ctx.yield_after,
+        engine: Engine::PgDump,
+        toc: Some(slot.clone()),
+    };
+    let mut last = String::new();
+    for number in 1..=1 + ctx.lock_retries {
+        let (a, result) = attempt(ctx, &job, number).await;
+        match result {
+            Ok(_) => {
+                let recorded = slot.recorded.lock().expect("toc slot").take();
+                let toc = load_toc(job.path.clone(), recorded).await;
+                remove_quietly(&job.path);
+                if let Err(e) = &toc {
+                    tracing::warn!(
+                        "{}: the native engine cannot use the schema archive ({e}); the groups of this database are dumped with pg_dump",
+                        crate::printable(database)
+                    );
+                }
+                return toc;
+            }
+            Err(e) if a.outcome.is_retryable() && ctx.shutdown.borrow().is_none() => {
+                last = e;
+                tokio::time::sleep(ctx.retry_delay * number).await;
+            }
+            Err(e) => {
+                last = e;
+                break;
+            }
+        }
+    }
+    tracing::warn!(
+        "{}: no schema archive for the native engine ({last}); the groups of this database are dumped with pg_dump",
+        crate::printable(database)
+    );
+    Err(format!("the schema-only dump failed: {last}"))
+}
+
+/// The result of trying a group with the native engine.
+enum NativeTry {
+    Done(Box<Attempt>, Result<store::Finished, String>),
+    /// Dump it with pg_dump instead; `quiet` when the reason was logged for the database.
+    Fallback {
+        why: String,
+        quiet: bool,
+    },
+}
+
+/// One attempt with the native engine (see [`native`]): the same lock window, yield and
+/// retry rules as a pg_dump attempt, on a pooled session of ours.
+async fn native_attempt(ctx: &Ctx, job: &Job, number: u32) -> NativeTry {
+    let database = job.database.clone().expect("a group has a database");
+    let toc = match schema_toc(ctx, &database).await {
+        Ok(t) => t,
+        Err(why) => return NativeTry::Fallback { why, quiet: true },
+    };
+    let started = Instant::now();
+    let mut a = Attempt::new(number, now_rfc3339());
+    let finish = |mut a: Attempt, result: Result<store::Finished, String>| {
+        if let Err(e) = &result {
+            if a.outcome == Outcome::Ok {
+                a.outcome = Outcome::Failed;
+            }
+            a.error = Some(e.clone());
+        }
+        a.finished_at = now_rfc3339();
+        a.duration_ms = started.elapsed().as_millis() as u64;
+        NativeTry::Done(Box::new(a), result)
+    };
+    let partial = match store::create_partial(&job.path) {
+        Ok(p) => p,
+        Err(e) => {
+            let msg = format!(
+                "cannot create {}: {}",
+                store::partial_path(&job.path).display(),
+                io_message(&e)
+            );
+            return finish(a, Err(msg));
+        }
+    };
+    let session = match ctx.native.take(&database).await {
+        Ok(s) => s,
+        Err(text) => {
+            remove_quietly(&partial);
+            let msg = classify_failure(
+                ctx,
+                job,
+                &database,
+                &mut a,
+                &locks::Observed::default(),
+                text,
+                &partial,
+            )
+            .await;
+            return finish(a, Err(msg));
+        }
+    };
+    let mut watch = ctx.monitor.watch_pid(session.pid, job.yield_after);
+    let yield_rx = std::mem::replace(&mut watch.yield_rx, tokio::sync::oneshot::channel().1);
+    let req = native::Request {
+        group: &job.group,
+        table_oids: &job.table_oids,
+        lock_wait_timeout: job.lock_wait_timeout,
+        compression: ctx.compression,
+        out: &partial,
+    };
+    let cancelled = async {
+        tokio::select! {
+            Ok(s) = yield_rx => Ok(s),
+            sig = stopped(ctx.shutdown.clone()) => Err(sig),
+        }
+    };
+    let dumped = tokio::select! {
+        r = native::dump_group(&session, &toc, &req) => Ok(r),
+        c = cancelled => Err(c),
+    };
+    let observed = watch.finish();
+    a.lock_wait_ms = observed.lock_wait.as_millis() as u64;
+    let result = match dumped {
+        Err(cancel) => {
+            // Mid-statement or between two: ending the backend releases its locks at once.
+            ctx.monitor.terminate(session.pid).await;
+            drop(session);
+            match cancel {
+                Ok(s) => {
+                    tracing::warn!(
+                        "{}/{}: yielded to pid {}: {}",
+                        crate::printable(&database),
+                        crate::printable(&job.group),
+                        s.pid,
+                        s.query.as_deref().unwrap_or("(query not visible)")
+                    );
+                    let why = format!("yielded to a session waiting for a lock: {}", s.describe());
+                    a.yielded_to = Some(s);
+                    a.outcome = Outcome::Yielded;
+                    Err(why)
+                }
+                Err(sig) => {
+                    a.outcome = Outcome::Interrupted;
+                    Err(format!("interrupted by {}", signal_name(sig)))
+                }
+            }
+        }
+        Ok(Ok(d)) => {
+            ctx.native.give(&database, session);
+            a.snapshot = Some(d.snapshot);
+            a.lock_wait_ms = d.lock_wait.as_millis() as u64;
+            a.row_counts = Some(job.tables.iter().cloned().zip(d.row_counts).collect());
+            let (p, f) = (partial.clone(), job.path.clone());
+            match tokio::task::spawn_blocking(move || store::commit(&p, &f)).await {
+                Ok(Ok(finished)) => Ok(finished),
+                Ok(Err(e)) => Err(format!(
+                    "cannot finish {}: {}",
+                    job.path.display(),
+                    io_message(&e)
+                )),
+                Err(e) => Err(format!("cannot finish {}: {e}", job.path.display())),
+            }
+        }
+        Ok(Err(native::NativeError::Fallback(why))) => {
+            ctx.native.give(&database, session);
+            remove_quietly(&partial);
+            return NativeTry::Fallback { why, quiet: false };
+        }
+        Ok(Err(native::NativeError::Server(text) | native::NativeError::Io(text))) => {
+            ctx.native.give(&database, session);
+            Err(classify_failure(ctx, job, &database, &mut a, &observed, text, &partial).await)
+        }
+    };
+    if result.is_err() {
+        remove_quietly(&partial);
+    }
+    finish(a, result)
 }
 
 /// One attempt at a dump: write the `.ing`, watch the lock window, commit or clean up.
@@ -667,7 +1022,25 @@ async fn attempt(ctx: &Ctx, job: &Job, number: u32) -> (Attempt, Result<store::F
             snapshot: exported.as_ref().map(|e| e.id.as_str()),
             out: &partial,
         };
-        let child = dump::run_child(&ctx.settings, &req, cancel).await;
+        // For native groups, the schema snapshot's session records, while pg_dump runs, what
+        // the native engine needs to cut this archive into groups.
+        let child = match (&job.toc, &exported) {
+            (Some(slot), Some(e)) => {
+                let (child, recorded) = tokio::join!(
+                    dump::run_child(&ctx.settings, &req, cancel),
+                    native::record(e.client())
+                );
+                match recorded {
+                    Ok(r) => *slot.recorded.lock().expect("toc slot") = Some(r),
+                    Err(err) => tracing::warn!(
+                        "{}: cannot read the catalog in the schema snapshot: {err}",
+                        crate::printable(&database)
+                    ),
+                }
+                child
+            }
+            _ => dump::run_child(&ctx.settings, &req, cancel).await,
+        };
         if let Some(e) = exported {
             if let (Ok(_), DumpKind::Tables(pairs), true) = (&child, &job.dump, ctx.count_rows) {
                 // Counting takes ACCESS SHARE again: it yields to DDL like the dump did.
@@ -734,45 +1107,16 @@ async fn attempt(ctx: &Ctx, job: &Job, number: u32) -> (Attempt, Result<store::F
                 }
                 Err(why)
             }
-            Err(e) => {
-                let text = e.to_string();
-                if locks::is_lock_failure(&text) {
-                    a.outcome = Outcome::LockTimeout;
-                    a.blockers = if observed.blockers.is_empty() {
-                        ctx.monitor
-                            .conflicting_sessions(&database, &job.table_oids)
-                            .await
-                    } else {
-                        observed.blockers.clone()
-                    };
-                    let who = if a.blockers.is_empty() {
-                        "no blocking session was seen".to_string()
-                    } else {
-                        format!(
-                            "blocked by {}",
-                            a.blockers
-                                .iter()
-                                .map(Session::describe)
-                                .collect::<Vec<_>>()
-                                .join("; ")
-                        )
-                    };
-                    Err(format!(
-                        "could not lock the tables within {} ({who}): {text}",
-                        humantime::format_duration(job.lock_wait_timeout)
-                    ))
-                } else if locks::is_connection_failure(&text) {
-                    a.outcome = Outcome::ConnectionLost;
-                    Err(text)
-                } else if text.contains("No space left on device") {
-                    Err(format!(
-                        "disk full: could not write {} (No space left on device): {text}",
-                        partial.display()
-                    ))
-                } else {
-                    Err(text)
-                }
-            }
+            Err(e) => Err(classify_failure(
+                ctx,
+                job,
+                &database,
+                &mut a,
+                &observed,
+                e.to_string(),
+                &partial,
+            )
+            .await),
         };
         if outcome.is_err() {
             remove_quietly(&partial);
@@ -789,6 +1133,55 @@ async fn attempt(ctx: &Ctx, job: &Job, number: u32) -> (Attempt, Result<store::F
     a.finished_at = now_rfc3339();
     a.duration_ms = started.elapsed().as_millis() as u64;
     (a, result)
+}
+
+/// Turns a failed dump's error text into the attempt's outcome and the message reported: a
+/// lock timeout names the sessions in the way.
+async fn classify_failure(
+    ctx: &Ctx,
+    job: &Job,
+    database: &str,
+    a: &mut Attempt,
+    observed: &locks::Observed,
+    text: String,
+    partial: &Path,
+) -> String {
+    if locks::is_lock_failure(&text) {
+        a.outcome = Outcome::LockTimeout;
+        a.blockers = if observed.blockers.is_empty() {
+            ctx.monitor
+                .conflicting_sessions(database, &job.table_oids)
+                .await
+        } else {
+            observed.blockers.clone()
+        };
+        let who = if a.blockers.is_empty() {
+            "no blocking session was seen".to_string()
+        } else {
+            format!(
+                "blocked by {}",
+                a.blockers
+                    .iter()
+                    .map(Session::describe)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        };
+        format!(
+            "could not lock the tables within {} ({who}): {text}",
+            humantime::format_duration(job.lock_wait_timeout)
+        )
+    } else if locks::is_connection_failure(&text) {
+        a.outcome = Outcome::ConnectionLost;
+        text
+    } else if text.contains("No space left on device") {
+        format!(
+            "disk full: could not write {} (No space left on device): {text}",
+            partial.display()
+        )
+    } else {
+        text
+    }
 }
 
 fn absolute(p: &Path) -> String {

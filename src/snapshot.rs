@@ -43,6 +43,13 @@ pub struct Snapshots {
     idle: Arc<Mutex<HashMap<String, Vec<Client>>>>,
 }
 
+impl Exported {
+    /// The exporting session, inside the snapshot's transaction.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+}
+
 impl Snapshots {
     pub fn new(conn: ConnParams) -> Self {
         Snapshots {

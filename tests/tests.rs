@@ -18,6 +18,8 @@ mod faults;
 mod locks;
 #[path = "it/names.rs"]
 mod names;
+#[path = "it/native.rs"]
+mod native;
 #[path = "it/ops.rs"]
 mod ops;
 #[path = "it/plan.rs"]

@@ -60,6 +60,9 @@ pub struct DatabaseCatalog {
     pub tables: Vec<Table>,
     pub schemas: Vec<String>,
     pub foreign_keys: Vec<ForeignKey>,
+    /// Schemas holding data that only the schema archive carries: a materialized view, or a
+    /// sequence no table owns.
+    pub schemas_with_own_data: std::collections::BTreeSet<String>,
 }
 
 impl DatabaseCatalog {
@@ -195,10 +198,31 @@ pub async fn read_database(
         })
         .collect();
 
+    let own_data_sql = format!(
+        "SELECT DISTINCT n.nspname::text
+           FROM pg_catalog.pg_class c
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+          WHERE {SYSTEM_SCHEMA_FILTER}
+            AND (c.relkind = 'm'
+                 OR (c.relkind = 'S' AND NOT EXISTS (
+                        SELECT 1 FROM pg_catalog.pg_depend d
+                         WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid
+                           AND d.refclassid = 'pg_catalog.pg_class'::regclass
+                           AND d.deptype IN ('a', 'i'))))"
+    );
+    let schemas_with_own_data = client
+        .query(&own_data_sql, &[])
+        .await
+        .map_err(&e)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+
     Ok(DatabaseCatalog {
         database: database.to_string(),
         tables,
         schemas,
         foreign_keys: fks,
+        schemas_with_own_data,
     })
 }

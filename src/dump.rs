@@ -171,7 +171,7 @@ pub enum DumpKind {
     /// `pg_dump -Fc` of a whole database without the data of these (schema, table) pairs —
     /// every table of the database: the DDL of everything, plus the values of sequences and
     /// the contents of materialized views, which no group's dump carries.
-    Schema { exclude_data: Vec<(String, String)> },
+    Schema { exclude_data: Vec<String> },
     /// `pg_dump -Fc --schema-only` of a whole database: the TOC the native engine needs when
     /// the run takes no schema dump of its own.
     SchemaOnly,
@@ -268,9 +268,9 @@ pub fn command_args(
             } else if let DumpKind::SchemaOnly = kind {
                 args.push("--schema-only".into());
             } else if let DumpKind::Schema { exclude_data } = kind {
-                for (s, t) in exclude_data {
+                for pattern in exclude_data {
                     args.push("--exclude-table-data".into());
-                    args.push(exact_table_pattern(s, t).into());
+                    args.push(pattern.into());
                 }
             }
             settings.tools.pg_dump.clone()

@@ -444,7 +444,7 @@ impl Sessions {
                 "SET DateStyle = ISO; SET IntervalStyle = postgres; SET extra_float_digits = 3;
                  SET synchronize_seqscans = off; SET statement_timeout = 0;
                  SET lock_timeout = 0; SET idle_in_transaction_session_timeout = 0;
-                 SET row_security = off;
+                 SET row_security = off; SET plan_cache_mode = force_generic_plan;
                  SELECT pg_catalog.set_config('search_path', '', false)",
             )
             .await

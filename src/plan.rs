@@ -32,6 +32,32 @@ pub struct DatabasePlan {
     /// Every table of the database as (schema, table), grouped or not.
     #[serde(skip)]
     pub all_tables: Vec<(String, String)>,
+    /// See [`DatabaseCatalog::schemas_with_own_data`].
+    #[serde(skip)]
+    pub schemas_with_own_data: std::collections::BTreeSet<String>,
+}
+
+impl DatabasePlan {
+    /// `pg_dump --exclude-table-data` patterns that leave every table's data out of the
+    /// schema archive. A schema whose only data is its tables' (its sequences all belong to
+    /// tables, no materialized view) is one `"schema".*` pattern — pg_dump runs a catalog
+    /// query per pattern, so one per table costs seconds with thousands of tables; the values
+    /// of sequences owned by tables come with those tables' groups. Other schemas' tables are
+    /// named one by one, so their sequences' values and views' contents stay in the archive.
+    pub fn schema_data_exclusions(&self) -> Vec<String> {
+        let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+        let mut whole: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
+        let mut patterns = Vec::new();
+        for (schema, table) in &self.all_tables {
+            if self.schemas_with_own_data.contains(schema) {
+                patterns.push(format!("{}.{}", quote(schema), quote(table)));
+            } else {
+                whole.insert(schema);
+            }
+        }
+        patterns.extend(whole.into_iter().map(|s| format!("{}.*", quote(s))));
+        patterns
+    }
 }
 
 /// Where a group comes from.
@@ -377,6 +403,7 @@ pub fn resolve_database(
             .iter()
             .map(|t| (t.schema.clone(), t.name.clone()))
             .collect(),
+        schemas_with_own_data: catalog.schemas_with_own_data.clone(),
     })
 }
 
@@ -599,7 +626,19 @@ mod tests {
                 table: 2,
                 references: 1,
             }],
+            schemas_with_own_data: ["audit".to_string()].into(),
         }
+    }
+
+    #[test]
+    fn schema_archive_leaves_out_every_table_s_data_with_few_patterns() {
+        let (p, _) = resolve("").unwrap();
+        // public has no data of its own: one pattern; audit has (a standalone sequence, say):
+        // its tables one by one, so the rest of its data stays.
+        assert_eq!(
+            p.schema_data_exclusions(),
+            ["\"audit\".\"log\"", "\"public\".*"]
+        );
     }
 
     fn resolve(extra: &str) -> Result<(DatabasePlan, Vec<String>), ConfigError> {

@@ -496,7 +496,7 @@ fn make_jobs(
                     .flat_map(|g| g.tables.iter().map(|t| t.oid))
                     .collect(),
                 dump: DumpKind::Schema {
-                    exclude_data: db.all_tables.clone(),
+                    exclude_data: db.schema_data_exclusions(),
                 },
                 path: store::dump_path(root, &db.database, store::SCHEMA_GROUP, run_id),
                 lock_wait_timeout: b.lock_wait_timeout,
@@ -592,8 +592,8 @@ async fn run_job(ctx: &Ctx, job: Job, first: Option<OwnedSemaphorePermit>) -> Gr
                 _ = stopped(ctx.shutdown.clone()) => None,
             },
         };
-        let permit = match slot {
-            Some(p) if ctx.shutdown.borrow().is_none() => p,
+        let mut permit = match slot {
+            Some(p) if ctx.shutdown.borrow().is_none() => Some(p),
             _ => {
                 let sig = stopped(ctx.shutdown.clone()).await;
                 let mut a = Attempt::new(number, now_rfc3339());
@@ -610,7 +610,7 @@ async fn run_job(ctx: &Ctx, job: Job, first: Option<OwnedSemaphorePermit>) -> Gr
         };
         let shown = ctx.progress.started(&label);
         let (attempt, outcome) = if native {
-            match native_attempt(ctx, &job, number).await {
+            match native_attempt(ctx, &job, number, &mut permit).await {
                 NativeTry::Done(a, outcome) => (*a, outcome),
                 NativeTry::Fallback { why, quiet } => {
                     native = false;
@@ -819,7 +819,15 @@ enum NativeTry {
 
 /// One attempt with the native engine (see [`native`]): the same lock window, yield and
 /// retry rules as a pg_dump attempt, on a pooled session of ours.
-async fn native_attempt(ctx: &Ctx, job: &Job, number: u32) -> NativeTry {
+///
+/// The slot (`permit`) is given back as soon as the database work is done: fsyncing the file
+/// need not keep the next group waiting.
+async fn native_attempt(
+    ctx: &Ctx,
+    job: &Job,
+    number: u32,
+    permit: &mut Option<OwnedSemaphorePermit>,
+) -> NativeTry {
     let database = job.database.clone().expect("a group has a database");
     let toc = match schema_toc(ctx, &database).await {
         Ok(t) => t,
@@ -914,6 +922,7 @@ async fn native_attempt(ctx: &Ctx, job: &Job, number: u32) -> NativeTry {
         }
         Ok(Ok(d)) => {
             ctx.native.give(&database, session);
+            drop(permit.take());
             a.snapshot = Some(d.snapshot);
             a.lock_wait_ms = d.lock_wait.as_millis() as u64;
             a.row_counts = Some(job.tables.iter().cloned().zip(d.row_counts).collect());

@@ -34,6 +34,7 @@ use tokio_postgres::Client;
 use crate::archive::{self, ArchiveWriter, DataState, Entry, Toc};
 use crate::connect::{application_name, ConnParams};
 use crate::snapshot::SnapshotInfo;
+use crate::store;
 
 /// A table's definition, as far as its archive entries go: columns, constraints, indexes,
 /// triggers, rules, policies, defaults, owned sequences, comments, grants, options. Two equal
@@ -495,8 +496,10 @@ pub struct Dumped {
     pub snapshot: SnapshotInfo,
     /// Time the LOCK statement took.
     pub lock_wait: Duration,
-    /// Rows per table (schema.table display name order of the request).
+    /// Rows per table, in the order of the request's tables.
     pub row_counts: Vec<i64>,
+    /// The file, being completed: await it after giving the session back.
+    pub file: Pending,
 }
 
 /// One group's dump request.
@@ -506,7 +509,10 @@ pub struct Request<'a> {
     pub lock_wait_timeout: Duration,
     /// zlib level; -1 for the default, 0 for none.
     pub compression: i32,
+    /// The `.ing` file to write.
     pub out: &'a Path,
+    /// Its name once complete.
+    pub final_path: &'a Path,
 }
 
 /// Dumps a group on `session`. On error the session's transaction is rolled back when
@@ -546,22 +552,23 @@ async fn dump_in_transaction(
         .map(|(_, _, s, t, _)| format!("ONLY {}", qualified_always(s, t)))
         .collect::<Vec<_>>()
         .join(", ");
-    let locking = Instant::now();
-    c.batch_execute(&format!(
+    // LOCK, then the query that takes the snapshot, sent together: the server runs them in
+    // order, so the snapshot still comes after every lock.
+    let lock_sql = format!(
         "SET application_name = {}; BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;
          SET LOCAL lock_timeout = '{}ms'; LOCK TABLE {lock_list} IN ACCESS SHARE MODE",
         literal(&application_name(req.group)),
         req.lock_wait_timeout.as_millis().max(1)
-    ))
-    .await
-    .map_err(server)?;
-    let lock_wait = locking.elapsed();
-
-    // The first statement that takes the snapshot: every lock is already held.
-    let rows = c
-        .query(&session.group_query, &[&req.table_oids])
-        .await
-        .map_err(server)?;
+    );
+    let locking = async {
+        let started = Instant::now();
+        let r = c.batch_execute(&lock_sql).await;
+        (r, started.elapsed())
+    };
+    let oids: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&req.table_oids];
+    let ((locked, lock_wait), rows) = tokio::join!(locking, c.query(&session.group_query, &oids));
+    locked.map_err(server)?;
+    let rows = rows.map_err(server)?;
     let Some(first) = rows.first() else {
         return Err(NativeError::Fallback(
             "the group's tables were dropped after the schema archive was taken".into(),
@@ -690,52 +697,42 @@ async fn dump_in_transaction(
     let mut header = toc.toc.header.clone();
     header.compression = req.compression;
     header.created = created_now();
-    let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(8);
-    let out = req.out.to_path_buf();
-    let writer = tokio::task::spawn_blocking(move || write_archive(&out, header, entries, rx));
-
-    let copied = async {
-        let mut counts = HashMap::new();
-        for (oid, dump_id, sql) in &copies {
-            if tx.send(Chunk::Begin(*dump_id)).await.is_err() {
-                return Ok(counts);
+    let mut out = Output {
+        target: Some(Target {
+            partial: req.out.to_path_buf(),
+            final_path: req.final_path.to_path_buf(),
+            header,
+            entries,
+        }),
+        spool: Vec::new(),
+        spooled: 0,
+        stream: None,
+    };
+    let mut counts = HashMap::new();
+    for (oid, dump_id, sql) in &copies {
+        out.put(Chunk::Begin(*dump_id)).await;
+        let stream = c.copy_out(sql.as_str()).await.map_err(server)?;
+        pin_mut!(stream);
+        let mut rows = 0i64;
+        // The server sends a message per row: hand them on in batches.
+        let mut batch = bytes::BytesMut::with_capacity(BATCH);
+        while let Some(bytes) = stream.next().await {
+            let bytes = bytes.map_err(server)?;
+            rows += bytes.iter().filter(|b| **b == b'\n').count() as i64;
+            batch.extend_from_slice(&bytes);
+            if batch.len() >= BATCH {
+                out.put(Chunk::Data(batch.split().freeze())).await;
             }
-            let stream = c.copy_out(sql.as_str()).await.map_err(server)?;
-            pin_mut!(stream);
-            let mut rows = 0i64;
-            // The server sends a message per row: hand them on in batches.
-            let mut batch = bytes::BytesMut::with_capacity(BATCH);
-            while let Some(bytes) = stream.next().await {
-                let bytes = bytes.map_err(server)?;
-                rows += bytes.iter().filter(|b| **b == b'\n').count() as i64;
-                batch.extend_from_slice(&bytes);
-                if batch.len() >= BATCH {
-                    let full = batch.split().freeze();
-                    if tx.send(Chunk::Data(full)).await.is_err() {
-                        return Ok(counts);
-                    }
-                }
-            }
-            if !batch.is_empty() && tx.send(Chunk::Data(batch.freeze())).await.is_err() {
-                return Ok(counts);
-            }
-            // pg_dump ends each table's data so, and a `pg_restore -f` script needs it.
-            let end = bytes::Bytes::from_static(archive::COPY_END);
-            if tx.send(Chunk::Data(end)).await.is_err() || tx.send(Chunk::End).await.is_err() {
-                return Ok(counts);
-            }
-            counts.insert(*oid, rows);
         }
-        let _ = tx.send(Chunk::Finish).await;
-        Ok::<_, NativeError>(counts)
+        if !batch.is_empty() {
+            out.put(Chunk::Data(batch.freeze())).await;
+        }
+        // pg_dump ends each table's data so, and a `pg_restore -f` script needs it.
+        out.put(Chunk::Data(bytes::Bytes::from_static(archive::COPY_END)))
+            .await;
+        out.put(Chunk::End).await;
+        counts.insert(*oid, rows);
     }
-    .await;
-    drop(tx);
-    let written = writer
-        .await
-        .map_err(|e| NativeError::Io(format!("the archive writer failed: {e}")))?;
-    let counts = copied?;
-    written.map_err(NativeError::Io)?;
     Ok(Dumped {
         snapshot,
         lock_wait,
@@ -744,11 +741,16 @@ async fn dump_in_transaction(
             .iter()
             .map(|o| counts.get(o).copied().unwrap_or(0))
             .collect(),
+        file: out.finish().await,
     })
 }
 
 /// Bytes of COPY data handed to the writer at a time.
 const BATCH: usize = 64 * 1024;
+
+/// A group whose data fits in this much memory is written in one go after its transaction;
+/// a larger one streams to a writer thread as it is copied.
+const SPOOL: usize = 4 * 1024 * 1024;
 
 enum Chunk {
     Begin(i32),
@@ -757,23 +759,96 @@ enum Chunk {
     Finish,
 }
 
-/// Writes the archive from the chunks the COPYs send; runs on a blocking thread.
-fn write_archive(
-    path: &Path,
+/// The archive file being made.
+struct Target {
+    partial: std::path::PathBuf,
+    final_path: std::path::PathBuf,
     header: archive::Header,
     entries: Vec<Entry>,
-    mut rx: tokio::sync::mpsc::Receiver<Chunk>,
-) -> Result<(), String> {
+}
+
+/// Where a group's COPY data goes: memory while it is small (one blocking task writes and
+/// commits the file at the end: small groups cost no thread hand-off per chunk), a writer
+/// thread once it is not (memory stays bounded whatever the table size).
+struct Output {
+    target: Option<Target>,
+    spool: Vec<Chunk>,
+    spooled: usize,
+    stream: Option<(tokio::sync::mpsc::Sender<Chunk>, Pending)>,
+}
+
+impl Output {
+    async fn put(&mut self, chunk: Chunk) {
+        if let Some((tx, _)) = &self.stream {
+            // A writer that has gone has failed: its error is reported at the end.
+            let _ = tx.send(chunk).await;
+            return;
+        }
+        if let Chunk::Data(b) = &chunk {
+            self.spooled += b.len();
+        }
+        self.spool.push(chunk);
+        if self.spooled > SPOOL {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(8);
+            let target = self.target.take().expect("one writer");
+            let writer =
+                tokio::task::spawn_blocking(move || write_archive(target, Source::Channel(rx)));
+            for c in self.spool.drain(..) {
+                let _ = tx.send(c).await;
+            }
+            self.stream = Some((tx, writer));
+        }
+    }
+
+    /// Hands the rest to a blocking task that completes and commits the file.
+    async fn finish(mut self) -> Pending {
+        match self.stream.take() {
+            Some((tx, writer)) => {
+                let _ = tx.send(Chunk::Finish).await;
+                writer
+            }
+            None => {
+                let target = self.target.take().expect("one writer");
+                let spool = std::mem::take(&mut self.spool);
+                tokio::task::spawn_blocking(move || {
+                    write_archive(target, Source::Spool(spool.into_iter()))
+                })
+            }
+        }
+    }
+}
+
+/// A group's archive being completed on a blocking thread: written, fsynced, renamed.
+pub type Pending = tokio::task::JoinHandle<Result<store::Finished, String>>;
+
+enum Source {
+    Spool(std::vec::IntoIter<Chunk>),
+    Channel(tokio::sync::mpsc::Receiver<Chunk>),
+}
+
+impl Source {
+    fn next(&mut self) -> Option<Chunk> {
+        match self {
+            Source::Spool(it) => Some(it.next().unwrap_or(Chunk::Finish)),
+            Source::Channel(rx) => rx.blocking_recv(),
+        }
+    }
+}
+
+/// Writes the archive from the COPY data, then commits it (fsync, rename, directory fsync).
+/// Runs on a blocking thread.
+fn write_archive(t: Target, mut source: Source) -> Result<store::Finished, String> {
+    let path = &t.partial;
     let io = |e: archive::ArchiveError| format!("cannot write {}: {e}", path.display());
     let file = std::fs::OpenOptions::new()
         .write(true)
         .truncate(true)
         .open(path)
         .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    let mut w =
-        ArchiveWriter::new(BufWriter::with_capacity(1 << 16, file), header, entries).map_err(io)?;
+    let mut w = ArchiveWriter::new(BufWriter::with_capacity(1 << 16, file), t.header, t.entries)
+        .map_err(io)?;
     loop {
-        match rx.blocking_recv() {
+        match source.next() {
             Some(Chunk::Begin(id)) => w.begin_data(id).map_err(io)?,
             Some(Chunk::Data(b)) => w.write_data(&b).map_err(io)?,
             Some(Chunk::End) => {
@@ -787,7 +862,17 @@ fn write_archive(
     let out = w.finish().map_err(io)?;
     out.into_inner()
         .map_err(|e| format!("cannot write {}: {}", path.display(), e.error()))?;
-    Ok(())
+    store::commit(path, &t.final_path).map_err(|e| {
+        format!(
+            "cannot finish {}: {}",
+            t.final_path.display(),
+            if e.raw_os_error() == Some(libc::ENOSPC) {
+                format!("disk full ({e})")
+            } else {
+                e.to_string()
+            }
+        )
+    })
 }
 
 /// The creation time as pg_dump records it (local time, `struct tm` fields).

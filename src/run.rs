@@ -882,6 +882,7 @@ async fn native_attempt(
         lock_wait_timeout: job.lock_wait_timeout,
         compression: ctx.compression,
         out: &partial,
+        final_path: &job.path,
     };
     let cancelled = async {
         tokio::select! {
@@ -926,14 +927,8 @@ async fn native_attempt(
             a.snapshot = Some(d.snapshot);
             a.lock_wait_ms = d.lock_wait.as_millis() as u64;
             a.row_counts = Some(job.tables.iter().cloned().zip(d.row_counts).collect());
-            let (p, f) = (partial.clone(), job.path.clone());
-            match tokio::task::spawn_blocking(move || store::commit(&p, &f)).await {
-                Ok(Ok(finished)) => Ok(finished),
-                Ok(Err(e)) => Err(format!(
-                    "cannot finish {}: {}",
-                    job.path.display(),
-                    io_message(&e)
-                )),
+            match d.file.await {
+                Ok(finished) => finished,
                 Err(e) => Err(format!("cannot finish {}: {e}", job.path.display())),
             }
         }

@@ -756,7 +756,8 @@ async fn schema_toc(ctx: &Ctx, database: &str) -> TocResult {
 /// Takes a `pg_dump --schema-only` archive of `database` in a snapshot of ours, reads its TOC
 /// and removes it. Its name ends in `.ing`, so a crash leaves nothing the next run keeps.
 async fn private_toc(ctx: &Ctx, database: &str) -> TocResult {
-    let schema = store::dump_path(&ctx.root, database, store::SCHEMA_GROUP, &ctx.run_id);
+    // In the backup directory itself: no directory appears for a dump the run does not keep.
+    let schema = store::schema_toc_path(&ctx.root, database, &ctx.run_id);
     let slot = Arc::new(TocSlot {
         recorded: Mutex::new(None),
         tx: watch::channel(None).0,
@@ -768,7 +769,7 @@ async fn private_toc(ctx: &Ctx, database: &str) -> TocResult {
         tables: Vec::new(),
         table_oids: Vec::new(),
         dump: DumpKind::SchemaOnly,
-        path: store::partial_path(&schema),
+        path: schema,
         lock_wait_timeout: ctx.lock_wait_timeout,
         yield_after: ctx.yield_after,
         engine: Engine::PgDump,
@@ -928,7 +929,11 @@ async fn native_attempt(
             a.lock_wait_ms = d.lock_wait.as_millis() as u64;
             a.row_counts = Some(job.tables.iter().cloned().zip(d.row_counts).collect());
             match d.file.await {
-                Ok(finished) => finished,
+                Ok(Ok(finished)) => Ok(finished),
+                Ok(Err(text)) => Err(classify_failure(
+                    ctx, job, &database, &mut a, &observed, text, &partial,
+                )
+                .await),
                 Err(e) => Err(format!("cannot finish {}: {e}", job.path.display())),
             }
         }

@@ -197,9 +197,22 @@ pub fn create_dir_all(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Where a run that takes no schema dump of `database` puts the `--schema-only` archive the
+/// native engine reads (and removes). In the backup directory itself, so no directory appears
+/// for a dump the run does not keep.
+pub fn schema_toc_path(root: &Path, database: &str, run_id: &str) -> PathBuf {
+    root.join(format!(
+        "{}{SCHEMA_TOC}{run_id}.dump",
+        encode_component(database)
+    ))
+}
+
+const SCHEMA_TOC: &str = ".schema-toc.";
+
 /// Removes the `.ing` files a crashed or killed run left under `root`. Only regular files
 /// whose name is one of ours plus `.ing` are touched; symlinks are never followed. The caller
-/// holds the run lock, so no run is writing them.
+/// holds the run lock, so no run is writing them. A native run's private schema archive
+/// ([`schema_toc_path`]) left behind is removed too.
 pub fn sweep_partials(root: &Path) -> Vec<PathBuf> {
     let mut removed = Vec::new();
     for entry in walkdir::WalkDir::new(root)
@@ -212,6 +225,16 @@ pub fn sweep_partials(root: &Path) -> Vec<PathBuf> {
             continue;
         }
         let name = entry.file_name().to_string_lossy();
+        // A native run's private schema archive, left by a crash before it was read.
+        let toc = entry.depth() == 1
+            && name
+                .strip_suffix(".dump")
+                .and_then(|s| s.rsplit_once(SCHEMA_TOC))
+                .is_some_and(|(_, id)| is_run_id(id));
+        if toc && fs::remove_file(entry.path()).is_ok() {
+            removed.push(entry.path().to_path_buf());
+            continue;
+        }
         let Some(stem) = name.strip_suffix(PARTIAL_SUFFIX) else {
             continue;
         };

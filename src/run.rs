@@ -627,6 +627,13 @@ async fn run_job(ctx: &Ctx, job: Job, first: Option<OwnedSemaphorePermit>) -> Gr
             attempt(ctx, &job, number).await
         };
         drop(permit);
+        if job.kind == Kind::Tables {
+            report.engine = Some(if native {
+                Engine::Native
+            } else {
+                Engine::PgDump
+            });
+        }
         let retry = attempt.outcome.is_retryable() && number < max_attempts;
         ctx.progress.finished(
             shown,
@@ -657,13 +664,6 @@ async fn run_job(ctx: &Ctx, job: Job, first: Option<OwnedSemaphorePermit>) -> Gr
                     }
                 );
                 report.file = Some(job.path.display().to_string());
-                if job.kind == Kind::Tables {
-                    report.engine = Some(if native {
-                        Engine::Native
-                    } else {
-                        Engine::PgDump
-                    });
-                }
                 report.bytes = Some(finished.bytes);
                 report.sha256 = Some(finished.sha256);
                 report.warnings = last.warnings.clone();

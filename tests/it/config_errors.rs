@@ -244,3 +244,21 @@ fn usage_error_exits_2() {
     env.run(&["frobnicate"]).expect_code(2);
     assert!(env.files().is_empty(), "{:?}", env.files());
 }
+
+#[test]
+fn config_unknown_engine() {
+    let db = with_table("cfg_engine");
+    let env = Env::new();
+    env.config_for(&db)
+        .backup("engine", &ts("fast"))
+        .write(&env);
+    expect_config_error(&env, &["backup.engine", "\"fast\"", "pg_dump", "native"]);
+    env.config_for(&db)
+        .extra(&group(
+            &db,
+            "g",
+            "tables = [\"public.t\"]\nengine = \"pgdump\"",
+        ))
+        .write(&env);
+    expect_config_error(&env, &["group[0].engine", "\"pgdump\""]);
+}

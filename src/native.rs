@@ -408,13 +408,17 @@ const GROUP_QUERY: &str = "SELECT c.oid, c.relkind::text,
 pub struct Sessions {
     conn: ConnParams,
     idle: Arc<Mutex<HashMap<String, Vec<NativeSession>>>>,
+    /// Most idle sessions kept, all databases together (a run over many databases must not
+    /// hold `jobs` connections to each of them).
+    max_idle: usize,
 }
 
 impl Sessions {
-    pub fn new(conn: ConnParams) -> Self {
+    pub fn new(conn: ConnParams, max_idle: usize) -> Self {
         Sessions {
             conn,
             idle: Arc::default(),
+            max_idle: max_idle.max(1),
         }
     }
 
@@ -466,15 +470,27 @@ impl Sessions {
         })
     }
 
-    /// Returns a session whose transaction has ended.
+    /// Returns a session whose transaction has ended. Beyond `max_idle` idle sessions, those
+    /// of other databases are closed first.
     pub fn give(&self, database: &str, s: NativeSession) {
-        if !s.client.is_closed() {
-            self.idle
-                .lock()
-                .expect("session pool")
-                .entry(database.to_string())
-                .or_default()
-                .push(s);
+        if s.client.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().expect("session pool");
+        idle.entry(database.to_string()).or_default().push(s);
+        let mut total: usize = idle.values().map(Vec::len).sum();
+        while total > self.max_idle {
+            let victim = idle
+                .iter()
+                .filter(|(db, v)| db.as_str() != database && !v.is_empty())
+                .map(|(db, _)| db.clone())
+                .next()
+                .unwrap_or_else(|| database.to_string());
+            if let Some(v) = idle.get_mut(&victim) {
+                v.remove(0);
+            }
+            idle.retain(|_, v| !v.is_empty());
+            total -= 1;
         }
     }
 }

@@ -309,7 +309,10 @@ pub async fn run(config: &Config, opts: &RunOptions) -> Result<(RunReport, PathB
         shutdown: shutdown.clone(),
         count_rows: config.backup.count_rows,
         progress: Progress::new(jobs.len() as u64, opts.progress),
-        native: native::Sessions::new(planned.conn.clone()),
+        native: native::Sessions::new(
+            planned.conn.clone(),
+            opts.jobs.unwrap_or(config.backup.jobs),
+        ),
         tocs,
         compression: config.backup.compress.map(i32::from).unwrap_or(-1),
         root: root.clone(),

@@ -840,14 +840,7 @@ async fn native_attempt(
     let started = Instant::now();
     let mut a = Attempt::new(number, now_rfc3339());
     let finish = |mut a: Attempt, result: Result<store::Finished, String>| {
-        if let Err(e) = &result {
-            if a.outcome == Outcome::Ok {
-                a.outcome = Outcome::Failed;
-            }
-            a.error = Some(e.clone());
-        }
-        a.finished_at = now_rfc3339();
-        a.duration_ms = started.elapsed().as_millis() as u64;
+        close_attempt(&mut a, &result, started);
         NativeTry::Done(Box::new(a), result)
     };
     let partial = match store::create_partial(&job.path) {
@@ -1136,7 +1129,14 @@ async fn attempt(ctx: &Ctx, job: &Job, number: u32) -> (Attempt, Result<store::F
         outcome
     }
     .await;
-    if let Err(e) = &result {
+    close_attempt(&mut a, &result, started);
+    (a, result)
+}
+
+/// Records an attempt's end: its error (an error with no more specific outcome is `failed`),
+/// when it finished and how long it took.
+fn close_attempt(a: &mut Attempt, result: &Result<store::Finished, String>, started: Instant) {
+    if let Err(e) = result {
         if a.outcome == Outcome::Ok {
             a.outcome = Outcome::Failed;
         }
@@ -1144,7 +1144,6 @@ async fn attempt(ctx: &Ctx, job: &Job, number: u32) -> (Attempt, Result<store::F
     }
     a.finished_at = now_rfc3339();
     a.duration_ms = started.elapsed().as_millis() as u64;
-    (a, result)
 }
 
 /// Turns a failed dump's error text into the attempt's outcome and the message reported: a

@@ -715,15 +715,20 @@ async fn run_job(ctx: &Ctx, job: Job, first: Option<OwnedSemaphorePermit>) -> Gr
                 report.error.as_deref().unwrap_or("unknown error")
             ))
         };
-        if let Err(e) = &toc {
-            tracing::warn!(
-                "{}: the native engine cannot use the schema archive ({e}); the groups of this database are dumped with pg_dump",
-                crate::printable(db)
-            );
-        }
+        warn_if_unusable(db, &toc);
         slot.tx.send_replace(Some(toc));
     }
     report
+}
+
+/// The one log line for a database whose groups the native engine cannot dump.
+fn warn_if_unusable(database: &str, toc: &TocResult) {
+    if let Err(e) = toc {
+        tracing::warn!(
+            "{}: the native engine cannot use the schema archive ({e}); the groups of this database are dumped with pg_dump",
+            crate::printable(database)
+        );
+    }
 }
 
 /// Reads a schema archive's TOC for the native engine.
@@ -786,12 +791,7 @@ async fn private_toc(ctx: &Ctx, database: &str) -> TocResult {
                 let recorded = slot.recorded.lock().expect("toc slot").take();
                 let toc = load_toc(job.path.clone(), recorded).await;
                 remove_quietly(&job.path);
-                if let Err(e) = &toc {
-                    tracing::warn!(
-                        "{}: the native engine cannot use the schema archive ({e}); the groups of this database are dumped with pg_dump",
-                        crate::printable(database)
-                    );
-                }
+                warn_if_unusable(database, &toc);
                 return toc;
             }
             Err(e) if a.outcome.is_retryable() && ctx.shutdown.borrow().is_none() => {

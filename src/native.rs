@@ -507,15 +507,14 @@ pub enum NativeError {
 }
 
 /// What a native dump produced.
-#[derive(Debug)]
 pub struct Dumped {
     pub snapshot: SnapshotInfo,
     /// Time the LOCK statement took.
     pub lock_wait: Duration,
     /// Rows per table, in the order of the request's tables.
     pub row_counts: Vec<i64>,
-    /// The file, being completed: await it after giving the session back.
-    pub file: Pending,
+    /// The file, to be completed ([`Output::complete`]) once the session is given back.
+    pub file: Output,
 }
 
 /// One group's dump request.
@@ -757,7 +756,7 @@ async fn dump_in_transaction(
             .iter()
             .map(|o| counts.get(o).copied().unwrap_or(0))
             .collect(),
-        file: out.finish().await,
+        file: out,
     })
 }
 
@@ -786,7 +785,7 @@ struct Target {
 /// Where a group's COPY data goes: memory while it is small (one blocking task writes and
 /// commits the file at the end: small groups cost no thread hand-off per chunk), a writer
 /// thread once it is not (memory stays bounded whatever the table size).
-struct Output {
+pub struct Output {
     target: Option<Target>,
     spool: Vec<Chunk>,
     spooled: usize,
@@ -816,26 +815,37 @@ impl Output {
         }
     }
 
-    /// Hands the rest to a blocking task that completes and commits the file.
-    async fn finish(mut self) -> Pending {
-        match self.stream.take() {
+    /// Completes and commits the file on a blocking thread. A spooled file waits for one of
+    /// `slots` first: files are written and fsynced several at a time, not one per group at
+    /// once (each writing thread costs memory).
+    pub async fn complete(
+        mut self,
+        slots: &Arc<tokio::sync::Semaphore>,
+    ) -> Result<store::Finished, String> {
+        let pending = match self.stream.take() {
             Some((tx, writer)) => {
                 let _ = tx.send(Chunk::Finish).await;
                 writer
             }
             None => {
+                let slot = slots.clone().acquire_owned().await.expect("never closed");
                 let target = self.target.take().expect("one writer");
                 let spool = std::mem::take(&mut self.spool);
                 tokio::task::spawn_blocking(move || {
-                    write_archive(target, Source::Spool(spool.into_iter()))
+                    let done = write_archive(target, Source::Spool(spool.into_iter()));
+                    drop(slot);
+                    done
                 })
             }
-        }
+        };
+        pending
+            .await
+            .map_err(|e| format!("the archive writer failed: {e}"))?
     }
 }
 
 /// A group's archive being completed on a blocking thread: written, fsynced, renamed.
-pub type Pending = tokio::task::JoinHandle<Result<store::Finished, String>>;
+type Pending = tokio::task::JoinHandle<Result<store::Finished, String>>;
 
 enum Source {
     Spool(std::vec::IntoIter<Chunk>),

@@ -160,6 +160,8 @@ struct Ctx {
     count_rows: bool,
     progress: Progress,
     native: native::Sessions,
+    /// Native files being written and fsynced at once.
+    finishing: Arc<Semaphore>,
     tocs: std::collections::HashMap<String, TocSource>,
     /// zlib level of native archives (-1: default).
     compression: i32,
@@ -313,6 +315,9 @@ pub async fn run(config: &Config, opts: &RunOptions) -> Result<(RunReport, PathB
             planned.conn.clone(),
             opts.jobs.unwrap_or(config.backup.jobs),
         ),
+        finishing: Arc::new(Semaphore::new(
+            (2 * opts.jobs.unwrap_or(config.backup.jobs)).max(4),
+        )),
         tocs,
         compression: config.backup.compress.map(i32::from).unwrap_or(-1),
         root: root.clone(),
@@ -924,13 +929,12 @@ async fn native_attempt(
             a.snapshot = Some(d.snapshot);
             a.lock_wait_ms = d.lock_wait.as_millis() as u64;
             a.row_counts = Some(job.tables.iter().cloned().zip(d.row_counts).collect());
-            match d.file.await {
-                Ok(Ok(finished)) => Ok(finished),
-                Ok(Err(text)) => Err(classify_failure(
+            match d.file.complete(&ctx.finishing).await {
+                Ok(finished) => Ok(finished),
+                Err(text) => Err(classify_failure(
                     ctx, job, &database, &mut a, &observed, text, &partial,
                 )
                 .await),
-                Err(e) => Err(format!("cannot finish {}: {e}", job.path.display())),
             }
         }
         Ok(Err(native::NativeError::Fallback(why))) => {

@@ -815,12 +815,11 @@ impl Output {
         }
     }
 
-    /// Completes and commits the file on a blocking thread. A spooled file waits for one of
-    /// `slots` first: files are written and fsynced several at a time, not one per group at
-    /// once (each writing thread costs memory).
+    /// Completes and commits the file on a blocking thread, holding `slot` (one of the
+    /// slots that bound how many files are written and fsynced at once) until it is done.
     pub async fn complete(
         mut self,
-        slots: &Arc<tokio::sync::Semaphore>,
+        slot: tokio::sync::OwnedSemaphorePermit,
     ) -> Result<store::Finished, String> {
         let pending = match self.stream.take() {
             Some((tx, writer)) => {
@@ -828,19 +827,18 @@ impl Output {
                 writer
             }
             None => {
-                let slot = slots.clone().acquire_owned().await.expect("never closed");
                 let target = self.target.take().expect("one writer");
                 let spool = std::mem::take(&mut self.spool);
                 tokio::task::spawn_blocking(move || {
-                    let done = write_archive(target, Source::Spool(spool.into_iter()));
-                    drop(slot);
-                    done
+                    write_archive(target, Source::Spool(spool.into_iter()))
                 })
             }
         };
-        pending
+        let done = pending
             .await
-            .map_err(|e| format!("the archive writer failed: {e}"))?
+            .map_err(|e| format!("the archive writer failed: {e}"))?;
+        drop(slot);
+        done
     }
 }
 

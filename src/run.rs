@@ -925,11 +925,19 @@ async fn native_attempt(
         }
         Ok(Ok(d)) => {
             ctx.native.give(&database, session);
+            // The group's slot goes once its file has a writing slot: spooled data never piles
+            // up in memory when files are written slower than groups are copied.
+            let writing = ctx
+                .finishing
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("never closed");
             drop(permit.take());
             a.snapshot = Some(d.snapshot);
             a.lock_wait_ms = d.lock_wait.as_millis() as u64;
             a.row_counts = Some(job.tables.iter().cloned().zip(d.row_counts).collect());
-            match d.file.complete(&ctx.finishing).await {
+            match d.file.complete(writing).await {
                 Ok(finished) => Ok(finished),
                 Err(text) => Err(classify_failure(
                     ctx, job, &database, &mut a, &observed, text, &partial,

@@ -6,6 +6,11 @@
 //! short by up to one poll interval (reported as the resolution). Polls are at least 3 query
 //! durations apart, so the poller uses at most a quarter of a core (its backend's CPU time is
 //! reported with each run).
+//!
+//! Each stretch is recorded twice: over all backup sessions, and leaving out pg_groupdump's
+//! schema dump (`pg_groupdump/_schema`, a `pg_dump --schema-only` that locks every table of the
+//! database while it runs). The second is the lock a table gets because its own data is being
+//! dumped: its group's dump (and row count) with pg_groupdump, the whole dump with pg_dump.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-const QUERY: &str = "SELECT l.relation::oid::int8 \
+const QUERY: &str = "SELECT l.relation::oid::int8, a.application_name = 'pg_groupdump/_schema' \
      FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid \
      WHERE l.locktype = 'relation' AND l.granted AND l.database = $1::int8::oid \
        AND l.pid <> pg_catalog.pg_backend_pid() \
@@ -28,22 +33,56 @@ pub struct LockStats {
     pub longest_table: Option<String>,
     /// How many different workload tables were seen locked.
     pub tables_seen: usize,
+    /// The same three, leaving out pg_groupdump's schema dump: the longest lock a table was
+    /// held under because its own data was being dumped.
+    pub longest_data_s: f64,
+    pub longest_data_table: Option<String>,
+    pub tables_seen_data: usize,
     /// How many polls were made, and their median interval (the resolution), in ms.
     pub polls: u64,
     pub median_interval_ms: f64,
 }
 
+/// Per table: the stretch in progress and the longest one so far.
 #[derive(Default)]
-struct Recording {
-    /// Per table: the start and last sighting of the stretch in progress.
+struct Stretches {
+    /// The start and last sighting of the stretch in progress.
     open: HashMap<u32, (Instant, Instant)>,
     longest: HashMap<u32, Duration>,
-    polls: u64,
-    intervals: Vec<f64>,
-    last_poll: Option<Instant>,
 }
 
-impl Recording {
+impl Stretches {
+    /// One poll's sightings, taken at `now`.
+    fn saw(&mut self, seen: &HashSet<u32>, now: Instant) {
+        let gone: Vec<u32> = self
+            .open
+            .keys()
+            .filter(|o| !seen.contains(o))
+            .copied()
+            .collect();
+        for o in gone {
+            self.close(o);
+        }
+        for &o in seen {
+            self.open.entry(o).or_insert((now, now)).1 = now;
+        }
+    }
+
+    fn close_all(&mut self) {
+        let open: Vec<u32> = self.open.keys().copied().collect();
+        for o in open {
+            self.close(o);
+        }
+    }
+
+    /// The longest stretch (table, duration).
+    fn best(&self) -> Option<(u32, Duration)> {
+        self.longest
+            .iter()
+            .max_by_key(|(_, d)| **d)
+            .map(|(o, d)| (*o, *d))
+    }
+
     fn close(&mut self, oid: u32) {
         if let Some((first, last)) = self.open.remove(&oid) {
             let d = last - first;
@@ -53,6 +92,17 @@ impl Recording {
             }
         }
     }
+}
+
+#[derive(Default)]
+struct Recording {
+    /// Locks of any backup session.
+    all: Stretches,
+    /// Locks of backup sessions other than pg_groupdump's schema dump.
+    data: Stretches,
+    polls: u64,
+    intervals: Vec<f64>,
+    last_poll: Option<Instant>,
 }
 
 struct Shared {
@@ -139,29 +189,26 @@ impl LockWatch {
                             }
                         };
                         let now = Instant::now();
-                        let seen: HashSet<u32> = rows
-                            .iter()
-                            .map(|r| r.get::<_, i64>(0) as u32)
-                            .filter(|o| relevant.contains(o))
-                            .collect();
+                        let mut seen: HashSet<u32> = HashSet::new();
+                        let mut seen_data: HashSet<u32> = HashSet::new();
+                        for r in &rows {
+                            let oid = r.get::<_, i64>(0) as u32;
+                            if !relevant.contains(&oid) {
+                                continue;
+                            }
+                            seen.insert(oid);
+                            if !r.get::<_, bool>(1) {
+                                seen_data.insert(oid);
+                            }
+                        }
                         if let Some(rec) = shared.recording.lock().unwrap().as_mut() {
                             if let Some(prev) = rec.last_poll {
                                 rec.intervals.push((now - prev).as_secs_f64() * 1000.0);
                             }
                             rec.last_poll = Some(now);
                             rec.polls += 1;
-                            let gone: Vec<u32> = rec
-                                .open
-                                .keys()
-                                .filter(|o| !seen.contains(o))
-                                .copied()
-                                .collect();
-                            for o in gone {
-                                rec.close(o);
-                            }
-                            for o in seen {
-                                rec.open.entry(o).or_insert((now, now)).1 = now;
-                            }
+                            rec.all.saw(&seen, now);
+                            rec.data.saw(&seen_data, now);
                         }
                         // pg_locks is not free: with 10 000 locks held a poll takes tens of
                         // milliseconds of server CPU. Wait at least 3 times as long as the poll
@@ -216,17 +263,19 @@ impl LockWatch {
             .unwrap()
             .take()
             .unwrap_or_default();
-        let open: Vec<u32> = rec.open.keys().copied().collect();
-        for o in open {
-            rec.close(o);
-        }
-        let best = rec.longest.iter().max_by_key(|(_, d)| **d);
+        rec.all.close_all();
+        rec.data.close_all();
+        let best = rec.all.best();
+        let best_data = rec.data.best();
         let mut iv = rec.intervals.clone();
         iv.sort_by(|a, b| a.total_cmp(b));
         LockStats {
             longest_s: best.map(|(_, d)| d.as_secs_f64()).unwrap_or(0.0),
-            longest_table: best.and_then(|(o, _)| self.names.get(o).cloned()),
-            tables_seen: rec.longest.len(),
+            longest_table: best.and_then(|(o, _)| self.names.get(&o).cloned()),
+            tables_seen: rec.all.longest.len(),
+            longest_data_s: best_data.map(|(_, d)| d.as_secs_f64()).unwrap_or(0.0),
+            longest_data_table: best_data.and_then(|(o, _)| self.names.get(&o).cloned()),
+            tables_seen_data: rec.data.longest.len(),
             polls: rec.polls,
             median_interval_ms: if iv.is_empty() { 0.0 } else { iv[iv.len() / 2] },
         }

@@ -1,4 +1,4 @@
-//! Benchmark: pg_groupdump side by side with `pg_dump -Fd -j N`, `pg_dump -Fc` and the
+//! Benchmark: pg_groupdump (both engines, `pg_dump` and `native`) side by side with `pg_dump -Fd -j N`, `pg_dump -Fc` and the
 //! per-table shell loop, on the same data, in the same run, each contender run several times
 //! in turn. Prints (and with `--markdown` writes) medians and ratios.
 //!
@@ -24,7 +24,8 @@ use serde::Serialize;
 
 use workload::Workload;
 
-/// Benchmark pg_groupdump against pg_dump -Fd -j N, pg_dump -Fc and the per-table loop.
+/// Benchmark pg_groupdump (engines pg_dump and native) against pg_dump -Fd -j N, pg_dump -Fc
+/// and the per-table loop.
 ///
 /// Connection: --host/--port/--user (or PGHOST, PGPORT, PGUSER, PGPASSWORD). The server must
 /// let this user create databases; `max_locks_per_transaction` must be large enough for one
@@ -39,7 +40,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "groupdump-tables,groupdump-groups,pg_dump-fd,pg_dump-fc,loop,groupdump-stub"
+        default_value = "groupdump-tables,groupdump-groups,groupdump-native-tables,groupdump-native-groups,pg_dump-fd,pg_dump-fc,loop,groupdump-stub"
     )]
     contenders: Vec<Kind>,
     /// Runs of each contender (in turn: every contender once, then again, ...).
@@ -52,8 +53,9 @@ struct Args {
     #[arg(long, default_value_t = 2)]
     jobs: usize,
     /// On workloads with more than --sample-above tables, the per-table contenders (the loop and
-    /// pg_groupdump with every table its own group) dump only this many tables, evenly spread,
-    /// and their time, CPU and bytes are extrapolated linearly. 0: skip them there.
+    /// pg_groupdump with every table its own group, pg_dump engine) dump only this many tables,
+    /// evenly spread, and their time, CPU and bytes are extrapolated linearly. 0: skip them
+    /// there. The native engine's contenders always dump every table.
     #[arg(long, default_value_t = 100)]
     sample: usize,
     /// See --sample.
@@ -97,19 +99,27 @@ struct Args {
     #[arg(long)]
     json: Option<PathBuf>,
     /// A line added to the [backup] section of every pg_groupdump configuration, e.g.
-    /// `--backup-set 'count_rows = false'` (repeatable; shown in the result's details).
+    /// `--backup-set 'count_rows = false'` (repeatable; shown in the result's details). Not
+    /// `engine`: each contender sets its own.
     #[arg(long, value_name = "TOML")]
     backup_set: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum, Serialize)]
 enum Kind {
-    /// pg_groupdump, every table its own group (no [[group]], ungrouped mode "table").
+    /// pg_groupdump, engine "pg_dump", every table its own group (no [[group]], ungrouped
+    /// mode "table").
     #[value(name = "groupdump-tables")]
     GroupdumpTables,
-    /// pg_groupdump with a few groups (S8: 3, others: 10).
+    /// pg_groupdump, engine "pg_dump", with a few groups (S8: 3, others: 10).
     #[value(name = "groupdump-groups")]
     GroupdumpGroups,
+    /// pg_groupdump, engine "native", every table its own group. Never sampled.
+    #[value(name = "groupdump-native-tables")]
+    GroupdumpNativeTables,
+    /// pg_groupdump, engine "native", with a few groups (as groupdump-groups).
+    #[value(name = "groupdump-native-groups")]
+    GroupdumpNativeGroups,
     /// pg_dump -Fd -j N of the whole database.
     #[value(name = "pg_dump-fd")]
     DumpDir,
@@ -127,6 +137,20 @@ enum Kind {
     GroupdumpStub,
 }
 
+impl Kind {
+    fn is_native(self) -> bool {
+        matches!(
+            self,
+            Kind::GroupdumpNativeTables | Kind::GroupdumpNativeGroups
+        )
+    }
+
+    /// The "few groups" layout rather than every table its own group.
+    fn few_groups(self) -> bool {
+        matches!(self, Kind::GroupdumpGroups | Kind::GroupdumpNativeGroups)
+    }
+}
+
 /// A contender ready to run on one workload.
 struct Contender {
     kind: Kind,
@@ -136,6 +160,10 @@ struct Contender {
     config: Option<PathBuf>,
     /// The tables the loop dumps, or the groups `run --group` selects when sampled.
     list: Vec<String>,
+    /// pg_groupdump: the table groups a run dumps (its run report must list as many).
+    groups: usize,
+    /// The tables in the workload.
+    tables: usize,
     list_file: Option<PathBuf>,
 }
 
@@ -173,6 +201,9 @@ struct RunResult {
     dump_span_s: Option<f64>,
     /// pg_groupdump: how long its schema dump took, from its run report.
     schema_dump_s: Option<f64>,
+    /// Native contenders: table groups their run report shows dumped by the native engine
+    /// (a run in which any group was not is an error of the whole benchmark).
+    native_groups: Option<usize>,
     /// The machine's 1-minute load average when the run started (other work on the machine).
     load_before: Option<f64>,
     output_bytes: u64,
@@ -229,6 +260,13 @@ fn real_main(mut args: Args) -> anyhow::Result<()> {
     };
     if args.reps == 0 {
         bail!("--reps must be at least 1");
+    }
+    if args
+        .backup_set
+        .iter()
+        .any(|l| l.trim_start().starts_with("engine"))
+    {
+        bail!("--backup-set: each pg_groupdump contender sets its own `engine` (groupdump-native-* are the native engine)");
     }
     let (work, _tmp) = match &args.work_dir {
         Some(d) => {
@@ -309,7 +347,7 @@ fn real_main(mut args: Args) -> anyhow::Result<()> {
                 }
                 let r = run_one(&ctx, w, c, rep + 1, &watch, postmaster)?;
                 eprintln!(
-                    "bench: {} rep {} {:<45} wall {:>7.2}s cpu {:>6.2}s (itself {:.2}s) srv {:>6.2}s rss {:>7} ({}) out {:>9} lock {:.2}s ({} tables, {} polls, {:.1} ms, {:.2}s CPU){}",
+                    "bench: {} rep {} {:<45} wall {:>7.2}s cpu {:>6.2}s (itself {:.2}s) srv {:>6.2}s rss {:>7} ({}) out {:>9} lock {:.2}s {} ({} tables; w/o schema dump {:.2}s {}, {} tables; {} polls, {:.1} ms, {:.2}s CPU){}",
                     w.name(),
                     rep + 1,
                     c.label,
@@ -321,7 +359,11 @@ fn real_main(mut args: Args) -> anyhow::Result<()> {
                     r.measured.self_rss_method,
                     mib(r.output_bytes as f64),
                     r.locks.longest_s,
+                    r.locks.longest_table.as_deref().unwrap_or("-"),
                     r.locks.tables_seen,
+                    r.locks.longest_data_s,
+                    r.locks.longest_data_table.as_deref().unwrap_or("-"),
+                    r.locks.tables_seen_data,
                     r.locks.polls,
                     r.locks.median_interval_ms,
                     r.poll_cpu_s.unwrap_or(f64::NAN),
@@ -492,6 +534,7 @@ fn prepare(ctx: &Ctx, w: Workload, names: &HashMap<u32, String>) -> anyhow::Resu
     let sample: Vec<String> = (0..n).map(|i| all[i * total / n].clone()).collect();
     let mut out = Vec::new();
     for &kind in &a.contenders {
+        // The native contenders are never sampled: they are what must hold up on every table.
         let per_table = matches!(kind, Kind::Loop | Kind::GroupdumpTables);
         let above = if kind == Kind::Loop {
             a.loop_sample_above
@@ -522,20 +565,38 @@ fn prepare(ctx: &Ctx, w: Workload, names: &HashMap<u32, String>) -> anyhow::Resu
             config: None,
             list,
             list_file: None,
+            groups: 0,
+            tables: total,
         };
         match kind {
-            Kind::GroupdumpTables | Kind::GroupdumpGroups | Kind::GroupdumpStub => {
-                let groups = if kind == Kind::GroupdumpGroups {
+            Kind::GroupdumpTables
+            | Kind::GroupdumpGroups
+            | Kind::GroupdumpNativeTables
+            | Kind::GroupdumpNativeGroups
+            | Kind::GroupdumpStub => {
+                let groups = if kind.few_groups() {
                     w.few_groups(a.scale)
                 } else {
                     Vec::new()
                 };
+                let engine = if kind.is_native() {
+                    "native"
+                } else {
+                    "pg_dump"
+                };
+                c.groups = if kind.few_groups() {
+                    groups.len()
+                } else {
+                    total
+                };
                 c.label = match kind {
-                    Kind::GroupdumpGroups => format!("pg_groupdump, {} groups", groups.len()),
                     Kind::GroupdumpStub => {
                         "probe: pg_groupdump, every table its own group, stub pg_dump".into()
                     }
-                    _ => "pg_groupdump, every table its own group".into(),
+                    _ if kind.few_groups() => {
+                        format!("pg_groupdump ({engine} engine), {} groups", groups.len())
+                    }
+                    _ => format!("pg_groupdump ({engine} engine), every table its own group"),
                 };
                 let pg_dump = if kind == Kind::GroupdumpStub {
                     stub_pg_dump(ctx)?
@@ -545,7 +606,7 @@ fn prepare(ctx: &Ctx, w: Workload, names: &HashMap<u32, String>) -> anyhow::Resu
                 let path = dir.join(format!("{name}.toml"));
                 fs::write(
                     &path,
-                    groupdump_config(ctx, w, &out_dir(ctx, w, kind), &pg_dump, &groups),
+                    groupdump_config(ctx, w, &out_dir(ctx, w, kind), &pg_dump, engine, &groups),
                 )?;
                 c.config = Some(path);
             }
@@ -589,6 +650,7 @@ fn groupdump_config(
     w: Workload,
     out: &Path,
     pg_dump: &Path,
+    engine: &str,
     groups: &[(String, Vec<String>)],
 ) -> String {
     let a = &ctx.args;
@@ -603,6 +665,7 @@ fn groupdump_config(
     let _ = writeln!(s, "jobs = {}", a.jobs);
     let _ = writeln!(s, "databases = [{}]", toml_str(w.database()));
     let _ = writeln!(s, "pg_dump = {}", toml_str(&pg_dump.display().to_string()));
+    let _ = writeln!(s, "engine = {}", toml_str(engine));
     let _ = writeln!(
         s,
         "# like pg_dump, which does not dump roles; the schema dump stays (users get it)"
@@ -633,7 +696,11 @@ fn command(ctx: &Ctx, w: Workload, c: &Contender, out: &Path) -> Command {
     let a = &ctx.args;
     let mut cmd;
     match c.kind {
-        Kind::GroupdumpTables | Kind::GroupdumpGroups | Kind::GroupdumpStub => {
+        Kind::GroupdumpTables
+        | Kind::GroupdumpGroups
+        | Kind::GroupdumpNativeTables
+        | Kind::GroupdumpNativeGroups
+        | Kind::GroupdumpStub => {
             cmd = Command::new(&ctx.bin);
             cmd.arg("-c")
                 .arg(c.config.as_ref().expect("config"))
@@ -709,6 +776,11 @@ fn run_one(
     let poll1 = watch.backend_pid().and_then(measure::process_cpu_s);
     let (dump_span_s, schema_dump_s) = measure::report_spans(&out);
     let (output_bytes, output_files, report_bytes) = measure::output_size(&out);
+    let native_groups = if c.kind.is_native() {
+        Some(check_native(c, &out, measured.exit_code == 0)?)
+    } else {
+        None
+    };
     let error = (measured.exit_code != 0).then(|| {
         format!(
             "exit code {}: {}",
@@ -728,6 +800,7 @@ fn run_one(
         poll_cpu_s: poll0.zip(poll1).map(|(a, b)| b - a),
         dump_span_s,
         schema_dump_s,
+        native_groups,
         load_before,
         output_bytes,
         output_files,
@@ -735,6 +808,56 @@ fn run_one(
         locks,
         error,
     })
+}
+
+/// A native contender's run must have dumped every group with the native engine: no group
+/// with another `engine`, none with a `fallback`, as many groups as planned (a failed run may
+/// have fewer; its failure is reported anyway). Anything else stops the benchmark: its figures
+/// would be pg_dump's under the native engine's name. Returns how many groups were checked.
+fn check_native(c: &Contender, out: &Path, succeeded: bool) -> anyhow::Result<usize> {
+    let groups = match measure::report_groups(out) {
+        Ok(g) => g,
+        Err(e) if succeeded => bail!(
+            "{}: cannot check which engine dumped the groups: {e}",
+            c.label
+        ),
+        Err(_) => return Ok(0),
+    };
+    let bad: Vec<String> = groups
+        .iter()
+        .filter(|g| g.engine.as_deref() != Some("native") || g.fallback.is_some())
+        .map(|g| {
+            format!(
+                "{} (status {}, engine {}{})",
+                g.group,
+                g.status,
+                g.engine.as_deref().unwrap_or("absent"),
+                g.fallback
+                    .as_deref()
+                    .map(|f| format!(", fallback: {f}"))
+                    .unwrap_or_default()
+            )
+        })
+        .collect();
+    if !bad.is_empty() {
+        bail!(
+            "{}: NOT THE NATIVE ENGINE: {} of {} groups in the run report were not dumped natively: {}{}",
+            c.label,
+            bad.len(),
+            groups.len(),
+            bad.iter().take(10).cloned().collect::<Vec<_>>().join("; "),
+            if bad.len() > 10 { "; …" } else { "" }
+        );
+    }
+    if succeeded && groups.len() != c.groups {
+        bail!(
+            "{}: the run report lists {} table groups, {} were planned",
+            c.label,
+            groups.len(),
+            c.groups
+        );
+    }
+    Ok(groups.len())
 }
 
 /// The 1-minute load average.
@@ -775,6 +898,10 @@ struct Summary {
 
     bytes: f64,
     lock: f64,
+    /// The longest lock leaving out pg_groupdump's schema dump.
+    lock_data: f64,
+    /// Native contenders: table groups checked native in every run.
+    native_groups: Option<usize>,
 }
 
 fn summarize(results: &[RunResult], w: Workload, c: &Contender) -> Option<Summary> {
@@ -814,6 +941,8 @@ fn summarize(results: &[RunResult], w: Workload, c: &Contender) -> Option<Summar
 
         bytes: m(&|r| r.output_bytes as f64) * f,
         lock: m(&|r| r.locks.longest_s),
+        lock_data: m(&|r| r.locks.longest_data_s),
+        native_groups: ok.iter().filter_map(|r| r.native_groups).min(),
     })
 }
 
@@ -840,10 +969,10 @@ fn table(
     let _ = writeln!(s, "### {} — {info}\n", w.name());
     let _ = writeln!(
         s,
-        "| contender | wall s (median) | min–max | × {} | CPU s (client) | of which itself | CPU s (server) | RSS MB (itself) | output MB | longest lock s | lock ÷ wall |",
+        "| contender | wall s (median) | min–max | × {} | CPU s (client) | of which itself | CPU s (server) | RSS MB (itself) | output MB | longest lock s | lock ÷ wall | longest lock w/o schema dump s |",
         format_args!("pg_dump -Fd -j {}", ctx.args.jobs)
     );
-    let _ = writeln!(s, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    let _ = writeln!(s, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
     let base = contenders
         .iter()
         .find(|c| c.kind == Kind::DumpDir)
@@ -882,14 +1011,18 @@ fn table(
             Some(b) if !probe => format!("{x}{:.2}", m.wall / b),
             _ => "–".into(),
         };
-        let (lock, lock_ratio) = if probe {
-            ("–".to_string(), "–".to_string())
+        let (lock, lock_ratio, lock_data) = if probe {
+            ("–".to_string(), "–".to_string(), "–".to_string())
         } else {
-            (fmt_s(m.lock), format!("{x}{:.3}", m.lock / m.wall))
+            (
+                fmt_s(m.lock),
+                format!("{x}{:.3}", m.lock / m.wall),
+                fmt_s(m.lock_data),
+            )
         };
         let _ = writeln!(
             s,
-            "| {label} | {x}{} | {x}{}–{} | {ratio} | {x}{} | {x}{} | {x}{} | {} | {x}{:.1} | {lock} | {lock_ratio} |",
+            "| {label} | {x}{} | {x}{}–{} | {ratio} | {x}{} | {x}{} | {x}{} | {} | {x}{:.1} | {lock} | {lock_ratio} | {lock_data} |",
             fmt_s(m.wall),
             fmt_s(m.wall_min),
             fmt_s(m.wall_max),
@@ -900,6 +1033,39 @@ fn table(
             m.bytes / 1048576.0,
         );
     }
+    let native: Vec<String> = contenders
+        .iter()
+        .filter(|c| c.kind.is_native())
+        .filter_map(|c| {
+            let m = summarize(results, w, c)?;
+            let seen = median(
+                results
+                    .iter()
+                    .filter(|r| r.workload == w.name() && r.contender == c.kind)
+                    .filter(|r| r.error.is_none())
+                    .map(|r| r.locks.tables_seen_data as f64)
+                    .collect(),
+            );
+            Some(format!(
+                "{} ({} groups; the lock poller saw {seen:.0} of the {} tables locked by their group's session{})",
+                c.label,
+                m.native_groups.map_or("?".into(), |n| n.to_string()),
+                c.tables,
+                if seen < c.tables as f64 {
+                    ", the others' locks beginning and ending between two polls"
+                } else {
+                    ""
+                },
+            ))
+        })
+        .collect();
+    if !native.is_empty() {
+        notes.push(format!(
+            "Native engine checked in every run's report: every group of {} has `\"engine\": \"native\"` and no `fallback` (the benchmark stops otherwise).",
+            native.join(" and ")
+        ));
+    }
+    notes.push("*longest lock w/o schema dump*: the longest lock on one table leaving out pg_groupdump's schema dump (`pg_groupdump/_schema`, which locks every table while it runs), i.e. the lock a table is held under while its own data is dumped (for pg_groupdump: its group's dump and row count); for `pg_dump` and the loop the same as *longest lock*.".into());
     if contenders.iter().any(|c| c.kind == Kind::GroupdumpStub) {
         notes.push("The probe is no contender: pg_groupdump with every table its own group and a stub that writes an empty file in place of pg_dump, so what it measures is pg_groupdump's own cost per group (planning, snapshot, lock monitor, child process, file, report) and its memory with that many groups.".into());
     }
@@ -975,4 +1141,64 @@ fn growth(done: &[(Workload, Vec<Contender>, String)], results: &[RunResult]) ->
     );
     s.push('\n');
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn contender(groups: usize) -> Contender {
+        Contender {
+            kind: Kind::GroupdumpNativeTables,
+            label: "native".into(),
+            sample: None,
+            config: None,
+            list: Vec::new(),
+            list_file: None,
+            groups,
+            tables: groups,
+        }
+    }
+
+    fn report(dir: &Path, groups: &str) {
+        fs::create_dir_all(dir.join("reports")).unwrap();
+        fs::write(
+            dir.join("reports/20261123T000000Z.json"),
+            format!(r#"{{"run_id": "x", "groups": [{{"kind": "schema", "group": "_schema"}}, {groups}]}}"#),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn native_check() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path();
+        // No report: an error for a run that succeeded, nothing to check for one that failed.
+        assert!(check_native(&contender(1), d, true).is_err());
+        assert_eq!(check_native(&contender(1), d, false).unwrap(), 0);
+
+        let ok = r#"{"kind": "tables", "group": "a", "status": "ok", "engine": "native"}"#;
+        report(d, ok);
+        assert_eq!(check_native(&contender(1), d, true).unwrap(), 1);
+        // Fewer groups than planned.
+        assert!(check_native(&contender(2), d, true).is_err());
+
+        for bad in [
+            r#"{"kind": "tables", "group": "b", "status": "ok", "engine": "pg_dump", "fallback": "t was altered"}"#,
+            r#"{"kind": "tables", "group": "b", "status": "ok", "engine": "native", "fallback": "x"}"#,
+            r#"{"kind": "tables", "group": "b", "status": "ok", "engine": "pg_dump"}"#,
+            r#"{"kind": "tables", "group": "b", "status": "ok"}"#,
+        ] {
+            report(d, &format!("{ok}, {bad}"));
+            let e = check_native(&contender(2), d, true)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("NOT THE NATIVE ENGINE") && e.contains("b (status ok"),
+                "{e}"
+            );
+            // A failed run is checked as well.
+            assert!(check_native(&contender(2), d, false).is_err());
+        }
+    }
 }

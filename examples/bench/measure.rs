@@ -279,6 +279,51 @@ pub fn report_spans(dir: &Path) -> (Option<f64>, Option<f64>) {
     (span, schema)
 }
 
+/// A table group's dump as the newest run report under `dir/reports` records it.
+#[derive(Debug, Clone)]
+pub struct ReportedGroup {
+    pub group: String,
+    pub status: String,
+    /// `engine` ("pg_dump", "native"), absent in reports of binaries before the native engine.
+    pub engine: Option<String>,
+    /// Why the native engine handed the group to pg_dump.
+    pub fallback: Option<String>,
+}
+
+/// The table groups (kind "tables") of the newest run report under `dir/reports`, with the
+/// engine each was dumped with; `Err` when there is no readable report.
+pub fn report_groups(dir: &Path) -> Result<Vec<ReportedGroup>, String> {
+    let newest = fs::read_dir(dir.join("reports"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .max()
+        .ok_or_else(|| format!("no run report in {}", dir.join("reports").display()))?;
+    let bytes = fs::read(&newest).map_err(|e| format!("{}: {e}", newest.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", newest.display()))?;
+    let text = |g: &serde_json::Value, k: &str| g.get(k).and_then(|t| t.as_str()).map(String::from);
+    Ok(v.get("groups")
+        .and_then(|g| g.as_array())
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .filter(|g| g.get("kind").and_then(|k| k.as_str()) == Some("tables"))
+        .map(|g| ReportedGroup {
+            group: text(g, "group").unwrap_or_default(),
+            status: text(g, "status").unwrap_or_default(),
+            engine: text(g, "engine"),
+            // Present (any value, even null) means the group fell back.
+            fallback: g.get("fallback").map(|f| match f.as_str() {
+                Some(s) => s.to_string(),
+                None => f.to_string(),
+            }),
+        })
+        .collect())
+}
+
 /// The last `n` bytes of a file, as text.
 pub fn tail(path: &Path, n: usize) -> String {
     let b = fs::read(path).unwrap_or_default();

@@ -480,7 +480,7 @@ pub fn is_connection_failure(stderr: &str) -> bool {
         "permission denied",
         "authentication failed",
     ];
-    const TRANSIENT: [&str; 10] = [
+    const TRANSIENT: [&str; 12] = [
         "server closed the connection unexpectedly",
         "terminating connection due to administrator command",
         "Connection refused",
@@ -491,6 +491,10 @@ pub fn is_connection_failure(stderr: &str) -> bool {
         "no connection to the server",
         "connection to server was lost",
         "SSL SYSCALL error",
+        // tokio-postgres (the native engine's sessions): a backend that goes away while
+        // sending COPY data often closes without an error message.
+        "connection closed",
+        "error communicating with the server",
     ];
     !PERMANENT.iter().any(|p| stderr.contains(p)) && TRANSIENT.iter().any(|t| stderr.contains(t))
 }
@@ -524,6 +528,8 @@ mod tests {
         assert!(is_connection_failure(
             "connection to server at \"127.0.0.1\", port 5 failed: Connection refused"
         ));
+        // tokio-postgres, when a backend dies mid-COPY.
+        assert!(is_connection_failure("connection closed"));
         assert!(!is_connection_failure(
             "connection to server failed: FATAL:  database \"x\" does not exist"
         ));

@@ -20,6 +20,8 @@ mod locks;
 mod names;
 #[path = "it/native.rs"]
 mod native;
+#[path = "it/native_faults.rs"]
+mod native_faults;
 #[path = "it/ops.rs"]
 mod ops;
 #[path = "it/plan.rs"]

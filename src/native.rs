@@ -19,8 +19,10 @@
 //!    belong to the group's tables — chosen as `pg_dump -t` chooses them — plus TABLE DATA and
 //!    SEQUENCE SET entries. Stock `pg_restore` restores it like a `pg_dump -Fc -t` archive.
 //!
-//! Compression runs on a blocking thread per group while the data streams in, so groups
-//! compress on all cores; memory is bounded by a small channel, whatever the table size.
+//! Writing runs on blocking threads: a small group's data is held in memory and written,
+//! compressed and fsynced after its transaction by one of a bounded set of writers; a large
+//! group's streams to a writer thread through a small channel. Groups compress on all cores
+//! and memory stays bounded whatever the table sizes.
 
 use std::collections::HashMap;
 use std::io::BufWriter;

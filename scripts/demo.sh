@@ -148,6 +148,7 @@ tables = ["public.t1", "public.t8"]
 name = "many"
 database = "demo"
 schemas = ["many"]
+engine = "native"              # written by pg_groupdump itself (see README, "Engines")
 
 [ungrouped]
 mode = "table"
@@ -192,6 +193,13 @@ if [[ -n "$report" ]]; then
     echo "$report:"
     if command -v python3 >/dev/null 2>&1; then
         python3 -m json.tool "$report" | head -n 60 || true
+        echo "..."
+        echo "per dump: status, engine, database/group"
+        python3 - "$report" <<'PY' || true
+import json, sys
+for g in json.load(open(sys.argv[1]))["groups"]:
+    print(f'  {g["status"]:6} {g.get("engine") or "-":8} {g.get("database") or "(cluster)"}/{g["group"]}')
+PY
     else
         head -c 4000 "$report" || true
         echo

@@ -25,8 +25,6 @@ use std::sync::OnceLock;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
 use crate::util::*;
 
 // ---------------------------------------------------------------------------------------------
@@ -407,34 +405,6 @@ fn assert_no_dump_process(needles: &[&str], within: Duration) {
     }
 }
 
-fn ing_files(env: &Env) -> Vec<PathBuf> {
-    env.files()
-        .into_iter()
-        .filter(|p| p.to_string_lossy().ends_with(".ing"))
-        .collect()
-}
-
-fn final_dumps(env: &Env) -> Vec<PathBuf> {
-    env.dumps()
-}
-
-/// `pg_restore --file=/dev/null FILE`: reads the whole archive, every data block included
-/// (`pg_restore -l` reads only the table of contents, which a truncated archive still has).
-fn assert_archive_complete(file: &Path) {
-    let out = Command::new(server().bin("pg_restore"))
-        .arg("--file=/dev/null")
-        .arg(file)
-        .output()
-        .expect("run pg_restore");
-    assert!(
-        out.status.success(),
-        "{} is not a complete archive: {}",
-        file.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    toc(file);
-}
-
 /// Every file with a final name under the backup dir is complete: archives read to the end,
 /// JSON parses, SQL (globals) ends with pg_dumpall's closing line.
 fn assert_final_files_complete(env: &Env) -> usize {
@@ -461,16 +431,6 @@ fn assert_final_files_complete(env: &Env) -> usize {
     n
 }
 
-/// The report entry of a group (any kind) by group name.
-fn entry<'a>(report: &'a Value, group: &str) -> &'a Value {
-    report["groups"]
-        .as_array()
-        .expect("groups")
-        .iter()
-        .find(|g| g["group"] == group)
-        .unwrap_or_else(|| panic!("no group {group} in {report:#}"))
-}
-
 fn restore_and_compare(file: &Path, db: &TestDb, table: &str) {
     let target = db.another("faults_restore");
     restore(file, &target);
@@ -495,9 +455,7 @@ fn stop_mid_run(sig: i32, name: &str, code: i32) {
         copying(&mut pg, &db.name, "big")
     });
     let big_dump = Frozen::dump_of(&run, "big");
-    run.wait_until("two dumps are done", secs(60), || {
-        final_dumps(&env).len() >= 2
-    });
+    run.wait_until("two dumps are done", secs(60), || env.dumps().len() >= 2);
     run.signal(sig);
     let started = Instant::now();
     // Running pg_dumps get SIGTERM, whichever signal stopped the run.
@@ -559,7 +517,7 @@ fn stop_mid_run(sig: i32, name: &str, code: i32) {
         .filter(|g| g["status"] == "ok")
         .map(|g| PathBuf::from(g["file"].as_str().unwrap()))
         .collect();
-    assert_eq!(sorted_paths(final_dumps(&env)), sorted_paths(reported));
+    assert_eq!(sorted_paths(env.dumps()), sorted_paths(reported));
 }
 
 fn sorted_paths(mut v: Vec<PathBuf>) -> Vec<PathBuf> {
@@ -674,7 +632,7 @@ fn kill9_at(hint: &str, moment: Moment) {
             copying(&mut pg, &db.name, g)
         }),
         Moment::DumpsDone(n) => run.wait_until(&format!("{n} dumps done"), secs(60), || {
-            final_dumps(&env).len() >= n
+            env.dumps().len() >= n
         }),
     }
     let running_at_kill = dump_processes(&needles);
@@ -700,7 +658,8 @@ fn kill9_at(hint: &str, moment: Moment) {
         );
     }
     let complete_before = assert_final_files_complete(&env);
-    let kept: Vec<(PathBuf, String)> = final_dumps(&env)
+    let kept: Vec<(PathBuf, String)> = env
+        .dumps()
         .into_iter()
         .map(|p| {
             let h = sha256_hex(&p);
@@ -1009,11 +968,7 @@ fn database_dropped_mid_run_fails_only_its_groups() {
     let a_dir = env.dir.join(encode_component(&a.name));
     let done_before: Vec<&str> = ["a_mid1", "a_mid2", "a_mid3"]
         .into_iter()
-        .filter(|g| {
-            final_dumps(&env)
-                .iter()
-                .any(|p| p.starts_with(a_dir.join(g)))
-        })
+        .filter(|g| env.dumps().iter().any(|p| p.starts_with(a_dir.join(g))))
         .collect();
     psql(
         "postgres",

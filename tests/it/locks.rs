@@ -16,19 +16,7 @@ struct Session {
 
 impl Session {
     fn start(db: &TestDb, sql: &str) -> Session {
-        let s = server();
-        let mut c = Command::new(s.bin("psql"));
-        c.args(["-X", "-q", "-h", "127.0.0.1", "-U", "postgres"])
-            .arg("-p")
-            .arg(s.port.to_string())
-            .arg("-d")
-            .arg(conninfo_db(&db.name))
-            .arg("-c")
-            .arg(sql)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        clean_pg_env(&mut c);
+        let mut c = psql_command(&db.name, sql);
         Session {
             child: c.spawn().expect("spawn psql"),
         }

@@ -545,19 +545,7 @@ impl Locker {
         let sql = format!(
             "BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60) AS {marker};"
         );
-        let s = server();
-        let mut c = Command::new(s.bin("psql"));
-        c.args(["-X", "-q", "-h", "127.0.0.1", "-U", "postgres"])
-            .arg("-p")
-            .arg(s.port.to_string())
-            .arg("-d")
-            .arg(conninfo_db(&db.name))
-            .arg("-c")
-            .arg(&sql)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        clean_pg_env(&mut c);
+        let mut c = psql_command(&db.name, &sql);
         let locker = Locker {
             child: c.spawn().expect("spawn psql"),
             db: db.clone(),
@@ -597,68 +585,13 @@ impl Drop for Locker {
 
 /// Runs SQL, ignoring failure (for clean-up in Drop, where a panic would abort).
 fn psql_quietly(db: &TestDb, sql: &str) {
-    let s = server();
-    let mut c = Command::new(s.bin("psql"));
-    c.args(["-X", "-q", "-h", "127.0.0.1", "-U", "postgres"])
-        .arg("-p")
-        .arg(s.port.to_string())
-        .arg("-d")
-        .arg(conninfo_db(&db.name))
-        .arg("-c")
-        .arg(sql)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    clean_pg_env(&mut c);
+    let mut c = psql_command(&db.name, sql);
     let _ = c.status();
 }
 
 // ---------------------------------------------------------------------------------------------
 // Files and reports
 // ---------------------------------------------------------------------------------------------
-
-/// Final (not `.ing`) `*.dump` files under the backup dir.
-fn final_dumps(env: &Env) -> Vec<PathBuf> {
-    env.files()
-        .into_iter()
-        .filter(|p| p.to_string_lossy().ends_with(".dump"))
-        .map(|p| env.dir.join(p))
-        .collect()
-}
-
-/// `.ing` files under the backup dir (relative).
-fn ing_files(env: &Env) -> Vec<PathBuf> {
-    env.files()
-        .into_iter()
-        .filter(|p| p.to_string_lossy().ends_with(".ing"))
-        .collect()
-}
-
-/// `pg_restore --file=/dev/null` (reads every data block) and `pg_restore --list`.
-fn assert_archive_complete(file: &Path) {
-    let out = Command::new(server().bin("pg_restore"))
-        .arg("--file=/dev/null")
-        .arg(file)
-        .output()
-        .expect("run pg_restore");
-    assert!(
-        out.status.success(),
-        "{} is not a complete archive: {}",
-        file.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!toc(file).is_empty(), "{} lists nothing", file.display());
-}
-
-/// The report entry of a group (any kind) by group name.
-fn entry<'a>(report: &'a Value, group: &str) -> &'a Value {
-    report["groups"]
-        .as_array()
-        .expect("groups")
-        .iter()
-        .find(|g| g["group"] == group)
-        .unwrap_or_else(|| panic!("no group {group} in {report:#}"))
-}
 
 fn outcomes(g: &Value) -> Vec<String> {
     g["attempts"]
@@ -717,7 +650,7 @@ fn stop_mid_copy(sig: i32, name: &str, code: i32) {
         || {
             backend = in_flight(&mut pg, &db.name, "big");
             backend.is_some()
-                && final_dumps(&env).len() >= 4
+                && env.dumps().len() >= 4
                 && in_transaction(&mut pg, &db.name) == ["pg_groupdump/big"]
         },
     );
@@ -776,7 +709,7 @@ fn stop_mid_copy(sig: i32, name: &str, code: i32) {
         reported.push(file);
     }
     assert_eq!(reported.len(), 4, "_schema, s1, s2, s3: {report:#}");
-    let mut on_disk = final_dumps(&env);
+    let mut on_disk = env.dumps();
     on_disk.sort();
     reported.sort();
     assert_eq!(
@@ -826,7 +759,7 @@ fn held_at_rollback(db: &TestDb, extra: &[(&str, &str)]) -> (Throttle, Env, Runn
     );
     let dir = env.dir.join(encode_component(&db.name)).join("s1");
     let start = Instant::now();
-    while start.elapsed() < secs(1) && !final_dumps(&env).iter().any(|p| p.starts_with(&dir)) {
+    while start.elapsed() < secs(1) && !env.dumps().iter().any(|p| p.starts_with(&dir)) {
         std::thread::sleep(ms(10));
     }
     (relay, env, run)
@@ -968,12 +901,14 @@ fn native_kill9_mid_copy_leaves_only_ing_files_which_the_next_run_sweeps() {
         "the group in flight left its .ing: {:?}",
         env.files()
     );
-    let big_final: Vec<PathBuf> = final_dumps(&env)
+    let big_final: Vec<PathBuf> = env
+        .dumps()
         .into_iter()
         .filter(|p| p.starts_with(&big_dir))
         .collect();
     assert!(big_final.is_empty(), "no final file for big: {big_final:?}");
-    let kept: Vec<(PathBuf, String)> = final_dumps(&env)
+    let kept: Vec<(PathBuf, String)> = env
+        .dumps()
         .into_iter()
         .map(|p| {
             assert_archive_complete(&p);

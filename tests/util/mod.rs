@@ -434,6 +434,26 @@ fn psql_cmd(db: &str) -> Command {
     server().psql_cmd(db)
 }
 
+/// `psql -c SQL` on database `db` of the shared server, output discarded, not yet started:
+/// for sessions a test runs beside pg_groupdump (a lock holder, a DDL statement) and waits
+/// for or kills itself.
+pub fn psql_command(db: &str, sql: &str) -> Command {
+    let s = server();
+    let mut c = Command::new(s.bin("psql"));
+    c.args(["-X", "-q", "-h", "127.0.0.1", "-U", "postgres"])
+        .arg("-p")
+        .arg(s.port.to_string())
+        .arg("-d")
+        .arg(conninfo_db(db))
+        .arg("-c")
+        .arg(sql)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    clean_pg_env(&mut c);
+    c
+}
+
 /// `dbname='...'`: a database name for `-d` that is never taken for a connection string.
 pub fn conninfo_db(db: &str) -> String {
     format!("dbname='{}'", db.replace('\\', "\\\\").replace('\'', "\\'"))
@@ -1449,4 +1469,39 @@ impl Rng {
         self.0 ^= self.0 >> 27;
         lo + self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % (hi - lo + 1)
     }
+}
+
+/// The `.ing` files under the backup directory (relative paths).
+pub fn ing_files(env: &Env) -> Vec<PathBuf> {
+    env.files()
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".ing"))
+        .collect()
+}
+
+/// A complete custom-format archive: pg_restore reads all of it (data included) and its table
+/// of contents lists something.
+pub fn assert_archive_complete(file: &Path) {
+    let out = Command::new(server().bin("pg_restore"))
+        .arg("--file=/dev/null")
+        .arg(file)
+        .output()
+        .expect("run pg_restore");
+    assert!(
+        out.status.success(),
+        "{} is not a complete archive: {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!toc(file).is_empty(), "{} lists nothing", file.display());
+}
+
+/// The run report's entry of `group`.
+pub fn entry<'a>(report: &'a Value, group: &str) -> &'a Value {
+    report["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .find(|g| g["group"] == group)
+        .unwrap_or_else(|| panic!("no group {group} in {report:#}"))
 }

@@ -667,26 +667,8 @@ fn kill9_at(hint: &str, moment: Moment) {
         })
         .collect();
 
-    let next = env.run(&["run"]);
-    next.expect_code(0);
-    env.assert_no_ing();
-    for l in &leftovers {
-        assert!(
-            next.stderr.contains(&env.dir.join(l).display().to_string()),
-            "the sweep names {}: {next:?}",
-            l.display()
-        );
-    }
     // The killed run's complete files are still there, unchanged.
-    for (p, h) in &kept {
-        assert_eq!(&sha256_hex(p), h, "{} changed", p.display());
-    }
-    let report = env.report();
-    assert_eq!(report["status"], "ok", "{report:#}");
-    for g in report["groups"].as_array().unwrap() {
-        assert_eq!(g["status"], "ok", "{g:#}");
-        checked_file(g);
-    }
+    assert_next_run_sweeps(&env, &leftovers, &kept);
     assert!(assert_final_files_complete(&env) > complete_before);
 }
 

@@ -917,25 +917,7 @@ fn native_kill9_mid_copy_leaves_only_ing_files_which_the_next_run_sweeps() {
         })
         .collect();
 
-    let next = env.run(&["run"]);
-    next.expect_code(0);
-    env.assert_no_ing();
-    for l in &leftovers {
-        assert!(
-            next.stderr.contains(&env.dir.join(l).display().to_string()),
-            "the sweep names {}: {next:?}",
-            l.display()
-        );
-    }
-    for (p, h) in &kept {
-        assert_eq!(&sha256_hex(p), h, "{} changed", p.display());
-    }
-    let report = env.report();
-    assert_eq!(report["status"], "ok", "{report:#}");
-    for g in report["groups"].as_array().unwrap() {
-        assert_eq!(g["status"], "ok", "{g:#}");
-        checked_file(g);
-    }
+    let report = assert_next_run_sweeps(&env, &leftovers, &kept);
     let big = report_group(&report, "big");
     assert_eq!(big["engine"], "native", "{big:#}");
     restore_and_compare(&checked_file(big), &db, "big");

@@ -1505,3 +1505,33 @@ pub fn entry<'a>(report: &'a Value, group: &str) -> &'a Value {
         .find(|g| g["group"] == group)
         .unwrap_or_else(|| panic!("no group {group} in {report:#}"))
 }
+
+/// After a run was killed: the next run succeeds, sweeps (and names) the killed run's `.ing`
+/// `leftovers`, leaves the killed run's complete files (`kept`: path and sha256) unchanged, and
+/// reports every group ok with a checked file. Returns its report.
+pub fn assert_next_run_sweeps(
+    env: &Env,
+    leftovers: &[PathBuf],
+    kept: &[(PathBuf, String)],
+) -> Value {
+    let next = env.run(&["run"]);
+    next.expect_code(0);
+    env.assert_no_ing();
+    for l in leftovers {
+        assert!(
+            next.stderr.contains(&env.dir.join(l).display().to_string()),
+            "the sweep names {}: {next:?}",
+            l.display()
+        );
+    }
+    for (p, h) in kept {
+        assert_eq!(&sha256_hex(p), h, "{} changed", p.display());
+    }
+    let report = env.report();
+    assert_eq!(report["status"], "ok", "{report:#}");
+    for g in report["groups"].as_array().unwrap() {
+        assert_eq!(g["status"], "ok", "{g:#}");
+        checked_file(g);
+    }
+    report
+}

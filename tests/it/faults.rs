@@ -56,13 +56,7 @@ fn template() -> &'static str {
 
 /// A new database holding a copy of the [`template`]'s tables.
 fn clone_db(hint: &str) -> TestDb {
-    let tmpl = template();
-    let name = unique_name(hint);
-    psql(
-        "postgres",
-        &format!("CREATE DATABASE {} TEMPLATE {}", qi(&name), qi(tmpl)),
-    );
-    TestDb { name }
+    copy_of(template(), hint)
 }
 
 fn group_cfg(db: &str, name: &str, tables: &[&str]) -> String {
@@ -481,7 +475,7 @@ fn stop_mid_run(sig: i32, name: &str, code: i32) {
     let run_id = report["run_id"].as_str().unwrap();
     assert_eq!(report["status"], "interrupted", "{report:#}");
     assert_eq!(report["signal"], name, "{report:#}");
-    let big = entry(&report, "big");
+    let big = report_group(&report, "big");
     assert_eq!(big["status"], "failed", "{big:#}");
     assert!(
         big["error"].as_str().unwrap().contains(name),
@@ -583,7 +577,7 @@ fn sighup_mid_run(hint: &str, hang_up_output: bool) {
         checked_file(g);
     }
     env.assert_no_ing();
-    let big = checked_file(entry(&report, "big"));
+    let big = checked_file(report_group(&report, "big"));
     restore_and_compare(&big, &db, "big");
 }
 
@@ -758,7 +752,7 @@ fn wrong_password_exits_3_naming_user_and_server_then_the_right_one_works() {
     out.expect_code(0);
     let report = env.report();
     assert_eq!(report["status"], "ok", "{report:#}");
-    let t = checked_file(entry(&report, "public.t"));
+    let t = checked_file(report_group(&report, "public.t"));
     restore_and_compare(&t, &db, "t");
 }
 
@@ -965,7 +959,7 @@ fn database_dropped_mid_run_fails_only_its_groups() {
     let report = env.report();
     assert_eq!(report["status"], "failed", "{report:#}");
     let gone = format!("database \"{}\" does not exist", a.name);
-    let big = entry(&report, "a_big");
+    let big = report_group(&report, "a_big");
     assert_eq!(big["status"], "failed", "{big:#}");
     let err = big["error"].as_str().unwrap();
     assert!(
@@ -986,7 +980,7 @@ fn database_dropped_mid_run_fails_only_its_groups() {
     // drop are kept; those of B are not affected. (Which groups of A come before a_big is not
     // "largest first" as run.rs intends: each job's task races for the semaphore.)
     for g in ["a_mid1", "a_mid2", "a_mid3"] {
-        let e = entry(&report, g);
+        let e = report_group(&report, g);
         if done_before.contains(&g) {
             assert_eq!(e["status"], "ok", "{e:#}");
             assert_archive_complete(&checked_file(e));
@@ -998,7 +992,7 @@ fn database_dropped_mid_run_fails_only_its_groups() {
         assert!(e["file"].is_null(), "{e:#}");
     }
     for (g, t) in [("b_one", "b1"), ("b_two", "b2")] {
-        let e = entry(&report, g);
+        let e = report_group(&report, g);
         assert_eq!(e["status"], "ok", "{e:#}");
         let file = checked_file(e);
         restore_and_compare(&file, &b, t);
@@ -1059,7 +1053,7 @@ fn server_restart_mid_run_is_retried_and_every_group_restores() {
 
     let report = env.report();
     assert_eq!(report["status"], "ok", "{report:#}");
-    let r1 = entry(&report, "g_r1");
+    let r1 = report_group(&report, "g_r1");
     let outcomes: Vec<&str> = r1["attempts"]
         .as_array()
         .unwrap()
@@ -1070,7 +1064,7 @@ fn server_restart_mid_run_is_retried_and_every_group_restores() {
     assert_eq!(outcomes.last(), Some(&"ok"), "{r1:#}");
     assert!(ended.stderr.contains("retrying"), "{ended:?}");
     for t in ["r1", "r2", "r3"] {
-        let e = entry(&report, &format!("g_{t}"));
+        let e = report_group(&report, &format!("g_{t}"));
         assert_eq!(e["status"], "ok", "{e:#}");
         let file = checked_file(e);
         let target = fresh_db("faults_restart_r");
@@ -1163,7 +1157,7 @@ fn disk_full_fails_the_big_group_naming_the_path_and_keeps_the_small_one() {
     let report = env.report();
     let run_id = report["run_id"].as_str().unwrap();
     assert_eq!(report["status"], "failed", "{report:#}");
-    let big = entry(&report, "big");
+    let big = report_group(&report, "big");
     assert_eq!(big["status"], "failed", "{big:#}");
     let err = big["error"].as_str().unwrap();
     let path = expected_dump_path(&env.dir, &db.name, "big", run_id);
@@ -1175,7 +1169,7 @@ fn disk_full_fails_the_big_group_naming_the_path_and_keeps_the_small_one() {
     );
     assert!(out.stderr.contains("disk full"), "{out:?}");
     assert!(!path.exists());
-    let small = entry(&report, "small");
+    let small = report_group(&report, "small");
     assert_eq!(small["status"], "ok", "{small:#}");
     let file = checked_file(small);
     restore_and_compare(&file, &db, "small");

@@ -80,21 +80,6 @@ impl Roles {
     }
 }
 
-/// A new database copied from `template` (which nobody may be connected to): a restore target
-/// prepared exactly like the others, at a fraction of the cost of running the prerequisites.
-fn copy_of(template: &TestDb, hint: &str) -> TestDb {
-    let name = unique_name(hint);
-    psql(
-        "postgres",
-        &format!(
-            "CREATE DATABASE {} TEMPLATE {}",
-            qi(&name),
-            qi(&template.name)
-        ),
-    );
-    db_named(&name)
-}
-
 /// One group as configured (or ungrouped: its own group, named by the table's display name).
 #[derive(Clone, Debug)]
 struct Group {
@@ -519,11 +504,11 @@ fn oracle(engine: Option<&str>) {
     // databases is slow, so they are made while the corpus loads and the run goes.
     let targets = 2 * (configured_groups().len() + UNGROUPED.len()) + 4;
     let template = roles.prepared_db("oracle_template");
-    let src = copy_of(&template, "oracle_src");
+    let src = copy_of(&template.name, "oracle_src");
     let (made, pool) = std::sync::mpsc::channel();
     let maker = thread::spawn(move || {
         for _ in 0..targets {
-            if made.send(copy_of(&template, "oracle_target")).is_err() {
+            if made.send(copy_of(&template.name, "oracle_target")).is_err() {
                 break;
             }
         }

@@ -89,13 +89,7 @@ fn template() -> &'static str {
 
 /// A new database holding a copy of the [`template`]'s tables.
 fn clone_db(hint: &str) -> TestDb {
-    let tmpl = template();
-    let name = unique_name(hint);
-    psql(
-        "postgres",
-        &format!("CREATE DATABASE {} TEMPLATE {}", qi(&name), qi(tmpl)),
-    );
-    db_named(&name)
+    copy_of(template(), hint)
 }
 
 /// `[[group]]` tables, one table each (group name, table), and nothing ungrouped.
@@ -677,7 +671,7 @@ fn stop_mid_copy(sig: i32, name: &str, code: i32) {
     let run_id = report["run_id"].as_str().unwrap();
     assert_eq!(report["status"], "interrupted", "{report:#}");
     assert_eq!(report["signal"], name, "{report:#}");
-    let big = entry(&report, "big");
+    let big = report_group(&report, "big");
     assert_eq!(big["status"], "failed", "{big:#}");
     assert!(
         big["error"].as_str().unwrap().contains(name),
@@ -716,7 +710,7 @@ fn stop_mid_copy(sig: i32, name: &str, code: i32) {
         on_disk, reported,
         "exactly the files of the groups reported ok"
     );
-    restore_and_compare(&checked_file(entry(&report, "s2")), &db, "s2");
+    restore_and_compare(&checked_file(report_group(&report, "s2")), &db, "s2");
     eprintln!("{name}: stopped in {took:?}; big's backend gone {gone:?} after the exit");
 }
 
@@ -785,7 +779,7 @@ fn native_sigterm_while_a_finished_group_ends_its_transaction_leaves_report_and_
     assert_eq!(ended.status.code(), Some(143), "{ended:?}");
     env.assert_no_ing();
     let report = env.report();
-    let s1 = entry(&report, "s1");
+    let s1 = report_group(&report, "s1");
     let file = expected_dump_path(&env.dir, &db.name, "s1", report["run_id"].as_str().unwrap());
     match s1["status"].as_str() {
         Some("ok") => {
@@ -833,7 +827,7 @@ fn native_yield_while_a_finished_group_ends_its_transaction_is_retried_successfu
     relay.release();
     assert!(waited < secs(4), "LOCK TABLE waited {waited:?}: {ended:?}");
     let report = env.report();
-    let s1 = entry(&report, "s1");
+    let s1 = report_group(&report, "s1");
     assert_eq!(
         outcomes(s1).first().map(String::as_str),
         Some("yielded"),
@@ -986,7 +980,7 @@ fn native_lock_timeout_fails_the_group_after_1_plus_lock_retries_naming_the_bloc
     env.assert_no_ing();
     let report = env.report();
     assert_eq!(report["status"], "failed", "{report:#}");
-    let t = entry(&report, "t");
+    let t = report_group(&report, "t");
     assert_blocked_by(t, 2, pid, &locker.marker);
     assert_eq!(t["engine"], "native", "{t:#}");
     assert!(t["fallback"].is_null(), "{t:#}");
@@ -999,7 +993,7 @@ fn native_lock_timeout_fails_the_group_after_1_plus_lock_retries_naming_the_bloc
         !expected_dump_path(&env.dir, &db.name, "t", report["run_id"].as_str().unwrap()).exists()
     );
     for g in ["big", "s1"] {
-        let e = entry(&report, g);
+        let e = report_group(&report, g);
         assert_eq!(e["status"], "ok", "{e:#}");
         assert_eq!(e["engine"], "native", "{e:#}");
         assert_eq!(outcomes(e), ["ok"], "{e:#}");
@@ -1037,10 +1031,10 @@ fn native_lock_held_through_the_run_fails_the_schema_dump_and_groups_fall_back_t
         .find(|g| g["kind"] == "schema")
         .expect("the schema dump");
     assert_blocked_by(schema, 2, pid, &locker.marker);
-    let t = entry(&report, "t");
+    let t = report_group(&report, "t");
     assert_blocked_by(t, 2, pid, &locker.marker);
     assert_eq!(t["engine"], "pg_dump", "{t:#}");
-    let u = entry(&report, "u");
+    let u = report_group(&report, "u");
     assert_eq!(u["status"], "ok", "{u:#}");
     assert_eq!(u["engine"], "pg_dump", "{u:#}");
     for g in [t, u] {
@@ -1097,7 +1091,7 @@ fn native_yields_to_alter_table_within_yield_after_and_redumps_the_altered_table
 
     let report = env.report();
     assert_eq!(report["status"], "ok", "{report:#}");
-    let big = entry(&report, "big");
+    let big = report_group(&report, "big");
     assert_eq!(big["status"], "ok", "{big:#}");
     let o = outcomes(big);
     assert_eq!(o.first().map(String::as_str), Some("yielded"), "{big:#}");
@@ -1129,7 +1123,7 @@ fn native_yields_to_alter_table_within_yield_after_and_redumps_the_altered_table
         has_column(&target, "big", "c"),
         "the restored big has the column added by the DDL it yielded to: {big:#}"
     );
-    let s1 = entry(&report, "s1");
+    let s1 = report_group(&report, "s1");
     assert_eq!(outcomes(s1), ["ok"], "{s1:#}");
     assert_eq!(s1["engine"], "native", "{s1:#}");
 }
@@ -1180,7 +1174,7 @@ fn behind_a_transaction(db: &TestDb, hold: &[&str]) -> (Env, Value, String, Stri
     env.assert_no_ing();
     let report = env.report();
     assert_eq!(report["status"], "ok", "{report:#}");
-    let big = entry(&report, "big");
+    let big = report_group(&report, "big");
     assert_eq!(big["engine"], "native", "{big:#}");
     (env, report, ended.stderr, before)
 }
@@ -1199,7 +1193,7 @@ fn native_snapshot_is_taken_after_the_lock_so_the_blockers_committed_rows_are_du
             "INSERT INTO t SELECT g, 'from A' FROM generate_series(100001, 100500) g",
         ],
     );
-    let t = entry(&report, "t");
+    let t = report_group(&report, "t");
     assert_eq!(t["status"], "ok", "{t:#}");
     assert_eq!(t["engine"], "native", "{t:#}");
     assert!(t["fallback"].is_null(), "{t:#}");
@@ -1231,7 +1225,7 @@ fn native_falls_back_to_pg_dump_for_a_table_altered_after_the_schema_archive() {
     let db = clone_db("nf_altered");
     let (_env, report, stderr, _) =
         behind_a_transaction(&db, &["ALTER TABLE t ADD COLUMN c int DEFAULT 7"]);
-    let t = entry(&report, "t");
+    let t = report_group(&report, "t");
     assert_eq!(t["status"], "ok", "{t:#}");
     assert_eq!(t["engine"], "pg_dump", "{t:#}");
     let why = t["fallback"].as_str().unwrap_or_default();
@@ -1370,7 +1364,7 @@ fn native_latin1_database_falls_back_to_pg_dump_naming_the_encoding() {
     let report = env.report();
     assert_eq!(report["status"], "ok", "{report:#}");
     for (g, table) in [("g1", "l1"), ("g2", "l2")] {
-        let e = entry(&report, g);
+        let e = report_group(&report, g);
         assert_eq!(e["status"], "ok", "{e:#}");
         assert_eq!(e["engine"], "pg_dump", "{e:#}");
         let why = e["fallback"].as_str().unwrap_or_default();
@@ -1443,7 +1437,7 @@ fn native_server_restart_mid_copy_is_retried_and_every_group_restores() {
     run.thaw();
     let ended = run.wait(secs(90));
     let report = env.report();
-    let r1 = entry(&report, "g_r1");
+    let r1 = report_group(&report, "g_r1");
     assert_eq!(
         ended.status.code(),
         Some(0),
@@ -1461,7 +1455,7 @@ fn native_server_restart_mid_copy_is_retried_and_every_group_restores() {
     assert_eq!(o.last().map(String::as_str), Some("ok"), "{r1:#}");
     assert!(ended.stderr.contains("retrying"), "{ended:?}");
     for t in ["r1", "r2", "r3"] {
-        let e = entry(&report, &format!("g_{t}"));
+        let e = report_group(&report, &format!("g_{t}"));
         assert_eq!(e["status"], "ok", "{e:#}");
         assert_eq!(e["engine"], "native", "{e:#}");
         let target = fresh_db("nf_restart_r");

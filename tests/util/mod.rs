@@ -1278,6 +1278,16 @@ pub fn report_group<'a>(report: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no group {name:?} in the report: {report:#}"))
 }
 
+/// A new database copied from the database `template` (which nobody may be connected to).
+pub fn copy_of(template: &str, hint: &str) -> TestDb {
+    let name = unique_name(hint);
+    psql(
+        "postgres",
+        &format!("CREATE DATABASE {} TEMPLATE {}", qi(&name), qi(template)),
+    );
+    db_named(&name)
+}
+
 /// A database handle for an existing database (e.g. one `restore --target` created).
 pub fn db_named(name: &str) -> TestDb {
     TestDb {
@@ -1494,16 +1504,6 @@ pub fn assert_archive_complete(file: &Path) {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!toc(file).is_empty(), "{} lists nothing", file.display());
-}
-
-/// The run report's entry of `group`.
-pub fn entry<'a>(report: &'a Value, group: &str) -> &'a Value {
-    report["groups"]
-        .as_array()
-        .expect("groups")
-        .iter()
-        .find(|g| g["group"] == group)
-        .unwrap_or_else(|| panic!("no group {group} in {report:#}"))
 }
 
 /// After a run was killed: the next run succeeds, sweeps (and names) the killed run's `.ing`

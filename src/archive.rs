@@ -1313,7 +1313,7 @@ mod tests {
             dump("nocomp.dump", &["--compress=0"]),
             dump("z9.dump", &["-Z", "9"]),
         ];
-        let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+        let quote = crate::text::quote_ident;
         let tables = toc
             .entries
             .iter()

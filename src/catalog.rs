@@ -20,7 +20,7 @@ pub struct CatalogError {
 fn cat_err(database: &str) -> impl Fn(tokio_postgres::Error) -> CatalogError + '_ {
     move |e| CatalogError {
         database: database.to_string(),
-        message: crate::pg_error_text(&e),
+        message: crate::text::pg_error_text(&e),
     }
 }
 
@@ -39,9 +39,9 @@ pub struct Table {
 }
 
 impl Table {
-    /// `schema.table`, quoted where needed (see [`crate::config::qualified_name`]).
+    /// `schema.table`, quoted where needed (see [`crate::text::display_name`]).
     pub fn display(&self) -> String {
-        crate::config::qualified_name(&self.schema, &self.name)
+        crate::text::display_name(&self.schema, &self.name)
     }
 }
 

@@ -301,8 +301,8 @@ pub struct TableRef {
 impl fmt::Display for TableRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.schema {
-            Some(s) => write!(f, "{}", qualified_name(s, &self.table)),
-            None => write!(f, "{}", quote_part(&self.table)),
+            Some(s) => write!(f, "{}", crate::text::display_name(s, &self.table)),
+            None => write!(f, "{}", crate::text::display_part(&self.table)),
         }
     }
 }
@@ -734,20 +734,6 @@ pub fn parse_table_ref(s: &str) -> Result<TableRef, String> {
     }
 }
 
-/// Quotes a name part when it could not be read back unquoted (contains '.' or '"').
-pub fn quote_part(s: &str) -> String {
-    if s.is_empty() || s.contains('.') || s.contains('"') {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
-/// The display name of a table, `schema.table`, readable back by [`parse_table_ref`].
-pub fn qualified_name(schema: &str, table: &str) -> String {
-    format!("{}.{}", quote_part(schema), quote_part(table))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -766,7 +752,7 @@ mod tests {
             ("Mixed Case", "Ünïcödé *?$/..%"),
             ("s", "line\nbreak"),
         ] {
-            let shown = qualified_name(schema, table);
+            let shown = crate::text::display_name(schema, table);
             let back = parse_table_ref(&shown).unwrap();
             assert_eq!(back.schema.as_deref(), Some(schema), "{shown}");
             assert_eq!(back.table, table, "{shown}");
@@ -777,7 +763,10 @@ mod tests {
         assert!(parse_table_ref("\"a").is_err());
         assert!(parse_table_ref("a\"b.c").is_err());
         // Ambiguous without quotes, distinct with them.
-        assert_ne!(qualified_name("a.b", "c"), qualified_name("a", "b.c"));
+        assert_ne!(
+            crate::text::display_name("a.b", "c"),
+            crate::text::display_name("a", "b.c")
+        );
     }
 
     #[test]

@@ -182,11 +182,11 @@ impl ConnParams {
             database: database.to_string(),
             target: self.target(),
             user: self.user.clone(),
-            message: crate::pg_error_text(&e),
+            message: crate::text::pg_error_text(&e),
         })?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
-                tracing::debug!("connection closed: {}", crate::pg_error_text(&e));
+                tracing::debug!("connection closed: {}", crate::text::pg_error_text(&e));
             }
         });
         Ok(client)

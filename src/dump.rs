@@ -154,15 +154,6 @@ pub async fn check_tools(
     })
 }
 
-/// A `pg_dump -t` pattern that matches exactly this table.
-pub fn exact_table_pattern(schema: &str, table: &str) -> String {
-    format!(
-        "\"{}\".\"{}\"",
-        schema.replace('"', "\"\""),
-        table.replace('"', "\"\"")
-    )
-}
-
 /// What one child is to do.
 #[derive(Debug, Clone)]
 pub enum DumpKind {
@@ -263,7 +254,7 @@ pub fn command_args(
                 args.push("--strict-names".into());
                 for (s, t) in tables {
                     args.push("--table".into());
-                    args.push(exact_table_pattern(s, t).into());
+                    args.push(crate::text::quote_qualified(s, t).into());
                 }
             } else if let DumpKind::SchemaOnly = kind {
                 args.push("--schema-only".into());
@@ -426,11 +417,5 @@ mod tests {
             Some(("17beta1".into(), 17))
         );
         assert_eq!(parse_version("nothing here"), None);
-    }
-
-    #[test]
-    fn patterns_are_exact() {
-        assert_eq!(exact_table_pattern("public", "a*b"), "\"public\".\"a*b\"");
-        assert_eq!(exact_table_pattern("we\"ird", "X"), "\"we\"\"ird\".\"X\"");
     }
 }

@@ -28,6 +28,7 @@ pub mod run;
 pub mod runlock;
 pub mod snapshot;
 pub mod store;
+pub mod text;
 pub mod verify;
 
 /// Why a command could not do its work, each with its exit code (see [`exit`]).
@@ -79,50 +80,4 @@ macro_rules! say_raw {
         use std::io::Write as _;
         let _ = write!(std::io::stderr(), "{}", $text);
     }};
-}
-
-/// `s` with control characters (newlines, tabs, escapes) shown as escapes, for one-line logs.
-pub fn printable(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| {
-            if c.is_control() {
-                c.escape_debug().collect::<Vec<_>>()
-            } else {
-                vec![c]
-            }
-        })
-        .collect()
-}
-
-/// "1 table", "3 tables".
-pub fn plural(n: usize, word: &str) -> String {
-    if n == 1 {
-        format!("1 {word}")
-    } else {
-        format!("{n} {word}s")
-    }
-}
-
-/// The text of a tokio-postgres error: for a server error its message, detail, hint and
-/// SQLSTATE (the error's own Display says only "db error"), else the error and its causes.
-pub fn pg_error_text(e: &tokio_postgres::Error) -> String {
-    if let Some(db) = e.as_db_error() {
-        let mut s = format!("{}: {}", db.severity(), db.message());
-        if let Some(d) = db.detail() {
-            s.push_str(&format!("; DETAIL: {d}"));
-        }
-        if let Some(h) = db.hint() {
-            s.push_str(&format!("; HINT: {h}"));
-        }
-        s.push_str(&format!(" (SQLSTATE {})", db.code().code()));
-        return s;
-    }
-    let mut s = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }

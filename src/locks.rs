@@ -184,7 +184,7 @@ impl Monitor {
                 }
                 if let Some(c) = &client {
                     if let Err(e) = me.tick(c, elapsed).await {
-                        tracing::debug!("lock monitor: {}", crate::pg_error_text(&e));
+                        tracing::debug!("lock monitor: {}", crate::text::pg_error_text(&e));
                     }
                 }
             }
@@ -267,7 +267,7 @@ impl Monitor {
         match c.query(&sql, &[&database, &table_oids]).await {
             Ok(rows) => rows.iter().map(session_from_row).collect(),
             Err(e) => {
-                tracing::debug!("blocker diagnosis: {}", crate::pg_error_text(&e));
+                tracing::debug!("blocker diagnosis: {}", crate::text::pg_error_text(&e));
                 Vec::new()
             }
         }
@@ -293,7 +293,7 @@ impl Monitor {
         };
         let sql = format!("SELECT pg_catalog.{function}($1)");
         if let Err(e) = c.execute(&sql, &[&pid]).await {
-            tracing::debug!("{function}({pid}): {}", crate::pg_error_text(&e));
+            tracing::debug!("{function}({pid}): {}", crate::text::pg_error_text(&e));
         }
     }
 }

@@ -128,7 +128,7 @@ pub struct Recorded {
 /// Reads, in the schema archive's snapshot (on the session that exported it), what the
 /// native engine needs to cut that archive into groups.
 pub async fn record(client: &Client) -> Result<Recorded, String> {
-    let err = |e: tokio_postgres::Error| crate::pg_error_text(&e);
+    let err = |e: tokio_postgres::Error| crate::text::pg_error_text(&e);
     let mut r = Recorded::default();
     for row in client.query(OWNERS, &[]).await.map_err(err)? {
         r.owners.insert((row.get(0), row.get(1)), row.get(2));
@@ -455,16 +455,16 @@ impl Sessions {
                  SELECT pg_catalog.set_config('search_path', '', false)",
             )
             .await
-            .map_err(|e| crate::pg_error_text(&e))?;
+            .map_err(|e| crate::text::pg_error_text(&e))?;
         let pid = client
             .query_one("SELECT pg_catalog.pg_backend_pid()", &[])
             .await
-            .map_err(|e| crate::pg_error_text(&e))?
+            .map_err(|e| crate::text::pg_error_text(&e))?
             .get(0);
         let group_query = client
             .prepare(&GROUP_QUERY.replace("FINGERPRINT", FINGERPRINT))
             .await
-            .map_err(|e| crate::pg_error_text(&e))?;
+            .map_err(|e| crate::text::pg_error_text(&e))?;
         Ok(NativeSession {
             client,
             pid,
@@ -550,7 +550,7 @@ pub async fn dump_group(
     let end = c.batch_execute("ROLLBACK").await;
     match (result, end) {
         (Ok(d), Ok(())) => Ok(d),
-        (Ok(_), Err(e)) => Err(NativeError::Server(crate::pg_error_text(&e))),
+        (Ok(_), Err(e)) => Err(NativeError::Server(crate::text::pg_error_text(&e))),
         (Err(e), _) => Err(e),
     }
 }
@@ -562,11 +562,11 @@ async fn dump_in_transaction(
     req: &Request<'_>,
 ) -> Result<Dumped, NativeError> {
     let c = &session.client;
-    let server = |e: tokio_postgres::Error| NativeError::Server(crate::pg_error_text(&e));
+    let server = |e: tokio_postgres::Error| NativeError::Server(crate::text::pg_error_text(&e));
     let lock_list = sel
         .tables
         .iter()
-        .map(|(_, _, s, t, _)| format!("ONLY {}", qualified_always(s, t)))
+        .map(|(_, _, s, t, _)| format!("ONLY {}", crate::text::quote_qualified(s, t)))
         .collect::<Vec<_>>()
         .join(", ");
     // LOCK, then the query that takes the snapshot, sent together: the server runs them in
@@ -574,7 +574,7 @@ async fn dump_in_transaction(
     let lock_sql = format!(
         "SET application_name = {}; BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;
          SET LOCAL lock_timeout = '{}ms'; LOCK TABLE {lock_list} IN ACCESS SHARE MODE",
-        literal(&application_name(req.group)),
+        crate::text::quote_literal(&application_name(req.group)),
         req.lock_wait_timeout.as_millis().max(1)
     );
     let locking = async {
@@ -622,7 +622,7 @@ async fn dump_in_transaction(
             .map(|s| {
                 format!(
                     "(SELECT last_value, is_called FROM {})",
-                    qualified_always(&s.schema, &s.name)
+                    crate::text::quote_qualified(&s.schema, &s.name)
                 )
             })
             .collect::<Vec<_>>()
@@ -693,7 +693,9 @@ async fn dump_in_transaction(
             section: archive::SECTION_DATA,
             defn: Some(format!(
                 "SELECT pg_catalog.setval({}, {last}, {called});\n",
-                literal(&qualified(&s.schema, &s.name))
+                crate::text::quote_literal(&crate::text::quote_qualified_if_needed(
+                    &s.schema, &s.name
+                ))
             )),
             drop_stmt: None,
             copy_stmt: None,
@@ -916,42 +918,6 @@ fn created_now() -> [i32; 7] {
     ]
 }
 
-/// `schema.name` for a `regclass` literal, quoted only where needed (as pg_dump writes it).
-fn qualified(schema: &str, name: &str) -> String {
-    format!("{}.{}", ident(schema), ident(name))
-}
-
-/// `"schema"."name"`, always quoted.
-fn qualified_always(schema: &str, name: &str) -> String {
-    crate::snapshot::quote_ident(schema) + "." + &crate::snapshot::quote_ident(name)
-}
-
-/// An identifier, quoted unless it is a plain lower-case name. Used inside a `regclass`
-/// literal, where key words need no quotes.
-fn ident(s: &str) -> String {
-    let plain = s
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    if plain {
-        s.to_string()
-    } else {
-        crate::snapshot::quote_ident(s)
-    }
-}
-
-/// A SQL string literal that reads the same whatever standard_conforming_strings says.
-fn literal(s: &str) -> String {
-    let q = s.replace('\'', "''");
-    if q.contains('\\') {
-        format!("E'{}'", q.replace('\\', "\\\\"))
-    } else {
-        format!("'{q}'")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1170,21 +1136,29 @@ mod tests {
 
     #[test]
     fn names_are_quoted_where_sql_needs_it() {
-        assert_eq!(qualified("app", "orders"), "app.orders");
         assert_eq!(
-            qualified("Odd Schema", "Mixed.Case*Table"),
+            crate::text::quote_qualified_if_needed("app", "orders"),
+            "app.orders"
+        );
+        assert_eq!(
+            crate::text::quote_qualified_if_needed("Odd Schema", "Mixed.Case*Table"),
             "\"Odd Schema\".\"Mixed.Case*Table\""
         );
-        assert_eq!(qualified("public", "select"), "public.select");
-        assert_eq!(qualified("public", "a\"b"), "public.\"a\"\"b\"");
-        assert_eq!(qualified("public", "t1_x"), "public.t1_x");
-        assert_eq!(qualified("public", "1t"), "public.\"1t\"");
-    }
-
-    #[test]
-    fn literals() {
-        assert_eq!(literal("app.seq"), "'app.seq'");
-        assert_eq!(literal("it's"), "'it''s'");
-        assert_eq!(literal("a\\b"), "E'a\\\\b'");
+        assert_eq!(
+            crate::text::quote_qualified_if_needed("public", "select"),
+            "public.select"
+        );
+        assert_eq!(
+            crate::text::quote_qualified_if_needed("public", "a\"b"),
+            "public.\"a\"\"b\""
+        );
+        assert_eq!(
+            crate::text::quote_qualified_if_needed("public", "t1_x"),
+            "public.t1_x"
+        );
+        assert_eq!(
+            crate::text::quote_qualified_if_needed("public", "1t"),
+            "public.\"1t\""
+        );
     }
 }

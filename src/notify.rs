@@ -485,7 +485,7 @@ pub fn run_message(cfg: &EmailConfig, report: &RunReport, report_path: &Path) ->
         .iter()
         .filter(|g| g.status == Status::Failed)
         .collect();
-    let bytes = crate::plan::human_bytes(report.bytes());
+    let bytes = crate::text::human_bytes(report.bytes());
     let subject_text = if failed.is_empty() {
         format!("{label}: all {total} groups ok ({bytes})")
     } else {
@@ -497,7 +497,7 @@ pub fn run_message(cfg: &EmailConfig, report: &RunReport, report_path: &Path) ->
         let _ = writeln!(
             b,
             "pg_groupdump backed up {} from {}: every dump succeeded.",
-            crate::plural(total, "group"),
+            crate::text::plural(total, "group"),
             report.server
         );
     } else {
@@ -556,12 +556,12 @@ pub fn run_message(cfg: &EmailConfig, report: &RunReport, report_path: &Path) ->
         let _ = writeln!(
             b,
             "  pruned    {}, {} freed{}",
-            crate::plural(p.deleted_files as usize, "file"),
-            crate::plan::human_bytes(p.freed_bytes),
+            crate::text::plural(p.deleted_files as usize, "file"),
+            crate::text::human_bytes(p.freed_bytes),
             if p.errors.is_empty() {
                 String::new()
             } else {
-                format!(", {}", crate::plural(p.errors.len(), "error"))
+                format!(", {}", crate::text::plural(p.errors.len(), "error"))
             }
         );
         for e in &p.errors {
@@ -589,7 +589,7 @@ fn group_name(g: &GroupReport) -> String {
     format!(
         "{} / {}",
         g.database.as_deref().unwrap_or("(cluster)"),
-        crate::printable(&g.group)
+        crate::text::printable(&g.group)
     )
 }
 
@@ -600,13 +600,13 @@ fn write_failed_group(b: &mut String, g: &GroupReport) {
         "  database  {}",
         g.database.as_deref().unwrap_or("(cluster: globals)")
     );
-    let _ = writeln!(b, "  group     {}", crate::printable(&g.group));
+    let _ = writeln!(b, "  group     {}", crate::text::printable(&g.group));
     if !g.tables.is_empty() {
         let mut tables: Vec<String> = g
             .tables
             .iter()
             .take(MAX_TABLES_LISTED)
-            .map(|t| crate::printable(t))
+            .map(|t| crate::text::printable(t))
             .collect();
         if g.tables.len() > MAX_TABLES_LISTED {
             tables.push(format!("and {} more", g.tables.len() - MAX_TABLES_LISTED));

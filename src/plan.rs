@@ -45,7 +45,7 @@ impl DatabasePlan {
     /// of sequences owned by tables come with those tables' groups. Other schemas' tables are
     /// named one by one, so their sequences' values and views' contents stay in the archive.
     pub fn schema_data_exclusions(&self) -> Vec<String> {
-        let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+        let quote = crate::text::quote_ident;
         let mut whole: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
         let mut patterns = Vec::new();
         for (schema, table) in &self.all_tables {
@@ -495,10 +495,10 @@ pub fn render_text(plan: &Plan) -> String {
         let _ = writeln!(
             s,
             "database {}: {}, {}, ~{}",
-            crate::printable(&db.database),
-            crate::plural(db.groups.len(), "group"),
-            crate::plural(tables, "table"),
-            human_bytes(total.max(0) as u64)
+            crate::text::printable(&db.database),
+            crate::text::plural(db.groups.len(), "group"),
+            crate::text::plural(tables, "table"),
+            crate::text::human_bytes(total.max(0) as u64)
         );
         let mut ungrouped = Vec::new();
         for g in &db.groups {
@@ -509,9 +509,9 @@ pub fn render_text(plan: &Plan) -> String {
             let _ = writeln!(
                 s,
                 "  group {} ({}, ~{}{})",
-                crate::printable(&g.group),
-                crate::plural(g.tables.len(), "table"),
-                human_bytes(g.bytes.max(0) as u64),
+                crate::text::printable(&g.group),
+                crate::text::plural(g.tables.len(), "table"),
+                crate::text::human_bytes(g.bytes.max(0) as u64),
                 if g.origin == Origin::Ungrouped {
                     ", ungrouped"
                 } else {
@@ -527,8 +527,8 @@ pub fn render_text(plan: &Plan) -> String {
                 let _ = writeln!(
                     s,
                     "    {} (~{}{part})",
-                    crate::printable(&t.table),
-                    human_bytes(t.bytes.max(0) as u64)
+                    crate::text::printable(&t.table),
+                    crate::text::human_bytes(t.bytes.max(0) as u64)
                 );
             }
         }
@@ -536,14 +536,14 @@ pub fn render_text(plan: &Plan) -> String {
             let _ = writeln!(
                 s,
                 "  ungrouped, one dump each ({}):",
-                crate::plural(ungrouped.len(), "table")
+                crate::text::plural(ungrouped.len(), "table")
             );
             for g in ungrouped {
                 let _ = writeln!(
                     s,
                     "    {} (~{})",
-                    crate::printable(&g.group),
-                    human_bytes(g.bytes.max(0) as u64)
+                    crate::text::printable(&g.group),
+                    crate::text::human_bytes(g.bytes.max(0) as u64)
                 );
             }
         }
@@ -556,22 +556,6 @@ pub fn render_text(plan: &Plan) -> String {
         }
     }
     s
-}
-
-/// "1.2 MiB".
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }
 
 /// Groups in the order they should start: largest first, so the long ones do not start last.

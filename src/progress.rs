@@ -97,7 +97,7 @@ impl Progress {
             i.overall.inc(1);
             i.overall.set_message(format!(
                 "{} written{}",
-                crate::plan::human_bytes(total),
+                crate::text::human_bytes(total),
                 if failed > 0 {
                     format!(", {failed} failed")
                 } else {

@@ -1092,12 +1092,12 @@ pub fn prune(
     if s.deleted_files > 0 || !s.errors.is_empty() {
         tracing::info!(
             "pruned {}, {} freed{}",
-            crate::plural(s.deleted_files as usize, "file"),
-            crate::plan::human_bytes(s.freed_bytes),
+            crate::text::plural(s.deleted_files as usize, "file"),
+            crate::text::human_bytes(s.freed_bytes),
             if s.errors.is_empty() {
                 String::new()
             } else {
-                format!(", {}", crate::plural(s.errors.len(), "error"))
+                format!(", {}", crate::text::plural(s.errors.len(), "error"))
             }
         );
     }
@@ -1120,8 +1120,12 @@ pub fn render_text(s: &PruneSummary) -> String {
     );
     for g in &s.groups {
         let who = match (&g.database, g.kind) {
-            (Some(db), _) => format!("{} / {}", crate::printable(db), crate::printable(&g.group)),
-            (None, _) => crate::printable(&g.group),
+            (Some(db), _) => format!(
+                "{} / {}",
+                crate::text::printable(db),
+                crate::text::printable(&g.group)
+            ),
+            (None, _) => crate::text::printable(&g.group),
         };
         let _ = writeln!(
             out,
@@ -1129,7 +1133,7 @@ pub fn render_text(s: &PruneSummary) -> String {
             g.kept_files,
             if s.dry_run { "would delete" } else { "delete" },
             g.deleted_files,
-            crate::plan::human_bytes(g.freed_bytes),
+            crate::text::human_bytes(g.freed_bytes),
             if g.protected {
                 " — its dump failed in this run"
             } else {
@@ -1154,8 +1158,8 @@ pub fn render_text(s: &PruneSummary) -> String {
             let _ = writeln!(
                 out,
                 "  {what}  {}  {}  {}{}",
-                crate::printable(&name),
-                crate::plan::human_bytes(f.bytes),
+                crate::text::printable(&name),
+                crate::text::human_bytes(f.bytes),
                 f.reason,
                 f.error
                     .as_ref()
@@ -1165,20 +1169,25 @@ pub fn render_text(s: &PruneSummary) -> String {
         }
     }
     for i in &s.ignored {
-        let _ = writeln!(out, "ignored: {}: {}", crate::printable(&i.path), i.reason);
+        let _ = writeln!(
+            out,
+            "ignored: {}: {}",
+            crate::text::printable(&i.path),
+            i.reason
+        );
     }
     let _ = writeln!(
         out,
         "{} {}, {} {}; kept {}{}",
         if s.dry_run { "would delete" } else { "deleted" },
-        crate::plural(s.deleted_files as usize, "file"),
+        crate::text::plural(s.deleted_files as usize, "file"),
         if s.dry_run { "would free" } else { "freed" },
-        crate::plan::human_bytes(s.freed_bytes),
-        crate::plural(s.kept_files as usize, "file"),
+        crate::text::human_bytes(s.freed_bytes),
+        crate::text::plural(s.kept_files as usize, "file"),
         if s.errors.is_empty() {
             String::new()
         } else {
-            format!("; {}", crate::plural(s.errors.len(), "error"))
+            format!("; {}", crate::text::plural(s.errors.len(), "error"))
         }
     );
     out

@@ -240,7 +240,7 @@ impl RunReport {
             let _ = writeln!(
                 s,
                 "FAILED {db} / {}: {}",
-                crate::printable(&g.group),
+                crate::text::printable(&g.group),
                 g.error.as_deref().unwrap_or("").replace('\n', "\n    ")
             );
         }
@@ -251,7 +251,7 @@ impl RunReport {
             self.groups.len() - self.failed(),
             self.groups.len(),
             self.failed(),
-            crate::plan::human_bytes(self.bytes()),
+            crate::text::human_bytes(self.bytes()),
             report_path
         );
         s

@@ -17,8 +17,8 @@ use tokio::process::Command;
 use crate::config::Config;
 use crate::connect::{application_name, ConnParams};
 use crate::report::{Kind, RunReport, Status};
-use crate::snapshot::quote_ident;
 use crate::store;
+use crate::text::quote_ident;
 use crate::Failure;
 
 /// The pg_restore to use: configured, else beside pg_dump, else on PATH.
@@ -193,7 +193,7 @@ pub fn compare_tables(
     tables: &[(String, String)],
     oids: Option<&[u32]>,
 ) -> Vec<String> {
-    let shown = |i: usize| crate::config::qualified_name(&tables[i].0, &tables[i].1);
+    let shown = |i: usize| crate::text::display_name(&tables[i].0, &tables[i].1);
     let expected: Vec<String> = tables
         .iter()
         .map(|(s, t)| format!("{} {} ", listed_name(s), listed_name(t)))
@@ -278,7 +278,7 @@ pub async fn ensure_database(
             &[&database],
         )
         .await
-        .map_err(|e| Failure::Start(anyhow::anyhow!(crate::pg_error_text(&e))))?
+        .map_err(|e| Failure::Start(anyhow::anyhow!(crate::text::pg_error_text(&e))))?
         .is_some();
     if exists {
         return Ok(false);
@@ -288,7 +288,7 @@ pub async fn ensure_database(
         .map_err(|e| {
             Failure::Start(anyhow::anyhow!(
                 "cannot create database {database:?}: {}",
-                crate::pg_error_text(&e)
+                crate::text::pg_error_text(&e)
             ))
         })?;
     Ok(true)
@@ -385,7 +385,7 @@ async fn database_is_empty(conn: &ConnParams, database: &str) -> Result<bool, Fa
             &[],
         )
         .await
-        .map_err(|e| Failure::Start(anyhow::anyhow!(crate::pg_error_text(&e))))?;
+        .map_err(|e| Failure::Start(anyhow::anyhow!(crate::text::pg_error_text(&e))))?;
     Ok(row.get(0))
 }
 

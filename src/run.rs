@@ -576,7 +576,7 @@ async fn new_run_id(previous: Option<&str>) -> String {
 /// Runs a job to its end: attempts until one succeeds, one fails for a reason retrying will
 /// not mend, or the lock retries are spent. Between attempts the job gives its slot to others.
 async fn run_job(ctx: &Ctx, job: Job, first: Option<OwnedSemaphorePermit>) -> GroupReport {
-    let label = crate::printable(&format!(
+    let label = crate::text::printable(&format!(
         "{}/{}",
         job.database.as_deref().unwrap_or("(cluster)"),
         job.group
@@ -658,12 +658,12 @@ async fn run_job(ctx: &Ctx, job: Job, first: Option<OwnedSemaphorePermit>) -> Gr
                 report.table_oids = (job.kind == Kind::Tables).then(|| job.table_oids.clone());
                 report.lock_wait_ms = last.lock_wait_ms;
                 let what = match job.kind {
-                    Kind::Tables => format!("{}, ", crate::plural(job.tables.len(), "table")),
+                    Kind::Tables => format!("{}, ", crate::text::plural(job.tables.len(), "table")),
                     _ => String::new(),
                 };
                 tracing::info!(
                     "ok {label} ({what}{}) in {:.1}s{}",
-                    crate::plan::human_bytes(finished.bytes),
+                    crate::text::human_bytes(finished.bytes),
                     last.duration_ms as f64 / 1000.0,
                     if number > 1 {
                         format!(", attempt {number}")
@@ -731,7 +731,7 @@ fn warn_if_unusable(database: &str, toc: &TocResult) {
     if let Err(e) = toc {
         tracing::warn!(
             "{}: the native engine cannot use the schema archive ({e}); the groups of this database are dumped with pg_dump",
-            crate::printable(database)
+            crate::text::printable(database)
         );
     }
 }
@@ -811,7 +811,7 @@ async fn private_toc(ctx: &Ctx, database: &str) -> TocResult {
     }
     tracing::warn!(
         "{}: no schema archive for the native engine ({last}); the groups of this database are dumped with pg_dump",
-        crate::printable(database)
+        crate::text::printable(database)
     );
     Err(format!("the schema-only dump failed: {last}"))
 }
@@ -907,8 +907,8 @@ async fn native_attempt(
                 Ok(s) => {
                     tracing::warn!(
                         "{}/{}: yielded to pid {}: {}",
-                        crate::printable(&database),
-                        crate::printable(&job.group),
+                        crate::text::printable(&database),
+                        crate::text::printable(&job.group),
                         s.pid,
                         s.query.as_deref().unwrap_or("(query not visible)")
                     );
@@ -1024,7 +1024,7 @@ async fn attempt(ctx: &Ctx, job: &Job, number: u32) -> (Attempt, Result<store::F
                 Err(e) => {
                     tracing::debug!(
                         "no exported snapshot for {}: {e}",
-                        crate::printable(&job.group)
+                        crate::text::printable(&job.group)
                     );
                     None
                 }
@@ -1051,7 +1051,7 @@ async fn attempt(ctx: &Ctx, job: &Job, number: u32) -> (Attempt, Result<store::F
                     Ok(r) => *slot.recorded.lock().expect("toc slot") = Some(r),
                     Err(err) => tracing::warn!(
                         "{}: cannot read the catalog in the schema snapshot: {err}",
-                        crate::printable(&database)
+                        crate::text::printable(&database)
                     ),
                 }
                 child
@@ -1075,7 +1075,10 @@ async fn attempt(ctx: &Ctx, job: &Job, number: u32) -> (Attempt, Result<store::F
                         a.row_counts = Some(job.tables.iter().cloned().zip(counts).collect());
                     }
                     Err(err) => {
-                        tracing::warn!("{}: rows not counted: {err}", crate::printable(&job.group))
+                        tracing::warn!(
+                            "{}: rows not counted: {err}",
+                            crate::text::printable(&job.group)
+                        )
                     }
                 }
             }
@@ -1116,8 +1119,8 @@ async fn attempt(ctx: &Ctx, job: &Job, number: u32) -> (Attempt, Result<store::F
                 if let Some(s) = &a.yielded_to {
                     tracing::warn!(
                         "{}/{}: yielded to pid {}: {}",
-                        crate::printable(&database),
-                        crate::printable(&job.group),
+                        crate::text::printable(&database),
+                        crate::text::printable(&job.group),
                         s.pid,
                         s.query.as_deref().unwrap_or("(query not visible)")
                     );

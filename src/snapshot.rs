@@ -100,7 +100,7 @@ impl Snapshots {
                 client,
                 database: database.to_string(),
             }),
-            Err(e) => Err(crate::pg_error_text(&e)),
+            Err(e) => Err(crate::text::pg_error_text(&e)),
         }
     }
 
@@ -120,18 +120,18 @@ impl Snapshots {
             lock_timeout.as_millis().max(1)
         ))
         .await
-        .map_err(|e| crate::pg_error_text(&e))?;
+        .map_err(|e| crate::text::pg_error_text(&e))?;
         let mut counts = Vec::with_capacity(tables.len());
         for (schema, table) in tables {
             let sql = format!(
                 "SELECT count(*) FROM ONLY {}.{}",
-                quote_ident(schema),
-                quote_ident(table)
+                crate::text::quote_ident(schema),
+                crate::text::quote_ident(table)
             );
             let row = c
                 .query_one(&sql, &[])
                 .await
-                .map_err(|e| crate::pg_error_text(&e))?;
+                .map_err(|e| crate::text::pg_error_text(&e))?;
             counts.push(row.get(0));
         }
         Ok(counts)
@@ -148,9 +148,4 @@ impl Snapshots {
                 .push(exported.client);
         }
     }
-}
-
-/// A quoted SQL identifier.
-pub fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
 }

@@ -13,7 +13,7 @@ use crate::config::{parse_table_ref, Config};
 use crate::connect::{application_name, ConnParams};
 use crate::report::{GroupReport, Kind, Status};
 use crate::restore::{compare_tables, list_archive, load_report, pg_restore_path, run_pg_restore};
-use crate::snapshot::quote_ident;
+use crate::text::quote_ident;
 use crate::Failure;
 
 /// What `verify` was asked to check.
@@ -55,7 +55,7 @@ pub async fn verify(config: &Config, opts: &VerifyOptions) -> Result<i32, Failur
         if g.status != Status::Ok {
             crate::say!(
                 "skip {}: the dump failed in this run",
-                crate::printable(&label)
+                crate::text::printable(&label)
             );
             continue;
         }
@@ -70,12 +70,12 @@ pub async fn verify(config: &Config, opts: &VerifyOptions) -> Result<i32, Failur
         }
         let file = g.file.as_deref().unwrap_or("(no file)");
         if problems.is_empty() {
-            crate::say!("ok   {} {file}", crate::printable(&label));
+            crate::say!("ok   {} {file}", crate::text::printable(&label));
         } else {
             bad += 1;
-            crate::say!("BAD  {} {file}", crate::printable(&label));
+            crate::say!("BAD  {} {file}", crate::text::printable(&label));
             for p in problems {
-                crate::say!("     {}", crate::printable(&p));
+                crate::say!("     {}", crate::text::printable(&p));
             }
         }
     }
@@ -175,7 +175,7 @@ async fn restore_and_count(
     {
         return vec![format!(
             "cannot create the scratch database {scratch}: {}",
-            crate::pg_error_text(&e)
+            crate::text::pg_error_text(&e)
         )];
     }
     let mut problems = Vec::new();
@@ -213,7 +213,7 @@ async fn restore_and_count(
                         match c.query_one(&sql, &[]).await {
                             Err(e) => problems.push(format!(
                                 "{shown}: not restored ({}){}",
-                                crate::pg_error_text(&e),
+                                crate::text::pg_error_text(&e),
                                 if stderr.is_empty() {
                                     String::new()
                                 } else {
@@ -245,7 +245,7 @@ async fn restore_and_count(
     {
         tracing::warn!(
             "cannot drop the scratch database {scratch}: {}",
-            crate::pg_error_text(&e)
+            crate::text::pg_error_text(&e)
         );
     }
     problems

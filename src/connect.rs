@@ -33,7 +33,52 @@ pub enum ConnectError {
         target: String,
         user: String,
         message: String,
+        /// Worth another try later (see [`is_transient`]).
+        transient: bool,
     },
+}
+
+impl ConnectError {
+    /// Whether the connection was refused or lost in a way a later attempt may not meet
+    /// (a server restarting, say), rather than for a reason retrying cannot mend.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            ConnectError::Connect {
+                transient: true,
+                ..
+            }
+        )
+    }
+}
+
+/// Whether a session's error is the connection going away or being refused — a server
+/// restart, a terminated backend, a network failure — rather than something retrying cannot
+/// mend (a database that no longer exists, a failed authentication, a permission).
+pub fn is_transient(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    if e.is_closed() {
+        return true;
+    }
+    if let Some(db) = e.as_db_error() {
+        let code = db.code();
+        return code.code().starts_with("08")
+            || [
+                SqlState::ADMIN_SHUTDOWN,
+                SqlState::CRASH_SHUTDOWN,
+                SqlState::CANNOT_CONNECT_NOW,
+            ]
+            .contains(code);
+    }
+    // No answer from a server at all: refused, reset, timed out.
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<std::io::Error>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// Resolved connection parameters, shared by every session and child of a run.
@@ -183,6 +228,7 @@ impl ConnParams {
             target: self.target(),
             user: self.user.clone(),
             message: crate::text::pg_error_text(&e),
+            transient: is_transient(&e),
         })?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {

@@ -193,8 +193,6 @@ pub enum ChildError {
         status: String,
         stderr: String,
     },
-    #[error("cancelled: {0}")]
-    Cancelled(String),
 }
 
 /// How long a child may take to exit after SIGTERM before it gets SIGKILL.
@@ -277,12 +275,12 @@ pub fn command_args(
 
 /// Runs one dump child writing to `out`; returns its stderr (warnings) on success. When
 /// `cancel` completes first, the child's process group gets SIGTERM (SIGKILL after
-/// [`KILL_GRACE`]) and the result is [`ChildError::Cancelled`] with the reason it gave.
-pub async fn run_child(
+/// [`KILL_GRACE`]) and the result is `Err` with what `cancel` gave.
+pub async fn run_child<C>(
     settings: &DumpSettings,
     req: &DumpRequest<'_>,
-    cancel: impl std::future::Future<Output = String>,
-) -> Result<String, ChildError> {
+    cancel: impl std::future::Future<Output = C>,
+) -> Result<Result<String, ChildError>, C> {
     let (program, args) = command_args(settings, req);
     let program_name = program.display().to_string();
     let mut cmd = Command::new(&program);
@@ -309,10 +307,15 @@ pub async fn run_child(
     for (k, v) in settings.conn.child_env() {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().map_err(|source| ChildError::Spawn {
-        program: program_name.clone(),
-        source,
-    })?;
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(source) => {
+            return Ok(Err(ChildError::Spawn {
+                program: program_name,
+                source,
+            }))
+        }
+    };
     let mut stderr = child.stderr.take().expect("stderr is piped");
     // Read stderr while the child runs, so a chatty child never blocks on a full pipe.
     let reader = tokio::spawn(async move {
@@ -336,16 +339,21 @@ pub async fn run_child(
         reason = cancel => {
             stop_child(&mut child).await;
             reader.abort();
-            return Err(ChildError::Cancelled(reason));
+            return Err(reason);
         }
     };
-    let status = status.map_err(|source| ChildError::Spawn {
-        program: program_name.clone(),
-        source,
-    })?;
+    let status = match status {
+        Ok(s) => s,
+        Err(source) => {
+            return Ok(Err(ChildError::Spawn {
+                program: program_name,
+                source,
+            }))
+        }
+    };
     let err_bytes = reader.await.unwrap_or_default();
     let text = tail(&String::from_utf8_lossy(&err_bytes));
-    if status.success() {
+    Ok(if status.success() {
         Ok(text)
     } else {
         let status = match status.code() {
@@ -360,7 +368,7 @@ pub async fn run_child(
             status,
             stderr: text,
         })
-    }
+    })
 }
 
 /// SIGTERM to the child's process group, then SIGKILL if it has not exited within the grace

@@ -2,22 +2,22 @@
 //!
 //! A run walks through these modules in order:
 //! [`config`] (read `groups.toml`) → [`connect`] (connection settings) → [`catalog`] (what
-//! the server has) → [`plan`] (which tables go in which group) → [`dump`] (one `pg_dump` per
-//! group) or [`native`] (the group's archive cut from the run's schema archive, plus a COPY of
-//! its tables, in [`archive`]'s format) → [`store`] (atomic files in the backup directory) →
-//! [`report`] (the run report).
-//! [`run`] ties them together; [`runlock`] keeps runs on one directory from overlapping.
+//! the server has) → [`plan`] (which tables go in which group) → [`run`] (the scheduler:
+//! slots, retries, signals) → [`engine`] (one `pg_dump` per job, or the native engine's own
+//! archives) → [`store`] (atomic files in the backup directory) → [`report`] (the run
+//! report) → [`prune`] → [`notify`].
+//! [`runlock`] keeps runs on one directory from overlapping; [`text`] holds the small helpers
+//! every module may use.
 
-pub mod archive;
 pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod connect;
 pub mod dump;
+pub mod engine;
 pub mod exit;
 pub mod locks;
 pub mod metrics;
-pub mod native;
 pub mod notify;
 pub mod plan;
 pub mod progress;
@@ -26,7 +26,6 @@ pub mod report;
 pub mod restore;
 pub mod run;
 pub mod runlock;
-pub mod snapshot;
 pub mod store;
 pub mod text;
 pub mod verify;

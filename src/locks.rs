@@ -21,65 +21,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::connect::{application_name, ConnParams};
+use crate::report::Session;
 
 /// How often the monitor looks.
 const POLL: Duration = Duration::from_millis(200);
-
-/// A session seen in `pg_stat_activity`: a blocker, or a session waiting behind a dump.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Session {
-    pub pid: i32,
-    pub user: Option<String>,
-    pub application_name: Option<String>,
-    pub client_addr: Option<String>,
-    pub state: Option<String>,
-    /// Seconds since its transaction began.
-    pub xact_age_s: Option<f64>,
-    /// Seconds it has waited for its lock (waiters only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub waited_s: Option<f64>,
-    /// The lock mode it holds or wants on the contended table.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lock_mode: Option<String>,
-    /// Its current or last statement, shortened.
-    pub query: Option<String>,
-}
-
-impl Session {
-    /// One line for logs and mail.
-    pub fn describe(&self) -> String {
-        let mut s = format!("pid {}", self.pid);
-        if let Some(u) = &self.user {
-            s.push_str(&format!(" user {u}"));
-        }
-        if let Some(a) = self.application_name.as_deref().filter(|a| !a.is_empty()) {
-            s.push_str(&format!(" application {a:?}"));
-        }
-        if let Some(c) = &self.client_addr {
-            s.push_str(&format!(" from {c}"));
-        }
-        if let Some(st) = &self.state {
-            s.push_str(&format!(", {st}"));
-        }
-        if let Some(m) = &self.lock_mode {
-            s.push_str(&format!(", {m}"));
-        }
-        if let Some(a) = self.xact_age_s {
-            s.push_str(&format!(", transaction open {a:.1}s"));
-        }
-        if let Some(w) = self.waited_s {
-            s.push_str(&format!(", waiting {w:.1}s"));
-        }
-        if let Some(q) = &self.query {
-            s.push_str(&format!(": {q}"));
-        }
-        s
-    }
-}
 
 /// What the monitor learnt about one attempt.
 #[derive(Debug, Clone, Default)]
@@ -125,10 +73,16 @@ pub struct WatchHandle {
     id: u64,
     shared: Arc<Mutex<Shared>>,
     /// Fires with the session to yield to.
-    pub yield_rx: oneshot::Receiver<Session>,
+    yield_rx: Option<oneshot::Receiver<Session>>,
 }
 
 impl WatchHandle {
+    /// Resolves with the session to yield to, once one has waited `yield_after` behind the
+    /// watched backend. Taken once; the watch goes on until [`finish`](Self::finish).
+    pub fn yielded(&mut self) -> oneshot::Receiver<Session> {
+        self.yield_rx.take().expect("yielded() is taken once")
+    }
+
     /// Stops watching and returns what was seen.
     pub fn finish(self) -> Observed {
         let mut g = self.shared.lock().expect("monitor state");
@@ -239,7 +193,7 @@ impl Monitor {
         WatchHandle {
             id,
             shared: self.shared.clone(),
-            yield_rx: rx,
+            yield_rx: Some(rx),
         }
     }
 
@@ -462,81 +416,9 @@ impl MonitorInner {
     }
 }
 
-/// Whether a pg_dump failure was about locks (a lock wait that timed out, or NOWAIT).
-pub fn is_lock_failure(stderr: &str) -> bool {
-    stderr.contains("could not obtain lock")
-        || stderr.contains("lock timeout")
-        || (stderr.contains("statement timeout") && stderr.contains("LOCK TABLE"))
-}
-
-/// Whether a failure was the connection going away or being refused (a server restart, a
-/// terminated backend) — worth another attempt — rather than something retrying cannot mend
-/// (a database that no longer exists, a failed authentication, a permission).
-pub fn is_connection_failure(stderr: &str) -> bool {
-    const PERMANENT: [&str; 5] = [
-        "does not exist",
-        "password authentication failed",
-        "no pg_hba.conf entry",
-        "permission denied",
-        "authentication failed",
-    ];
-    const TRANSIENT: [&str; 12] = [
-        "server closed the connection unexpectedly",
-        "terminating connection due to administrator command",
-        "Connection refused",
-        "the database system is starting up",
-        "the database system is shutting down",
-        "the database system is in recovery mode",
-        "could not receive data from server",
-        "no connection to the server",
-        "connection to server was lost",
-        "SSL SYSCALL error",
-        // tokio-postgres (the native engine's sessions): a backend that goes away while
-        // sending COPY data often closes without an error message.
-        "connection closed",
-        "error communicating with the server",
-    ];
-    !PERMANENT.iter().any(|p| stderr.contains(p)) && TRANSIENT.iter().any(|t| stderr.contains(t))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn lock_failures_are_recognised() {
-        let timeout =
-            "pg_dump: error: query failed: ERROR:  canceling statement due to statement timeout\n\
-                       pg_dump: detail: Query was: LOCK TABLE public.t7 IN ACCESS SHARE MODE";
-        assert!(is_lock_failure(timeout));
-        assert!(is_lock_failure(
-            "pg_dump: error: could not obtain lock on relation \"t\""
-        ));
-        assert!(!is_lock_failure(
-            "pg_dump: error: permission denied for table t"
-        ));
-    }
-
-    #[test]
-    fn connection_failures_are_recognised() {
-        assert!(is_connection_failure(
-            "pg_dump: error: query failed: server closed the connection unexpectedly"
-        ));
-        assert!(is_connection_failure(
-            "FATAL:  terminating connection due to administrator command"
-        ));
-        assert!(is_connection_failure(
-            "connection to server at \"127.0.0.1\", port 5 failed: Connection refused"
-        ));
-        // tokio-postgres, when a backend dies mid-COPY.
-        assert!(is_connection_failure("connection closed"));
-        assert!(!is_connection_failure(
-            "connection to server failed: FATAL:  database \"x\" does not exist"
-        ));
-        assert!(!is_connection_failure(
-            "FATAL:  password authentication failed for user \"bk\""
-        ));
-    }
 
     #[test]
     fn sessions_describe_themselves() {

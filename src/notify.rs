@@ -1003,7 +1003,7 @@ async fn exchange(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::locks::Session;
+    use crate::report::Session;
     use crate::report::{Attempt, Kind};
 
     fn cfg(email: &str) -> Result<crate::config::Config, ConfigError> {

@@ -5,8 +5,66 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::locks::Session;
-use crate::snapshot::SnapshotInfo;
+/// A session seen in `pg_stat_activity`: a blocker, or a session waiting behind a dump.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Session {
+    pub pid: i32,
+    pub user: Option<String>,
+    pub application_name: Option<String>,
+    pub client_addr: Option<String>,
+    pub state: Option<String>,
+    /// Seconds since its transaction began.
+    pub xact_age_s: Option<f64>,
+    /// Seconds it has waited for its lock (waiters only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waited_s: Option<f64>,
+    /// The lock mode it holds or wants on the contended table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_mode: Option<String>,
+    /// Its current or last statement, shortened.
+    pub query: Option<String>,
+}
+
+impl Session {
+    /// One line for logs and mail.
+    pub fn describe(&self) -> String {
+        let mut s = format!("pid {}", self.pid);
+        if let Some(u) = &self.user {
+            s.push_str(&format!(" user {u}"));
+        }
+        if let Some(a) = self.application_name.as_deref().filter(|a| !a.is_empty()) {
+            s.push_str(&format!(" application {a:?}"));
+        }
+        if let Some(c) = &self.client_addr {
+            s.push_str(&format!(" from {c}"));
+        }
+        if let Some(st) = &self.state {
+            s.push_str(&format!(", {st}"));
+        }
+        if let Some(m) = &self.lock_mode {
+            s.push_str(&format!(", {m}"));
+        }
+        if let Some(a) = self.xact_age_s {
+            s.push_str(&format!(", transaction open {a:.1}s"));
+        }
+        if let Some(w) = self.waited_s {
+            s.push_str(&format!(", waiting {w:.1}s"));
+        }
+        if let Some(q) = &self.query {
+            s.push_str(&format!(": {q}"));
+        }
+        s
+    }
+}
+
+/// Where and when a group's snapshot was taken.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    /// Server time when the snapshot was taken (UTC, RFC 3339).
+    pub taken_at: String,
+    /// WAL position at that moment (`pg_current_wal_lsn()`, or the replay position on a standby).
+    pub wal_lsn: Option<String>,
+}
 
 /// What a dump contains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -103,6 +103,15 @@ pub fn display_name(schema: &str, table: &str) -> String {
     format!("{}.{}", display_part(schema), display_part(table))
 }
 
+/// An I/O error's text, saying "disk full" first when it is one (ENOSPC).
+pub fn io_message(e: &std::io::Error) -> String {
+    if e.raw_os_error() == Some(libc::ENOSPC) {
+        format!("disk full ({e})")
+    } else {
+        e.to_string()
+    }
+}
+
 /// The text of a tokio-postgres error: for a server error its message, detail, hint and
 /// SQLSTATE (the error's own Display says only "db error"), else the error and its causes.
 pub fn pg_error_text(e: &tokio_postgres::Error) -> String {

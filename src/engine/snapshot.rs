@@ -8,22 +8,11 @@
 //! pre-locking in one session what another will lock). Idle sessions are kept per database
 //! and reused by the next group.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-
-use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
-use crate::connect::{application_name, ConnParams};
-
-/// Where and when a group's snapshot was taken.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SnapshotInfo {
-    /// Server time when the snapshot was taken (UTC, RFC 3339).
-    pub taken_at: String,
-    /// WAL position at that moment (`pg_current_wal_lsn()`, or the replay position on a standby).
-    pub wal_lsn: Option<String>,
-}
+use super::pool::Pool;
+use crate::connect::{application_name, ConnParams, ConnectError};
+use crate::report::SnapshotInfo;
 
 /// An open transaction whose snapshot a child process is using.
 pub struct Exported {
@@ -36,11 +25,20 @@ pub struct Exported {
     pub info: SnapshotInfo,
 }
 
-/// Per-database pools of idle sessions.
+/// Why a snapshot could not be exported or its rows counted.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("{}", crate::text::pg_error_text(.0))]
+    Server(#[from] tokio_postgres::Error),
+}
+
+/// Exports snapshots, keeping idle sessions for the next group of their database.
 #[derive(Clone)]
 pub struct Snapshots {
     conn: ConnParams,
-    idle: Arc<Mutex<HashMap<String, Vec<Client>>>>,
+    idle: Pool<Client>,
 }
 
 impl Exported {
@@ -51,28 +49,22 @@ impl Exported {
 }
 
 impl Snapshots {
-    pub fn new(conn: ConnParams) -> Self {
+    pub fn new(conn: ConnParams, max_idle: usize) -> Self {
         Snapshots {
             conn,
-            idle: Arc::default(),
+            idle: Pool::new(max_idle),
         }
     }
 
     /// Opens a transaction on `database` and exports its snapshot.
-    pub async fn export(&self, database: &str) -> Result<Exported, String> {
-        let pooled = self
-            .idle
-            .lock()
-            .expect("snapshot pool")
-            .get_mut(database)
-            .and_then(Vec::pop);
-        let client = match pooled {
-            Some(c) if !c.is_closed() => c,
-            _ => self
-                .conn
-                .connect(database, &application_name("snapshot"))
-                .await
-                .map_err(|e| e.to_string())?,
+    pub async fn export(&self, database: &str) -> Result<Exported, SnapshotError> {
+        let client = match self.idle.take(database) {
+            Some(c) => c,
+            None => {
+                self.conn
+                    .connect(database, &application_name("snapshot"))
+                    .await?
+            }
         };
         let run = async {
             client
@@ -100,7 +92,7 @@ impl Snapshots {
                 client,
                 database: database.to_string(),
             }),
-            Err(e) => Err(crate::text::pg_error_text(&e)),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -113,14 +105,13 @@ impl Snapshots {
         exported: &Exported,
         tables: &[(String, String)],
         lock_timeout: std::time::Duration,
-    ) -> Result<Vec<i64>, String> {
+    ) -> Result<Vec<i64>, SnapshotError> {
         let c = &exported.client;
         c.batch_execute(&format!(
             "SET LOCAL lock_timeout = '{}ms'",
             lock_timeout.as_millis().max(1)
         ))
-        .await
-        .map_err(|e| crate::text::pg_error_text(&e))?;
+        .await?;
         let mut counts = Vec::with_capacity(tables.len());
         for (schema, table) in tables {
             let sql = format!(
@@ -128,10 +119,7 @@ impl Snapshots {
                 crate::text::quote_ident(schema),
                 crate::text::quote_ident(table)
             );
-            let row = c
-                .query_one(&sql, &[])
-                .await
-                .map_err(|e| crate::text::pg_error_text(&e))?;
+            let row = c.query_one(&sql, &[]).await?;
             counts.push(row.get(0));
         }
         Ok(counts)
@@ -140,12 +128,7 @@ impl Snapshots {
     /// Ends the transaction and keeps the session for the next group of its database.
     pub async fn release(&self, exported: Exported) {
         if exported.client.batch_execute("COMMIT").await.is_ok() {
-            self.idle
-                .lock()
-                .expect("snapshot pool")
-                .entry(exported.database)
-                .or_default()
-                .push(exported.client);
+            self.idle.give(&exported.database, exported.client);
         }
     }
 }

@@ -1,0 +1,347 @@
+//! One group in one transaction: lock its tables, take the snapshot after the locks, check
+//! the tables still match the schema archive, read the owned sequences, and COPY the data
+//! into the group's archive ([`super::writer`]).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use futures_util::{pin_mut, StreamExt};
+
+use super::archive::{self, DataState, Entry};
+use super::session::NativeSession;
+use super::toc::{SchemaToc, Selection};
+use super::writer::{created_now, Chunk, Output, Target};
+use crate::connect::application_name;
+use crate::report::SnapshotInfo;
+use crate::text::{quote_literal, quote_qualified, quote_qualified_if_needed};
+
+/// Bytes of COPY data handed to the writer at a time.
+const BATCH: usize = 64 * 1024;
+
+/// Why a native dump did not produce an archive.
+#[derive(Debug, thiserror::Error)]
+pub enum NativeError {
+    /// The schema archive no longer describes the group: dump it with pg_dump instead.
+    #[error("{0}")]
+    Fallback(String),
+    /// The server said no (lock timeout, permission, lost connection...).
+    #[error("{}", crate::text::pg_error_text(.0))]
+    Server(#[from] tokio_postgres::Error),
+    /// The server's answer was not what the query promises.
+    #[error("{0}")]
+    Unexpected(&'static str),
+}
+
+/// What a native dump produced.
+pub struct Dumped {
+    pub snapshot: SnapshotInfo,
+    /// Time the LOCK statement took.
+    pub lock_wait: Duration,
+    /// Rows per table, in the order of the request's tables.
+    pub row_counts: Vec<i64>,
+    /// The file, to be completed ([`Output::complete`]) once the session is given back.
+    pub file: Output,
+}
+
+/// One group's dump request.
+pub struct Request<'a> {
+    pub group: &'a str,
+    pub table_oids: &'a [u32],
+    pub lock_wait_timeout: Duration,
+    /// zlib level; -1 for the default, 0 for none.
+    pub compression: i32,
+    /// The `.ing` file to write.
+    pub out: &'a Path,
+    /// Its name once complete.
+    pub final_path: &'a Path,
+}
+
+/// Dumps a group on `session`. On error the session's transaction is rolled back when
+/// possible; the caller drops the session if it is closed.
+pub async fn dump_group(
+    session: &NativeSession,
+    toc: &SchemaToc,
+    req: &Request<'_>,
+) -> Result<Dumped, NativeError> {
+    let Some(sel) = toc.select(req.table_oids) else {
+        return Err(NativeError::Fallback(
+            "a table of the group is not in the schema archive (created since?)".into(),
+        ));
+    };
+    let result = dump_in_transaction(session, toc, &sel, req).await;
+    // Read-only: ending it either way is the same; after an error this clears the abort.
+    let end = session.client.batch_execute("ROLLBACK").await;
+    match (result, end) {
+        (Ok(d), Ok(())) => Ok(d),
+        (Ok(_), Err(e)) => Err(e.into()),
+        (Err(e), _) => Err(e),
+    }
+}
+
+/// A group table as the group's snapshot sees it.
+struct Current {
+    relkind: String,
+    /// `"schema"."name"`, quoted by the server.
+    quoted: String,
+    /// The COPY column list (no generated or dropped columns); `None` for no columns.
+    columns: Option<String>,
+}
+
+async fn dump_in_transaction(
+    session: &NativeSession,
+    toc: &SchemaToc,
+    sel: &Selection,
+    req: &Request<'_>,
+) -> Result<Dumped, NativeError> {
+    let (snapshot, lock_wait, now) = lock_and_check(session, toc, sel, req).await?;
+    let seq_values = sequence_values(session, sel).await?;
+    let (entries, copies) = group_entries(toc, sel, &now, &seq_values);
+    let mut header = toc.toc.header.clone();
+    header.compression = req.compression;
+    header.created = created_now();
+    let mut out = Output::new(Target {
+        partial: req.out.to_path_buf(),
+        final_path: req.final_path.to_path_buf(),
+        header,
+        entries,
+    });
+    let mut counts = HashMap::new();
+    for copy in &copies {
+        let rows = copy_table(session, copy, &mut out).await?;
+        counts.insert(copy.oid, rows);
+    }
+    Ok(Dumped {
+        snapshot,
+        lock_wait,
+        row_counts: req
+            .table_oids
+            .iter()
+            .map(|o| counts.get(o).copied().unwrap_or(0))
+            .collect(),
+        file: out,
+    })
+}
+
+/// Locks the group's tables, then takes the snapshot and reads what the tables are now,
+/// falling back when that is no longer what the schema archive says.
+async fn lock_and_check(
+    session: &NativeSession,
+    toc: &SchemaToc,
+    sel: &Selection,
+    req: &Request<'_>,
+) -> Result<(SnapshotInfo, Duration, HashMap<u32, Current>), NativeError> {
+    let c = &session.client;
+    let lock_list = sel
+        .tables
+        .iter()
+        .map(|(_, _, s, t, _)| format!("ONLY {}", quote_qualified(s, t)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    // LOCK, then the query that takes the snapshot, sent together: the server runs them in
+    // order, so the snapshot still comes after every lock.
+    let lock_sql = format!(
+        "SET application_name = {}; BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;
+         SET LOCAL lock_timeout = '{}ms'; LOCK TABLE {lock_list} IN ACCESS SHARE MODE",
+        quote_literal(&application_name(req.group)),
+        req.lock_wait_timeout.as_millis().max(1)
+    );
+    let locking = async {
+        let started = Instant::now();
+        let r = c.batch_execute(&lock_sql).await;
+        (r, started.elapsed())
+    };
+    let oids: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&req.table_oids];
+    let ((locked, lock_wait), rows) = tokio::join!(locking, c.query(&session.group_query, &oids));
+    locked?;
+    let rows = rows?;
+    let Some(first) = rows.first() else {
+        return Err(NativeError::Fallback(
+            "the group's tables were dropped after the schema archive was taken".into(),
+        ));
+    };
+    let snapshot = SnapshotInfo {
+        taken_at: first.get(5),
+        wal_lsn: first.get(6),
+    };
+    let mut now = HashMap::new();
+    for row in &rows {
+        let oid: u32 = row.get(0);
+        let fingerprint: String = row.get(4);
+        if toc.fingerprint(oid) != Some(fingerprint.as_str()) {
+            let name: String = row.get(2);
+            return Err(NativeError::Fallback(format!(
+                "{name} was altered after the schema archive was taken"
+            )));
+        }
+        let current = Current {
+            relkind: row.get(1),
+            quoted: row.get(2),
+            columns: row.get(3),
+        };
+        now.insert(oid, current);
+    }
+    if now.len() != req.table_oids.len() {
+        return Err(NativeError::Fallback(
+            "a table of the group was dropped after the schema archive was taken".into(),
+        ));
+    }
+    Ok((snapshot, lock_wait, now))
+}
+
+/// The owned sequences' (last_value, is_called), in the snapshot (as pg_dump reads them).
+async fn sequence_values(
+    session: &NativeSession,
+    sel: &Selection,
+) -> Result<Vec<(i64, bool)>, NativeError> {
+    if sel.sequences.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = sel
+        .sequences
+        .iter()
+        .map(|s| {
+            format!(
+                "(SELECT last_value, is_called FROM {})",
+                quote_qualified(&s.schema, &s.name)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
+    let values: Vec<(i64, bool)> = session
+        .client
+        .query(&sql, &[])
+        .await?
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    if values.len() != sel.sequences.len() {
+        return Err(NativeError::Unexpected(
+            "the sequences of the group did not all answer",
+        ));
+    }
+    Ok(values)
+}
+
+/// One table's COPY: which table, the TABLE DATA entry it fills, the statement.
+struct Copy {
+    oid: u32,
+    dump_id: i32,
+    sql: String,
+}
+
+/// The archive's entries — the group's share of the schema, then data, then sequences — and
+/// the COPY statements that fill its data entries.
+fn group_entries(
+    toc: &SchemaToc,
+    sel: &Selection,
+    now: &HashMap<u32, Current>,
+    seq_values: &[(i64, bool)],
+) -> (Vec<Entry>, Vec<Copy>) {
+    let mut next_id = toc.max_dump_id;
+    let mut data_entries = Vec::new();
+    let mut copies = Vec::new();
+    for (oid, table_dump_id, schema, name, owner) in &sel.tables {
+        let table = &now[oid];
+        if table.relkind != "r" {
+            continue;
+        }
+        next_id += 1;
+        let quoted = &table.quoted;
+        let cols = table
+            .columns
+            .as_deref()
+            .map(|c| format!("({c})"))
+            .unwrap_or_default();
+        data_entries.push(Entry {
+            dump_id: next_id,
+            had_dumper: true,
+            table_oid: Some("0".into()),
+            oid: Some(oid.to_string()),
+            tag: Some(name.clone()),
+            desc: Some("TABLE DATA".into()),
+            section: archive::SECTION_DATA,
+            defn: None,
+            drop_stmt: None,
+            copy_stmt: Some(format!("COPY {quoted} {cols} FROM stdin;\n")),
+            namespace: Some(schema.clone()),
+            tablespace: None,
+            tableam: None,
+            owner: owner.clone(),
+            with_oids: Some("false".into()),
+            deps: vec![*table_dump_id],
+            data: DataState::NotSet,
+        });
+        let sql = if table.columns.is_some() {
+            format!("COPY {quoted} {cols} TO STDOUT")
+        } else {
+            format!("COPY {quoted} TO STDOUT")
+        };
+        copies.push(Copy {
+            oid: *oid,
+            dump_id: next_id,
+            sql,
+        });
+    }
+    data_entries.sort_by(|a, b| (&a.namespace, &a.tag).cmp(&(&b.namespace, &b.tag)));
+    for (s, (last, called)) in sel.sequences.iter().zip(seq_values) {
+        next_id += 1;
+        data_entries.push(Entry {
+            dump_id: next_id,
+            had_dumper: false,
+            table_oid: Some("0".into()),
+            oid: Some("0".into()),
+            tag: Some(s.name.clone()),
+            desc: Some("SEQUENCE SET".into()),
+            section: archive::SECTION_DATA,
+            defn: Some(format!(
+                "SELECT pg_catalog.setval({}, {last}, {called});\n",
+                quote_literal(&quote_qualified_if_needed(&s.schema, &s.name))
+            )),
+            drop_stmt: None,
+            copy_stmt: None,
+            namespace: Some(s.schema.clone()),
+            tablespace: None,
+            tableam: None,
+            owner: s.owner.clone(),
+            with_oids: Some("false".into()),
+            deps: vec![s.dump_id],
+            data: DataState::NoData,
+        });
+    }
+    let mut entries = Vec::with_capacity(sel.entries.len() + data_entries.len());
+    entries.extend_from_slice(&sel.entries[..sel.data_at]);
+    entries.extend(data_entries);
+    entries.extend_from_slice(&sel.entries[sel.data_at..]);
+    (entries, copies)
+}
+
+/// Copies one table into its data entry; returns its row count.
+async fn copy_table(
+    session: &NativeSession,
+    copy: &Copy,
+    out: &mut Output,
+) -> Result<i64, NativeError> {
+    out.put(Chunk::Begin(copy.dump_id)).await;
+    let stream = session.client.copy_out(copy.sql.as_str()).await?;
+    pin_mut!(stream);
+    let mut rows = 0i64;
+    // The server sends a message per row: hand them on in batches.
+    let mut batch = bytes::BytesMut::with_capacity(BATCH);
+    while let Some(bytes) = stream.next().await {
+        let bytes = bytes?;
+        rows += bytes.iter().filter(|b| **b == b'\n').count() as i64;
+        batch.extend_from_slice(&bytes);
+        if batch.len() >= BATCH {
+            out.put(Chunk::Data(batch.split().freeze())).await;
+        }
+    }
+    if !batch.is_empty() {
+        out.put(Chunk::Data(batch.freeze())).await;
+    }
+    // pg_dump ends each table's data so, and a `pg_restore -f` script needs it.
+    out.put(Chunk::Data(bytes::Bytes::from_static(archive::COPY_END)))
+        .await;
+    out.put(Chunk::End).await;
+    Ok(rows)
+}

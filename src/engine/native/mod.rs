@@ -1,0 +1,469 @@
+//! The native engine: a group's archive written by pg_groupdump itself, without a `pg_dump`
+//! process per group.
+//!
+//! `pg_dump -t` reads the whole catalog of the database whatever `-t` says, so one pg_dump per
+//! group costs tens of milliseconds per group even for an empty table; with thousands of
+//! groups that is the whole backup window. The native engine reads the catalog once per
+//! database and run — the run's schema archive (`pg_dump -Fc` with no table data), taken in a
+//! snapshot of ours, in which we also record which catalog objects belong to which table and a
+//! fingerprint of each table's definition — and then, for each group, on a pooled session:
+//!
+//! 1. `BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY` and `LOCK TABLE … IN ACCESS SHARE
+//!    MODE` as the first statement, bounded by `lock_timeout`. LOCK takes no snapshot, so the
+//!    group's snapshot is taken by the next statement, after every lock is held: no DDL can
+//!    commit between the snapshot and the locks (a window `pg_dump` itself leaves open).
+//! 2. Compares each table's fingerprint with the schema archive's. A table altered since then
+//!    would be restored with the old definition, so that group falls back to `pg_dump`.
+//! 3. `COPY … TO STDOUT` each table and reads the owned sequences, in that snapshot.
+//! 4. Writes a custom-format archive ([`archive`]): the schema archive's entries that
+//!    belong to the group's tables — chosen as `pg_dump -t` chooses them — plus TABLE DATA and
+//!    SEQUENCE SET entries. Stock `pg_restore` restores it like a `pg_dump -Fc -t` archive.
+//!
+//! Writing runs on blocking threads: a small group's data is held in memory and written,
+//! compressed and fsynced after its transaction by one of a bounded set of writers; a large
+//! group's streams to a writer thread through a small channel. Groups compress on all cores
+//! and memory stays bounded whatever the table sizes.//!
+//! Files: [`archive`] reads and writes the custom format; [`toc`] records which schema
+//! entries belong to which table and cuts a group's share; [`session`] opens the sessions;
+//! [`copy`] dumps one group in one transaction; [`writer`] writes and commits its file.
+//! This module ties them to the run: where each database's schema archive comes from, and
+//! one attempt at a group.
+
+pub mod archive;
+pub mod copy;
+pub mod session;
+pub mod toc;
+pub mod writer;
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Client;
+
+use super::pg_dump::{InSnapshot, PgDump};
+use super::{create_partial, remove_quietly, AttemptError, Job, Recording, Settings, Shared};
+use crate::config::Engine;
+use crate::dump::DumpKind;
+use crate::report::{Attempt, Kind};
+use crate::store;
+use copy::NativeError;
+use session::{SessionError, Sessions};
+use toc::{Recorded, SchemaToc};
+use writer::WriteError;
+
+/// A database's schema archive, ready to cut, or why it cannot be used (the reason its
+/// groups are dumped with pg_dump).
+type TocResult = Result<Arc<SchemaToc>, String>;
+
+/// Where a schema dump hands its archive's TOC to the native groups of its database.
+struct TocSlot {
+    database: String,
+    /// What the schema snapshot said, recorded by the successful attempt.
+    recorded: Mutex<Option<Recorded>>,
+    tx: watch::Sender<Option<TocResult>>,
+}
+
+impl TocSlot {
+    fn new(database: &str) -> Arc<TocSlot> {
+        Arc::new(TocSlot {
+            database: database.to_string(),
+            recorded: Mutex::new(None),
+            tx: watch::channel(None).0,
+        })
+    }
+
+    fn take_recorded(&self) -> Option<Recorded> {
+        self.recorded.lock().expect("toc slot").take()
+    }
+}
+
+impl InSnapshot for TocSlot {
+    fn record<'a>(&'a self, client: &'a Client) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            match toc::record(client).await {
+                Ok(r) => *self.recorded.lock().expect("toc slot") = Some(r),
+                Err(err) => tracing::warn!(
+                    "{}: cannot read the catalog in the schema snapshot: {}",
+                    crate::text::printable(&self.database),
+                    crate::text::pg_error_text(&err)
+                ),
+            }
+        })
+    }
+}
+
+/// How the native groups of a database get its schema TOC.
+enum TocSource {
+    /// From the run's schema dump.
+    Job(Arc<TocSlot>),
+    /// From a `pg_dump --schema-only` of our own, taken by the first group that needs it
+    /// (the run takes no schema dump of that database).
+    Private(tokio::sync::OnceCell<TocResult>),
+}
+
+/// The result of trying a group with the native engine.
+pub enum NativeTry {
+    Done(Box<Attempt>, Result<store::Finished, AttemptError>),
+    /// Dump it with pg_dump instead; `quiet` when the reason was logged for the database.
+    Fallback {
+        why: String,
+        quiet: bool,
+    },
+}
+
+/// The native engine of a run.
+pub struct Native {
+    shared: Arc<Shared>,
+    pg_dump: Arc<PgDump>,
+    sessions: Sessions,
+    /// Native files being written and fsynced at once.
+    finishing: Arc<Semaphore>,
+    tocs: HashMap<String, TocSource>,
+    /// Bumped whenever a schema TOC is published.
+    published: watch::Sender<u64>,
+    /// zlib level of native archives (-1: default).
+    compression: i32,
+    root: PathBuf,
+    run_id: String,
+    lock_wait_timeout: Duration,
+    yield_after: Option<Duration>,
+}
+
+/// Why an attempt did not finish natively.
+enum Step {
+    Fallback(String),
+    Failed(AttemptError),
+}
+
+impl From<AttemptError> for Step {
+    fn from(e: AttemptError) -> Self {
+        Step::Failed(e)
+    }
+}
+
+impl Native {
+    /// The engine for these jobs: each database with native groups gets its TOC from the
+    /// run's schema job, or else from a schema-only dump of its own.
+    pub fn new(
+        settings: &Settings,
+        shared: Arc<Shared>,
+        pg_dump: Arc<PgDump>,
+        jobs: &[Job],
+    ) -> Self {
+        let native_dbs: HashSet<&str> = jobs
+            .iter()
+            .filter(|j| j.kind == Kind::Tables && j.engine == Engine::Native)
+            .filter_map(|j| j.database.as_deref())
+            .collect();
+        let mut tocs = HashMap::new();
+        for j in jobs {
+            if let (Kind::Schema, DumpKind::Schema { .. }, Some(db)) =
+                (j.kind, &j.dump, j.database.as_deref())
+            {
+                if native_dbs.contains(db) {
+                    tocs.insert(db.to_string(), TocSource::Job(TocSlot::new(db)));
+                }
+            }
+        }
+        for db in native_dbs {
+            tocs.entry(db.to_string())
+                .or_insert_with(|| TocSource::Private(tokio::sync::OnceCell::new()));
+        }
+        Native {
+            shared,
+            pg_dump,
+            sessions: Sessions::new(settings.conn.clone(), settings.jobs),
+            finishing: Arc::new(Semaphore::new((2 * settings.jobs).max(4))),
+            tocs,
+            published: watch::channel(0).0,
+            compression: settings.compression,
+            root: settings.root.clone(),
+            run_id: settings.run_id.clone(),
+            lock_wait_timeout: settings.lock_wait_timeout,
+            yield_after: settings.yield_after,
+        }
+    }
+
+    /// Whether a native group's schema TOC is there (or will be taken by the group itself).
+    pub fn ready(&self, job: &Job) -> bool {
+        match job.database.as_deref().and_then(|d| self.tocs.get(d)) {
+            Some(TocSource::Job(slot)) => slot.tx.borrow().is_some(),
+            _ => true,
+        }
+    }
+
+    /// Changes whenever a schema TOC is published.
+    pub fn readiness(&self) -> watch::Receiver<u64> {
+        self.published.subscribe()
+    }
+
+    /// What the schema job of a database with native groups records in its snapshot.
+    pub fn recorder_for(&self, job: &Job) -> Option<Arc<dyn InSnapshot>> {
+        self.slot_for(job).map(|s| s as Arc<dyn InSnapshot>)
+    }
+
+    /// The TOC slot a schema job fills.
+    fn slot_for(&self, job: &Job) -> Option<Arc<TocSlot>> {
+        match (
+            job.kind,
+            job.database.as_deref().and_then(|d| self.tocs.get(d)),
+        ) {
+            (Kind::Schema, Some(TocSource::Job(slot))) => Some(slot.clone()),
+            _ => None,
+        }
+    }
+
+    /// A schema job has ended: its archive's TOC (or why there is none) goes to the groups.
+    pub async fn schema_finished(&self, job: &Job, result: Result<(), &str>) {
+        let Some(slot) = self.slot_for(job) else {
+            return;
+        };
+        let recorded = slot.take_recorded();
+        let toc = match result {
+            Ok(()) => load_toc(job.path.clone(), recorded).await,
+            Err(e) => Err(format!("the schema dump failed: {e}")),
+        };
+        warn_if_unusable(&slot.database, &toc);
+        slot.tx.send_replace(Some(toc));
+        self.published.send_modify(|n| *n += 1);
+    }
+
+    /// One attempt at a group: the same lock window, yield and retry rules as a pg_dump
+    /// attempt, on a pooled session of ours.
+    ///
+    /// The slot (`permit`) is given back as soon as the database work is done: fsyncing the
+    /// file need not keep the next group waiting.
+    pub async fn attempt(
+        &self,
+        job: &Job,
+        number: u32,
+        permit: &mut Option<OwnedSemaphorePermit>,
+    ) -> NativeTry {
+        let database = job.database.as_deref().expect("a group has a database");
+        let toc = match self.schema_toc(database).await {
+            Ok(t) => t,
+            Err(why) => return NativeTry::Fallback { why, quiet: true },
+        };
+        let mut rec = Recording::start(number);
+        let result = match self
+            .dump(job, database, &toc, &mut rec.attempt, permit)
+            .await
+        {
+            Ok(finished) => Ok(finished),
+            Err(Step::Failed(e)) => Err(e),
+            Err(Step::Fallback(why)) => return NativeTry::Fallback { why, quiet: false },
+        };
+        NativeTry::Done(Box::new(rec.finish(&result)), result)
+    }
+
+    async fn dump(
+        &self,
+        job: &Job,
+        database: &str,
+        toc: &SchemaToc,
+        a: &mut Attempt,
+        permit: &mut Option<OwnedSemaphorePermit>,
+    ) -> Result<store::Finished, Step> {
+        let partial = create_partial(job)?;
+        let session = match self.sessions.take(database).await {
+            Ok(s) => s,
+            Err(e) => {
+                remove_quietly(&partial);
+                return Err(session_error(job, e).into());
+            }
+        };
+        let mut watch = self.shared.monitor.watch_pid(session.pid, job.yield_after);
+        let cancel = self.shared.cancelled(Some(watch.yielded()));
+        let req = copy::Request {
+            group: &job.group,
+            table_oids: &job.table_oids,
+            lock_wait_timeout: job.lock_wait_timeout,
+            compression: self.compression,
+            out: &partial,
+            final_path: &job.path,
+        };
+        let dumped = tokio::select! {
+            r = copy::dump_group(&session, toc, &req) => Ok(r),
+            c = cancel => Err(c),
+        };
+        let observed = watch.finish();
+        a.lock_wait_ms = observed.lock_wait.as_millis() as u64;
+        let result = match dumped {
+            Err(cancel) => {
+                // Mid-statement or between two: ending the backend releases its locks at once.
+                self.shared
+                    .after_cancel(job, Some(session.pid), &cancel)
+                    .await;
+                drop(session);
+                Err(AttemptError::Cancelled(cancel).into())
+            }
+            Ok(Ok(d)) => {
+                self.sessions.give(database, session);
+                // The group's slot goes once its file has a writing slot: spooled data never
+                // piles up in memory when files are written slower than groups are copied.
+                let writing = self
+                    .finishing
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("never closed");
+                drop(permit.take());
+                a.snapshot = Some(d.snapshot);
+                a.lock_wait_ms = d.lock_wait.as_millis() as u64;
+                a.row_counts = Some(job.tables.iter().cloned().zip(d.row_counts).collect());
+                d.file
+                    .complete(writing)
+                    .await
+                    .map_err(|e| write_error(&partial, e).into())
+            }
+            Ok(Err(NativeError::Fallback(why))) => {
+                self.sessions.give(database, session);
+                remove_quietly(&partial);
+                return Err(Step::Fallback(why));
+            }
+            Ok(Err(e)) => {
+                self.sessions.give(database, session);
+                let mut e = native_error(job, e);
+                self.shared.diagnose(job, &observed, &mut e).await;
+                Err(e.into())
+            }
+        };
+        if result.is_err() {
+            remove_quietly(&partial);
+        }
+        result
+    }
+
+    /// The schema TOC of `database` for its native groups: the run's schema archive, or one
+    /// taken now for the purpose (and removed once read).
+    async fn schema_toc(&self, database: &str) -> TocResult {
+        match self.tocs.get(database) {
+            None => Err("no schema archive is planned".into()),
+            Some(TocSource::Job(slot)) => {
+                let mut rx = slot.tx.subscribe();
+                let result = match rx.wait_for(Option::is_some).await {
+                    Ok(v) => v.clone().expect("waited for Some"),
+                    Err(_) => Err("the schema dump ended without a result".into()),
+                };
+                result
+            }
+            Some(TocSource::Private(cell)) => cell
+                .get_or_init(|| self.private_toc(database))
+                .await
+                .clone(),
+        }
+    }
+
+    /// Takes a `pg_dump --schema-only` archive of `database` in a snapshot of ours, reads its
+    /// TOC and removes it. Its name ends in `.ing`, so a crash leaves nothing the next run
+    /// keeps.
+    async fn private_toc(&self, database: &str) -> TocResult {
+        // In the backup directory itself: no directory appears for a dump the run does not
+        // keep.
+        let slot = TocSlot::new(database);
+        let job = Job {
+            kind: Kind::Schema,
+            database: Some(database.to_string()),
+            group: store::SCHEMA_GROUP.into(),
+            tables: Vec::new(),
+            table_oids: Vec::new(),
+            dump: DumpKind::SchemaOnly,
+            path: store::schema_toc_path(&self.root, database, &self.run_id),
+            lock_wait_timeout: self.lock_wait_timeout,
+            yield_after: self.yield_after,
+            engine: Engine::PgDump,
+        };
+        let mut last = String::new();
+        for number in 1..=1 + self.shared.lock_retries {
+            let (a, result) = self.pg_dump.attempt(&job, number, Some(&*slot)).await;
+            match result {
+                Ok(_) => {
+                    let toc = load_toc(job.path.clone(), slot.take_recorded()).await;
+                    remove_quietly(&job.path);
+                    warn_if_unusable(database, &toc);
+                    return toc;
+                }
+                Err(e) if a.outcome.is_retryable() && self.shared.shutdown.borrow().is_none() => {
+                    last = e.to_string();
+                    tokio::time::sleep(self.shared.retry_delay * number).await;
+                }
+                Err(e) => {
+                    last = e.to_string();
+                    break;
+                }
+            }
+        }
+        tracing::warn!(
+            "{}: no schema archive for the native engine ({last}); the groups of this database are dumped with pg_dump",
+            crate::text::printable(database)
+        );
+        Err(format!("the schema-only dump failed: {last}"))
+    }
+}
+
+/// Reads a schema archive's TOC for the native engine.
+async fn load_toc(path: PathBuf, recorded: Option<Recorded>) -> TocResult {
+    let recorded =
+        recorded.ok_or_else(|| "the catalog could not be read in its snapshot".to_string())?;
+    tokio::task::spawn_blocking(move || SchemaToc::load(&path, recorded))
+        .await
+        .map_err(|e| e.to_string())?
+        .map(Arc::new)
+        .map_err(|e| e.to_string())
+}
+
+/// The one log line for a database whose groups the native engine cannot dump.
+fn warn_if_unusable(database: &str, toc: &TocResult) {
+    if let Err(e) = toc {
+        tracing::warn!(
+            "{}: the native engine cannot use the schema archive ({e}); the groups of this database are dumped with pg_dump",
+            crate::text::printable(database)
+        );
+    }
+}
+
+/// A server error of a native session: a lock timeout, a lost connection, or other.
+fn server_error(job: &Job, e: &tokio_postgres::Error) -> AttemptError {
+    let text = crate::text::pg_error_text(e);
+    if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) {
+        AttemptError::lock_timeout(job, text)
+    } else if crate::connect::is_transient(e) {
+        AttemptError::ConnectionLost(text)
+    } else {
+        AttemptError::Other(text)
+    }
+}
+
+fn native_error(job: &Job, e: NativeError) -> AttemptError {
+    match e {
+        NativeError::Server(e) => server_error(job, &e),
+        other => AttemptError::Other(other.to_string()),
+    }
+}
+
+fn session_error(job: &Job, e: SessionError) -> AttemptError {
+    match e {
+        SessionError::Setup(e) => server_error(job, &e),
+        SessionError::Connect(e) if e.is_transient() => {
+            AttemptError::ConnectionLost(format!("{e:#}"))
+        }
+        SessionError::Connect(e) => AttemptError::Other(format!("{e:#}")),
+    }
+}
+
+fn write_error(partial: &std::path::Path, e: WriteError) -> AttemptError {
+    if e.is_disk_full() {
+        AttemptError::DiskFull {
+            path: partial.to_path_buf(),
+            detail: e.to_string(),
+        }
+    } else {
+        AttemptError::Other(e.to_string())
+    }
+}

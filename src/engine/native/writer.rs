@@ -1,0 +1,224 @@
+//! Writing a group's archive: the COPY data goes to memory while the group is small (one
+//! blocking task writes and commits the file after the transaction, so small groups cost no
+//! thread hand-off per chunk) and to a writer thread once it is not (memory stays bounded
+//! whatever the table size). Either way the file is written as `.ing`, fsynced and renamed
+//! by [`crate::store::commit`].
+
+use std::io::BufWriter;
+use std::path::PathBuf;
+
+use super::archive::{self, ArchiveError, ArchiveWriter, Entry};
+use crate::store;
+
+/// A group whose data fits in this much memory is written in one go after its transaction;
+/// a larger one streams to a writer thread as it is copied.
+const SPOOL: usize = 4 * 1024 * 1024;
+
+/// Why a group's archive could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("cannot open {}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write {}: {source}", path.display())]
+    Archive {
+        path: PathBuf,
+        #[source]
+        source: ArchiveError,
+    },
+    #[error("cannot write {}: {source}", path.display())]
+    Flush {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot finish {}: {}", path.display(), crate::text::io_message(source))]
+    Commit {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The COPY side gave up: its error is the one reported.
+    #[error("incomplete archive")]
+    Incomplete,
+    #[error("the archive writer failed: {0}")]
+    Panicked(String),
+}
+
+impl WriteError {
+    /// Whether the disk was full.
+    pub fn is_disk_full(&self) -> bool {
+        let io = match self {
+            WriteError::Open { source, .. }
+            | WriteError::Flush { source, .. }
+            | WriteError::Commit { source, .. } => Some(source),
+            WriteError::Archive {
+                source: ArchiveError::Io(source),
+                ..
+            } => Some(source),
+            _ => None,
+        };
+        io.is_some_and(|e| e.raw_os_error() == Some(libc::ENOSPC))
+    }
+}
+
+/// A piece of a group's archive data, in the order it is written.
+pub(super) enum Chunk {
+    /// The data of the entry with this dump id begins.
+    Begin(i32),
+    Data(bytes::Bytes),
+    /// That entry's data ends.
+    End,
+    /// Every entry is written: finish the file.
+    Finish,
+}
+
+/// The archive file being made.
+pub(super) struct Target {
+    pub(super) partial: PathBuf,
+    pub(super) final_path: PathBuf,
+    pub(super) header: archive::Header,
+    pub(super) entries: Vec<Entry>,
+}
+
+/// Where a group's COPY data goes: memory while it is small, a writer thread once it is not.
+pub struct Output {
+    target: Option<Target>,
+    spool: Vec<Chunk>,
+    spooled: usize,
+    stream: Option<(tokio::sync::mpsc::Sender<Chunk>, Pending)>,
+}
+
+/// A group's archive being completed on a blocking thread: written, fsynced, renamed.
+type Pending = tokio::task::JoinHandle<Result<store::Finished, WriteError>>;
+
+impl Output {
+    pub(super) fn new(target: Target) -> Output {
+        Output {
+            target: Some(target),
+            spool: Vec::new(),
+            spooled: 0,
+            stream: None,
+        }
+    }
+
+    pub(super) async fn put(&mut self, chunk: Chunk) {
+        if let Some((tx, _)) = &self.stream {
+            // A writer that has gone has failed: its error is reported at the end.
+            let _ = tx.send(chunk).await;
+            return;
+        }
+        if let Chunk::Data(b) = &chunk {
+            self.spooled += b.len();
+        }
+        self.spool.push(chunk);
+        if self.spooled > SPOOL {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(8);
+            let target = self.target.take().expect("one writer");
+            let writer =
+                tokio::task::spawn_blocking(move || write_archive(target, Source::Channel(rx)));
+            for c in self.spool.drain(..) {
+                let _ = tx.send(c).await;
+            }
+            self.stream = Some((tx, writer));
+        }
+    }
+
+    /// Completes and commits the file on a blocking thread, holding `slot` (one of the
+    /// slots that bound how many files are written and fsynced at once) until it is done.
+    pub async fn complete(
+        mut self,
+        slot: tokio::sync::OwnedSemaphorePermit,
+    ) -> Result<store::Finished, WriteError> {
+        let pending = match self.stream.take() {
+            Some((tx, writer)) => {
+                let _ = tx.send(Chunk::Finish).await;
+                writer
+            }
+            None => {
+                let target = self.target.take().expect("one writer");
+                let spool = std::mem::take(&mut self.spool);
+                tokio::task::spawn_blocking(move || {
+                    write_archive(target, Source::Spool(spool.into_iter()))
+                })
+            }
+        };
+        let done = pending
+            .await
+            .map_err(|e| WriteError::Panicked(e.to_string()))?;
+        drop(slot);
+        done
+    }
+}
+
+enum Source {
+    Spool(std::vec::IntoIter<Chunk>),
+    Channel(tokio::sync::mpsc::Receiver<Chunk>),
+}
+
+impl Source {
+    fn next(&mut self) -> Option<Chunk> {
+        match self {
+            Source::Spool(it) => Some(it.next().unwrap_or(Chunk::Finish)),
+            Source::Channel(rx) => rx.blocking_recv(),
+        }
+    }
+}
+
+/// Writes the archive from the COPY data, then commits it (fsync, rename, directory fsync).
+/// Runs on a blocking thread.
+fn write_archive(t: Target, mut source: Source) -> Result<store::Finished, WriteError> {
+    let path = &t.partial;
+    let io = |source: ArchiveError| WriteError::Archive {
+        path: path.clone(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .map_err(|source| WriteError::Open {
+            path: path.clone(),
+            source,
+        })?;
+    let mut w = ArchiveWriter::new(BufWriter::with_capacity(1 << 16, file), t.header, t.entries)
+        .map_err(io)?;
+    loop {
+        match source.next() {
+            Some(Chunk::Begin(id)) => w.begin_data(id).map_err(io)?,
+            Some(Chunk::Data(b)) => w.write_data(&b).map_err(io)?,
+            Some(Chunk::End) => {
+                w.end_data().map_err(io)?;
+            }
+            Some(Chunk::Finish) => break,
+            None => return Err(WriteError::Incomplete),
+        }
+    }
+    let out = w.finish().map_err(io)?;
+    out.into_inner().map_err(|e| WriteError::Flush {
+        path: path.clone(),
+        source: e.into_error(),
+    })?;
+    store::commit(path, &t.final_path).map_err(|source| WriteError::Commit {
+        path: t.final_path.clone(),
+        source,
+    })
+}
+
+/// The creation time as pg_dump records it (local time, `struct tm` fields).
+pub(super) fn created_now() -> [i32; 7] {
+    use chrono::{Datelike, Local, Timelike};
+    let t = Local::now();
+    [
+        t.second() as i32,
+        t.minute() as i32,
+        t.hour() as i32,
+        t.day() as i32,
+        t.month0() as i32,
+        t.year() - 1900,
+        0,
+    ]
+}

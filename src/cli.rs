@@ -284,9 +284,9 @@ async fn version_text(config_path: &std::path::Path) -> String {
         Ok(c) => (c.backup.pg_dump, c.backup.pg_dumpall),
         Err(_) => (None, None),
     };
-    let dump = match crate::dump::locate(pg_dump.as_deref(), pg_dumpall.as_deref()) {
+    let dump = match crate::tools::locate(pg_dump.as_deref(), pg_dumpall.as_deref()) {
         Err(e) => format!("pg_dump: {e}"),
-        Ok((path, _)) => match crate::dump::binary_version(&path).await {
+        Ok((path, _)) => match crate::tools::binary_version(&path).await {
             Ok((v, _)) => format!("pg_dump: {} (PostgreSQL {v})", path.display()),
             Err(e) => format!("pg_dump: {e}"),
         },

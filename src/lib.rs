@@ -13,7 +13,6 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod connect;
-pub mod dump;
 pub mod engine;
 pub mod exit;
 pub mod locks;
@@ -28,6 +27,7 @@ pub mod run;
 pub mod runlock;
 pub mod store;
 pub mod text;
+pub mod tools;
 pub mod verify;
 
 /// Why a command could not do its work, each with its exit code (see [`exit`]).

@@ -26,7 +26,7 @@ pub fn pg_restore_path(config: &Config) -> Result<PathBuf, Failure> {
     if let Some(p) = &config.backup.pg_restore {
         return Ok(p.clone());
     }
-    let (pg_dump, _) = crate::dump::locate(config.backup.pg_dump.as_deref(), None)
+    let (pg_dump, _) = crate::tools::locate(config.backup.pg_dump.as_deref(), None)
         .map_err(|e| Failure::Start(e.into()))?;
     let beside = pg_dump.with_file_name("pg_restore");
     if beside.exists() {

@@ -22,14 +22,14 @@ use tokio::task::JoinSet;
 use crate::catalog;
 use crate::config::{Config, Engine};
 use crate::connect::{application_name, ConnParams};
-use crate::dump::{self, DumpKind, DumpSettings, Tools};
-use crate::engine::{self, signal_name, stopped, Engines, Job, Shared, Tried};
+use crate::engine::{self, signal_name, stopped, Contents, Engines, Job, Shared, Tried};
 use crate::locks::Monitor;
 use crate::plan::{self, ExcludeMatcher, GroupPlan, Plan};
 use crate::progress::Progress;
 use crate::report::{now_rfc3339, Attempt, GroupReport, Kind, Outcome, RunReport, Status};
 use crate::runlock::RunLock;
 use crate::store;
+use crate::tools::{self, Tools};
 use crate::Failure;
 
 /// Options of `pg_groupdump run` beyond the configuration.
@@ -235,18 +235,18 @@ pub async fn run(config: &Config, opts: &RunOptions) -> Result<(RunReport, PathB
 /// against it, then — and only then — the backup directory created and locked, a crashed
 /// run's leftovers swept, the run id chosen.
 async fn start(config: &Config, opts: &RunOptions) -> Result<Started, Failure> {
-    let (pg_dump, pg_dumpall) = dump::locate(
+    let (pg_dump, pg_dumpall) = tools::locate(
         config.backup.pg_dump.as_deref(),
         config.backup.pg_dumpall.as_deref(),
     )
     .map_err(|e| Failure::Start(e.into()))?;
     // The binary must run at all before we bother the server.
-    dump::binary_version(&pg_dump)
+    tools::binary_version(&pg_dump)
         .await
         .map_err(|e| Failure::Start(e.into()))?;
 
     let planned = build_plan(config, &opts.databases, true).await?;
-    let tools = dump::check_tools(&pg_dump, &pg_dumpall, planned.server_version_num)
+    let tools = tools::check_tools(&pg_dump, &pg_dumpall, planned.server_version_num)
         .await
         .map_err(|e| Failure::Start(e.into()))?;
     for w in &planned.plan.warnings {
@@ -322,16 +322,12 @@ fn context(
         retry_delay: b.retry_delay,
     });
     let settings = engine::Settings {
-        pg_dump: DumpSettings {
-            tools: s.tools.clone(),
-            conn: conn.clone(),
-            compress: b.compress,
-        },
+        tools: s.tools.clone(),
         conn,
+        compress: b.compress,
         maintenance,
         jobs: slots,
         count_rows: b.count_rows,
-        compression: b.compress.map(i32::from).unwrap_or(-1),
         root: s.root.clone(),
         run_id: s.run_id.clone(),
         lock_wait_timeout: b.lock_wait_timeout,
@@ -462,7 +458,7 @@ fn make_jobs(
             group: store::GLOBALS_GROUP.into(),
             tables: Vec::new(),
             table_oids: Vec::new(),
-            dump: DumpKind::Globals {
+            contents: Contents::Globals {
                 role_passwords: planned.role_passwords,
             },
             path: store::globals_path(root, run_id),
@@ -498,7 +494,7 @@ fn make_jobs(
                     .iter()
                     .flat_map(|g| g.tables.iter().map(|t| t.oid))
                     .collect(),
-                dump: DumpKind::Schema {
+                contents: Contents::Schema {
                     exclude_data: db.schema_data_exclusions(),
                 },
                 path: store::dump_path(root, &db.database, store::SCHEMA_GROUP, run_id),
@@ -517,7 +513,7 @@ fn make_jobs(
             database: Some(g.database.clone()),
             tables: g.table_names(),
             table_oids: g.tables.iter().map(|t| t.oid).collect(),
-            dump: DumpKind::Tables(
+            contents: Contents::Tables(
                 g.tables
                     .iter()
                     .map(|t| (t.schema_name.clone(), t.table_name.clone()))

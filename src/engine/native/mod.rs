@@ -46,10 +46,11 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
+use super::job::{
+    create_partial, remove_quietly, AttemptError, Contents, Job, Recording, Settings, Shared,
+};
 use super::pg_dump::{InSnapshot, PgDump};
-use super::{create_partial, remove_quietly, AttemptError, Job, Recording, Settings, Shared};
 use crate::config::Engine;
-use crate::dump::DumpKind;
 use crate::report::{Attempt, Kind};
 use crate::store;
 use copy::NativeError;
@@ -163,8 +164,8 @@ impl Native {
             .collect();
         let mut tocs = HashMap::new();
         for j in jobs {
-            if let (Kind::Schema, DumpKind::Schema { .. }, Some(db)) =
-                (j.kind, &j.dump, j.database.as_deref())
+            if let (Kind::Schema, Contents::Schema { .. }, Some(db)) =
+                (j.kind, &j.contents, j.database.as_deref())
             {
                 if native_dbs.contains(db) {
                     tocs.insert(db.to_string(), TocSource::Job(TocSlot::new(db)));
@@ -182,7 +183,7 @@ impl Native {
             finishing: Arc::new(Semaphore::new((2 * settings.jobs).max(4))),
             tocs,
             published: watch::channel(0).0,
-            compression: settings.compression,
+            compression: settings.compress.map(i32::from).unwrap_or(-1),
             root: settings.root.clone(),
             run_id: settings.run_id.clone(),
             lock_wait_timeout: settings.lock_wait_timeout,
@@ -373,7 +374,7 @@ impl Native {
             group: store::SCHEMA_GROUP.into(),
             tables: Vec::new(),
             table_oids: Vec::new(),
-            dump: DumpKind::SchemaOnly,
+            contents: Contents::SchemaOnly,
             path: store::schema_toc_path(&self.root, database, &self.run_id),
             lock_wait_timeout: self.lock_wait_timeout,
             yield_after: self.yield_after,

@@ -1,5 +1,4 @@
-//! Running `pg_dump` and `pg_dumpall`: argument building, the version check, and one child
-//! process per dump.
+//! Running `pg_dump` and `pg_dumpall`: argument building and one child process per dump.
 //!
 //! Table names go to `pg_dump -t` as double-quoted patterns (`"s"."a*b"`), inside which `*`,
 //! `?`, `.` and upper case are literal, with `--strict-names` so a table dropped since planning
@@ -15,160 +14,11 @@ use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 
 use crate::connect::ConnParams;
+use crate::engine::job::Contents;
+use crate::tools::Tools;
 
 /// How much of a child's stderr is kept for the report.
 const STDERR_TAIL: usize = 4000;
-
-/// The pg_dump and pg_dumpall binaries to use, and their major version.
-#[derive(Debug, Clone)]
-pub struct Tools {
-    pub pg_dump: PathBuf,
-    pub pg_dumpall: PathBuf,
-    pub version: String,
-    pub major: u32,
-}
-
-/// Problems with the pg_dump binaries.
-#[derive(Debug, thiserror::Error)]
-pub enum ToolError {
-    #[error("pg_dump not found on PATH; install the PostgreSQL client or set backup.pg_dump")]
-    NotOnPath,
-    #[error(
-        "cannot run {path}: {source} (set backup.pg_dump / backup.pg_dumpall to a working binary)"
-    )]
-    Spawn {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path} --version printed {output:?}, which names no PostgreSQL version")]
-    Version { path: PathBuf, output: String },
-    #[error("{path} is version {version}, older than the server ({server}); a pg_dump must be at least the server's major version: set backup.pg_dump to a newer one (e.g. /usr/lib/postgresql/{server_major}/bin/pg_dump)")]
-    TooOld {
-        path: PathBuf,
-        version: String,
-        server: String,
-        server_major: u32,
-    },
-}
-
-/// Finds pg_dump (configured, else on PATH) and pg_dumpall (configured, else beside pg_dump).
-pub fn locate(
-    pg_dump: Option<&Path>,
-    pg_dumpall: Option<&Path>,
-) -> Result<(PathBuf, PathBuf), ToolError> {
-    let dump = match pg_dump {
-        Some(p) => p.to_path_buf(),
-        None => find_on_path("pg_dump").ok_or(ToolError::NotOnPath)?,
-    };
-    let dumpall = match pg_dumpall {
-        Some(p) => p.to_path_buf(),
-        None => {
-            let beside = dump.with_file_name("pg_dumpall");
-            if beside.exists() {
-                beside
-            } else {
-                find_on_path("pg_dumpall").unwrap_or(beside)
-            }
-        }
-    };
-    Ok((dump, dumpall))
-}
-
-fn find_on_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
-/// Runs `<binary> --version` and returns ("15.18", 15).
-pub async fn binary_version(path: &Path) -> Result<(String, u32), ToolError> {
-    let out = Command::new(path)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(|source| ToolError::Spawn {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    parse_version(&text).ok_or(ToolError::Version {
-        path: path.to_path_buf(),
-        output: text,
-    })
-}
-
-/// Parses "pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)" into ("15.18", 15).
-pub fn parse_version(text: &str) -> Option<(String, u32)> {
-    let word = text
-        .split_whitespace()
-        .find(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit()))?;
-    let version: String = word
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric() || *c == '.')
-        .collect();
-    let mut parts = version.split('.');
-    let major: u32 = parts
-        .next()?
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect::<String>()
-        .parse()
-        .ok()?;
-    // Before 10, the major version had two parts (9.6).
-    let major = if major < 10 {
-        let minor: u32 = parts.next().and_then(|m| m.parse().ok()).unwrap_or(0);
-        major * 100 + minor
-    } else {
-        major * 100
-    };
-    Some((version, major / 100))
-}
-
-/// Checks the binaries against the server's `server_version_num`.
-pub async fn check_tools(
-    pg_dump: &Path,
-    pg_dumpall: &Path,
-    server_version_num: i32,
-) -> Result<Tools, ToolError> {
-    let server_major = (server_version_num / 10000) as u32;
-    let server = format!("{}.{}", server_major, server_version_num % 10000);
-    let (version, major) = binary_version(pg_dump).await?;
-    let old = |path: &Path, version: &str| ToolError::TooOld {
-        path: path.to_path_buf(),
-        version: version.to_string(),
-        server: server.clone(),
-        server_major,
-    };
-    if major < server_major || version.starts_with("9.") {
-        return Err(old(pg_dump, &version));
-    }
-    Ok(Tools {
-        pg_dump: pg_dump.to_path_buf(),
-        pg_dumpall: pg_dumpall.to_path_buf(),
-        version,
-        major,
-    })
-}
-
-/// What one child is to do.
-#[derive(Debug, Clone)]
-pub enum DumpKind {
-    /// `pg_dump -Fc` of these (schema, table) pairs.
-    Tables(Vec<(String, String)>),
-    /// `pg_dump -Fc` of a whole database without the data of these (schema, table) pairs —
-    /// every table of the database: the DDL of everything, plus the values of sequences and
-    /// the contents of materialized views, which no group's dump carries.
-    Schema { exclude_data: Vec<String> },
-    /// `pg_dump -Fc --schema-only` of a whole database: the TOC the native engine needs when
-    /// the run takes no schema dump of its own.
-    SchemaOnly,
-    /// `pg_dumpall --globals-only`.
-    Globals { role_passwords: bool },
-}
 
 /// Settings shared by every dump of a run.
 #[derive(Debug, Clone)]
@@ -201,7 +51,7 @@ pub const KILL_GRACE: Duration = Duration::from_secs(5);
 /// One child's task.
 #[derive(Debug, Clone, Copy)]
 pub struct DumpRequest<'a> {
-    pub kind: &'a DumpKind,
+    pub kind: &'a Contents,
     pub database: &'a str,
     pub application_name: &'a str,
     pub lock_wait_timeout: Duration,
@@ -226,14 +76,14 @@ pub fn command_args(
     let mut args: Vec<std::ffi::OsString> = Vec::new();
     let conninfo = settings.conn.conninfo(database, application_name);
     let program = match kind {
-        DumpKind::Globals { role_passwords } => {
+        Contents::Globals { role_passwords } => {
             args.push("--globals-only".into());
             if !role_passwords {
                 args.push("--no-role-passwords".into());
             }
             settings.tools.pg_dumpall.clone()
         }
-        DumpKind::Schema { .. } | DumpKind::SchemaOnly | DumpKind::Tables(_) => {
+        Contents::Schema { .. } | Contents::SchemaOnly | Contents::Tables(_) => {
             args.push("--format=custom".into());
             if let Some(z) = settings.compress {
                 args.push(format!("--compress={z}").into());
@@ -248,15 +98,15 @@ pub fn command_args(
             if let Some(id) = snapshot {
                 args.push(format!("--snapshot={id}").into());
             }
-            if let DumpKind::Tables(tables) = kind {
+            if let Contents::Tables(tables) = kind {
                 args.push("--strict-names".into());
                 for (s, t) in tables {
                     args.push("--table".into());
                     args.push(crate::text::quote_qualified(s, t).into());
                 }
-            } else if let DumpKind::SchemaOnly = kind {
+            } else if let Contents::SchemaOnly = kind {
                 args.push("--schema-only".into());
-            } else if let DumpKind::Schema { exclude_data } = kind {
+            } else if let Contents::Schema { exclude_data } = kind {
                 for pattern in exclude_data {
                     args.push("--exclude-table-data".into());
                     args.push(pattern.into());
@@ -404,26 +254,4 @@ fn tail(s: &str) -> String {
         start += 1;
     }
     format!("…{}", &s[start..])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn versions() {
-        assert_eq!(
-            parse_version("pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"),
-            Some(("15.18".into(), 15))
-        );
-        assert_eq!(
-            parse_version("pg_dump (PostgreSQL) 9.6.24"),
-            Some(("9.6.24".into(), 9))
-        );
-        assert_eq!(
-            parse_version("pg_dump (PostgreSQL) 17beta1"),
-            Some(("17beta1".into(), 17))
-        );
-        assert_eq!(parse_version("nothing here"), None);
-    }
 }

@@ -6,18 +6,22 @@
 //! the one place that reads pg_dump's stderr to tell a lock timeout or a lost connection
 //! from other failures.
 
+mod child;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio_postgres::Client;
 
-use super::snapshot::{Exported, Snapshots};
-use super::{create_partial, remove_quietly, AttemptError, Job, Recording, Settings, Shared};
 use crate::connect::application_name;
-use crate::dump::{self, ChildError, DumpKind, DumpSettings};
+use crate::engine::job::{
+    create_partial, remove_quietly, AttemptError, Contents, Job, Recording, Settings, Shared,
+};
+use crate::engine::snapshot::{Exported, Snapshots};
 use crate::report::{Attempt, Kind, SnapshotInfo};
 use crate::store;
+use child::{ChildError, DumpSettings};
 
 /// Work done in a dump's exported snapshot, on the exporting session, while pg_dump runs:
 /// how the native engine reads the catalog as the schema archive sees it.
@@ -37,7 +41,11 @@ pub struct PgDump {
 impl PgDump {
     pub fn new(settings: &Settings, shared: Arc<Shared>) -> Self {
         PgDump {
-            settings: settings.pg_dump.clone(),
+            settings: DumpSettings {
+                tools: settings.tools.clone(),
+                conn: settings.conn.clone(),
+                compress: settings.compress,
+            },
             maintenance: settings.maintenance.clone(),
             snapshots: Snapshots::new(settings.conn.clone(), settings.jobs),
             count_rows: settings.count_rows,
@@ -76,8 +84,8 @@ impl PgDump {
             _ => self.export(job, database).await,
         };
         a.snapshot = exported.as_ref().map(|e| e.info.clone());
-        let req = dump::DumpRequest {
-            kind: &job.dump,
+        let req = child::DumpRequest {
+            kind: &job.contents,
             database,
             application_name: &app,
             lock_wait_timeout: job.lock_wait_timeout,
@@ -87,15 +95,16 @@ impl PgDump {
         let child = match (in_snapshot, &exported) {
             (Some(work), Some(e)) => {
                 let (child, ()) = tokio::join!(
-                    dump::run_child(&self.settings, &req, cancel),
+                    child::run_child(&self.settings, &req, cancel),
                     work.record(e.client())
                 );
                 child
             }
-            _ => dump::run_child(&self.settings, &req, cancel).await,
+            _ => child::run_child(&self.settings, &req, cancel).await,
         };
         if let Some(e) = exported {
-            if let (Ok(Ok(_)), DumpKind::Tables(pairs), true) = (&child, &job.dump, self.count_rows)
+            if let (Ok(Ok(_)), Contents::Tables(pairs), true) =
+                (&child, &job.contents, self.count_rows)
             {
                 a.row_counts = self
                     .count_rows(job, &e, pairs)

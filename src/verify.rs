@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{parse_table_ref, Config};
 use crate::connect::{application_name, ConnParams};
+use crate::exit::Outcome;
 use crate::report::{GroupReport, Kind, Status};
 use crate::restore::{compare_tables, list_archive, load_report, pg_restore_path, run_pg_restore};
 use crate::text::quote_ident;
@@ -30,8 +31,8 @@ pub struct VerifyOptions {
     pub restore: bool,
 }
 
-/// `pg_groupdump verify`; returns the exit code (1 when anything does not match).
-pub async fn verify(config: &Config, opts: &VerifyOptions) -> Result<i32, Failure> {
+/// `pg_groupdump verify`; `SomeFailed` when anything does not match.
+pub async fn verify(config: &Config, opts: &VerifyOptions) -> Result<Outcome, Failure> {
     let (report, report_path) = load_report(config, opts.run.as_deref(), opts.report.as_deref())?;
     let pg_restore = pg_restore_path(config)?;
     let conn = if opts.restore {
@@ -87,9 +88,9 @@ pub async fn verify(config: &Config, opts: &VerifyOptions) -> Result<i32, Failur
         if opts.restore { " (with restore)" } else { "" }
     );
     Ok(if bad > 0 {
-        crate::exit::SOME_FAILED
+        Outcome::SomeFailed
     } else {
-        crate::exit::OK
+        Outcome::Ok
     })
 }
 
@@ -135,7 +136,7 @@ async fn check_file(pg_restore: &Path, g: &GroupReport) -> Vec<String> {
         return Vec::new();
     }
     match list_archive(pg_restore, &file).await {
-        Err(e) => vec![e],
+        Err(e) => vec![e.to_string()],
         Ok(entries) => match g.kind {
             Kind::Tables => compare_tables(&entries, &report_tables(g), g.table_oids.as_deref()),
             _ => entries
@@ -187,14 +188,14 @@ async fn restore_and_count(
         if let Err(e) =
             crate::restore::restore_prerequisites(pg_restore, conn, &scratch, &schema).await
         {
-            problems.push(e);
+            problems.push(e.to_string());
         }
     }
     let file = g.file.clone().unwrap_or_default();
     let args: Vec<std::ffi::OsString> =
         vec!["--no-owner".into(), "--no-privileges".into(), file.into()];
     match run_pg_restore(pg_restore, conn, &scratch, &args).await {
-        Err(e) => problems.push(e),
+        Err(e) => problems.push(e.to_string()),
         Ok((ok, stderr)) => {
             if !ok {
                 // Foreign keys to tables of other groups cannot be restored alone; the counts

@@ -510,25 +510,26 @@ fn groups_name(config: &Config, key: &str) -> String {
 }
 
 /// Checks the databases named in the configuration against those the server has, and returns
-/// the databases to back up, in order.
+/// the databases to back up, in order: the server's, narrowed by `backup.databases` and
+/// `backup.exclude_databases`, then by `--database` (`only`).
 pub fn select_databases(
     config: &Config,
     available: &[String],
     only: &[String],
 ) -> Result<Vec<String>, ConfigError> {
-    let err = |key: String, msg: String| ConfigError::new(&config.path, key, msg);
     let have: HashSet<&str> = available.iter().map(String::as_str).collect();
     if let Some(list) = &config.backup.databases {
         for (i, d) in list.iter().enumerate() {
             if !have.contains(d.as_str()) {
-                return Err(err(
+                return Err(ConfigError::new(
+                    &config.path,
                     format!("backup.databases[{i}]"),
                     format!("database {d:?} does not exist (or does not allow connections)"),
                 ));
             }
         }
     }
-    let selected: Vec<String> = available
+    let mut selected: Vec<String> = available
         .iter()
         .filter(|d| {
             config
@@ -540,114 +541,125 @@ pub fn select_databases(
         .filter(|d| !config.backup.exclude_databases.contains(d))
         .cloned()
         .collect();
-    for g in &config.groups {
-        if !have.contains(g.database.as_str()) {
-            return Err(err(
-                format!("{}.database", g.key()),
-                format!(
-                    "database {:?} of group {:?} does not exist (or does not allow connections)",
-                    g.database, g.name
-                ),
-            ));
-        }
-        if !selected.contains(&g.database) {
-            return Err(err(
-                format!("{}.database", g.key()),
-                format!(
-                    "database {:?} of group {:?} is left out by backup.databases / backup.exclude_databases",
-                    g.database, g.name
-                ),
-            ));
-        }
-    }
-    let mut out = selected;
+    check_group_databases(config, &have, &selected)?;
     if !only.is_empty() {
-        for d in only {
-            if !out.contains(d) {
-                return Err(err(
-                    "--database".into(),
-                    format!(
-                        "database {d:?} is not among the databases this configuration backs up"
-                    ),
-                ));
-            }
+        if let Some(d) = only.iter().find(|d| !selected.contains(d)) {
+            return Err(ConfigError::new(
+                &config.path,
+                "--database",
+                format!("database {d:?} is not among the databases this configuration backs up"),
+            ));
         }
-        out.retain(|d| only.contains(d));
+        selected.retain(|d| only.contains(d));
     }
-    Ok(out)
+    Ok(selected)
+}
+
+/// Every `[[group]]`'s database must exist and be one this configuration backs up.
+fn check_group_databases(
+    config: &Config,
+    have: &HashSet<&str>,
+    selected: &[String],
+) -> Result<(), ConfigError> {
+    for g in &config.groups {
+        let why = if !have.contains(g.database.as_str()) {
+            "does not exist (or does not allow connections)"
+        } else if !selected.contains(&g.database) {
+            "is left out by backup.databases / backup.exclude_databases"
+        } else {
+            continue;
+        };
+        return Err(ConfigError::new(
+            &config.path,
+            format!("{}.database", g.key()),
+            format!("database {:?} of group {:?} {why}", g.database, g.name),
+        ));
+    }
+    Ok(())
 }
 
 /// Human-readable plan, for `pg_groupdump plan`.
 pub fn render_text(plan: &Plan) -> String {
-    use std::fmt::Write;
     let mut s = String::new();
     for db in &plan.databases {
-        let total: i64 = db.groups.iter().map(|g| g.bytes).sum();
-        let tables: usize = db.groups.iter().map(|g| g.tables.len()).sum();
+        render_database(&mut s, db);
+    }
+    s
+}
+
+/// One database of the plan: its totals, each group with its tables, then the single-table
+/// ungrouped groups in one list (there may be thousands) and what `exclude` left out.
+fn render_database(s: &mut String, db: &DatabasePlan) {
+    use std::fmt::Write;
+    let total: i64 = db.groups.iter().map(|g| g.bytes).sum();
+    let tables: usize = db.groups.iter().map(|g| g.tables.len()).sum();
+    let _ = writeln!(
+        s,
+        "database {}: {}, {}, ~{}",
+        crate::text::printable(&db.database),
+        crate::text::plural(db.groups.len(), "group"),
+        crate::text::plural(tables, "table"),
+        crate::text::human_bytes(total.max(0) as u64)
+    );
+    let (ungrouped, groups): (Vec<&GroupPlan>, Vec<&GroupPlan>) = db
+        .groups
+        .iter()
+        .partition(|g| g.origin == Origin::Ungrouped && g.tables.len() == 1);
+    for g in groups {
+        render_group(s, g);
+    }
+    if !ungrouped.is_empty() {
         let _ = writeln!(
             s,
-            "database {}: {}, {}, ~{}",
-            crate::text::printable(&db.database),
-            crate::text::plural(db.groups.len(), "group"),
-            crate::text::plural(tables, "table"),
-            crate::text::human_bytes(total.max(0) as u64)
+            "  ungrouped, one dump each ({}):",
+            crate::text::plural(ungrouped.len(), "table")
         );
-        let mut ungrouped = Vec::new();
-        for g in &db.groups {
-            if g.origin == Origin::Ungrouped && g.tables.len() == 1 {
-                ungrouped.push(g);
-                continue;
-            }
+        for g in ungrouped {
             let _ = writeln!(
                 s,
-                "  group {} ({}, ~{}{})",
+                "    {} (~{})",
                 crate::text::printable(&g.group),
-                crate::text::plural(g.tables.len(), "table"),
-                crate::text::human_bytes(g.bytes.max(0) as u64),
-                if g.origin == Origin::Ungrouped {
-                    ", ungrouped"
-                } else {
-                    ""
-                }
-            );
-            for t in &g.tables {
-                let part = t
-                    .partition_of
-                    .as_ref()
-                    .map(|p| format!(", partition of {p}"))
-                    .unwrap_or_default();
-                let _ = writeln!(
-                    s,
-                    "    {} (~{}{part})",
-                    crate::text::printable(&t.table),
-                    crate::text::human_bytes(t.bytes.max(0) as u64)
-                );
-            }
-        }
-        if !ungrouped.is_empty() {
-            let _ = writeln!(
-                s,
-                "  ungrouped, one dump each ({}):",
-                crate::text::plural(ungrouped.len(), "table")
-            );
-            for g in ungrouped {
-                let _ = writeln!(
-                    s,
-                    "    {} (~{})",
-                    crate::text::printable(&g.group),
-                    crate::text::human_bytes(g.bytes.max(0) as u64)
-                );
-            }
-        }
-        if !db.excluded.is_empty() {
-            let _ = writeln!(
-                s,
-                "  excluded by ungrouped.exclude: {}",
-                db.excluded.join(", ")
+                crate::text::human_bytes(g.bytes.max(0) as u64)
             );
         }
     }
-    s
+    if !db.excluded.is_empty() {
+        let _ = writeln!(
+            s,
+            "  excluded by ungrouped.exclude: {}",
+            db.excluded.join(", ")
+        );
+    }
+}
+
+/// A group and its tables.
+fn render_group(s: &mut String, g: &GroupPlan) {
+    use std::fmt::Write;
+    let _ = writeln!(
+        s,
+        "  group {} ({}, ~{}{})",
+        crate::text::printable(&g.group),
+        crate::text::plural(g.tables.len(), "table"),
+        crate::text::human_bytes(g.bytes.max(0) as u64),
+        if g.origin == Origin::Ungrouped {
+            ", ungrouped"
+        } else {
+            ""
+        }
+    );
+    for t in &g.tables {
+        let part = t
+            .partition_of
+            .as_ref()
+            .map(|p| format!(", partition of {p}"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "    {} (~{}{part})",
+            crate::text::printable(&t.table),
+            crate::text::human_bytes(t.bytes.max(0) as u64)
+        );
+    }
 }
 
 /// Groups in the order they should start: largest first, so the long ones do not start last.

@@ -91,6 +91,30 @@ mod tests {
         }
     }
 
+    /// A run's outcome comes from its report as written: the signal read back from its name.
+    #[test]
+    fn run_outcome_from_the_report() {
+        let report = |status: &str, signal: Option<&str>, group_status: &str| {
+            let json = serde_json::json!({
+                "run_id": "20260301T120000Z", "started_at": "", "finished_at": "",
+                "status": status, "host": "", "server": "", "dir": "", "config": "",
+                "pg_dump_version": "", "signal": signal,
+                "groups": [{
+                    "kind": "tables", "database": "d", "group": "g", "tables": [],
+                    "status": group_status, "file": null, "bytes": null, "sha256": null,
+                    "started_at": "", "finished_at": "", "duration_ms": 0, "error": null
+                }]
+            });
+            serde_json::from_value::<crate::report::RunReport>(json).unwrap()
+        };
+        let code = |status, signal, group| report(status, signal, group).outcome().code();
+        assert_eq!(code("ok", None, "ok"), 0);
+        assert_eq!(code("failed", None, "failed"), 1);
+        assert_eq!(code("interrupted", Some("SIGINT"), "ok"), 130);
+        assert_eq!(code("interrupted", Some("SIGTERM"), "failed"), 143);
+        assert_eq!(code("interrupted", None, "ok"), 143);
+    }
+
     #[test]
     fn signal_names_round_trip() {
         for sig in [libc::SIGINT, libc::SIGTERM] {

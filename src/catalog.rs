@@ -140,7 +140,19 @@ pub async fn read_database(
     database: &str,
 ) -> Result<DatabaseCatalog, CatalogError> {
     let e = cat_err(database);
-    let tables_sql = format!(
+    Ok(DatabaseCatalog {
+        database: database.to_string(),
+        tables: read_tables(client).await.map_err(&e)?,
+        schemas: read_schemas(client).await.map_err(&e)?,
+        foreign_keys: read_foreign_keys(client).await.map_err(&e)?,
+        schemas_with_own_data: read_schemas_with_own_data(client).await.map_err(&e)?,
+    })
+}
+
+/// Ordinary and partitioned tables outside the system schemas (temporary ones left out), with
+/// their estimated size: heap, TOAST and indexes.
+async fn read_tables(client: &Client) -> Result<Vec<Table>, tokio_postgres::Error> {
+    let sql = format!(
         "SELECT c.oid, n.nspname::text, c.relname::text,
                 (greatest(c.relpages, 0)::bigint
                  + coalesce((SELECT greatest(t.relpages, 0) FROM pg_catalog.pg_class t WHERE t.oid = c.reltoastrelid), 0)
@@ -158,8 +170,9 @@ pub async fn read_database(
           WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't' AND {SYSTEM_SCHEMA_FILTER}
           ORDER BY n.nspname, c.relname"
     );
-    let rows = client.query(&tables_sql, &[]).await.map_err(&e)?;
-    let tables = rows
+    Ok(client
+        .query(&sql, &[])
+        .await?
         .iter()
         .map(|r| Table {
             oid: r.get(0),
@@ -169,36 +182,46 @@ pub async fn read_database(
             partition_parent: r.get(4),
             extension_member: r.get(5),
         })
-        .collect();
+        .collect())
+}
 
-    let schemas_sql = format!(
+/// Schemas outside the system ones, by name.
+async fn read_schemas(client: &Client) -> Result<Vec<String>, tokio_postgres::Error> {
+    let sql = format!(
         "SELECT n.nspname::text FROM pg_catalog.pg_namespace n WHERE {SYSTEM_SCHEMA_FILTER} ORDER BY 1"
     );
-    let schemas = client
-        .query(&schemas_sql, &[])
-        .await
-        .map_err(&e)?
+    Ok(client
+        .query(&sql, &[])
+        .await?
         .iter()
         .map(|r| r.get(0))
-        .collect();
+        .collect())
+}
 
-    let fks = client
+/// Every foreign key between two tables.
+async fn read_foreign_keys(client: &Client) -> Result<Vec<ForeignKey>, tokio_postgres::Error> {
+    Ok(client
         .query(
             "SELECT conname::text, conrelid, confrelid FROM pg_catalog.pg_constraint \
              WHERE contype = 'f' AND conrelid <> 0 AND confrelid <> 0",
             &[],
         )
-        .await
-        .map_err(&e)?
+        .await?
         .iter()
         .map(|r| ForeignKey {
             name: r.get(0),
             table: r.get(1),
             references: r.get(2),
         })
-        .collect();
+        .collect())
+}
 
-    let own_data_sql = format!(
+/// See [`DatabaseCatalog::schemas_with_own_data`]: schemas with a materialized view or a
+/// sequence no table owns (neither an auto nor an internal dependency on a table).
+async fn read_schemas_with_own_data(
+    client: &Client,
+) -> Result<std::collections::BTreeSet<String>, tokio_postgres::Error> {
+    let sql = format!(
         "SELECT DISTINCT n.nspname::text
            FROM pg_catalog.pg_class c
            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -210,19 +233,10 @@ pub async fn read_database(
                            AND d.refclassid = 'pg_catalog.pg_class'::regclass
                            AND d.deptype IN ('a', 'i'))))"
     );
-    let schemas_with_own_data = client
-        .query(&own_data_sql, &[])
-        .await
-        .map_err(&e)?
+    Ok(client
+        .query(&sql, &[])
+        .await?
         .iter()
         .map(|r| r.get(0))
-        .collect();
-
-    Ok(DatabaseCatalog {
-        database: database.to_string(),
-        tables,
-        schemas,
-        foreign_keys: fks,
-        schemas_with_own_data,
-    })
+        .collect())
 }

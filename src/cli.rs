@@ -1,11 +1,15 @@
 //! The command line: argument definitions and what each subcommand does.
+//!
+//! Every subcommand ends in an [`Outcome`]; [`dispatch`] hands it back to `main`, which turns
+//! it into the exit code. Failures are printed here, in one place, so each command only has to
+//! say what went wrong.
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
 use crate::config;
-use crate::exit;
+use crate::exit::Outcome;
 use crate::run::{self, RunOptions};
 use crate::Failure;
 
@@ -101,31 +105,31 @@ pub enum Command {
     Man,
 }
 
-/// Runs the parsed command and returns the process exit code.
-pub async fn dispatch(cli: Cli) -> i32 {
-    use std::io::Write as _;
+/// Runs the parsed command and returns how it ended (its exit code is [`Outcome::code`]).
+pub async fn dispatch(cli: Cli) -> Outcome {
     if cli.version {
-        let _ = std::io::stdout().write_all(version_text(&cli.config).await.as_bytes());
-        return exit::OK;
+        print(&version_text(&cli.config).await);
+        return Outcome::Ok;
     }
     let Some(command) = cli.command else {
-        return exit::CONFIG; // clap printed the help (arg_required_else_help)
+        return Outcome::Config; // clap printed the help (arg_required_else_help)
     };
+    // These need no configuration: they work before one exists.
     match &command {
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             let mut out = Vec::new();
             clap_complete::generate(*shell, &mut cmd, "pg_groupdump", &mut out);
-            let _ = std::io::stdout().write_all(&out);
-            return exit::OK;
+            print_bytes(&out);
+            return Outcome::Ok;
         }
         Command::Man => {
             let cmd = <Cli as clap::CommandFactory>::command();
             let mut out = Vec::new();
             if clap_mangen::Man::new(cmd).render(&mut out).is_ok() {
-                let _ = std::io::stdout().write_all(&out);
+                print_bytes(&out);
             }
-            return exit::OK;
+            return Outcome::Ok;
         }
         _ => {}
     }
@@ -133,13 +137,25 @@ pub async fn dispatch(cli: Cli) -> i32 {
         Ok(c) => c,
         Err(e) => {
             crate::say!("pg_groupdump: configuration error: {e}");
-            return exit::CONFIG;
+            return Outcome::Config;
         }
     };
     crate::store::set_modes(config.backup.file_mode, config.backup.dir_mode);
     let progress = cli.log_format == LogFormat::Text && !cli.quiet && crate::progress::wanted();
-    let result = match command {
-        Command::Plan { json } => plan(&config, json).await,
+    match run_command(&config, command, progress).await {
+        Ok(outcome) => outcome,
+        Err(e) => report_failure(&config, e).await,
+    }
+}
+
+/// Runs a command that needs the configuration.
+async fn run_command(
+    config: &config::Config,
+    command: Command,
+    progress: bool,
+) -> Result<Outcome, Failure> {
+    match command {
+        Command::Plan { json } => plan(config, json).await,
         Command::Run {
             jobs,
             groups,
@@ -153,85 +169,110 @@ pub async fn dispatch(cli: Cli) -> i32 {
                 report,
                 progress,
             };
-            match run::run(&config, &opts).await {
-                Ok((mut report, path)) => {
-                    crate::say_raw!(report.summary(&path.display().to_string()));
-                    let code = report.exit_code();
-                    let mailed = mail_report(&config, &mut report, &path).await;
-                    let code = if code == exit::OK && !mailed {
-                        exit::NOT_REPORTED
-                    } else {
-                        code
-                    };
-                    write_metrics(&config, Some(&report), code);
-                    Ok(code)
-                }
-                Err(e) => {
-                    mail_start_failure(&config, &e).await;
-                    if !matches!(e, Failure::Config(_) | Failure::Usage(_)) {
-                        let report = match &e {
-                            Failure::Report(_, r) => Some(r.as_ref()),
-                            _ => None,
-                        };
-                        write_metrics(&config, report, e.exit_code());
-                    }
-                    Err(e)
-                }
-            }
+            backup(config, &opts).await
         }
-        Command::Prune { dry_run, json } => {
-            let config = config.clone();
-            tokio::task::spawn_blocking(move || crate::prune::command(&config, dry_run, json))
-                .await
-                .unwrap_or_else(|e| Err(Failure::Start(anyhow::anyhow!("prune panicked: {e}"))))
-        }
-        Command::Verify(opts) => crate::verify::verify(&config, &opts).await,
-        Command::Restore(opts) => crate::restore::restore(&config, &opts).await,
-        Command::Completions { .. } | Command::Man => unreachable!("handled above"),
-        Command::EmailTest => match &config.email {
-            None => Err(Failure::Usage(format!(
-                "{} has no [email] table",
-                config.path.display()
-            ))),
-            Some(email) => match crate::notify::email_test(email).await {
-                Ok(reply) => {
-                    {
-                        use std::io::Write as _;
-                        let _ = writeln!(std::io::stdout(), "sent; the server answered: {reply}");
-                    }
-                    Ok(exit::OK)
-                }
-                Err(e) => {
-                    crate::say!("pg_groupdump: email-test: {e}");
-                    Ok(exit::NOT_REPORTED)
-                }
-            },
-        },
+        Command::Prune { dry_run, json } => prune(config, dry_run, json).await,
+        Command::Verify(opts) => crate::verify::verify(config, &opts).await,
+        Command::Restore(opts) => crate::restore::restore(config, &opts).await,
+        Command::EmailTest => email_test(config).await,
+        Command::Completions { .. } | Command::Man => unreachable!("handled by dispatch"),
+    }
+}
+
+/// Prints a command's failure and returns its outcome. A run whose report could not be
+/// written still has its summary printed and mailed, since nobody could read it otherwise.
+async fn report_failure(config: &config::Config, e: Failure) -> Outcome {
+    let what = match &e {
+        Failure::Config(_) => "configuration error: ",
+        Failure::Usage(_) => "usage: ",
+        _ => "",
     };
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            let what = match &e {
-                Failure::Config(_) => "configuration error: ",
-                Failure::Usage(_) => "usage: ",
-                _ => "",
-            };
-            crate::say!("pg_groupdump: {what}{e}");
-            if let Failure::Report(_, report) = &e {
-                crate::say_raw!(report.summary("(not written)"));
-                if let Some(email) = &config.email {
-                    let path = std::path::Path::new("(not written)");
-                    if let Err(e) = crate::notify::notify_run(email, report, path).await {
-                        crate::say!("pg_groupdump: could not send the run's mail: {e}");
-                    }
-                }
-                if report.failed() > 0 {
-                    return exit::SOME_FAILED;
-                }
+    crate::say!("pg_groupdump: {what}{e}");
+    if let Failure::Report(_, report) = &e {
+        crate::say_raw!(report.summary("(not written)"));
+        if let Some(email) = &config.email {
+            let path = std::path::Path::new("(not written)");
+            if let Err(e) = crate::notify::notify_run(email, report, path).await {
+                crate::say!("pg_groupdump: could not send the run's mail: {e}");
             }
-            e.exit_code()
+        }
+        // Failed dumps matter more to the caller than the missing report.
+        if report.failed() > 0 {
+            return Outcome::SomeFailed;
         }
     }
+    e.outcome()
+}
+
+/// `pg_groupdump run`: the run, its summary, its mail and its metrics.
+async fn backup(config: &config::Config, opts: &RunOptions) -> Result<Outcome, Failure> {
+    match run::run(config, opts).await {
+        Ok((mut report, path)) => {
+            crate::say_raw!(report.summary(&path.display().to_string()));
+            let outcome = report.outcome();
+            let mailed = mail_report(config, &mut report, &path).await;
+            // A clean run whose mail could not go out has not been reported.
+            let outcome = if outcome == Outcome::Ok && !mailed {
+                Outcome::NotReported
+            } else {
+                outcome
+            };
+            write_metrics(config, Some(&report), outcome);
+            Ok(outcome)
+        }
+        Err(e) => {
+            mail_start_failure(config, &e).await;
+            // A configuration mistake is no run: it leaves the last run's metrics alone. The
+            // metrics record the failure itself (a report not written: 5), whatever the
+            // dumps did.
+            if !matches!(e, Failure::Config(_) | Failure::Usage(_)) {
+                let report = match &e {
+                    Failure::Report(_, r) => Some(r.as_ref()),
+                    _ => None,
+                };
+                write_metrics(config, report, e.outcome());
+            }
+            Err(e)
+        }
+    }
+}
+
+/// `pg_groupdump prune`, on a blocking thread: it walks and deletes files.
+async fn prune(config: &config::Config, dry_run: bool, json: bool) -> Result<Outcome, Failure> {
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || crate::prune::command(&config, dry_run, json))
+        .await
+        .unwrap_or_else(|e| Err(Failure::Start(anyhow::anyhow!("prune panicked: {e}"))))
+}
+
+/// `pg_groupdump email-test`: a mail that cannot be sent is "not reported" (5), as for a run.
+async fn email_test(config: &config::Config) -> Result<Outcome, Failure> {
+    let Some(email) = &config.email else {
+        return Err(Failure::Usage(format!(
+            "{} has no [email] table",
+            config.path.display()
+        )));
+    };
+    match crate::notify::email_test(email).await {
+        Ok(reply) => {
+            print(&format!("sent; the server answered: {reply}\n"));
+            Ok(Outcome::Ok)
+        }
+        Err(e) => {
+            crate::say!("pg_groupdump: email-test: {e}");
+            Ok(Outcome::NotReported)
+        }
+    }
+}
+
+/// Writes to stdout, ignoring errors: output piped into `head` must not panic the command.
+fn print(text: &str) {
+    print_bytes(text.as_bytes());
+}
+
+fn print_bytes(bytes: &[u8]) {
+    use std::io::Write as _;
+    let _ = std::io::stdout().write_all(bytes);
 }
 
 /// Mails the run's summary when `[email]` asks for it and records the outcome in the report
@@ -295,9 +336,13 @@ async fn version_text(config_path: &std::path::Path) -> String {
 }
 
 /// Writes the Prometheus textfile, if configured; a failure is reported, not fatal.
-fn write_metrics(config: &config::Config, report: Option<&crate::report::RunReport>, code: i32) {
+fn write_metrics(
+    config: &config::Config,
+    report: Option<&crate::report::RunReport>,
+    outcome: Outcome,
+) {
     if let Some(path) = &config.metrics_textfile {
-        if let Err(e) = crate::metrics::write(path, report, code) {
+        if let Err(e) = crate::metrics::write(path, report, outcome.code()) {
             crate::say!(
                 "pg_groupdump: cannot write the metrics file {}: {e}",
                 path.display()
@@ -323,7 +368,8 @@ async fn mail_start_failure(config: &config::Config, failure: &Failure) {
     }
 }
 
-async fn plan(config: &config::Config, json: bool) -> Result<i32, Failure> {
+/// `pg_groupdump plan`: the groups of every database, as text or JSON, warnings on stderr.
+async fn plan(config: &config::Config, json: bool) -> Result<Outcome, Failure> {
     let planned = run::build_plan(config, &[], false).await?;
     for w in &planned.plan.warnings {
         crate::say!("warning: {w}");
@@ -333,7 +379,6 @@ async fn plan(config: &config::Config, json: bool) -> Result<i32, Failure> {
     } else {
         crate::plan::render_text(&planned.plan)
     };
-    use std::io::Write as _;
-    let _ = std::io::stdout().write_all(text.as_bytes());
-    Ok(exit::OK)
+    print(&text);
+    Ok(Outcome::Ok)
 }

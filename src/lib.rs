@@ -30,7 +30,7 @@ pub mod text;
 pub mod tools;
 pub mod verify;
 
-/// Why a command could not do its work, each with its exit code (see [`exit`]).
+/// Why a command could not do its work; [`Failure::outcome`] gives its exit code.
 #[derive(Debug, thiserror::Error)]
 pub enum Failure {
     /// The configuration is wrong (including names that match nothing in the catalog).
@@ -51,13 +51,13 @@ pub enum Failure {
 }
 
 impl Failure {
-    /// The process exit code for this failure.
-    pub fn exit_code(&self) -> i32 {
+    /// How a command that failed this way ended (see [`exit`] for the codes).
+    pub fn outcome(&self) -> exit::Outcome {
         match self {
-            Failure::Config(_) | Failure::Usage(_) => exit::CONFIG,
-            Failure::Start(_) => exit::CANNOT_START,
-            Failure::Locked(_) => exit::LOCKED,
-            Failure::Report(..) => exit::NOT_REPORTED,
+            Failure::Config(_) | Failure::Usage(_) => exit::Outcome::Config,
+            Failure::Start(_) => exit::Outcome::CannotStart,
+            Failure::Locked(_) => exit::Outcome::Locked,
+            Failure::Report(..) => exit::Outcome::NotReported,
         }
     }
 }

@@ -1,3 +1,5 @@
+//! The `pg_groupdump` binary: logging and the runtime around [`pg_groupdump::cli::dispatch`].
+
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
@@ -29,7 +31,7 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let code = runtime.block_on(dispatch(cli));
+    let code = runtime.block_on(dispatch(cli)).code();
     // A blocking task still stuck (a hung DNS lookup, say) must not delay the exit.
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     ExitCode::from(code.clamp(0, 255) as u8)

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde::Serialize;
 
 use crate::catalog::{DatabaseCatalog, Table};
-use crate::config::{Config, ConfigError, GroupConfig, UngroupedMode};
+use crate::config::{Config, ConfigError, GroupConfig, TableRef, UngroupedMode};
 
 /// The resolved plan for a run or for `plan`.
 #[derive(Debug, Clone, Serialize)]
@@ -150,136 +150,123 @@ impl ExcludeMatcher {
     }
 }
 
-/// Resolves the groups of one database.
+/// Resolves the groups of one database: the configuration's groups claim their tables first,
+/// in file order, then every table left over becomes a group of its own (unless skipped or
+/// excluded). Warnings (empty groups, foreign keys between groups) go to `warnings`.
 pub fn resolve_database(
     config: &Config,
     catalog: &DatabaseCatalog,
     excludes: &mut ExcludeMatcher,
     warnings: &mut Vec<String>,
 ) -> Result<DatabasePlan, ConfigError> {
-    let db = &catalog.database;
-    let by_oid = catalog.by_oid();
-    let children = catalog.children();
-    let by_name: HashMap<(&str, &str), &Table> = catalog
-        .tables
+    let mut resolver = Resolver::new(config, catalog);
+    for g in config
+        .groups
         .iter()
-        .map(|t| ((t.schema.as_str(), t.name.as_str()), t))
-        .collect();
-    let schemas: HashSet<&str> = catalog.schemas.iter().map(String::as_str).collect();
-    let err = |key: String, msg: String| ConfigError::new(&config.path, key, msg);
+        .filter(|g| g.database == catalog.database)
+    {
+        resolver.add_config_group(g, warnings)?;
+    }
+    let excluded = if config.ungrouped.mode == UngroupedMode::Table {
+        resolver.add_ungrouped(excludes)?
+    } else {
+        Vec::new()
+    };
+    resolver.fill_tables();
+    warnings.extend(resolver.cross_group_foreign_keys());
+    Ok(resolver.finish(excluded))
+}
 
-    // oid -> (group index in `groups`, key that claimed it)
-    let mut claimed: HashMap<u32, (usize, String)> = HashMap::new();
-    let mut groups: Vec<GroupPlan> = Vec::new();
-    let mut members: Vec<Vec<u32>> = Vec::new();
+/// One database's resolution in progress: which group claimed which table, and by which
+/// configuration key (so a table claimed twice names both keys).
+struct Resolver<'a> {
+    config: &'a Config,
+    catalog: &'a DatabaseCatalog,
+    by_oid: HashMap<u32, &'a Table>,
+    children: HashMap<u32, Vec<u32>>,
+    by_name: HashMap<(&'a str, &'a str), &'a Table>,
+    schemas: HashSet<&'a str>,
+    /// oid -> (index in `groups`, key that claimed it)
+    claimed: HashMap<u32, (usize, String)>,
+    /// The groups, their tables still empty until [`Resolver::fill_tables`].
+    groups: Vec<GroupPlan>,
+    /// Each group's tables' oids in the order they were claimed (parallel to `groups`).
+    members: Vec<Vec<u32>>,
+}
 
-    let with_descendants = |oid: u32| -> Vec<u32> {
+impl<'a> Resolver<'a> {
+    fn new(config: &'a Config, catalog: &'a DatabaseCatalog) -> Self {
+        Resolver {
+            config,
+            catalog,
+            by_oid: catalog.by_oid(),
+            children: catalog.children(),
+            by_name: catalog
+                .tables
+                .iter()
+                .map(|t| ((t.schema.as_str(), t.name.as_str()), t))
+                .collect(),
+            schemas: catalog.schemas.iter().map(String::as_str).collect(),
+            claimed: HashMap::new(),
+            groups: Vec::new(),
+            members: Vec::new(),
+        }
+    }
+
+    fn err(&self, key: String, msg: String) -> ConfigError {
+        ConfigError::new(&self.config.path, key, msg)
+    }
+
+    /// A table and all its partitions, at every level.
+    fn with_descendants(&self, oid: u32) -> Vec<u32> {
         let mut out = vec![oid];
         let mut i = 0;
         while i < out.len() {
-            if let Some(c) = children.get(&out[i]) {
+            if let Some(c) = self.children.get(&out[i]) {
                 out.extend(c.iter().copied());
             }
             i += 1;
         }
         out
-    };
+    }
 
-    let config_groups: Vec<&GroupConfig> =
-        config.groups.iter().filter(|g| &g.database == db).collect();
-    for g in config_groups {
-        let gi = groups.len();
+    /// A `[[group]]`: its `tables` and then its `schemas` claim their tables.
+    fn add_config_group(
+        &mut self,
+        g: &GroupConfig,
+        warnings: &mut Vec<String>,
+    ) -> Result<(), ConfigError> {
+        let db = &self.catalog.database;
+        let gi = self.groups.len();
         let mut mine: Vec<u32> = Vec::new();
-        let mut claim = |oids: Vec<u32>,
-                         key: String,
-                         claimed: &mut HashMap<u32, (usize, String)>|
-         -> Result<(), ConfigError> {
-            for oid in oids {
-                match claimed.get(&oid) {
-                    Some((other, _)) if *other == gi => {}
-                    Some((_, other_key)) => {
-                        let t = by_oid[&oid];
-                        return Err(err(
-                            key,
-                            format!(
-                                "table {} of database {db:?} is in two groups: {:?} ({other_key}) and {:?}",
-                                t.display(),
-                                groups_name(config, other_key),
-                                g.name
-                            ),
-                        ));
-                    }
-                    None => {
-                        claimed.insert(oid, (gi, key.clone()));
-                        mine.push(oid);
-                    }
-                }
-            }
-            Ok(())
-        };
         for (j, r) in g.tables.iter().enumerate() {
             let key = format!("{}.tables[{j}]", g.key());
-            let table = match &r.schema {
-                Some(s) => by_name
-                    .get(&(s.as_str(), r.table.as_str()))
-                    .copied()
-                    .ok_or_else(|| {
-                        let hint = if schemas.contains(s.as_str()) {
-                            String::new()
-                        } else {
-                            format!(" (there is no schema {s:?})")
-                        };
-                        err(
-                            key.clone(),
-                            format!("table {r} does not exist in database {db:?}{hint}"),
-                        )
-                    })?,
-                None => {
-                    let found: Vec<&Table> = catalog
-                        .tables
-                        .iter()
-                        .filter(|t| t.name == r.table)
-                        .collect();
-                    match found.len() {
-                        1 => found[0],
-                        0 => {
-                            return Err(err(
-                                key,
-                                format!("table {r} does not exist in database {db:?}"),
-                            ))
-                        }
-                        _ => {
-                            let list: Vec<String> = found.iter().map(|t| t.display()).collect();
-                            return Err(err(
-                                key,
-                                format!(
-                                    "{r} is ambiguous in database {db:?}: {}; write schema.table",
-                                    list.join(", ")
-                                ),
-                            ));
-                        }
-                    }
-                }
-            };
-            claim(with_descendants(table.oid), key, &mut claimed)?;
+            let table = self.find_table(r, &key)?;
+            self.claim(g, gi, self.with_descendants(table.oid), key, &mut mine)?;
         }
         for (j, s) in g.schemas.iter().enumerate() {
             let key = format!("{}.schemas[{j}]", g.key());
-            if !schemas.contains(s.as_str()) {
-                return Err(err(
+            if !self.schemas.contains(s.as_str()) {
+                return Err(self.err(
                     key,
                     format!("schema {s:?} does not exist in database {db:?}"),
                 ));
             }
-            for t in catalog.tables.iter().filter(|t| &t.schema == s) {
-                // A partition whose parent is in the same schema comes with its parent.
-                let parent_here = t
-                    .partition_parent
-                    .and_then(|p| by_oid.get(&p))
-                    .is_some_and(|p| &p.schema == s);
-                if !parent_here {
-                    claim(with_descendants(t.oid), key.clone(), &mut claimed)?;
-                }
+            // A partition whose parent is in the same schema comes with its parent.
+            let roots: Vec<u32> = self
+                .catalog
+                .tables
+                .iter()
+                .filter(|t| &t.schema == s)
+                .filter(|t| {
+                    t.partition_parent
+                        .and_then(|p| self.by_oid.get(&p))
+                        .is_none_or(|p| &p.schema != s)
+                })
+                .map(|t| t.oid)
+                .collect();
+            for oid in roots {
+                self.claim(g, gi, self.with_descendants(oid), key.clone(), &mut mine)?;
             }
         }
         if mine.is_empty() {
@@ -289,25 +276,111 @@ pub fn resolve_database(
                 g.name
             ));
         }
-        groups.push(GroupPlan {
+        self.groups.push(GroupPlan {
             group: g.name.clone(),
             database: db.clone(),
             origin: Origin::Config,
             tables: Vec::new(),
             bytes: 0,
         });
-        members.push(mine);
+        self.members.push(mine);
+        Ok(())
     }
 
-    // Every table no group claimed: its own group, keyed by the root of its partition tree.
-    let mut excluded = Vec::new();
-    if config.ungrouped.mode == UngroupedMode::Table {
-        let names: HashSet<String> = groups.iter().map(|g| g.group.clone()).collect();
-        for t in &catalog.tables {
-            if t.extension_member || claimed.contains_key(&t.oid) {
+    /// The table a group's `tables` entry names: `schema.table` exactly, or a bare name that
+    /// must be unique in the database.
+    fn find_table(&self, r: &TableRef, key: &str) -> Result<&'a Table, ConfigError> {
+        let db = &self.catalog.database;
+        if let Some(s) = &r.schema {
+            return self
+                .by_name
+                .get(&(s.as_str(), r.table.as_str()))
+                .copied()
+                .ok_or_else(|| {
+                    let hint = if self.schemas.contains(s.as_str()) {
+                        String::new()
+                    } else {
+                        format!(" (there is no schema {s:?})")
+                    };
+                    self.err(
+                        key.to_string(),
+                        format!("table {r} does not exist in database {db:?}{hint}"),
+                    )
+                });
+        }
+        let catalog = self.catalog;
+        let found: Vec<&'a Table> = catalog
+            .tables
+            .iter()
+            .filter(|t| t.name == r.table)
+            .collect();
+        match found[..] {
+            [one] => Ok(one),
+            [] => Err(self.err(
+                key.to_string(),
+                format!("table {r} does not exist in database {db:?}"),
+            )),
+            _ => {
+                let list: Vec<String> = found.iter().map(|t| t.display()).collect();
+                Err(self.err(
+                    key.to_string(),
+                    format!(
+                        "{r} is ambiguous in database {db:?}: {}; write schema.table",
+                        list.join(", ")
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// Claims `oids` for group `gi` (config group `g`) under `key`, adding the new ones to
+    /// `mine`. A table another group claimed already is an error naming both groups.
+    fn claim(
+        &mut self,
+        g: &GroupConfig,
+        gi: usize,
+        oids: Vec<u32>,
+        key: String,
+        mine: &mut Vec<u32>,
+    ) -> Result<(), ConfigError> {
+        let db = &self.catalog.database;
+        for oid in oids {
+            match self.claimed.get(&oid) {
+                Some((other, _)) if *other == gi => {}
+                Some((_, other_key)) => {
+                    let t = self.by_oid[&oid];
+                    return Err(self.err(
+                        key,
+                        format!(
+                            "table {} of database {db:?} is in two groups: {:?} ({other_key}) and {:?}",
+                            t.display(),
+                            groups_name(self.config, other_key),
+                            g.name
+                        ),
+                    ));
+                }
+                None => {
+                    self.claimed.insert(oid, (gi, key.clone()));
+                    mine.push(oid);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every table no group claimed: a group of its own, keyed by the root of its partition
+    /// tree, unless an `exclude` pattern matches it. Returns the excluded tables.
+    fn add_ungrouped(&mut self, excludes: &mut ExcludeMatcher) -> Result<Vec<String>, ConfigError> {
+        let db = &self.catalog.database;
+        let names: HashSet<String> = self.groups.iter().map(|g| g.group.clone()).collect();
+        let mut excluded = Vec::new();
+        for t in &self.catalog.tables {
+            if t.extension_member || self.claimed.contains_key(&t.oid) {
                 continue;
             }
-            if t.partition_parent.is_some_and(|p| by_oid.contains_key(&p)) {
+            if t.partition_parent
+                .is_some_and(|p| self.by_oid.contains_key(&p))
+            {
                 continue; // comes with its parent
             }
             let name = t.display();
@@ -316,99 +389,118 @@ pub fn resolve_database(
                 continue;
             }
             if names.contains(&name) {
-                return Err(err(
+                return Err(self.err(
                     "group".into(),
                     format!(
                         "a group of database {db:?} is named {name:?}, which is also the name of the ungrouped table {name}; rename the group or put the table in it"
                     ),
                 ));
             }
-            let gi = groups.len();
-            let mine: Vec<u32> = with_descendants(t.oid)
+            let gi = self.groups.len();
+            let mine: Vec<u32> = self
+                .with_descendants(t.oid)
                 .into_iter()
-                .filter(|o| !claimed.contains_key(o))
+                .filter(|o| !self.claimed.contains_key(o))
                 .collect();
             for o in &mine {
-                claimed.insert(*o, (gi, "ungrouped".into()));
+                self.claimed.insert(*o, (gi, "ungrouped".into()));
             }
-            groups.push(GroupPlan {
+            self.groups.push(GroupPlan {
                 group: name,
                 database: db.clone(),
                 origin: Origin::Ungrouped,
                 tables: Vec::new(),
                 bytes: 0,
             });
-            members.push(mine);
+            self.members.push(mine);
+        }
+        Ok(excluded)
+    }
+
+    /// Turns each group's claimed oids into its tables and size.
+    fn fill_tables(&mut self) {
+        let by_oid = &self.by_oid;
+        for (g, oids) in self.groups.iter_mut().zip(&self.members) {
+            g.tables = oids
+                .iter()
+                .map(|o| {
+                    let t = by_oid[o];
+                    PlannedTable {
+                        table: t.display(),
+                        schema_name: t.schema.clone(),
+                        table_name: t.name.clone(),
+                        oid: t.oid,
+                        bytes: t.bytes,
+                        partition_of: t
+                            .partition_parent
+                            .and_then(|p| by_oid.get(&p))
+                            .map(|p| p.display()),
+                    }
+                })
+                .collect();
+            g.bytes = g.tables.iter().map(|t| t.bytes).sum();
         }
     }
 
-    for (g, oids) in groups.iter_mut().zip(&members) {
-        g.tables = oids
-            .iter()
-            .map(|o| {
-                let t = by_oid[o];
-                PlannedTable {
-                    table: t.display(),
-                    schema_name: t.schema.clone(),
-                    table_name: t.name.clone(),
-                    oid: t.oid,
-                    bytes: t.bytes,
-                    partition_of: t
-                        .partition_parent
-                        .and_then(|p| by_oid.get(&p))
-                        .map(|p| p.display()),
-                }
-            })
-            .collect();
-        g.bytes = g.tables.iter().map(|t| t.bytes).sum();
+    /// Warnings for foreign keys that cross groups: restoring one group without the other may
+    /// fail. One per pair of partition trees and groups, not one per partition.
+    fn cross_group_foreign_keys(&self) -> Vec<String> {
+        let db = &self.catalog.database;
+        let mut warnings = Vec::new();
+        let mut seen = HashSet::new();
+        for fk in &self.catalog.foreign_keys {
+            let (Some((ga, _)), Some((gb, _))) = (
+                self.claimed.get(&fk.table),
+                self.claimed.get(&fk.references),
+            ) else {
+                continue;
+            };
+            if ga == gb {
+                continue;
+            }
+            let ta = self.catalog.root_of(&self.by_oid, fk.table);
+            let tb = self.catalog.root_of(&self.by_oid, fk.references);
+            if !seen.insert((ta, tb, *ga, *gb)) {
+                continue;
+            }
+            warnings.push(format!(
+                "database {db:?}: foreign key {:?} of {} references {}, but they are in different groups ({:?} and {:?}): restoring one without the other may fail",
+                fk.name,
+                self.by_oid[&ta].display(),
+                self.by_oid[&tb].display(),
+                self.groups[*ga].group,
+                self.groups[*gb].group,
+            ));
+        }
+        warnings
     }
 
-    // Foreign keys that cross groups: restoring one group without the other may fail.
-    let mut seen = HashSet::new();
-    for fk in &catalog.foreign_keys {
-        let (Some((ga, _)), Some((gb, _))) = (claimed.get(&fk.table), claimed.get(&fk.references))
-        else {
-            continue;
-        };
-        if ga == gb {
-            continue;
+    /// The database's plan: the groups that have tables (an empty `[[group]]` was warned about).
+    fn finish(self, excluded: Vec<String>) -> DatabasePlan {
+        let mut groups = self.groups;
+        groups.retain(|g| !g.tables.is_empty());
+        DatabasePlan {
+            database: self.catalog.database.clone(),
+            ungrouped: groups
+                .iter()
+                .filter(|g| g.origin == Origin::Ungrouped)
+                .map(|g| g.group.clone())
+                .collect(),
+            groups,
+            excluded,
+            all_tables: self
+                .catalog
+                .tables
+                .iter()
+                .map(|t| (t.schema.clone(), t.name.clone()))
+                .collect(),
+            schemas_with_own_data: self.catalog.schemas_with_own_data.clone(),
         }
-        let ta = catalog.root_of(&by_oid, fk.table);
-        let tb = catalog.root_of(&by_oid, fk.references);
-        if !seen.insert((ta, tb, *ga, *gb)) {
-            continue;
-        }
-        warnings.push(format!(
-            "database {db:?}: foreign key {:?} of {} references {}, but they are in different groups ({:?} and {:?}): restoring one without the other may fail",
-            fk.name,
-            by_oid[&ta].display(),
-            by_oid[&tb].display(),
-            groups[*ga].group,
-            groups[*gb].group,
-        ));
     }
-
-    groups.retain(|g| !g.tables.is_empty());
-    Ok(DatabasePlan {
-        database: db.clone(),
-        ungrouped: groups
-            .iter()
-            .filter(|g| g.origin == Origin::Ungrouped)
-            .map(|g| g.group.clone())
-            .collect(),
-        groups,
-        excluded,
-        all_tables: catalog
-            .tables
-            .iter()
-            .map(|t| (t.schema.clone(), t.name.clone()))
-            .collect(),
-        schemas_with_own_data: catalog.schemas_with_own_data.clone(),
-    })
 }
 
+/// The name of the group a claim key ("group[3].tables[0]") belongs to.
 fn groups_name(config: &Config, key: &str) -> String {
-    // key looks like "group[3].tables[0]"
     key.strip_prefix("group[")
         .and_then(|r| r.split(']').next())
         .and_then(|n| n.parse::<usize>().ok())
@@ -418,25 +510,26 @@ fn groups_name(config: &Config, key: &str) -> String {
 }
 
 /// Checks the databases named in the configuration against those the server has, and returns
-/// the databases to back up, in order.
+/// the databases to back up, in order: the server's, narrowed by `backup.databases` and
+/// `backup.exclude_databases`, then by `--database` (`only`).
 pub fn select_databases(
     config: &Config,
     available: &[String],
     only: &[String],
 ) -> Result<Vec<String>, ConfigError> {
-    let err = |key: String, msg: String| ConfigError::new(&config.path, key, msg);
     let have: HashSet<&str> = available.iter().map(String::as_str).collect();
     if let Some(list) = &config.backup.databases {
         for (i, d) in list.iter().enumerate() {
             if !have.contains(d.as_str()) {
-                return Err(err(
+                return Err(ConfigError::new(
+                    &config.path,
                     format!("backup.databases[{i}]"),
                     format!("database {d:?} does not exist (or does not allow connections)"),
                 ));
             }
         }
     }
-    let selected: Vec<String> = available
+    let mut selected: Vec<String> = available
         .iter()
         .filter(|d| {
             config
@@ -448,114 +541,125 @@ pub fn select_databases(
         .filter(|d| !config.backup.exclude_databases.contains(d))
         .cloned()
         .collect();
-    for g in &config.groups {
-        if !have.contains(g.database.as_str()) {
-            return Err(err(
-                format!("{}.database", g.key()),
-                format!(
-                    "database {:?} of group {:?} does not exist (or does not allow connections)",
-                    g.database, g.name
-                ),
-            ));
-        }
-        if !selected.contains(&g.database) {
-            return Err(err(
-                format!("{}.database", g.key()),
-                format!(
-                    "database {:?} of group {:?} is left out by backup.databases / backup.exclude_databases",
-                    g.database, g.name
-                ),
-            ));
-        }
-    }
-    let mut out = selected;
+    check_group_databases(config, &have, &selected)?;
     if !only.is_empty() {
-        for d in only {
-            if !out.contains(d) {
-                return Err(err(
-                    "--database".into(),
-                    format!(
-                        "database {d:?} is not among the databases this configuration backs up"
-                    ),
-                ));
-            }
+        if let Some(d) = only.iter().find(|d| !selected.contains(d)) {
+            return Err(ConfigError::new(
+                &config.path,
+                "--database",
+                format!("database {d:?} is not among the databases this configuration backs up"),
+            ));
         }
-        out.retain(|d| only.contains(d));
+        selected.retain(|d| only.contains(d));
     }
-    Ok(out)
+    Ok(selected)
+}
+
+/// Every `[[group]]`'s database must exist and be one this configuration backs up.
+fn check_group_databases(
+    config: &Config,
+    have: &HashSet<&str>,
+    selected: &[String],
+) -> Result<(), ConfigError> {
+    for g in &config.groups {
+        let why = if !have.contains(g.database.as_str()) {
+            "does not exist (or does not allow connections)"
+        } else if !selected.contains(&g.database) {
+            "is left out by backup.databases / backup.exclude_databases"
+        } else {
+            continue;
+        };
+        return Err(ConfigError::new(
+            &config.path,
+            format!("{}.database", g.key()),
+            format!("database {:?} of group {:?} {why}", g.database, g.name),
+        ));
+    }
+    Ok(())
 }
 
 /// Human-readable plan, for `pg_groupdump plan`.
 pub fn render_text(plan: &Plan) -> String {
-    use std::fmt::Write;
     let mut s = String::new();
     for db in &plan.databases {
-        let total: i64 = db.groups.iter().map(|g| g.bytes).sum();
-        let tables: usize = db.groups.iter().map(|g| g.tables.len()).sum();
+        render_database(&mut s, db);
+    }
+    s
+}
+
+/// One database of the plan: its totals, each group with its tables, then the single-table
+/// ungrouped groups in one list (there may be thousands) and what `exclude` left out.
+fn render_database(s: &mut String, db: &DatabasePlan) {
+    use std::fmt::Write;
+    let total: i64 = db.groups.iter().map(|g| g.bytes).sum();
+    let tables: usize = db.groups.iter().map(|g| g.tables.len()).sum();
+    let _ = writeln!(
+        s,
+        "database {}: {}, {}, ~{}",
+        crate::text::printable(&db.database),
+        crate::text::plural(db.groups.len(), "group"),
+        crate::text::plural(tables, "table"),
+        crate::text::human_bytes(total.max(0) as u64)
+    );
+    let (ungrouped, groups): (Vec<&GroupPlan>, Vec<&GroupPlan>) = db
+        .groups
+        .iter()
+        .partition(|g| g.origin == Origin::Ungrouped && g.tables.len() == 1);
+    for g in groups {
+        render_group(s, g);
+    }
+    if !ungrouped.is_empty() {
         let _ = writeln!(
             s,
-            "database {}: {}, {}, ~{}",
-            crate::text::printable(&db.database),
-            crate::text::plural(db.groups.len(), "group"),
-            crate::text::plural(tables, "table"),
-            crate::text::human_bytes(total.max(0) as u64)
+            "  ungrouped, one dump each ({}):",
+            crate::text::plural(ungrouped.len(), "table")
         );
-        let mut ungrouped = Vec::new();
-        for g in &db.groups {
-            if g.origin == Origin::Ungrouped && g.tables.len() == 1 {
-                ungrouped.push(g);
-                continue;
-            }
+        for g in ungrouped {
             let _ = writeln!(
                 s,
-                "  group {} ({}, ~{}{})",
+                "    {} (~{})",
                 crate::text::printable(&g.group),
-                crate::text::plural(g.tables.len(), "table"),
-                crate::text::human_bytes(g.bytes.max(0) as u64),
-                if g.origin == Origin::Ungrouped {
-                    ", ungrouped"
-                } else {
-                    ""
-                }
-            );
-            for t in &g.tables {
-                let part = t
-                    .partition_of
-                    .as_ref()
-                    .map(|p| format!(", partition of {p}"))
-                    .unwrap_or_default();
-                let _ = writeln!(
-                    s,
-                    "    {} (~{}{part})",
-                    crate::text::printable(&t.table),
-                    crate::text::human_bytes(t.bytes.max(0) as u64)
-                );
-            }
-        }
-        if !ungrouped.is_empty() {
-            let _ = writeln!(
-                s,
-                "  ungrouped, one dump each ({}):",
-                crate::text::plural(ungrouped.len(), "table")
-            );
-            for g in ungrouped {
-                let _ = writeln!(
-                    s,
-                    "    {} (~{})",
-                    crate::text::printable(&g.group),
-                    crate::text::human_bytes(g.bytes.max(0) as u64)
-                );
-            }
-        }
-        if !db.excluded.is_empty() {
-            let _ = writeln!(
-                s,
-                "  excluded by ungrouped.exclude: {}",
-                db.excluded.join(", ")
+                crate::text::human_bytes(g.bytes.max(0) as u64)
             );
         }
     }
-    s
+    if !db.excluded.is_empty() {
+        let _ = writeln!(
+            s,
+            "  excluded by ungrouped.exclude: {}",
+            db.excluded.join(", ")
+        );
+    }
+}
+
+/// A group and its tables.
+fn render_group(s: &mut String, g: &GroupPlan) {
+    use std::fmt::Write;
+    let _ = writeln!(
+        s,
+        "  group {} ({}, ~{}{})",
+        crate::text::printable(&g.group),
+        crate::text::plural(g.tables.len(), "table"),
+        crate::text::human_bytes(g.bytes.max(0) as u64),
+        if g.origin == Origin::Ungrouped {
+            ", ungrouped"
+        } else {
+            ""
+        }
+    );
+    for t in &g.tables {
+        let part = t
+            .partition_of
+            .as_ref()
+            .map(|p| format!(", partition of {p}"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "    {} (~{}{part})",
+            crate::text::printable(&t.table),
+            crate::text::human_bytes(t.bytes.max(0) as u64)
+        );
+    }
 }
 
 /// Groups in the order they should start: largest first, so the long ones do not start last.

@@ -1194,10 +1194,14 @@ pub fn render_text(s: &PruneSummary) -> String {
 }
 
 /// `pg_groupdump prune [--dry-run] [--json]`: takes the run lock, prunes, prints per group what
-/// is kept and deleted and why, and the bytes freed. Returns the exit code: 0, or 1 when some
-/// file could not be deleted; 2 without `[retention]`; 4 (`Failure::Locked`) while a run holds
-/// the backup directory.
-pub fn command(config: &Config, dry_run: bool, json: bool) -> Result<i32, crate::Failure> {
+/// is kept and deleted and why, and the bytes freed. Returns how it ended: `Ok`, or
+/// `SomeFailed` when some file could not be deleted; `Failure::Config` without `[retention]`;
+/// `Failure::Locked` while a run holds the backup directory.
+pub fn command(
+    config: &Config,
+    dry_run: bool,
+    json: bool,
+) -> Result<crate::exit::Outcome, crate::Failure> {
     let Some(retention) = &config.retention else {
         return Err(crate::Failure::Config(ConfigError::new(
             &config.path,
@@ -1225,9 +1229,9 @@ pub fn command(config: &Config, dry_run: bool, json: bool) -> Result<i32, crate:
         eprintln!("pg_groupdump: prune: {e}");
     }
     Ok(if summary.errors.is_empty() {
-        crate::exit::OK
+        crate::exit::Outcome::Ok
     } else {
-        crate::exit::SOME_FAILED
+        crate::exit::Outcome::SomeFailed
     })
 }
 

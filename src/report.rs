@@ -274,13 +274,20 @@ impl RunReport {
             .count()
     }
 
-    /// The process exit code this run's outcome calls for (see [`crate::exit`]).
-    pub fn exit_code(&self) -> i32 {
-        match (self.status, self.signal.as_deref()) {
-            (Status::Interrupted, Some("SIGINT")) => crate::exit::SIGINT,
-            (Status::Interrupted, _) => crate::exit::SIGTERM,
-            _ if self.failed() > 0 => crate::exit::SOME_FAILED,
-            _ => crate::exit::OK,
+    /// How the run ended, for its exit code (see [`crate::exit`]). The stopping signal is
+    /// read back from its recorded name; an interrupted run whose name is missing or unknown
+    /// counts as stopped by SIGTERM.
+    pub fn outcome(&self) -> crate::exit::Outcome {
+        use crate::exit::{signal_number, Outcome};
+        match self.status {
+            Status::Interrupted => Outcome::Signal(
+                self.signal
+                    .as_deref()
+                    .and_then(signal_number)
+                    .unwrap_or(libc::SIGTERM),
+            ),
+            _ if self.failed() > 0 => Outcome::SomeFailed,
+            _ => Outcome::Ok,
         }
     }
 

@@ -16,6 +16,7 @@ use tokio::process::Command;
 
 use crate::config::Config;
 use crate::connect::{application_name, ConnParams};
+use crate::exit::Outcome;
 use crate::report::{Kind, RunReport, Status};
 use crate::store;
 use crate::text::quote_ident;
@@ -121,13 +122,46 @@ const DESCS: &[&str] = &[
     "ACL",
 ];
 
+/// Why pg_restore could not do what was asked of it. The texts are the lines `verify` and
+/// `restore` print.
+#[derive(Debug, thiserror::Error)]
+pub enum PgRestoreError {
+    /// pg_restore could not be started.
+    #[error("cannot run {}: {error}", program.display())]
+    Spawn {
+        program: PathBuf,
+        error: std::io::Error,
+    },
+    /// pg_restore could not read an archive's table of contents.
+    #[error("pg_restore cannot read {}: {stderr}", archive.display())]
+    Unreadable { archive: PathBuf, stderr: String },
+    /// The list of entries to restore could not be written for `--use-list`.
+    #[error("cannot write {}: {error}", path.display())]
+    ListFile {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+}
+
+impl PgRestoreError {
+    fn spawn(program: &Path) -> impl FnOnce(std::io::Error) -> Self + '_ {
+        move |error| PgRestoreError::Spawn {
+            program: program.to_path_buf(),
+            error,
+        }
+    }
+}
+
 /// Runs `pg_restore --list` on an archive.
-pub async fn list_archive(pg_restore: &Path, archive: &Path) -> Result<Vec<TocEntry>, String> {
+pub async fn list_archive(
+    pg_restore: &Path,
+    archive: &Path,
+) -> Result<Vec<TocEntry>, PgRestoreError> {
     Ok(parse_list(&list_text(pg_restore, archive).await?))
 }
 
 /// The text of `pg_restore --list`.
-async fn list_text(pg_restore: &Path, archive: &Path) -> Result<String, String> {
+async fn list_text(pg_restore: &Path, archive: &Path) -> Result<String, PgRestoreError> {
     let out = Command::new(pg_restore)
         .arg("--list")
         .arg(archive)
@@ -135,13 +169,12 @@ async fn list_text(pg_restore: &Path, archive: &Path) -> Result<String, String> 
         .kill_on_drop(true)
         .output()
         .await
-        .map_err(|e| format!("cannot run {}: {e}", pg_restore.display()))?;
+        .map_err(PgRestoreError::spawn(pg_restore))?;
     if !out.status.success() {
-        return Err(format!(
-            "pg_restore cannot read {}: {}",
-            archive.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        return Err(PgRestoreError::Unreadable {
+            archive: archive.to_path_buf(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -237,7 +270,7 @@ pub async fn run_pg_restore(
     conn: &ConnParams,
     database: &str,
     args: &[std::ffi::OsString],
-) -> Result<(bool, String), String> {
+) -> Result<(bool, String), PgRestoreError> {
     let mut cmd = Command::new(pg_restore);
     cmd.arg("--no-password")
         .arg(format!(
@@ -255,7 +288,7 @@ pub async fn run_pg_restore(
     let out = cmd
         .output()
         .await
-        .map_err(|e| format!("cannot run {}: {e}", pg_restore.display()))?;
+        .map_err(PgRestoreError::spawn(pg_restore))?;
     Ok((
         out.status.success(),
         String::from_utf8_lossy(&out.stderr).trim().to_string(),
@@ -325,7 +358,7 @@ pub async fn restore_prerequisites(
     conn: &ConnParams,
     database: &str,
     schema_archive: &Path,
-) -> Result<(), String> {
+) -> Result<(), PgRestoreError> {
     let text = list_text(pg_restore, schema_archive).await?;
     let list: String = text
         .lines()
@@ -337,8 +370,10 @@ pub async fn restore_prerequisites(
         .map(|l| format!("{l}\n"))
         .collect();
     let list_file = tempfile_path("toc");
-    std::fs::write(&list_file, list)
-        .map_err(|e| format!("cannot write {}: {e}", list_file.display()))?;
+    std::fs::write(&list_file, list).map_err(|error| PgRestoreError::ListFile {
+        path: list_file.clone(),
+        error,
+    })?;
     let args: Vec<std::ffi::OsString> = vec![
         "--no-owner".into(),
         "--use-list".into(),
@@ -448,94 +483,180 @@ pub struct RestoreOptions {
     pub clean: bool,
 }
 
-/// `pg_groupdump restore`. Returns the exit code.
-pub async fn restore(config: &Config, opts: &RestoreOptions) -> Result<i32, Failure> {
-    let pg_restore = pg_restore_path(config)?;
-    let conn = ConnParams::resolve(&config.connection).map_err(|e| Failure::Start(e.into()))?;
-    let maintenance = &config.connection.maintenance_database;
-    let root = &config.backup.dir;
-    let mut common: Vec<std::ffi::OsString> = Vec::new();
-    if let Some(j) = opts.jobs {
-        common.push(format!("--jobs={j}").into());
-    }
-
+/// `pg_groupdump restore`: one group (`--group`), or a whole database from one run (`--run`
+/// with `--database`).
+pub async fn restore(config: &Config, opts: &RestoreOptions) -> Result<Outcome, Failure> {
+    let restorer = Restorer::new(config, opts)?;
     if let Some(group) = &opts.group {
-        let database = match &opts.database {
-            Some(d) => d.clone(),
-            None => {
-                let dbs = databases_with_group(root, group);
-                match dbs.len() {
-                    1 => dbs.into_iter().next().expect("one"),
-                    0 => return Err(Failure::Usage(format!("no dump of group {group:?} in {}", root.display()))),
-                    _ => {
-                        return Err(Failure::Usage(format!(
-                            "group {group:?} exists in several databases ({}): name one with --database",
-                            dbs.join(", ")
-                        )))
-                    }
-                }
-            }
-        };
-        let dumps = group_dumps(root, &database, group);
-        let file = match &opts.run {
-            Some(id) => dumps.iter().find(|(r, _)| r == id).map(|(_, p)| p.clone()),
-            None => dumps.last().map(|(_, p)| p.clone()),
-        }
-        .ok_or_else(|| {
-            Failure::Usage(format!(
-                "no dump of group {group:?} of database {database:?}{} in {}",
-                opts.run
-                    .as_deref()
-                    .map(|r| format!(" from run {r}"))
-                    .unwrap_or_default(),
-                root.display()
-            ))
-        })?;
-        let created = ensure_database(&conn, maintenance, &opts.target).await?;
-        if created {
-            crate::say!("created database {}", opts.target);
-        }
-        if created || database_is_empty(&conn, &opts.target).await? {
-            // A new database lacks the schemas, types and functions the group's tables use.
-            let run_id = file
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(".dump"))
-                .and_then(|n| n.rsplit('.').next())
-                .unwrap_or("");
-            if let Some(schema) = schema_archive_for(root, &database, run_id) {
-                restore_prerequisites(&pg_restore, &conn, &opts.target, &schema)
-                    .await
-                    .map_err(|e| Failure::Start(anyhow::anyhow!(e)))?;
-            }
-        }
-        let mut args = common.clone();
-        if opts.clean {
-            args.push("--clean".into());
-            args.push("--if-exists".into());
-        }
-        args.push(file.clone().into());
-        crate::say!("restoring {} into {}", file.display(), opts.target);
-        let (ok, stderr) = run_pg_restore(&pg_restore, &conn, &opts.target, &args)
-            .await
-            .map_err(|e| Failure::Start(anyhow::anyhow!(e)))?;
-        if !stderr.is_empty() {
-            crate::say!("{stderr}");
-        }
-        return Ok(if ok {
-            crate::exit::OK
-        } else {
-            crate::exit::SOME_FAILED
-        });
+        return restore_group(config, opts, &restorer, group).await;
     }
-
-    // A whole database from one run.
     let (Some(run_id), Some(database)) = (&opts.run, &opts.database) else {
         return Err(Failure::Usage(
             "restore needs --group NAME, or --run ID with --database DB for a whole database"
                 .into(),
         ));
     };
+    restore_database(config, &restorer, run_id, database).await
+}
+
+/// What both kinds of restore share: the pg_restore to run, how to connect, and the target.
+struct Restorer<'a> {
+    pg_restore: PathBuf,
+    conn: ConnParams,
+    maintenance: &'a str,
+    target: &'a str,
+    /// Arguments every pg_restore of this restore gets (`--jobs`).
+    common: Vec<std::ffi::OsString>,
+}
+
+impl<'a> Restorer<'a> {
+    fn new(config: &'a Config, opts: &'a RestoreOptions) -> Result<Self, Failure> {
+        let pg_restore = pg_restore_path(config)?;
+        let conn = ConnParams::resolve(&config.connection).map_err(|e| Failure::Start(e.into()))?;
+        let common = opts
+            .jobs
+            .map(|j| format!("--jobs={j}").into())
+            .into_iter()
+            .collect();
+        Ok(Restorer {
+            pg_restore,
+            conn,
+            maintenance: &config.connection.maintenance_database,
+            target: &opts.target,
+            common,
+        })
+    }
+
+    /// Creates the target database if it does not exist (saying so); true if it was created.
+    async fn create_target(&self) -> Result<bool, Failure> {
+        let created = ensure_database(&self.conn, self.maintenance, self.target).await?;
+        if created {
+            crate::say!("created database {}", self.target);
+        }
+        Ok(created)
+    }
+
+    /// Runs pg_restore into the target with the common arguments and `args`; whether it
+    /// succeeded, and its stderr.
+    async fn run(&self, args: &[std::ffi::OsString]) -> Result<(bool, String), Failure> {
+        let all: Vec<std::ffi::OsString> = self.common.iter().chain(args).cloned().collect();
+        run_pg_restore(&self.pg_restore, &self.conn, self.target, &all)
+            .await
+            .map_err(|e| Failure::Start(e.into()))
+    }
+
+    /// One pg_restore of a whole-database restore, its stderr printed under `what`; the number
+    /// of problems (1 when pg_restore reported errors).
+    async fn step(&self, what: &str, args: &[std::ffi::OsString]) -> Result<usize, Failure> {
+        let (ok, stderr) = self.run(args).await?;
+        if !stderr.is_empty() {
+            crate::say!("{what}: {stderr}");
+        }
+        if ok {
+            Ok(0)
+        } else {
+            crate::say!("{what}: pg_restore reported errors");
+            Ok(1)
+        }
+    }
+}
+
+/// `restore --group`: the group's newest dump (or `--run`'s) into the target. A target that
+/// is new or empty first gets the schemas, types and functions the group's tables need.
+async fn restore_group(
+    config: &Config,
+    opts: &RestoreOptions,
+    restorer: &Restorer<'_>,
+    group: &str,
+) -> Result<Outcome, Failure> {
+    let root = &config.backup.dir;
+    let database = match &opts.database {
+        Some(d) => d.clone(),
+        None => the_database_with_group(root, group)?,
+    };
+    let file = find_group_dump(root, &database, group, opts.run.as_deref())?;
+    let created = restorer.create_target().await?;
+    if created || database_is_empty(&restorer.conn, restorer.target).await? {
+        if let Some(schema) = schema_archive_for(root, &database, run_id_of_dump(&file)) {
+            restore_prerequisites(
+                &restorer.pg_restore,
+                &restorer.conn,
+                restorer.target,
+                &schema,
+            )
+            .await
+            .map_err(|e| Failure::Start(e.into()))?;
+        }
+    }
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    if opts.clean {
+        args.push("--clean".into());
+        args.push("--if-exists".into());
+    }
+    args.push(file.clone().into());
+    crate::say!("restoring {} into {}", file.display(), restorer.target);
+    let (ok, stderr) = restorer.run(&args).await?;
+    if !stderr.is_empty() {
+        crate::say!("{stderr}");
+    }
+    Ok(if ok { Outcome::Ok } else { Outcome::SomeFailed })
+}
+
+/// The one database that has dumps of `group` (`--database` names it when there are several).
+fn the_database_with_group(root: &Path, group: &str) -> Result<String, Failure> {
+    let mut dbs = databases_with_group(root, group);
+    match dbs.len() {
+        1 => Ok(dbs.remove(0)),
+        0 => Err(Failure::Usage(format!(
+            "no dump of group {group:?} in {}",
+            root.display()
+        ))),
+        _ => Err(Failure::Usage(format!(
+            "group {group:?} exists in several databases ({}): name one with --database",
+            dbs.join(", ")
+        ))),
+    }
+}
+
+/// The group's dump from run `run_id`, or its newest.
+fn find_group_dump(
+    root: &Path,
+    database: &str,
+    group: &str,
+    run_id: Option<&str>,
+) -> Result<PathBuf, Failure> {
+    let mut dumps = group_dumps(root, database, group);
+    let found = match run_id {
+        Some(id) => dumps.into_iter().find(|(r, _)| r == id),
+        None => dumps.pop(),
+    };
+    found.map(|(_, p)| p).ok_or_else(|| {
+        Failure::Usage(format!(
+            "no dump of group {group:?} of database {database:?}{} in {}",
+            run_id.map(|r| format!(" from run {r}")).unwrap_or_default(),
+            root.display()
+        ))
+    })
+}
+
+/// The run id in a dump's file name ("<db>.<group>.<run id>.dump"); "" if there is none.
+fn run_id_of_dump(file: &Path) -> &str {
+    file.file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix(".dump"))
+        .and_then(|n| n.rsplit('.').next())
+        .unwrap_or("")
+}
+
+/// `restore --run --database`: a whole database from one run, in the order described in the
+/// module documentation. Every step is tried; each one that fails counts as a problem.
+async fn restore_database(
+    config: &Config,
+    restorer: &Restorer<'_>,
+    run_id: &str,
+    database: &str,
+) -> Result<Outcome, Failure> {
+    let root = &config.backup.dir;
     let schema = store::dump_path(root, database, store::SCHEMA_GROUP, run_id);
     if !schema.is_file() {
         return Err(Failure::Usage(format!(
@@ -543,75 +664,19 @@ pub async fn restore(config: &Config, opts: &RestoreOptions) -> Result<i32, Fail
             schema.display()
         )));
     }
-    let mut groups: Vec<(String, Option<PathBuf>)> = Vec::new();
-    match load_report(config, Some(run_id), None) {
-        Ok((report, _)) => {
-            for g in report.groups.iter().filter(|g| {
-                g.kind == Kind::Tables && g.database.as_deref() == Some(database.as_str())
-            }) {
-                let file = (g.status == Status::Ok)
-                    .then(|| store::dump_path(root, database, &g.group, run_id))
-                    .filter(|p| p.is_file());
-                groups.push((g.group.clone(), file));
-            }
-        }
-        Err(_) => {
-            // No report (e.g. written elsewhere with --report): take what is on disk.
-            let dbdir = store::dump_path(root, database, "x", run_id);
-            let dbdir = dbdir.parent().and_then(Path::parent).unwrap_or(root);
-            for e in std::fs::read_dir(dbdir).into_iter().flatten().flatten() {
-                let Some(group) = store::decode_component(&e.file_name().to_string_lossy()) else {
-                    continue;
-                };
-                if group == store::SCHEMA_GROUP {
-                    continue;
-                }
-                let p = store::dump_path(root, database, &group, run_id);
-                if p.is_file() {
-                    groups.push((group, Some(p)));
-                }
-            }
-        }
-    }
-    if ensure_database(&conn, maintenance, &opts.target).await? {
-        crate::say!("created database {}", opts.target);
-    }
-    let mut failures = 0;
-    let step = |ok: bool, what: &str, stderr: String| -> usize {
-        if !stderr.is_empty() {
-            crate::say!("{what}: {stderr}");
-        }
-        if ok {
-            0
-        } else {
-            crate::say!("{what}: pg_restore reported errors");
-            1
-        }
-    };
+    let groups = groups_of_run(config, database, run_id);
+    restorer.create_target().await?;
     let section = |s: &str| -> Vec<std::ffi::OsString> {
-        let mut a = common.clone();
-        a.push(format!("--section={s}").into());
-        a.push(schema.clone().into());
-        a
+        vec![format!("--section={s}").into(), schema.clone().into()]
     };
-    let run = |args: Vec<std::ffi::OsString>| {
-        let (pg_restore, conn, target) = (pg_restore.clone(), conn.clone(), opts.target.clone());
-        async move {
-            run_pg_restore(&pg_restore, &conn, &target, &args)
-                .await
-                .map_err(|e| Failure::Start(anyhow::anyhow!(e)))
-        }
-    };
-    let (ok, e) = run(section("pre-data")).await?;
-    failures += step(ok, "schema (pre-data)", e);
+    let mut failures = restorer
+        .step("schema (pre-data)", &section("pre-data"))
+        .await?;
     for (group, file) in &groups {
         match file {
             Some(f) => {
-                let mut a = common.clone();
-                a.push("--data-only".into());
-                a.push(f.clone().into());
-                let (ok, e) = run(a).await?;
-                failures += step(ok, &format!("group {group}"), e);
+                let args = ["--data-only".into(), f.clone().into()];
+                failures += restorer.step(&format!("group {group}"), &args).await?;
             }
             None => {
                 failures += 1;
@@ -621,13 +686,15 @@ pub async fn restore(config: &Config, opts: &RestoreOptions) -> Result<i32, Fail
             }
         }
     }
-    let (ok, e) = run(section("data")).await?;
-    failures += step(ok, "schema (sequence values)", e);
-    let (ok, e) = run(section("post-data")).await?;
-    failures += step(ok, "schema (post-data)", e);
+    failures += restorer
+        .step("schema (sequence values)", &section("data"))
+        .await?;
+    failures += restorer
+        .step("schema (post-data)", &section("post-data"))
+        .await?;
     crate::say!(
         "restored database {database} from run {run_id} into {}: {} groups{}",
-        opts.target,
+        restorer.target,
         groups.len(),
         if failures > 0 {
             format!(", {failures} problems")
@@ -636,10 +703,46 @@ pub async fn restore(config: &Config, opts: &RestoreOptions) -> Result<i32, Fail
         }
     );
     Ok(if failures > 0 {
-        crate::exit::SOME_FAILED
+        Outcome::SomeFailed
     } else {
-        crate::exit::OK
+        Outcome::Ok
     })
+}
+
+/// The groups of `database` in run `run_id`, each with its dump (`None`: the dump failed).
+/// The run's report says which groups there were; without it (written elsewhere with
+/// `--report`), the dumps on disk do.
+fn groups_of_run(config: &Config, database: &str, run_id: &str) -> Vec<(String, Option<PathBuf>)> {
+    let root = &config.backup.dir;
+    if let Ok((report, _)) = load_report(config, Some(run_id), None) {
+        return report
+            .groups
+            .iter()
+            .filter(|g| g.kind == Kind::Tables && g.database.as_deref() == Some(database))
+            .map(|g| {
+                let file = (g.status == Status::Ok)
+                    .then(|| store::dump_path(root, database, &g.group, run_id))
+                    .filter(|p| p.is_file());
+                (g.group.clone(), file)
+            })
+            .collect();
+    }
+    let dbdir = store::dump_path(root, database, "x", run_id);
+    let dbdir = dbdir.parent().and_then(Path::parent).unwrap_or(root);
+    let mut groups = Vec::new();
+    for e in std::fs::read_dir(dbdir).into_iter().flatten().flatten() {
+        let Some(group) = store::decode_component(&e.file_name().to_string_lossy()) else {
+            continue;
+        };
+        if group == store::SCHEMA_GROUP {
+            continue;
+        }
+        let p = store::dump_path(root, database, &group, run_id);
+        if p.is_file() {
+            groups.push((group, Some(p)));
+        }
+    }
+    groups
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{parse_table_ref, Config};
 use crate::connect::{application_name, ConnParams};
+use crate::exit::Outcome;
 use crate::report::{GroupReport, Kind, Status};
 use crate::restore::{compare_tables, list_archive, load_report, pg_restore_path, run_pg_restore};
 use crate::text::quote_ident;
@@ -30,8 +31,8 @@ pub struct VerifyOptions {
     pub restore: bool,
 }
 
-/// `pg_groupdump verify`; returns the exit code (1 when anything does not match).
-pub async fn verify(config: &Config, opts: &VerifyOptions) -> Result<i32, Failure> {
+/// `pg_groupdump verify`; `SomeFailed` when anything does not match.
+pub async fn verify(config: &Config, opts: &VerifyOptions) -> Result<Outcome, Failure> {
     let (report, report_path) = load_report(config, opts.run.as_deref(), opts.report.as_deref())?;
     let pg_restore = pg_restore_path(config)?;
     let conn = if opts.restore {
@@ -61,23 +62,15 @@ pub async fn verify(config: &Config, opts: &VerifyOptions) -> Result<i32, Failur
         }
         checked += 1;
         let mut problems = check_file(&pg_restore, g).await;
-        if problems.is_empty() && opts.restore && g.kind == Kind::Tables {
-            if let Some(conn) = &conn {
-                problems.extend(
-                    restore_and_count(config, conn, &pg_restore, &report.run_id, n, g).await,
-                );
-            }
+        // A restore proves nothing about a file that is already wrong.
+        if let (true, Some(conn), Kind::Tables) = (problems.is_empty(), &conn, g.kind) {
+            problems
+                .extend(restore_and_count(config, conn, &pg_restore, &report.run_id, n, g).await);
         }
-        let file = g.file.as_deref().unwrap_or("(no file)");
-        if problems.is_empty() {
-            crate::say!("ok   {} {file}", crate::text::printable(&label));
-        } else {
+        if !problems.is_empty() {
             bad += 1;
-            crate::say!("BAD  {} {file}", crate::text::printable(&label));
-            for p in problems {
-                crate::say!("     {}", crate::text::printable(&p));
-            }
         }
+        print_verdict(&label, g, &problems);
     }
     crate::say!(
         "run {}: {} dumps checked, {} bad{}",
@@ -87,10 +80,23 @@ pub async fn verify(config: &Config, opts: &VerifyOptions) -> Result<i32, Failur
         if opts.restore { " (with restore)" } else { "" }
     );
     Ok(if bad > 0 {
-        crate::exit::SOME_FAILED
+        Outcome::SomeFailed
     } else {
-        crate::exit::OK
+        Outcome::Ok
     })
+}
+
+/// "ok" or "BAD" for one dump, with its problems below.
+fn print_verdict(label: &str, g: &GroupReport, problems: &[String]) {
+    let file = g.file.as_deref().unwrap_or("(no file)");
+    if problems.is_empty() {
+        crate::say!("ok   {} {file}", crate::text::printable(label));
+    } else {
+        crate::say!("BAD  {} {file}", crate::text::printable(label));
+        for p in problems {
+            crate::say!("     {}", crate::text::printable(p));
+        }
+    }
 }
 
 /// The group's tables as (schema, table), read back from the report's display names.
@@ -102,40 +108,19 @@ fn report_tables(g: &GroupReport) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Checks one dump file against its report entry: size and sha256, then (but for globals,
+/// which are SQL) that pg_restore reads it and that it holds exactly the group's tables — or,
+/// for a schema dump, no table data.
 async fn check_file(pg_restore: &Path, g: &GroupReport) -> Vec<String> {
     let Some(file) = g.file.as_deref().map(PathBuf::from) else {
         return vec!["the report names no file".into()];
     };
-    let path = file.clone();
-    let hashed = tokio::task::spawn_blocking(move || crate::store::hash_file(&path)).await;
-    match hashed {
-        Ok(Ok((bytes, sha))) => {
-            let mut p = Vec::new();
-            if Some(bytes) != g.bytes {
-                p.push(format!(
-                    "size is {bytes} bytes, the report says {}",
-                    g.bytes
-                        .map_or("nothing".to_string(), |b| format!("{b} bytes"))
-                ));
-            }
-            if Some(&sha) != g.sha256.as_ref() {
-                p.push(format!(
-                    "sha256 is {sha}, the report says {}",
-                    g.sha256.as_deref().unwrap_or("nothing")
-                ));
-            }
-            if !p.is_empty() {
-                return p;
-            }
-        }
-        Ok(Err(e)) => return vec![format!("cannot read {}: {e}", file.display())],
-        Err(e) => return vec![format!("cannot read {}: {e}", file.display())],
-    }
-    if g.kind == Kind::Globals {
-        return Vec::new();
+    let problems = check_size_and_hash(&file, g).await;
+    if !problems.is_empty() || g.kind == Kind::Globals {
+        return problems;
     }
     match list_archive(pg_restore, &file).await {
-        Err(e) => vec![e],
+        Err(e) => vec![e.to_string()],
         Ok(entries) => match g.kind {
             Kind::Tables => compare_tables(&entries, &report_tables(g), g.table_oids.as_deref()),
             _ => entries
@@ -147,7 +132,34 @@ async fn check_file(pg_restore: &Path, g: &GroupReport) -> Vec<String> {
     }
 }
 
+/// The file's size and sha256 against the report's (hashed on a blocking thread).
+async fn check_size_and_hash(file: &Path, g: &GroupReport) -> Vec<String> {
+    let path = file.to_path_buf();
+    let (bytes, sha) =
+        match tokio::task::spawn_blocking(move || crate::store::hash_file(&path)).await {
+            Ok(Ok(hashed)) => hashed,
+            Ok(Err(e)) => return vec![format!("cannot read {}: {e}", file.display())],
+            Err(e) => return vec![format!("cannot read {}: {e}", file.display())],
+        };
+    let mut problems = Vec::new();
+    if Some(bytes) != g.bytes {
+        problems.push(format!(
+            "size is {bytes} bytes, the report says {}",
+            g.bytes
+                .map_or("nothing".to_string(), |b| format!("{b} bytes"))
+        ));
+    }
+    if Some(&sha) != g.sha256.as_ref() {
+        problems.push(format!(
+            "sha256 is {sha}, the report says {}",
+            g.sha256.as_deref().unwrap_or("nothing")
+        ));
+    }
+    problems
+}
+
 /// Restores one group into a scratch database and compares row counts with the report's.
+/// The scratch database is dropped afterwards whatever happened.
 async fn restore_and_count(
     config: &Config,
     conn: &ConnParams,
@@ -178,64 +190,7 @@ async fn restore_and_count(
             crate::text::pg_error_text(&e)
         )];
     }
-    let mut problems = Vec::new();
-    if let Some(schema) = g
-        .database
-        .as_deref()
-        .and_then(|db| crate::restore::schema_archive_for(&config.backup.dir, db, run_id))
-    {
-        if let Err(e) =
-            crate::restore::restore_prerequisites(pg_restore, conn, &scratch, &schema).await
-        {
-            problems.push(e);
-        }
-    }
-    let file = g.file.clone().unwrap_or_default();
-    let args: Vec<std::ffi::OsString> =
-        vec!["--no-owner".into(), "--no-privileges".into(), file.into()];
-    match run_pg_restore(pg_restore, conn, &scratch, &args).await {
-        Err(e) => problems.push(e),
-        Ok((ok, stderr)) => {
-            if !ok {
-                // Foreign keys to tables of other groups cannot be restored alone; the counts
-                // below decide whether the data came back.
-                tracing::debug!("pg_restore into {scratch}: {stderr}");
-            }
-            match conn.connect(&scratch, &application_name("verify")).await {
-                Err(e) => problems.push(e.to_string()),
-                Ok(c) => {
-                    for ((schema, table), shown) in report_tables(g).iter().zip(&g.tables) {
-                        let sql = format!(
-                            "SELECT count(*) FROM ONLY {}.{}",
-                            quote_ident(schema),
-                            quote_ident(table)
-                        );
-                        match c.query_one(&sql, &[]).await {
-                            Err(e) => problems.push(format!(
-                                "{shown}: not restored ({}){}",
-                                crate::text::pg_error_text(&e),
-                                if stderr.is_empty() {
-                                    String::new()
-                                } else {
-                                    format!("; pg_restore: {stderr}")
-                                }
-                            )),
-                            Ok(row) => {
-                                let got: i64 = row.get(0);
-                                match g.row_counts.as_ref().and_then(|m| m.get(shown)) {
-                                    Some(&want) if want != got => problems.push(format!(
-                                        "{shown}: {got} rows restored, {want} counted at dump time"
-                                    )),
-                                    Some(_) => {}
-                                    None => tracing::info!("{shown}: {got} rows restored (no count recorded at dump time)"),
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
+    let problems = restore_into(config, conn, pg_restore, run_id, &scratch, g).await;
     if let Err(e) = admin
         .batch_execute(&format!(
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",
@@ -247,6 +202,89 @@ async fn restore_and_count(
             "cannot drop the scratch database {scratch}: {}",
             crate::text::pg_error_text(&e)
         );
+    }
+    problems
+}
+
+/// Restores the group's dump into `scratch` (after the prerequisites from the run's schema
+/// archive) and compares the row counts.
+async fn restore_into(
+    config: &Config,
+    conn: &ConnParams,
+    pg_restore: &Path,
+    run_id: &str,
+    scratch: &str,
+    g: &GroupReport,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Some(schema) = g
+        .database
+        .as_deref()
+        .and_then(|db| crate::restore::schema_archive_for(&config.backup.dir, db, run_id))
+    {
+        if let Err(e) =
+            crate::restore::restore_prerequisites(pg_restore, conn, scratch, &schema).await
+        {
+            problems.push(e.to_string());
+        }
+    }
+    let file = g.file.clone().unwrap_or_default();
+    let args: Vec<std::ffi::OsString> =
+        vec!["--no-owner".into(), "--no-privileges".into(), file.into()];
+    let stderr = match run_pg_restore(pg_restore, conn, scratch, &args).await {
+        Err(e) => {
+            problems.push(e.to_string());
+            return problems;
+        }
+        Ok((ok, stderr)) => {
+            if !ok {
+                // Foreign keys to tables of other groups cannot be restored alone; the counts
+                // decide whether the data came back.
+                tracing::debug!("pg_restore into {scratch}: {stderr}");
+            }
+            stderr
+        }
+    };
+    match conn.connect(scratch, &application_name("verify")).await {
+        Err(e) => problems.push(e.to_string()),
+        Ok(c) => problems.extend(compare_counts(&c, g, &stderr).await),
+    }
+    problems
+}
+
+/// Counts each of the group's tables in the restored database and compares with the counts
+/// recorded at dump time; a table that cannot be counted was not restored (`stderr`, what
+/// pg_restore said, tells why).
+async fn compare_counts(c: &tokio_postgres::Client, g: &GroupReport, stderr: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    for ((schema, table), shown) in report_tables(g).iter().zip(&g.tables) {
+        let sql = format!(
+            "SELECT count(*) FROM ONLY {}.{}",
+            quote_ident(schema),
+            quote_ident(table)
+        );
+        let got: i64 = match c.query_one(&sql, &[]).await {
+            Ok(row) => row.get(0),
+            Err(e) => {
+                problems.push(format!(
+                    "{shown}: not restored ({}){}",
+                    crate::text::pg_error_text(&e),
+                    if stderr.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; pg_restore: {stderr}")
+                    }
+                ));
+                continue;
+            }
+        };
+        match g.row_counts.as_ref().and_then(|m| m.get(shown)) {
+            Some(&want) if want != got => problems.push(format!(
+                "{shown}: {got} rows restored, {want} counted at dump time"
+            )),
+            Some(_) => {}
+            None => tracing::info!("{shown}: {got} rows restored (no count recorded at dump time)"),
+        }
     }
     problems
 }

@@ -49,76 +49,17 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, ConfigError, GroupConfig};
+use crate::config::{Config, ConfigError, GroupConfig, GroupRetention, RetentionConfig};
 use crate::store;
 
-/// `keep_min` when not set.
-pub const DEFAULT_KEEP_MIN: u32 = 1;
-/// The largest `keep_min` accepted.
-const MAX_KEEP_MIN: i64 = 1_000_000;
 use crate::store::{fit_cut, short_hash, MAX_NAME};
 /// A run id used only to compute directories.
 const ANY_RUN_ID: &str = "20000101T000000Z";
 
 // ---------------------------------------------------------------------------------------------
-// Configuration
+// Policy
 
-/// `[retention]` as written in the file.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawRetention {
-    /// How old a dump may get before it is deleted (humantime, e.g. "14d"). Required.
-    max_age: Option<String>,
-    /// The newest this-many complete dumps of every group are kept whatever their age.
-    keep_min: Option<i64>,
-    /// Prune at the end of every `run` (default true).
-    prune_after_run: Option<bool>,
-}
-
-/// The checked `[retention]` settings.
-#[derive(Debug, Clone)]
-pub struct RetentionConfig {
-    /// Prune at the end of every `run`.
-    pub prune_after_run: bool,
-    /// Default `max_age`.
-    pub max_age: Duration,
-    /// Default `keep_min` (≥ 1).
-    pub keep_min: u32,
-}
-
-impl RetentionConfig {
-    /// The default policy (groups without overrides, `_schema`, `_globals`, `reports`).
-    pub fn policy(&self) -> Policy {
-        Policy {
-            max_age: self.max_age,
-            keep_min: self.keep_min,
-        }
-    }
-
-    /// The policy of a configured group.
-    pub fn policy_for(&self, g: &GroupRetention) -> Policy {
-        Policy {
-            max_age: g.max_age.unwrap_or(self.max_age),
-            keep_min: g.keep_min.unwrap_or(self.keep_min),
-        }
-    }
-}
-
-/// Per-group overrides of `[retention]` (`[[group]] max_age`, `keep_min`).
-#[derive(Debug, Clone, Default)]
-pub struct GroupRetention {
-    pub max_age: Option<Duration>,
-    pub keep_min: Option<u32>,
-}
-
-impl GroupRetention {
-    /// Whether the group overrides anything.
-    pub fn is_set(&self) -> bool {
-        self.max_age.is_some() || self.keep_min.is_some()
-    }
-}
-
-/// How long the dumps of one group are kept.
+/// How long the dumps of one group are kept: `[retention]` with the group's overrides applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {
     pub max_age: Duration,
@@ -126,96 +67,20 @@ pub struct Policy {
     pub keep_min: u32,
 }
 
-fn parse_max_age(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .ok()
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| format!("{s:?} is not a positive duration such as \"14d\" or \"36h\""))
-}
-
-fn parse_keep_min(n: i64) -> Result<u32, String> {
-    if n < 1 {
-        Err(format!(
-            "{n} is not ≥ 1: the newest complete dump of every group is always kept"
-        ))
-    } else if n > MAX_KEEP_MIN {
-        Err(format!("{n} is larger than {MAX_KEEP_MIN}"))
-    } else {
-        Ok(n as u32)
-    }
-}
-
-/// Checks `[retention]`; errors name the key (`retention.keep_min`).
-pub fn check(path: &Path, raw: RawRetention) -> Result<RetentionConfig, ConfigError> {
-    let max_age = match raw.max_age {
-        None => {
-            return Err(ConfigError::new(
-                path,
-                "retention.max_age",
-                "is required in [retention]: how old a dump may get before it is deleted, \
-                 e.g. \"14d\"",
-            ))
+impl Policy {
+    /// The default policy (groups without overrides, `_schema`, `_globals`, `reports`).
+    pub fn default_of(retention: &RetentionConfig) -> Policy {
+        Policy {
+            max_age: retention.max_age,
+            keep_min: retention.keep_min,
         }
-        Some(s) => parse_max_age(&s).map_err(|m| ConfigError::new(path, "retention.max_age", m))?,
-    };
-    let keep_min = match raw.keep_min {
-        None => DEFAULT_KEEP_MIN,
-        Some(n) => {
-            parse_keep_min(n).map_err(|m| ConfigError::new(path, "retention.keep_min", m))?
-        }
-    };
-    Ok(RetentionConfig {
-        prune_after_run: raw.prune_after_run.unwrap_or(true),
-        max_age,
-        keep_min,
-    })
-}
-
-/// Checks a group's `max_age` / `keep_min` overrides; `key` is e.g. `group[2]`.
-pub fn check_group(
-    path: &Path,
-    key: &str,
-    max_age: Option<&str>,
-    keep_min: Option<i64>,
-) -> Result<GroupRetention, ConfigError> {
-    let max_age = match max_age {
-        None => None,
-        Some(s) => Some(
-            parse_max_age(s).map_err(|m| ConfigError::new(path, format!("{key}.max_age"), m))?,
-        ),
-    };
-    let keep_min = match keep_min {
-        None => None,
-        Some(n) => Some(
-            parse_keep_min(n).map_err(|m| ConfigError::new(path, format!("{key}.keep_min"), m))?,
-        ),
-    };
-    Ok(GroupRetention { max_age, keep_min })
-}
-
-/// A `[[group]]` retention override without a `[retention]` table would silently do nothing
-/// (nothing is pruned without `[retention]`): an error. For `config::check`, once both are known.
-pub fn check_overrides(
-    path: &Path,
-    groups: &[GroupConfig],
-    retention: Option<&RetentionConfig>,
-) -> Result<(), ConfigError> {
-    if retention.is_some() {
-        return Ok(());
     }
-    match groups.iter().find(|g| g.retention.is_set()) {
-        None => Ok(()),
-        Some(g) => {
-            let key = if g.retention.max_age.is_some() {
-                "max_age"
-            } else {
-                "keep_min"
-            };
-            Err(ConfigError::new(
-                path,
-                format!("{}.{key}", g.key()),
-                "has no effect without a [retention] table (nothing is pruned without one)",
-            ))
+
+    /// The policy of a configured group.
+    pub fn of_group(retention: &RetentionConfig, g: &GroupRetention) -> Policy {
+        Policy {
+            max_age: g.max_age.unwrap_or(retention.max_age),
+            keep_min: g.keep_min.unwrap_or(retention.keep_min),
         }
     }
 }
@@ -1058,9 +923,9 @@ pub fn prune_at(
                         id.database = Some(c.database.clone());
                         id.name_known = true;
                     }
-                    retention.policy_for(&c.retention)
+                    Policy::of_group(retention, &c.retention)
                 }
-                None => retention.policy(),
+                None => Policy::default_of(retention),
             };
             GroupInput {
                 protected: protected.contains(&id.dir),
@@ -1293,64 +1158,31 @@ mod tests {
     }
 
     #[test]
-    fn config_defaults_and_errors() {
+    fn group_overrides_replace_the_defaults() {
         let p = Path::new("groups.toml");
-        let raw = |t: &str| -> RawRetention { toml::from_str(t).unwrap() };
-        let r = check(p, raw("max_age = \"4d\"")).unwrap();
-        assert_eq!(r.max_age, Duration::from_secs(4 * DAY));
-        assert_eq!(r.keep_min, 1);
-        assert!(r.prune_after_run);
-        let r = check(
-            p,
-            raw("max_age = \"36h\"\nkeep_min = 3\nprune_after_run = false"),
-        )
-        .unwrap();
-        assert_eq!((r.keep_min, r.prune_after_run), (3, false));
-
-        let e = check(p, raw("keep_min = 2")).unwrap_err();
-        assert_eq!(e.key, "retention.max_age");
-        let e = check(p, raw("max_age = \"4d\"\nkeep_min = 0")).unwrap_err();
-        assert_eq!(e.key, "retention.keep_min");
-        assert!(e.message.contains("0 is not ≥ 1"), "{e}");
-        let e = check(p, raw("max_age = \"4d\"\nkeep_min = -2")).unwrap_err();
-        assert_eq!(e.key, "retention.keep_min");
-        for bad in ["soon", "0s", "", "-1d"] {
-            let e = check(p, raw(&format!("max_age = {bad:?}"))).unwrap_err();
-            assert_eq!(e.key, "retention.max_age", "{bad}");
-            assert!(e.message.contains(&format!("{bad:?}")), "{e}");
-        }
-        assert!(toml::from_str::<RawRetention>("max_age = \"4d\"\nkeepmin = 1").is_err());
-
-        let g = check_group(p, "group[2]", Some("30d"), Some(5)).unwrap();
-        assert_eq!(g.max_age, Some(Duration::from_secs(30 * DAY)));
-        assert_eq!(g.keep_min, Some(5));
-        assert!(!check_group(p, "group[2]", None, None).unwrap().is_set());
-        let e = check_group(p, "group[2]", None, Some(0)).unwrap_err();
-        assert_eq!(e.key, "group[2].keep_min");
-        let e = check_group(p, "group[2]", Some("x"), None).unwrap_err();
-        assert_eq!(e.key, "group[2].max_age");
-
-        let r = check(p, raw("max_age = \"4d\"\nkeep_min = 2")).unwrap();
+        let text = "[backup]\ndir = \"/b\"\n[retention]\nmax_age = \"4d\"\nkeep_min = 2\n\
+                    [[group]]\nname = \"g\"\ndatabase = \"d\"\ntables = [\"t\"]\n\
+                    max_age = \"30d\"\nkeep_min = 5\n";
+        let c = crate::config::parse(p, text).unwrap();
+        let r = c.retention.as_ref().unwrap();
         assert_eq!(
-            r.policy_for(&g),
+            Policy::of_group(r, &c.groups[0].retention),
             Policy {
                 max_age: Duration::from_secs(30 * DAY),
                 keep_min: 5
             }
         );
-        assert_eq!(r.policy_for(&GroupRetention::default()), r.policy());
-    }
-
-    #[test]
-    fn overrides_need_a_retention_table() {
-        let text = "[backup]\ndir = \"/b\"\n[[group]]\nname = \"g\"\ndatabase = \"d\"\n\
-                    tables = [\"t\"]\nkeep_min = 3\n";
-        // Checked when the configuration is read.
-        let e = crate::config::parse(Path::new("groups.toml"), text).unwrap_err();
-        assert_eq!(e.key, "group[0].keep_min");
-        let with = format!("{text}[retention]\nmax_age = \"1d\"\n");
-        let c = crate::config::parse(Path::new("groups.toml"), &with).unwrap();
-        check_overrides(&c.path, &c.groups, c.retention.as_ref()).unwrap();
+        assert_eq!(
+            Policy::of_group(r, &GroupRetention::default()),
+            Policy::default_of(r)
+        );
+        assert_eq!(
+            Policy::default_of(r),
+            Policy {
+                max_age: Duration::from_secs(4 * DAY),
+                keep_min: 2
+            }
+        );
     }
 
     #[test]

@@ -47,9 +47,9 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
-use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, ConfigError, GroupConfig, GroupRetention, RetentionConfig};
+use crate::report::{Action, FileSummary, GroupKind, GroupSummary, Ignored, PruneSummary, Rule};
 use crate::store;
 
 use crate::store::{fit_cut, short_hash, MAX_NAME};
@@ -91,16 +91,6 @@ impl Policy {
 /// Identifies the dumps of one group on disk: (database or None for globals, group name).
 pub type GroupKey = (Option<String>, String);
 
-/// What a group directory holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum GroupKind {
-    Tables,
-    Schema,
-    Globals,
-    Reports,
-}
-
 /// One group's directory and, where known, its names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupId {
@@ -134,14 +124,6 @@ pub struct Dump {
 pub struct GroupFiles {
     pub id: GroupId,
     pub dumps: Vec<Dump>,
-}
-
-/// A file or link under the backup directory that is not a candidate.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Ignored {
-    /// Relative to the backup directory.
-    pub path: String,
-    pub reason: String,
 }
 
 /// What [`scan`] found.
@@ -495,43 +477,6 @@ pub fn scan(root: &Path) -> Scan {
 // ---------------------------------------------------------------------------------------------
 // The plan
 
-/// Keep or delete.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Action {
-    Keep,
-    Delete,
-}
-
-/// Why.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Rule {
-    /// One of the newest `keep_min` complete files of its group.
-    Newest,
-    /// Not older than `max_age`.
-    Young,
-    /// Dated in the future: age zero.
-    Future,
-    /// Its group's dump failed in this run.
-    Protected,
-    /// A run report of a run whose dumps are kept.
-    ReportOfKeptDumps,
-    /// Older than `max_age` and not one of the newest `keep_min`.
-    Expired,
-    /// An `.ing` file left by an interrupted run.
-    Leftover,
-}
-
-impl Rule {
-    pub fn action(self) -> Action {
-        match self {
-            Rule::Expired | Rule::Leftover => Action::Delete,
-            _ => Action::Keep,
-        }
-    }
-}
-
 /// One group as the planner sees it.
 #[derive(Debug, Clone)]
 pub struct GroupInput {
@@ -662,81 +607,6 @@ fn plan_group(g: &GroupInput, now: DateTime<Utc>) -> GroupPlan {
         protected: g.protected,
         decisions,
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The summary
-
-/// One file in a [`PruneSummary`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct FileSummary {
-    /// Absolute path.
-    pub file: String,
-    pub run_id: String,
-    #[serde(default)]
-    pub partial: bool,
-    pub bytes: u64,
-    pub action: Action,
-    pub rule: Rule,
-    pub reason: String,
-    /// Whether it was deleted (false in a dry run and when deleting failed).
-    #[serde(default)]
-    pub deleted: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-/// One group in a [`PruneSummary`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct GroupSummary {
-    pub kind: GroupKind,
-    pub database: Option<String>,
-    pub group: String,
-    /// The group's directory, relative to the backup directory.
-    pub dir: String,
-    /// False for a shortened directory name that matches no `[[group]]` (`group` is then the
-    /// directory name).
-    #[serde(default)]
-    pub name_known: bool,
-    pub max_age: String,
-    pub keep_min: u32,
-    /// Its dump failed in this run: nothing of it was deleted.
-    #[serde(default)]
-    pub protected: bool,
-    pub kept_files: u64,
-    pub deleted_files: u64,
-    pub freed_bytes: u64,
-    /// The files kept (only in `prune`'s own output; left out of run reports).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub kept: Vec<FileSummary>,
-    /// The files deleted (or, in a dry run, to be deleted).
-    #[serde(default)]
-    pub deleted: Vec<FileSummary>,
-}
-
-/// What a prune did (or would do, with `dry_run`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct PruneSummary {
-    /// Files deleted (in a dry run: that would be deleted).
-    pub deleted_files: u64,
-    /// Bytes freed (in a dry run: that would be freed).
-    pub freed_bytes: u64,
-    pub errors: Vec<String>,
-    #[serde(default)]
-    pub dry_run: bool,
-    /// The backup directory.
-    #[serde(default)]
-    pub dir: String,
-    /// The time ages were measured from (RFC 3339).
-    #[serde(default)]
-    pub now: String,
-    #[serde(default)]
-    pub kept_files: u64,
-    #[serde(default)]
-    pub groups: Vec<GroupSummary>,
-    /// Files and links under the directory that are not pg_groupdump's: never touched.
-    #[serde(default)]
-    pub ignored: Vec<Ignored>,
 }
 
 // ---------------------------------------------------------------------------------------------

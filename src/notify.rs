@@ -11,8 +11,9 @@
 //! never written to the configuration, a log or a message.
 
 use std::fmt::Write as _;
+use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lettre::message::header::{ContentType, HeaderName, HeaderValue};
@@ -23,6 +24,7 @@ use lettre::transport::smtp::client::{
 };
 use lettre::transport::smtp::extension::ClientId;
 use lettre::transport::smtp::response::Response;
+use lettre::transport::smtp::Error as SmtpError;
 use lettre::Message;
 
 use crate::config::{is_loopback, EmailConfig, On, PasswordSource, TlsMode};
@@ -33,10 +35,61 @@ const MAX_DETAILED_GROUPS: usize = 50;
 /// Table names listed per failed group.
 const MAX_TABLES_LISTED: usize = 20;
 
-/// A mail could not be sent.
+/// A mail could not be sent. The texts name the setting or the server at fault; each includes
+/// the underlying error's text, which is therefore not also given as a `source`.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct NotifyError(pub String);
+pub enum NotifyError {
+    #[error("cannot build the mail: {0}")]
+    Build(lettre::error::Error),
+    #[error("cannot read email.password_file {}: {error}", .path.display())]
+    PasswordFile { path: PathBuf, error: io::Error },
+    #[error("email.password_env: the environment variable {0} is not set (or not UTF-8)")]
+    PasswordEnv(String),
+    #[error("cannot read email.ca_file {}: {error}", .path.display())]
+    CaFile { path: PathBuf, error: io::Error },
+    #[error("email.ca_file {} holds no usable PEM certificate: {error}", .path.display())]
+    CaCertificate { path: PathBuf, error: SmtpError },
+    #[error("TLS setup for {host}: {error}")]
+    TlsSetup { host: String, error: SmtpError },
+    /// The exchange with the server (`host:port`) failed.
+    #[error("mail server {server}: {error}")]
+    Exchange {
+        server: String,
+        error: ExchangeError,
+    },
+    /// `email.timeout` ran out before the exchange ended.
+    #[error(
+        "mail server {server}: no answer within email.timeout ({}); the mail was not sent",
+        humantime::format_duration(*.timeout)
+    )]
+    Timeout { server: String, timeout: Duration },
+}
+
+/// What went wrong in the exchange with the mail server, from the DNS lookup to the message.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    #[error("cannot start the lookup of {host}: {error}")]
+    LookupThread { host: String, error: io::Error },
+    #[error("cannot resolve {host}: {error}")]
+    Resolve { host: String, error: io::Error },
+    #[error("{0} has no address")]
+    NoAddress(String),
+    #[error("the lookup of {0} failed")]
+    LookupLost(String),
+    #[error("cannot connect: {0}")]
+    Connect(SmtpError),
+    #[error(
+        "the server does not offer STARTTLS (tls = \"starttls\" requires it; \
+         use tls = \"tls\" for port 465)"
+    )]
+    NoStarttls,
+    #[error("STARTTLS failed: {0}")]
+    Starttls(SmtpError),
+    #[error("authentication as {user} failed: {error}")]
+    Auth { user: String, error: SmtpError },
+    #[error("the message was refused: {0}")]
+    Refused(SmtpError),
+}
 
 // ---------------------------------------------------------------------------------------------
 // Entry points
@@ -461,11 +514,6 @@ fn reply_text(r: &Response) -> String {
     }
 }
 
-/// The text of a lettre error with its causes (lettre's Display already includes the source).
-fn smtp_error(e: &lettre::transport::smtp::Error) -> String {
-    e.to_string()
-}
-
 fn build_message(cfg: &EmailConfig, subject: &str, body: String) -> Result<Message, NotifyError> {
     let mut m = Message::builder()
         .from(cfg.from.clone())
@@ -480,38 +528,31 @@ fn build_message(cfg: &EmailConfig, subject: &str, body: String) -> Result<Messa
     for t in &cfg.to {
         m = m.to(t.clone());
     }
-    m.body(body)
-        .map_err(|e| NotifyError(format!("cannot build the mail: {e}")))
+    m.body(body).map_err(NotifyError::Build)
 }
 
 fn read_password(src: &PasswordSource) -> Result<String, NotifyError> {
     match src {
         PasswordSource::File(f) => std::fs::read_to_string(f)
             .map(|t| t.lines().next().unwrap_or("").to_string())
-            .map_err(|e| {
-                NotifyError(format!(
-                    "cannot read email.password_file {}: {e}",
-                    f.display()
-                ))
+            .map_err(|error| NotifyError::PasswordFile {
+                path: f.clone(),
+                error,
             }),
-        PasswordSource::Env(v) => std::env::var(v).map_err(|_| {
-            NotifyError(format!(
-                "email.password_env: the environment variable {v} is not set (or not UTF-8)"
-            ))
-        }),
+        PasswordSource::Env(v) => std::env::var(v).map_err(|_| NotifyError::PasswordEnv(v.clone())),
     }
 }
 
 fn tls_parameters(cfg: &EmailConfig) -> Result<TlsParameters, NotifyError> {
     let mut b = TlsParametersBuilder::new(cfg.host.clone());
     if let Some(ca) = &cfg.ca_file {
-        let pem = std::fs::read(ca)
-            .map_err(|e| NotifyError(format!("cannot read email.ca_file {}: {e}", ca.display())))?;
-        let cert = Certificate::from_pem(&pem).map_err(|e| {
-            NotifyError(format!(
-                "email.ca_file {} holds no usable PEM certificate: {e}",
-                ca.display()
-            ))
+        let pem = std::fs::read(ca).map_err(|error| NotifyError::CaFile {
+            path: ca.clone(),
+            error,
+        })?;
+        let cert = Certificate::from_pem(&pem).map_err(|error| NotifyError::CaCertificate {
+            path: ca.clone(),
+            error,
         })?;
         b = b.add_root_certificate(cert);
     }
@@ -520,8 +561,10 @@ fn tls_parameters(cfg: &EmailConfig) -> Result<TlsParameters, NotifyError> {
             .dangerous_accept_invalid_certs(true)
             .dangerous_accept_invalid_hostnames(true);
     }
-    b.build_rustls()
-        .map_err(|e| NotifyError(format!("TLS setup for {}: {e}", cfg.host)))
+    b.build_rustls().map_err(|error| NotifyError::TlsSetup {
+        host: cfg.host.clone(),
+        error,
+    })
 }
 
 /// Sends one message, the whole exchange bounded by `cfg.timeout`.
@@ -542,18 +585,18 @@ async fn send(cfg: &EmailConfig, subject: &str, body: String) -> Result<Sent, No
             tracing::info!("mail sent through {server}: {}", sent.reply);
             Ok(sent)
         }
-        Ok(Err(e)) => Err(NotifyError(format!("mail server {server}: {e}"))),
-        Err(_) => Err(NotifyError(format!(
-            "mail server {server}: no answer within email.timeout ({}); the mail was not sent",
-            humantime::format_duration(cfg.timeout)
-        ))),
+        Ok(Err(error)) => Err(NotifyError::Exchange { server, error }),
+        Err(_) => Err(NotifyError::Timeout {
+            server,
+            timeout: cfg.timeout,
+        }),
     }
 }
 
 /// The addresses of the mail server. The lookup runs on a thread of its own, not tokio's
 /// blocking pool: a resolver that hangs past `email.timeout` is then simply abandoned, instead
 /// of holding up the runtime's shutdown at the end of the process.
-async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, ExchangeError> {
     let literal = host.trim_start_matches('[').trim_end_matches(']');
     if let Ok(ip) = literal.parse::<IpAddr>() {
         return Ok(vec![SocketAddr::new(ip, port)]);
@@ -569,12 +612,18 @@ async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
                     .map(|a| a.collect::<Vec<_>>()),
             );
         })
-        .map_err(|e| format!("cannot start the lookup of {host}: {e}"))?;
+        .map_err(|error| ExchangeError::LookupThread {
+            host: host.to_string(),
+            error,
+        })?;
     match rx.await {
         Ok(Ok(addrs)) if !addrs.is_empty() => Ok(addrs),
-        Ok(Ok(_)) => Err(format!("{host} has no address")),
-        Ok(Err(e)) => Err(format!("cannot resolve {host}: {e}")),
-        Err(_) => Err(format!("the lookup of {host} failed")),
+        Ok(Ok(_)) => Err(ExchangeError::NoAddress(host.to_string())),
+        Ok(Err(error)) => Err(ExchangeError::Resolve {
+            host: host.to_string(),
+            error,
+        }),
+        Err(_) => Err(ExchangeError::LookupLost(host.to_string())),
     }
 }
 
@@ -584,7 +633,7 @@ async fn exchange(
     message: &Message,
     credentials: Option<&Credentials>,
     tls: Option<TlsParameters>,
-) -> Result<Sent, String> {
+) -> Result<Sent, ExchangeError> {
     let hello = ClientId::default();
     let (wrapper, starttls) = match cfg.tls {
         TlsMode::Tls => (tls, None),
@@ -595,23 +644,19 @@ async fn exchange(
     let mut conn =
         AsyncSmtpConnection::connect_tokio1(&addrs[..], Some(cfg.timeout), &hello, wrapper, None)
             .await
-            .map_err(|e| format!("cannot connect: {}", smtp_error(&e)))?;
+            .map_err(ExchangeError::Connect)?;
     let mut usable = true;
     let result = async {
         let usable = &mut usable;
         if let Some(params) = starttls {
             if !conn.can_starttls() {
-                return Err(
-                    "the server does not offer STARTTLS (tls = \"starttls\" requires it; \
-                     use tls = \"tls\" for port 465)"
-                        .to_string(),
-                );
+                return Err(ExchangeError::NoStarttls);
             }
             if let Err(e) = conn.starttls(params, &hello).await {
                 // After a failed TLS handshake the connection has no stream left: lettre
                 // panics on any further write, so it must not even be sent QUIT.
                 *usable = false;
-                return Err(format!("STARTTLS failed: {}", smtp_error(&e)));
+                return Err(ExchangeError::Starttls(e));
             }
         }
         let auth = match credentials {
@@ -619,12 +664,9 @@ async fn exchange(
                 conn.auth(&[Mechanism::Plain, Mechanism::Login], c)
                     .await
                     .map(|r| reply_text(&r))
-                    .map_err(|e| {
-                        format!(
-                            "authentication as {} failed: {}",
-                            cfg.username.as_deref().unwrap_or(""),
-                            smtp_error(&e)
-                        )
+                    .map_err(|error| ExchangeError::Auth {
+                        user: cfg.username.clone().unwrap_or_default(),
+                        error,
                     })?,
             ),
             None => None,
@@ -632,7 +674,7 @@ async fn exchange(
         let reply = conn
             .send(message.envelope(), &message.formatted())
             .await
-            .map_err(|e| format!("the message was refused: {}", smtp_error(&e)))?;
+            .map_err(ExchangeError::Refused)?;
         Ok(Sent {
             reply: reply_text(&reply),
             server_name: conn.server_info().name().to_string(),
@@ -824,5 +866,35 @@ mod tests {
         );
         assert!(text.contains("Auto-Submitted: auto-generated"), "{text}");
         assert!(text.is_ascii(), "encoded for any server: {text}");
+    }
+
+    #[test]
+    fn error_texts_name_the_setting_or_server() {
+        let timeout = NotifyError::Timeout {
+            server: "smtp.example.com:587".into(),
+            timeout: Duration::from_secs(30),
+        };
+        assert_eq!(
+            timeout.to_string(),
+            "mail server smtp.example.com:587: no answer within email.timeout (30s); the mail \
+             was not sent"
+        );
+        let starttls = NotifyError::Exchange {
+            server: "h:25".into(),
+            error: ExchangeError::NoStarttls,
+        };
+        assert_eq!(
+            starttls.to_string(),
+            "mail server h:25: the server does not offer STARTTLS (tls = \"starttls\" requires \
+             it; use tls = \"tls\" for port 465)"
+        );
+        assert_eq!(
+            NotifyError::PasswordEnv("PW".into()).to_string(),
+            "email.password_env: the environment variable PW is not set (or not UTF-8)"
+        );
+        assert_eq!(
+            ExchangeError::NoAddress("mail.invalid".into()).to_string(),
+            "mail.invalid has no address"
+        );
     }
 }

@@ -380,36 +380,47 @@ fn plan_group(g: &GroupInput, now: DateTime<Utc>) -> GroupPlan {
 // ---------------------------------------------------------------------------------------------
 // Deleting
 
+/// Why a planned file was not deleted.
+#[derive(Debug, thiserror::Error)]
+enum DeleteError {
+    #[error("not a plain relative path; not deleted")]
+    NotRelative,
+    #[error("no parent directory")]
+    NoParent,
+    #[error("its directory now resolves to {}; not deleted", .0.display())]
+    DirectoryMoved(PathBuf),
+    #[error("no longer a regular file; not deleted")]
+    NotAFile,
+    #[error("replaced since it was scanned; not deleted")]
+    Replaced,
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
 /// Deletes one planned file, re-checking first that it is still the regular file scanned, in
 /// the directory scanned (no symbolic link has appeared on the way). Returns the bytes freed.
-fn remove_checked(root: &Path, dump: &Dump) -> Result<u64, String> {
+fn remove_checked(root: &Path, dump: &Dump) -> Result<u64, DeleteError> {
     if !dump
         .rel
         .components()
         .all(|c| matches!(c, Component::Normal(_)))
     {
-        return Err("not a plain relative path; not deleted".into());
+        return Err(DeleteError::NotRelative);
     }
     let path = root.join(&dump.rel);
-    let parent = path.parent().ok_or("no parent directory")?;
-    match parent.canonicalize() {
-        Ok(p) if p == parent => {}
-        Ok(p) => {
-            return Err(format!(
-                "its directory now resolves to {}; not deleted",
-                p.display()
-            ))
-        }
-        Err(e) => return Err(e.to_string()),
+    let parent = path.parent().ok_or(DeleteError::NoParent)?;
+    let resolved = parent.canonicalize()?;
+    if resolved != parent {
+        return Err(DeleteError::DirectoryMoved(resolved));
     }
-    let meta = fs::symlink_metadata(&path).map_err(|e| e.to_string())?;
+    let meta = fs::symlink_metadata(&path)?;
     if !meta.file_type().is_file() {
-        return Err("no longer a regular file; not deleted".into());
+        return Err(DeleteError::NotAFile);
     }
     if dump.ino.is_some_and(|i| i != (meta.dev(), meta.ino())) {
-        return Err("replaced since it was scanned; not deleted".into());
+        return Err(DeleteError::Replaced);
     }
-    fs::remove_file(&path).map_err(|e| e.to_string())?;
+    fs::remove_file(&path)?;
     Ok(meta.len())
 }
 
@@ -472,7 +483,7 @@ fn execute(
                         let msg = format!("cannot delete {}: {e}", f.file);
                         tracing::warn!("{msg}");
                         summary.errors.push(msg);
-                        f.error = Some(e);
+                        f.error = Some(e.to_string());
                         // Still there: counted as kept.
                         g.kept_files += 1;
                     }

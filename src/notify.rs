@@ -220,33 +220,60 @@ pub fn run_message(cfg: &EmailConfig, report: &RunReport, report_path: &Path) ->
     let _ = writeln!(b, "Report    {}", report_path.display());
     let _ = writeln!(b, "Config    {}", report.config);
 
-    if !failed.is_empty() {
+    write_failed_groups(&mut b, &failed);
+    write_totals(&mut b, report, failed.len());
+    if !report.warnings.is_empty() {
         let _ = writeln!(b);
-        let _ = writeln!(b, "FAILED GROUPS");
-        for g in failed.iter().take(MAX_DETAILED_GROUPS) {
-            let _ = writeln!(b);
-            write_failed_group(&mut b, g);
-        }
-        if failed.len() > MAX_DETAILED_GROUPS {
-            let _ = writeln!(b);
-            let _ = writeln!(
-                b,
-                "{} more failed groups (details in the report):",
-                failed.len() - MAX_DETAILED_GROUPS
-            );
-            for g in failed.iter().skip(MAX_DETAILED_GROUPS) {
-                let _ = writeln!(b, "  {}", group_name(g));
-            }
+        let _ = writeln!(b, "WARNINGS");
+        for w in &report.warnings {
+            let _ = writeln!(b, "  - {}", indent_rest(w, 4));
         }
     }
+    let _ = writeln!(b);
+    let _ = writeln!(
+        b,
+        "-- \npg_groupdump {} on {}",
+        env!("CARGO_PKG_VERSION"),
+        report.host
+    );
+    (subject(cfg, &subject_text), b)
+}
 
+/// The mail's FAILED GROUPS section: the first failed groups in full, the rest by name.
+fn write_failed_groups(b: &mut String, failed: &[&GroupReport]) {
+    if failed.is_empty() {
+        return;
+    }
+    let _ = writeln!(b);
+    let _ = writeln!(b, "FAILED GROUPS");
+    for g in failed.iter().take(MAX_DETAILED_GROUPS) {
+        let _ = writeln!(b);
+        write_failed_group(b, g);
+    }
+    if failed.len() > MAX_DETAILED_GROUPS {
+        let _ = writeln!(b);
+        let _ = writeln!(
+            b,
+            "{} more failed groups (details in the report):",
+            failed.len() - MAX_DETAILED_GROUPS
+        );
+        for g in failed.iter().skip(MAX_DETAILED_GROUPS) {
+            let _ = writeln!(b, "  {}", group_name(g));
+        }
+    }
+}
+
+/// The mail's TOTALS section: groups, bytes, duration, and what the prune did.
+fn write_totals(b: &mut String, report: &RunReport, failed: usize) {
+    let total = report.groups.len();
+    let bytes = crate::text::human_bytes(report.bytes());
     let _ = writeln!(b);
     let _ = writeln!(b, "TOTALS");
     let _ = writeln!(
         b,
         "  groups    {total} in all: {} ok, {} failed",
-        total - failed.len(),
-        failed.len()
+        total - failed,
+        failed
     );
     let _ = writeln!(b, "  written   {bytes} ({} bytes)", report.bytes());
     let _ = writeln!(
@@ -272,21 +299,6 @@ pub fn run_message(cfg: &EmailConfig, report: &RunReport, report_path: &Path) ->
             let _ = writeln!(b, "            {}", indent_rest(e, 12));
         }
     }
-    if !report.warnings.is_empty() {
-        let _ = writeln!(b);
-        let _ = writeln!(b, "WARNINGS");
-        for w in &report.warnings {
-            let _ = writeln!(b, "  - {}", indent_rest(w, 4));
-        }
-    }
-    let _ = writeln!(b);
-    let _ = writeln!(
-        b,
-        "-- \npg_groupdump {} on {}",
-        env!("CARGO_PKG_VERSION"),
-        report.host
-    );
-    (subject(cfg, &subject_text), b)
 }
 
 fn group_name(g: &GroupReport) -> String {

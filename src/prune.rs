@@ -633,54 +633,7 @@ pub fn render_text(s: &PruneSummary) -> String {
         }
     );
     for g in &s.groups {
-        let who = match (&g.database, g.kind) {
-            (Some(db), _) => format!(
-                "{} / {}",
-                crate::text::printable(db),
-                crate::text::printable(&g.group)
-            ),
-            (None, _) => crate::text::printable(&g.group),
-        };
-        let _ = writeln!(
-            out,
-            "{who}: keep {}, {} {} ({}){}   [max_age {}, keep_min {}]",
-            g.kept_files,
-            if s.dry_run { "would delete" } else { "delete" },
-            g.deleted_files,
-            crate::text::human_bytes(g.freed_bytes),
-            if g.protected {
-                " — its dump failed in this run"
-            } else {
-                ""
-            },
-            g.max_age,
-            g.keep_min
-        );
-        let mut files: Vec<&FileSummary> = g.kept.iter().chain(&g.deleted).collect();
-        files.sort_by(|a, b| b.run_id.cmp(&a.run_id).then(a.file.cmp(&b.file)));
-        for f in files {
-            let name = Path::new(&f.file)
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let what = match (f.action, f.deleted, &f.error) {
-                (Action::Keep, ..) => "keep  ",
-                (Action::Delete, _, Some(_)) => "FAILED",
-                (Action::Delete, true, _) => "delete",
-                (Action::Delete, false, _) => "delete",
-            };
-            let _ = writeln!(
-                out,
-                "  {what}  {}  {}  {}{}",
-                crate::text::printable(&name),
-                crate::text::human_bytes(f.bytes),
-                f.reason,
-                f.error
-                    .as_ref()
-                    .map(|e| format!(": {e}"))
-                    .unwrap_or_default()
-            );
-        }
+        write_group(&mut out, g, s.dry_run);
     }
     for i in &s.ignored {
         let _ = writeln!(
@@ -705,6 +658,59 @@ pub fn render_text(s: &PruneSummary) -> String {
         }
     );
     out
+}
+
+/// One group of [`render_text`]: its counts and policy, then each file with its reason.
+fn write_group(out: &mut String, g: &GroupSummary, dry_run: bool) {
+    use std::fmt::Write;
+    let who = match (&g.database, g.kind) {
+        (Some(db), _) => format!(
+            "{} / {}",
+            crate::text::printable(db),
+            crate::text::printable(&g.group)
+        ),
+        (None, _) => crate::text::printable(&g.group),
+    };
+    let _ = writeln!(
+        out,
+        "{who}: keep {}, {} {} ({}){}   [max_age {}, keep_min {}]",
+        g.kept_files,
+        if dry_run { "would delete" } else { "delete" },
+        g.deleted_files,
+        crate::text::human_bytes(g.freed_bytes),
+        if g.protected {
+            " — its dump failed in this run"
+        } else {
+            ""
+        },
+        g.max_age,
+        g.keep_min
+    );
+    let mut files: Vec<&FileSummary> = g.kept.iter().chain(&g.deleted).collect();
+    files.sort_by(|a, b| b.run_id.cmp(&a.run_id).then(a.file.cmp(&b.file)));
+    for f in files {
+        let name = Path::new(&f.file)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let what = match (f.action, f.deleted, &f.error) {
+            (Action::Keep, ..) => "keep  ",
+            (Action::Delete, _, Some(_)) => "FAILED",
+            (Action::Delete, true, _) => "delete",
+            (Action::Delete, false, _) => "delete",
+        };
+        let _ = writeln!(
+            out,
+            "  {what}  {}  {}  {}{}",
+            crate::text::printable(&name),
+            crate::text::human_bytes(f.bytes),
+            f.reason,
+            f.error
+                .as_ref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        );
+    }
 }
 
 /// `pg_groupdump prune [--dry-run] [--json]`: takes the run lock, prunes, prints per group what

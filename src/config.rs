@@ -1,5 +1,9 @@
 //! Reading and checking `groups.toml`.
 //!
+//! This module owns the whole file: every section, `[email]` (`email`) and `[retention]`
+//! (`retention`) included, is parsed and checked here, and each feature receives only its
+//! checked settings. Nothing here depends on the features, so they can all depend on it.
+//!
 //! The file is parsed into raw serde structs that mirror the TOML exactly and refuse unknown keys:
 //! for a tool that writes and deletes backups, a typo such as `lock_wait_timout` must be an error,
 //! not a silently ignored setting. The raw structs are then checked into [`Config`], whose values
@@ -7,7 +11,7 @@
 //! Every error names the file, the key path (`group[1].tables[0]`) and the offending value.
 //!
 //! Checks that need the catalog (does this table exist? is it in two groups?) happen later, in
-//! [`crate::plan`], still before anything is dumped.
+//! `plan`, still before anything is dumped.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -15,6 +19,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+
+mod email;
+mod retention;
+
+pub use email::{
+    is_loopback, EmailConfig, On, PasswordSource, TlsMode, DEFAULT_SUBJECT_PREFIX, DEFAULT_TIMEOUT,
+};
+pub use retention::{GroupRetention, RetentionConfig, DEFAULT_KEEP_MIN};
 
 /// An error in the configuration file, with the place it was found.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +48,11 @@ impl ConfigError {
             message: message.into(),
         }
     }
+
+    /// The error for `key` whose value was refused for the reason `why`.
+    fn at(file: &Path, key: impl Into<String>, why: impl fmt::Display) -> Self {
+        ConfigError::new(file, key, why.to_string())
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -51,8 +68,8 @@ struct RawConfig {
     groups: Vec<RawGroup>,
     #[serde(default)]
     ungrouped: RawUngrouped,
-    email: Option<crate::notify::RawEmail>,
-    retention: Option<crate::prune::RawRetention>,
+    email: Option<email::RawEmail>,
+    retention: Option<retention::RawRetention>,
     metrics: Option<RawMetrics>,
 }
 
@@ -135,9 +152,9 @@ pub struct Config {
     pub groups: Vec<GroupConfig>,
     pub ungrouped: UngroupedConfig,
     /// `[email]`: where failure (or every) run summaries go. `None`: no mail.
-    pub email: Option<crate::notify::EmailConfig>,
+    pub email: Option<EmailConfig>,
     /// `[retention]`: how old dumps are pruned. `None`: nothing is ever pruned.
-    pub retention: Option<crate::prune::RetentionConfig>,
+    pub retention: Option<RetentionConfig>,
     /// `[metrics] textfile`: where the Prometheus metrics of each run are written.
     pub metrics_textfile: Option<PathBuf>,
 }
@@ -240,11 +257,11 @@ pub enum Engine {
 }
 
 impl Engine {
-    fn parse(s: &str) -> Result<Engine, String> {
+    fn parse(s: &str) -> Result<Engine, ValueError> {
         match s {
             "pg_dump" => Ok(Engine::PgDump),
             "native" => Ok(Engine::Native),
-            _ => Err(format!("{s:?} is not \"pg_dump\" or \"native\"")),
+            _ => Err(ValueError::Engine(s.to_string())),
         }
     }
 
@@ -279,7 +296,7 @@ pub struct GroupConfig {
     /// Overrides `backup.yield_after` for this group (`Some(None)`: never yield).
     pub yield_after: Option<Option<Duration>>,
     /// Overrides `[retention]` for this group's dumps.
-    pub retention: crate::prune::GroupRetention,
+    pub retention: GroupRetention,
     /// Overrides `backup.engine` for this group.
     pub engine: Option<Engine>,
 }
@@ -350,9 +367,35 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
 }
 
 fn check(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
-    let err = |key: &str, msg: String| ConfigError::new(path, key, msg);
+    let connection = check_connection(path, raw.connection)?;
+    let backup = check_backup(path, raw.backup)?;
+    let groups = check_groups(path, raw.groups)?;
+    let ungrouped = check_ungrouped(path, raw.ungrouped)?;
+    let email = match raw.email {
+        Some(e) => Some(email::check(path, e)?),
+        None => None,
+    };
+    let retention = match raw.retention {
+        Some(r) => Some(retention::check(path, r)?),
+        None => None,
+    };
+    retention::check_overrides(path, &groups, retention.as_ref())?;
+    let metrics_textfile = check_metrics(path, raw.metrics)?;
+    Ok(Config {
+        path: path.to_path_buf(),
+        connection,
+        backup,
+        groups,
+        ungrouped,
+        email,
+        retention,
+        metrics_textfile,
+    })
+}
 
-    let c = raw.connection;
+/// `[connection]`: only what is given is checked; libpq's environment fills the rest later.
+fn check_connection(path: &Path, c: RawConnection) -> Result<ConnectionConfig, ConfigError> {
+    let err = |key: &str, msg: String| ConfigError::new(path, key, msg);
     let sslmode = match c.sslmode {
         None => None,
         Some(s) => Some(SslMode::parse(&s).ok_or_else(|| {
@@ -370,7 +413,7 @@ fn check(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
     if c.port == Some(0) {
         return Err(err("connection.port", "0 is not a valid port".into()));
     }
-    let connection = ConnectionConfig {
+    Ok(ConnectionConfig {
         host: c.host,
         port: c.port,
         user: c.user,
@@ -380,9 +423,13 @@ fn check(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
         maintenance_database: c
             .maintenance_database
             .unwrap_or_else(|| "postgres".to_string()),
-    };
+    })
+}
 
-    let b = raw.backup.ok_or_else(|| {
+/// `[backup]`: required, with at least `dir`; every other key has a default.
+fn check_backup(path: &Path, b: Option<RawBackup>) -> Result<BackupConfig, ConfigError> {
+    let err = |key: &str, msg: String| ConfigError::new(path, key, msg);
+    let b = b.ok_or_else(|| {
         err(
             "backup",
             "the [backup] table is required (with at least `dir`)".into(),
@@ -408,33 +455,12 @@ fn check(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
             )
         })?,
     };
-    let lock_retries = match b.lock_retries {
-        None => 3,
-        Some(n) if (0..=100).contains(&n) => n as u32,
-        Some(n) => {
-            return Err(err(
-                "backup.lock_retries",
-                format!("{n} is not between 0 and 100"),
-            ))
-        }
-    };
-    let retry_delay = match b.retry_delay {
-        None => DEFAULT_RETRY_DELAY,
-        Some(s) => parse_duration(&s).ok_or_else(|| {
-            err(
-                "backup.retry_delay",
-                format!("{s:?} is not a duration such as \"10s\""),
-            )
-        })?,
-    };
-    let yield_after = match b.yield_after {
-        None => Some(DEFAULT_YIELD_AFTER),
-        Some(s) => parse_yield_after(&s).map_err(|m| err("backup.yield_after", m))?,
-    };
-    let file_mode =
-        parse_mode(b.file_mode.as_deref(), 0o600, 0o600).map_err(|m| err("backup.file_mode", m))?;
-    let dir_mode =
-        parse_mode(b.dir_mode.as_deref(), 0o700, 0o700).map_err(|m| err("backup.dir_mode", m))?;
+    let (lock_retries, retry_delay, yield_after) =
+        check_lock_handling(path, b.lock_retries, b.retry_delay, b.yield_after)?;
+    let file_mode = parse_mode(b.file_mode.as_deref(), 0o600, 0o600)
+        .map_err(|e| ConfigError::at(path, "backup.file_mode", e))?;
+    let dir_mode = parse_mode(b.dir_mode.as_deref(), 0o700, 0o700)
+        .map_err(|e| ConfigError::at(path, "backup.dir_mode", e))?;
     let compress = match b.compress {
         None => None,
         Some(n) if (0..=9).contains(&n) => Some(n as u8),
@@ -455,7 +481,11 @@ fn check(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
             }
         }
     }
-    let backup = BackupConfig {
+    let engine = match b.engine {
+        None => Engine::PgDump,
+        Some(s) => Engine::parse(&s).map_err(|e| ConfigError::at(path, "backup.engine", e))?,
+    };
+    Ok(BackupConfig {
         dir,
         jobs,
         lock_wait_timeout,
@@ -473,92 +503,136 @@ fn check(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
         dir_mode,
         count_rows: b.count_rows.unwrap_or(true),
         pg_restore: b.pg_restore,
-        engine: match b.engine {
-            None => Engine::PgDump,
-            Some(s) => Engine::parse(&s).map_err(|m| err("backup.engine", m))?,
-        },
+        engine,
+    })
+}
+
+/// `backup.lock_retries`, `retry_delay` and `yield_after`: how a run deals with lock conflicts.
+fn check_lock_handling(
+    path: &Path,
+    lock_retries: Option<i64>,
+    retry_delay: Option<String>,
+    yield_after: Option<String>,
+) -> Result<(u32, Duration, Option<Duration>), ConfigError> {
+    let err = |key: &str, msg: String| ConfigError::new(path, key, msg);
+    let lock_retries = match lock_retries {
+        None => 3,
+        Some(n) if (0..=100).contains(&n) => n as u32,
+        Some(n) => {
+            return Err(err(
+                "backup.lock_retries",
+                format!("{n} is not between 0 and 100"),
+            ))
+        }
     };
-
-    let mut groups = Vec::with_capacity(raw.groups.len());
-    let mut seen: HashSet<(String, String)> = HashSet::new();
-    for (i, g) in raw.groups.into_iter().enumerate() {
-        let key = format!("group[{i}]");
-        let name = g
-            .name
-            .ok_or_else(|| err(&format!("{key}.name"), "is required".into()))?;
-        check_group_name(&name).map_err(|m| err(&format!("{key}.name"), m))?;
-        let database = g.database.ok_or_else(|| {
+    let retry_delay = match retry_delay {
+        None => DEFAULT_RETRY_DELAY,
+        Some(s) => parse_duration(&s).ok_or_else(|| {
             err(
-                &format!("{key}.database"),
-                format!("is required (group {name:?})"),
+                "backup.retry_delay",
+                format!("{s:?} is not a duration such as \"10s\""),
             )
-        })?;
-        if database.is_empty() {
-            return Err(err(
-                &format!("{key}.database"),
-                "empty database name".into(),
-            ));
+        })?,
+    };
+    let yield_after = match yield_after {
+        None => Some(DEFAULT_YIELD_AFTER),
+        Some(s) => {
+            parse_yield_after(&s).map_err(|e| ConfigError::at(path, "backup.yield_after", e))?
         }
-        if !seen.insert((database.clone(), name.clone())) {
-            return Err(err(
-                &format!("{key}.name"),
-                format!("duplicate group name {name:?} in database {database:?}"),
-            ));
-        }
-        if g.tables.is_empty() && g.schemas.is_empty() {
-            return Err(err(
-                &key,
-                format!("group {name:?} names no `tables` and no `schemas`"),
-            ));
-        }
-        let mut tables = Vec::with_capacity(g.tables.len());
-        for (j, t) in g.tables.iter().enumerate() {
-            let r = parse_table_ref(t)
-                .map_err(|m| err(&format!("{key}.tables[{j}]"), format!("{t:?}: {m}")))?;
-            tables.push(r);
-        }
-        for (j, s) in g.schemas.iter().enumerate() {
-            if s.is_empty() {
-                return Err(err(
-                    &format!("{key}.schemas[{j}]"),
-                    "empty schema name".into(),
-                ));
-            }
-        }
-        let lock_wait_timeout = match g.lock_wait_timeout {
-            None => None,
-            Some(s) => Some(parse_duration(&s).filter(|d| !d.is_zero()).ok_or_else(|| {
-                err(
-                    &format!("{key}.lock_wait_timeout"),
-                    format!("{s:?} is not a positive duration such as \"6s\""),
-                )
-            })?),
-        };
-        let yield_after = match g.yield_after {
-            None => None,
-            Some(s) => {
-                Some(parse_yield_after(&s).map_err(|m| err(&format!("{key}.yield_after"), m))?)
-            }
-        };
-        let retention = crate::prune::check_group(path, &key, g.max_age.as_deref(), g.keep_min)?;
-        let engine = match g.engine {
-            None => None,
-            Some(s) => Some(Engine::parse(&s).map_err(|m| err(&format!("{key}.engine"), m))?),
-        };
-        groups.push(GroupConfig {
-            index: i,
-            name,
-            database,
-            tables,
-            schemas: g.schemas,
-            lock_wait_timeout,
-            yield_after,
-            retention,
-            engine,
-        });
-    }
+    };
+    Ok((lock_retries, retry_delay, yield_after))
+}
 
-    let mode = match raw.ungrouped.mode.as_deref() {
+/// Every `[[group]]`; a (database, name) pair may appear only once.
+fn check_groups(path: &Path, raw: Vec<RawGroup>) -> Result<Vec<GroupConfig>, ConfigError> {
+    let mut groups = Vec::with_capacity(raw.len());
+    let mut seen: HashSet<(String, String)> = HashSet::new();
+    for (i, g) in raw.into_iter().enumerate() {
+        groups.push(check_group(path, i, g, &mut seen)?);
+    }
+    Ok(groups)
+}
+
+/// One `[[group]]`, the `i`-th in the file; `seen` holds the (database, name) pairs before it.
+fn check_group(
+    path: &Path,
+    i: usize,
+    g: RawGroup,
+    seen: &mut HashSet<(String, String)>,
+) -> Result<GroupConfig, ConfigError> {
+    let key = format!("group[{i}]");
+    let err = |sub: &str, msg: String| ConfigError::new(path, format!("{key}{sub}"), msg);
+    let name = g.name.ok_or_else(|| err(".name", "is required".into()))?;
+    check_group_name(&name).map_err(|e| ConfigError::at(path, format!("{key}.name"), e))?;
+    let database = g
+        .database
+        .ok_or_else(|| err(".database", format!("is required (group {name:?})")))?;
+    if database.is_empty() {
+        return Err(err(".database", "empty database name".into()));
+    }
+    if !seen.insert((database.clone(), name.clone())) {
+        return Err(err(
+            ".name",
+            format!("duplicate group name {name:?} in database {database:?}"),
+        ));
+    }
+    if g.tables.is_empty() && g.schemas.is_empty() {
+        return Err(err(
+            "",
+            format!("group {name:?} names no `tables` and no `schemas`"),
+        ));
+    }
+    let mut tables = Vec::with_capacity(g.tables.len());
+    for (j, t) in g.tables.iter().enumerate() {
+        let r =
+            parse_table_ref(t).map_err(|e| err(&format!(".tables[{j}]"), format!("{t:?}: {e}")))?;
+        tables.push(r);
+    }
+    for (j, s) in g.schemas.iter().enumerate() {
+        if s.is_empty() {
+            return Err(err(&format!(".schemas[{j}]"), "empty schema name".into()));
+        }
+    }
+    let lock_wait_timeout = match g.lock_wait_timeout {
+        None => None,
+        Some(s) => Some(parse_duration(&s).filter(|d| !d.is_zero()).ok_or_else(|| {
+            err(
+                ".lock_wait_timeout",
+                format!("{s:?} is not a positive duration such as \"6s\""),
+            )
+        })?),
+    };
+    let yield_after = match g.yield_after {
+        None => None,
+        Some(s) => Some(
+            parse_yield_after(&s)
+                .map_err(|e| ConfigError::at(path, format!("{key}.yield_after"), e))?,
+        ),
+    };
+    let retention = retention::check_group(path, &key, g.max_age.as_deref(), g.keep_min)?;
+    let engine = match g.engine {
+        None => None,
+        Some(s) => {
+            Some(Engine::parse(&s).map_err(|e| ConfigError::at(path, format!("{key}.engine"), e))?)
+        }
+    };
+    Ok(GroupConfig {
+        index: i,
+        name,
+        database,
+        tables,
+        schemas: g.schemas,
+        lock_wait_timeout,
+        yield_after,
+        retention,
+        engine,
+    })
+}
+
+/// `[ungrouped]`: the mode, and exclusion patterns that must be valid globs.
+fn check_ungrouped(path: &Path, raw: RawUngrouped) -> Result<UngroupedConfig, ConfigError> {
+    let err = |key: &str, msg: String| ConfigError::new(path, key, msg);
+    let mode = match raw.mode.as_deref() {
         None | Some("table") => UngroupedMode::Table,
         Some("skip") => UngroupedMode::Skip,
         Some(m) => {
@@ -568,24 +642,23 @@ fn check(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
             ))
         }
     };
-    for (i, p) in raw.ungrouped.exclude.iter().enumerate() {
+    for (i, p) in raw.exclude.iter().enumerate() {
         globset::Glob::new(p)
             .map_err(|e| err(&format!("ungrouped.exclude[{i}]"), format!("{p:?}: {e}")))?;
     }
+    Ok(UngroupedConfig {
+        mode,
+        exclude: raw.exclude,
+    })
+}
 
-    let email = match raw.email {
-        Some(e) => Some(crate::notify::check(path, e)?),
-        None => None,
-    };
-    let retention = match raw.retention {
-        Some(r) => Some(crate::prune::check(path, r)?),
-        None => None,
-    };
-    crate::prune::check_overrides(path, &groups, retention.as_ref())?;
-    let metrics_textfile = match raw.metrics {
-        None => None,
+/// `[metrics]`: a `textfile` that node_exporter's textfile collector will read.
+fn check_metrics(path: &Path, raw: Option<RawMetrics>) -> Result<Option<PathBuf>, ConfigError> {
+    let err = |key: &str, msg: String| ConfigError::new(path, key, msg);
+    match raw {
+        None => Ok(None),
         Some(RawMetrics { textfile: None }) => {
-            return Err(err("metrics.textfile", "is required in [metrics]".into()))
+            Err(err("metrics.textfile", "is required in [metrics]".into()))
         }
         Some(RawMetrics { textfile: Some(p) }) => {
             if p.extension().and_then(|e| e.to_str()) != Some("prom") {
@@ -597,22 +670,9 @@ fn check(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
                     ),
                 ));
             }
-            Some(p)
+            Ok(Some(p))
         }
-    };
-    Ok(Config {
-        path: path.to_path_buf(),
-        connection,
-        backup,
-        groups,
-        ungrouped: UngroupedConfig {
-            mode,
-            exclude: raw.ungrouped.exclude,
-        },
-        email,
-        retention,
-        metrics_textfile,
-    })
+    }
 }
 
 /// Parses a humantime duration ("6s", "1m 30s", "500ms").
@@ -620,55 +680,88 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     humantime::parse_duration(s.trim()).ok()
 }
 
+/// Why a single value is refused; the text follows `file: key: ` in the [`ConfigError`].
+#[derive(Debug, thiserror::Error)]
+enum ValueError {
+    #[error("{0:?} is not \"pg_dump\" or \"native\"")]
+    Engine(String),
+    #[error("{text:?}: the owner must keep access ({required:04o})")]
+    ModeLocksOutOwner { text: String, required: u32 },
+    #[error("{0:?} is not an octal mode such as \"0640\"")]
+    Mode(String),
+    #[error("{0:?} is not a positive duration such as \"5s\", or \"never\"")]
+    YieldAfter(String),
+    #[error("empty group name")]
+    EmptyGroupName,
+    #[error("{0:?}: names starting with '_' are reserved (_schema, _globals)")]
+    ReservedGroupName(String),
+    #[error("{0:?}: control characters are not allowed in a group name")]
+    ControlInGroupName(String),
+    #[error("{0:?}: longer than 200 bytes")]
+    LongGroupName(String),
+}
+
 /// An octal mode such as "0640"; `required` bits must be set (the owner must keep access).
-fn parse_mode(s: Option<&str>, default: u32, required: u32) -> Result<u32, String> {
+fn parse_mode(s: Option<&str>, default: u32, required: u32) -> Result<u32, ValueError> {
     let Some(s) = s else { return Ok(default) };
     let digits = s.trim().trim_start_matches("0o");
     match u32::from_str_radix(digits, 8) {
         Ok(m) if m <= 0o777 && m & required == required => Ok(m),
-        Ok(m) if m <= 0o777 => Err(format!(
-            "{s:?}: the owner must keep access ({required:04o})"
-        )),
-        _ => Err(format!("{s:?} is not an octal mode such as \"0640\"")),
+        Ok(m) if m <= 0o777 => Err(ValueError::ModeLocksOutOwner {
+            text: s.to_string(),
+            required,
+        }),
+        _ => Err(ValueError::Mode(s.to_string())),
     }
 }
 
 /// `yield_after`: a positive duration, or "never" / "off".
-fn parse_yield_after(s: &str) -> Result<Option<Duration>, String> {
+fn parse_yield_after(s: &str) -> Result<Option<Duration>, ValueError> {
     match s.trim() {
         "never" | "off" => Ok(None),
         t => parse_duration(t)
             .filter(|d| !d.is_zero())
             .map(Some)
-            .ok_or_else(|| {
-                format!("{s:?} is not a positive duration such as \"5s\", or \"never\"")
-            }),
+            .ok_or_else(|| ValueError::YieldAfter(s.to_string())),
     }
 }
 
-fn check_group_name(name: &str) -> Result<(), String> {
+/// A group name becomes a directory and a file name (see `store`): it must not be empty, take
+/// a reserved name, or hold control characters, and it must leave room in a file name.
+fn check_group_name(name: &str) -> Result<(), ValueError> {
     if name.is_empty() {
-        return Err("empty group name".into());
+        return Err(ValueError::EmptyGroupName);
     }
     if name.starts_with('_') {
-        return Err(format!(
-            "{name:?}: names starting with '_' are reserved (_schema, _globals)"
-        ));
+        return Err(ValueError::ReservedGroupName(name.to_string()));
     }
     if name.chars().any(char::is_control) {
-        return Err(format!(
-            "{name:?}: control characters are not allowed in a group name"
-        ));
+        return Err(ValueError::ControlInGroupName(name.to_string()));
     }
     if name.len() > 200 {
-        return Err(format!("{name:?}: longer than 200 bytes"));
+        return Err(ValueError::LongGroupName(name.to_string()));
     }
     Ok(())
 }
 
+/// Why a table name as written in the configuration cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TableRefError {
+    #[error("unterminated double quote")]
+    UnterminatedQuote,
+    #[error("a quoted name must be followed by '.' or end")]
+    AfterQuote,
+    #[error("a double quote inside an unquoted name (quote the whole part: \"a\"\"b\")")]
+    QuoteInUnquoted,
+    #[error("empty name part")]
+    EmptyPart,
+    #[error("more than two dot-separated parts: write it as schema.table, double-quoting a part that contains '.'")]
+    TooManyParts,
+}
+
 /// Parses `schema.table` where either part may be written in SQL double quotes (`"a.b"."X""y"`),
 /// or a bare `table`. Unquoted parts are taken exactly as written (no case folding).
-pub fn parse_table_ref(s: &str) -> Result<TableRef, String> {
+pub fn parse_table_ref(s: &str) -> Result<TableRef, TableRefError> {
     let mut parts: Vec<String> = Vec::new();
     let mut chars = s.chars().peekable();
     loop {
@@ -677,7 +770,7 @@ pub fn parse_table_ref(s: &str) -> Result<TableRef, String> {
             chars.next();
             loop {
                 match chars.next() {
-                    None => return Err("unterminated double quote".into()),
+                    None => return Err(TableRefError::UnterminatedQuote),
                     Some('"') => {
                         if chars.peek() == Some(&'"') {
                             chars.next();
@@ -691,7 +784,7 @@ pub fn parse_table_ref(s: &str) -> Result<TableRef, String> {
             }
             match chars.peek() {
                 None | Some('.') => {}
-                Some(_) => return Err("a quoted name must be followed by '.' or end".into()),
+                Some(_) => return Err(TableRefError::AfterQuote),
             }
         } else {
             while let Some(&c) = chars.peek() {
@@ -699,17 +792,14 @@ pub fn parse_table_ref(s: &str) -> Result<TableRef, String> {
                     break;
                 }
                 if c == '"' {
-                    return Err(
-                        "a double quote inside an unquoted name (quote the whole part: \"a\"\"b\")"
-                            .into(),
-                    );
+                    return Err(TableRefError::QuoteInUnquoted);
                 }
                 part.push(c);
                 chars.next();
             }
         }
         if part.is_empty() {
-            return Err("empty name part".into());
+            return Err(TableRefError::EmptyPart);
         }
         parts.push(part);
         match chars.next() {
@@ -730,7 +820,7 @@ pub fn parse_table_ref(s: &str) -> Result<TableRef, String> {
                 table,
             })
         }
-        _ => Err("more than two dot-separated parts: write it as schema.table, double-quoting a part that contains '.'".into()),
+        _ => Err(TableRefError::TooManyParts),
     }
 }
 

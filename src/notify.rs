@@ -11,6 +11,7 @@
 //! never written to the configuration, a log or a message.
 
 use std::fmt::Write as _;
+use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -23,368 +24,71 @@ use lettre::transport::smtp::client::{
 };
 use lettre::transport::smtp::extension::ClientId;
 use lettre::transport::smtp::response::Response;
+use lettre::transport::smtp::Error as SmtpError;
 use lettre::Message;
-use serde::Deserialize;
 
-use crate::config::ConfigError;
+use crate::config::{is_loopback, EmailConfig, On, PasswordSource, TlsMode};
 use crate::report::{GroupReport, Outcome, RunReport, Status};
-
-/// The default `email.timeout`: one bound for the whole exchange with the mail server.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-/// The default `email.subject_prefix`.
-pub const DEFAULT_SUBJECT_PREFIX: &str = "[pg_groupdump]";
 
 /// Failed groups described in full in one mail; the rest are listed by name.
 const MAX_DETAILED_GROUPS: usize = 50;
 /// Table names listed per failed group.
 const MAX_TABLES_LISTED: usize = 20;
 
-/// `[email]` as written in the file.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawEmail {
-    host: Option<String>,
-    port: Option<i64>,
-    tls: Option<String>,
-    username: Option<String>,
-    password_file: Option<PathBuf>,
-    password_env: Option<String>,
-    from: Option<String>,
-    to: Option<Vec<String>>,
-    on: Option<String>,
-    subject_prefix: Option<String>,
-    timeout: Option<String>,
-    ca_file: Option<PathBuf>,
-    tls_insecure_skip_verify: Option<bool>,
-}
-
-/// How the connection to the mail server is secured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TlsMode {
-    /// Plain TCP, then `STARTTLS`, which the server must offer (default port 587).
-    Starttls,
-    /// TLS from the first byte, "SMTPS" (default port 465).
-    Tls,
-    /// No encryption at all (default port 25): only for a relay on the same host or network.
-    None,
-}
-
-impl TlsMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TlsMode::Starttls => "starttls",
-            TlsMode::Tls => "tls",
-            TlsMode::None => "none",
-        }
-    }
-
-    fn default_port(self) -> u16 {
-        match self {
-            TlsMode::Starttls => 587,
-            TlsMode::Tls => 465,
-            TlsMode::None => 25,
-        }
-    }
-}
-
-/// When a run is mailed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum On {
-    /// Only runs with a failed dump (and runs that could not start).
-    Failure,
-    /// Every run.
-    Always,
-}
-
-/// Where the SMTP password comes from (the password itself is read only when sending).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PasswordSource {
-    /// The first line of this file.
-    File(PathBuf),
-    /// This environment variable.
-    Env(String),
-}
-
-/// The checked `[email]` settings.
-#[derive(Debug, Clone)]
-pub struct EmailConfig {
-    pub host: String,
-    pub port: u16,
-    pub tls: TlsMode,
-    /// SMTP AUTH user; `None`: no authentication.
-    pub username: Option<String>,
-    /// Set exactly when `username` is.
-    pub password: Option<PasswordSource>,
-    pub from: Mailbox,
-    pub to: Vec<Mailbox>,
-    pub on: On,
-    /// Put in front of every subject (may be empty).
-    pub subject_prefix: String,
-    /// Bounds the whole exchange with the mail server: connection, TLS, AUTH, sending, QUIT.
-    pub timeout: Duration,
-    /// PEM certificates trusted (besides the built-in web PKI roots) for the server's certificate.
-    pub ca_file: Option<PathBuf>,
-    /// Accept any certificate and host name. Dangerous; warned about at every start.
-    pub tls_insecure_skip_verify: bool,
-}
-
-/// A mail could not be sent.
+/// A mail could not be sent. The texts name the setting or the server at fault; each includes
+/// the underlying error's text, which is therefore not also given as a `source`.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct NotifyError(pub String);
-
-// ---------------------------------------------------------------------------------------------
-// Configuration
-
-/// Checks `[email]`; errors name the key (`email.port`).
-pub fn check(path: &Path, raw: RawEmail) -> Result<EmailConfig, ConfigError> {
-    let err = |key: &str, msg: String| ConfigError::new(path, key, msg);
-
-    let host = raw.host.ok_or_else(|| {
-        err(
-            "email.host",
-            "is required: the SMTP server to send through".into(),
-        )
-    })?;
-    if host.trim().is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(err(
-            "email.host",
-            format!("{host:?} is not a host name or address"),
-        ));
-    }
-    let tls = match raw.tls.as_deref() {
-        None | Some("starttls") => TlsMode::Starttls,
-        Some("tls") => TlsMode::Tls,
-        Some("none") => TlsMode::None,
-        Some(t) => {
-            return Err(err(
-                "email.tls",
-                format!("{t:?} is not one of \"starttls\", \"tls\", \"none\""),
-            ))
-        }
-    };
-    let port = match raw.port {
-        None => tls.default_port(),
-        Some(p) if (1..=65535).contains(&p) => p as u16,
-        Some(p) => {
-            return Err(err(
-                "email.port",
-                format!("{p} is not a port number (1 to 65535)"),
-            ))
-        }
-    };
-
-    let username = match raw.username {
-        Some(u) if u.is_empty() => {
-            return Err(err(
-                "email.username",
-                "must not be empty (leave it out for no authentication)".into(),
-            ))
-        }
-        u => u,
-    };
-    let password = match (raw.password_file, raw.password_env) {
-        (Some(_), Some(_)) => {
-            return Err(err(
-                "email.password_env",
-                "give either password_file or password_env, not both".into(),
-            ))
-        }
-        (Some(f), None) => {
-            if f.as_os_str().is_empty() {
-                return Err(err("email.password_file", "must not be empty".into()));
-            }
-            Some(PasswordSource::File(f))
-        }
-        (None, Some(v)) => {
-            if v.is_empty() || v.contains('=') || v.contains('\0') {
-                return Err(err(
-                    "email.password_env",
-                    format!("{v:?} is not an environment variable name"),
-                ));
-            }
-            Some(PasswordSource::Env(v))
-        }
-        (None, None) => None,
-    };
-    match (&username, &password) {
-        (Some(u), None) => {
-            return Err(err(
-                "email.username",
-                format!("{u:?} needs a password: set password_file or password_env (the password is never written in this file)"),
-            ))
-        }
-        (None, Some(PasswordSource::File(_))) => {
-            return Err(err(
-                "email.password_file",
-                "is set but email.username is not".into(),
-            ))
-        }
-        (None, Some(PasswordSource::Env(_))) => {
-            return Err(err(
-                "email.password_env",
-                "is set but email.username is not".into(),
-            ))
-        }
-        _ => {}
-    }
-
-    let from_text = raw.from.ok_or_else(|| {
-        err(
-            "email.from",
-            "is required: the sender address, e.g. \"pg_groupdump <backup@example.com>\"".into(),
-        )
-    })?;
-    let from: Mailbox = from_text.parse().map_err(|e| {
-        err(
-            "email.from",
-            format!("{from_text:?} is not a mail address: {e}"),
-        )
-    })?;
-    let to_list = raw.to.ok_or_else(|| {
-        err(
-            "email.to",
-            "is required: a list of recipient addresses".into(),
-        )
-    })?;
-    if to_list.is_empty() {
-        return Err(err(
-            "email.to",
-            "is empty: give at least one recipient".into(),
-        ));
-    }
-    let mut to = Vec::with_capacity(to_list.len());
-    for (i, t) in to_list.iter().enumerate() {
-        let m: Mailbox = t.parse().map_err(|e| {
-            err(
-                &format!("email.to[{i}]"),
-                format!("{t:?} is not a mail address: {e}"),
-            )
-        })?;
-        to.push(m);
-    }
-
-    let on = match raw.on.as_deref() {
-        None | Some("failure") => On::Failure,
-        Some("always") => On::Always,
-        Some(o) => {
-            return Err(err(
-                "email.on",
-                format!("{o:?} is not \"failure\" or \"always\""),
-            ))
-        }
-    };
-    let subject_prefix = match raw.subject_prefix {
-        None => DEFAULT_SUBJECT_PREFIX.to_string(),
-        Some(p) if p.chars().any(char::is_control) => {
-            return Err(err(
-                "email.subject_prefix",
-                format!("{p:?}: control characters are not allowed in a subject"),
-            ))
-        }
-        Some(p) => p.trim().to_string(),
-    };
-    let timeout = match raw.timeout {
-        None => DEFAULT_TIMEOUT,
-        Some(s) => crate::config::parse_duration(&s)
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| {
-                err(
-                    "email.timeout",
-                    format!("{s:?} is not a positive duration such as \"30s\""),
-                )
-            })?,
-    };
-    let tls_insecure_skip_verify = raw.tls_insecure_skip_verify.unwrap_or(false);
-    if tls == TlsMode::None {
-        if raw.ca_file.is_some() {
-            return Err(err(
-                "email.ca_file",
-                "has no use with tls = \"none\"".into(),
-            ));
-        }
-        if tls_insecure_skip_verify {
-            return Err(err(
-                "email.tls_insecure_skip_verify",
-                "has no use with tls = \"none\"".into(),
-            ));
-        }
-    }
-    if let Some(f) = &raw.ca_file {
-        if f.as_os_str().is_empty() {
-            return Err(err("email.ca_file", "must not be empty".into()));
-        }
-    }
-
-    let cfg = EmailConfig {
-        host,
-        port,
-        tls,
-        username,
-        password,
-        from,
-        to,
-        on,
-        subject_prefix,
-        timeout,
-        ca_file: raw.ca_file,
-        tls_insecure_skip_verify,
-    };
-    for w in warnings(path, &cfg) {
-        tracing::warn!("{w}");
-    }
-    Ok(cfg)
+pub enum NotifyError {
+    #[error("cannot build the mail: {0}")]
+    Build(lettre::error::Error),
+    #[error("cannot read email.password_file {}: {error}", .path.display())]
+    PasswordFile { path: PathBuf, error: io::Error },
+    #[error("email.password_env: the environment variable {0} is not set (or not UTF-8)")]
+    PasswordEnv(String),
+    #[error("cannot read email.ca_file {}: {error}", .path.display())]
+    CaFile { path: PathBuf, error: io::Error },
+    #[error("email.ca_file {} holds no usable PEM certificate: {error}", .path.display())]
+    CaCertificate { path: PathBuf, error: SmtpError },
+    #[error("TLS setup for {host}: {error}")]
+    TlsSetup { host: String, error: SmtpError },
+    /// The exchange with the server (`host:port`) failed.
+    #[error("mail server {server}: {error}")]
+    Exchange {
+        server: String,
+        error: ExchangeError,
+    },
+    /// `email.timeout` ran out before the exchange ended.
+    #[error(
+        "mail server {server}: no answer within email.timeout ({}); the mail was not sent",
+        humantime::format_duration(*.timeout)
+    )]
+    Timeout { server: String, timeout: Duration },
 }
 
-/// What is risky about these settings (printed when the configuration is read).
-fn warnings(path: &Path, cfg: &EmailConfig) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Some(PasswordSource::File(f)) = &cfg.password {
-        use std::os::unix::fs::PermissionsExt;
-        match std::fs::metadata(f) {
-            Ok(m) if m.permissions().mode() & 0o077 != 0 => out.push(format!(
-                "{}: email.password_file {} is readable by group or others (mode {:03o}): chmod 600 it",
-                path.display(),
-                f.display(),
-                m.permissions().mode() & 0o777
-            )),
-            Ok(_) => {}
-            Err(e) => out.push(format!(
-                "{}: email.password_file {}: {e}; mail cannot be sent",
-                path.display(),
-                f.display()
-            )),
-        }
-    }
-    if cfg.tls_insecure_skip_verify {
-        out.push(format!(
-            "{}: email.tls_insecure_skip_verify = true: the certificate of {} is not checked, so \
-             anyone on the way can read the mail{}",
-            path.display(),
-            cfg.host,
-            if cfg.username.is_some() {
-                " and the SMTP password"
-            } else {
-                ""
-            }
-        ));
-    }
-    if cfg.tls == TlsMode::None && cfg.username.is_some() && !is_loopback(&cfg.host) {
-        out.push(format!(
-            "{}: email.tls = \"none\" with a username: the SMTP password goes to {} unencrypted",
-            path.display(),
-            cfg.host
-        ));
-    }
-    out
-}
-
-fn is_loopback(host: &str) -> bool {
-    let h = host.trim_start_matches('[').trim_end_matches(']');
-    h.eq_ignore_ascii_case("localhost")
-        || h.parse::<IpAddr>()
-            .map(|a| a.is_loopback())
-            .unwrap_or(false)
+/// What went wrong in the exchange with the mail server, from the DNS lookup to the message.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    #[error("cannot start the lookup of {host}: {error}")]
+    LookupThread { host: String, error: io::Error },
+    #[error("cannot resolve {host}: {error}")]
+    Resolve { host: String, error: io::Error },
+    #[error("{0} has no address")]
+    NoAddress(String),
+    #[error("the lookup of {0} failed")]
+    LookupLost(String),
+    #[error("cannot connect: {0}")]
+    Connect(SmtpError),
+    #[error(
+        "the server does not offer STARTTLS (tls = \"starttls\" requires it; \
+         use tls = \"tls\" for port 465)"
+    )]
+    NoStarttls,
+    #[error("STARTTLS failed: {0}")]
+    Starttls(SmtpError),
+    #[error("authentication as {user} failed: {error}")]
+    Auth { user: String, error: SmtpError },
+    #[error("the message was refused: {0}")]
+    Refused(SmtpError),
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -516,33 +220,60 @@ pub fn run_message(cfg: &EmailConfig, report: &RunReport, report_path: &Path) ->
     let _ = writeln!(b, "Report    {}", report_path.display());
     let _ = writeln!(b, "Config    {}", report.config);
 
-    if !failed.is_empty() {
+    write_failed_groups(&mut b, &failed);
+    write_totals(&mut b, report, failed.len());
+    if !report.warnings.is_empty() {
         let _ = writeln!(b);
-        let _ = writeln!(b, "FAILED GROUPS");
-        for g in failed.iter().take(MAX_DETAILED_GROUPS) {
-            let _ = writeln!(b);
-            write_failed_group(&mut b, g);
-        }
-        if failed.len() > MAX_DETAILED_GROUPS {
-            let _ = writeln!(b);
-            let _ = writeln!(
-                b,
-                "{} more failed groups (details in the report):",
-                failed.len() - MAX_DETAILED_GROUPS
-            );
-            for g in failed.iter().skip(MAX_DETAILED_GROUPS) {
-                let _ = writeln!(b, "  {}", group_name(g));
-            }
+        let _ = writeln!(b, "WARNINGS");
+        for w in &report.warnings {
+            let _ = writeln!(b, "  - {}", indent_rest(w, 4));
         }
     }
+    let _ = writeln!(b);
+    let _ = writeln!(
+        b,
+        "-- \npg_groupdump {} on {}",
+        env!("CARGO_PKG_VERSION"),
+        report.host
+    );
+    (subject(cfg, &subject_text), b)
+}
 
+/// The mail's FAILED GROUPS section: the first failed groups in full, the rest by name.
+fn write_failed_groups(b: &mut String, failed: &[&GroupReport]) {
+    if failed.is_empty() {
+        return;
+    }
+    let _ = writeln!(b);
+    let _ = writeln!(b, "FAILED GROUPS");
+    for g in failed.iter().take(MAX_DETAILED_GROUPS) {
+        let _ = writeln!(b);
+        write_failed_group(b, g);
+    }
+    if failed.len() > MAX_DETAILED_GROUPS {
+        let _ = writeln!(b);
+        let _ = writeln!(
+            b,
+            "{} more failed groups (details in the report):",
+            failed.len() - MAX_DETAILED_GROUPS
+        );
+        for g in failed.iter().skip(MAX_DETAILED_GROUPS) {
+            let _ = writeln!(b, "  {}", group_name(g));
+        }
+    }
+}
+
+/// The mail's TOTALS section: groups, bytes, duration, and what the prune did.
+fn write_totals(b: &mut String, report: &RunReport, failed: usize) {
+    let total = report.groups.len();
+    let bytes = crate::text::human_bytes(report.bytes());
     let _ = writeln!(b);
     let _ = writeln!(b, "TOTALS");
     let _ = writeln!(
         b,
         "  groups    {total} in all: {} ok, {} failed",
-        total - failed.len(),
-        failed.len()
+        total - failed,
+        failed
     );
     let _ = writeln!(b, "  written   {bytes} ({} bytes)", report.bytes());
     let _ = writeln!(
@@ -568,21 +299,6 @@ pub fn run_message(cfg: &EmailConfig, report: &RunReport, report_path: &Path) ->
             let _ = writeln!(b, "            {}", indent_rest(e, 12));
         }
     }
-    if !report.warnings.is_empty() {
-        let _ = writeln!(b);
-        let _ = writeln!(b, "WARNINGS");
-        for w in &report.warnings {
-            let _ = writeln!(b, "  - {}", indent_rest(w, 4));
-        }
-    }
-    let _ = writeln!(b);
-    let _ = writeln!(
-        b,
-        "-- \npg_groupdump {} on {}",
-        env!("CARGO_PKG_VERSION"),
-        report.host
-    );
-    (subject(cfg, &subject_text), b)
 }
 
 fn group_name(g: &GroupReport) -> String {
@@ -810,11 +526,6 @@ fn reply_text(r: &Response) -> String {
     }
 }
 
-/// The text of a lettre error with its causes (lettre's Display already includes the source).
-fn smtp_error(e: &lettre::transport::smtp::Error) -> String {
-    e.to_string()
-}
-
 fn build_message(cfg: &EmailConfig, subject: &str, body: String) -> Result<Message, NotifyError> {
     let mut m = Message::builder()
         .from(cfg.from.clone())
@@ -829,38 +540,31 @@ fn build_message(cfg: &EmailConfig, subject: &str, body: String) -> Result<Messa
     for t in &cfg.to {
         m = m.to(t.clone());
     }
-    m.body(body)
-        .map_err(|e| NotifyError(format!("cannot build the mail: {e}")))
+    m.body(body).map_err(NotifyError::Build)
 }
 
 fn read_password(src: &PasswordSource) -> Result<String, NotifyError> {
     match src {
         PasswordSource::File(f) => std::fs::read_to_string(f)
             .map(|t| t.lines().next().unwrap_or("").to_string())
-            .map_err(|e| {
-                NotifyError(format!(
-                    "cannot read email.password_file {}: {e}",
-                    f.display()
-                ))
+            .map_err(|error| NotifyError::PasswordFile {
+                path: f.clone(),
+                error,
             }),
-        PasswordSource::Env(v) => std::env::var(v).map_err(|_| {
-            NotifyError(format!(
-                "email.password_env: the environment variable {v} is not set (or not UTF-8)"
-            ))
-        }),
+        PasswordSource::Env(v) => std::env::var(v).map_err(|_| NotifyError::PasswordEnv(v.clone())),
     }
 }
 
 fn tls_parameters(cfg: &EmailConfig) -> Result<TlsParameters, NotifyError> {
     let mut b = TlsParametersBuilder::new(cfg.host.clone());
     if let Some(ca) = &cfg.ca_file {
-        let pem = std::fs::read(ca)
-            .map_err(|e| NotifyError(format!("cannot read email.ca_file {}: {e}", ca.display())))?;
-        let cert = Certificate::from_pem(&pem).map_err(|e| {
-            NotifyError(format!(
-                "email.ca_file {} holds no usable PEM certificate: {e}",
-                ca.display()
-            ))
+        let pem = std::fs::read(ca).map_err(|error| NotifyError::CaFile {
+            path: ca.clone(),
+            error,
+        })?;
+        let cert = Certificate::from_pem(&pem).map_err(|error| NotifyError::CaCertificate {
+            path: ca.clone(),
+            error,
         })?;
         b = b.add_root_certificate(cert);
     }
@@ -869,8 +573,10 @@ fn tls_parameters(cfg: &EmailConfig) -> Result<TlsParameters, NotifyError> {
             .dangerous_accept_invalid_certs(true)
             .dangerous_accept_invalid_hostnames(true);
     }
-    b.build_rustls()
-        .map_err(|e| NotifyError(format!("TLS setup for {}: {e}", cfg.host)))
+    b.build_rustls().map_err(|error| NotifyError::TlsSetup {
+        host: cfg.host.clone(),
+        error,
+    })
 }
 
 /// Sends one message, the whole exchange bounded by `cfg.timeout`.
@@ -891,18 +597,18 @@ async fn send(cfg: &EmailConfig, subject: &str, body: String) -> Result<Sent, No
             tracing::info!("mail sent through {server}: {}", sent.reply);
             Ok(sent)
         }
-        Ok(Err(e)) => Err(NotifyError(format!("mail server {server}: {e}"))),
-        Err(_) => Err(NotifyError(format!(
-            "mail server {server}: no answer within email.timeout ({}); the mail was not sent",
-            humantime::format_duration(cfg.timeout)
-        ))),
+        Ok(Err(error)) => Err(NotifyError::Exchange { server, error }),
+        Err(_) => Err(NotifyError::Timeout {
+            server,
+            timeout: cfg.timeout,
+        }),
     }
 }
 
 /// The addresses of the mail server. The lookup runs on a thread of its own, not tokio's
 /// blocking pool: a resolver that hangs past `email.timeout` is then simply abandoned, instead
 /// of holding up the runtime's shutdown at the end of the process.
-async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, ExchangeError> {
     let literal = host.trim_start_matches('[').trim_end_matches(']');
     if let Ok(ip) = literal.parse::<IpAddr>() {
         return Ok(vec![SocketAddr::new(ip, port)]);
@@ -918,12 +624,18 @@ async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
                     .map(|a| a.collect::<Vec<_>>()),
             );
         })
-        .map_err(|e| format!("cannot start the lookup of {host}: {e}"))?;
+        .map_err(|error| ExchangeError::LookupThread {
+            host: host.to_string(),
+            error,
+        })?;
     match rx.await {
         Ok(Ok(addrs)) if !addrs.is_empty() => Ok(addrs),
-        Ok(Ok(_)) => Err(format!("{host} has no address")),
-        Ok(Err(e)) => Err(format!("cannot resolve {host}: {e}")),
-        Err(_) => Err(format!("the lookup of {host} failed")),
+        Ok(Ok(_)) => Err(ExchangeError::NoAddress(host.to_string())),
+        Ok(Err(error)) => Err(ExchangeError::Resolve {
+            host: host.to_string(),
+            error,
+        }),
+        Err(_) => Err(ExchangeError::LookupLost(host.to_string())),
     }
 }
 
@@ -933,7 +645,7 @@ async fn exchange(
     message: &Message,
     credentials: Option<&Credentials>,
     tls: Option<TlsParameters>,
-) -> Result<Sent, String> {
+) -> Result<Sent, ExchangeError> {
     let hello = ClientId::default();
     let (wrapper, starttls) = match cfg.tls {
         TlsMode::Tls => (tls, None),
@@ -944,23 +656,19 @@ async fn exchange(
     let mut conn =
         AsyncSmtpConnection::connect_tokio1(&addrs[..], Some(cfg.timeout), &hello, wrapper, None)
             .await
-            .map_err(|e| format!("cannot connect: {}", smtp_error(&e)))?;
+            .map_err(ExchangeError::Connect)?;
     let mut usable = true;
     let result = async {
         let usable = &mut usable;
         if let Some(params) = starttls {
             if !conn.can_starttls() {
-                return Err(
-                    "the server does not offer STARTTLS (tls = \"starttls\" requires it; \
-                     use tls = \"tls\" for port 465)"
-                        .to_string(),
-                );
+                return Err(ExchangeError::NoStarttls);
             }
             if let Err(e) = conn.starttls(params, &hello).await {
                 // After a failed TLS handshake the connection has no stream left: lettre
                 // panics on any further write, so it must not even be sent QUIT.
                 *usable = false;
-                return Err(format!("STARTTLS failed: {}", smtp_error(&e)));
+                return Err(ExchangeError::Starttls(e));
             }
         }
         let auth = match credentials {
@@ -968,12 +676,9 @@ async fn exchange(
                 conn.auth(&[Mechanism::Plain, Mechanism::Login], c)
                     .await
                     .map(|r| reply_text(&r))
-                    .map_err(|e| {
-                        format!(
-                            "authentication as {} failed: {}",
-                            cfg.username.as_deref().unwrap_or(""),
-                            smtp_error(&e)
-                        )
+                    .map_err(|error| ExchangeError::Auth {
+                        user: cfg.username.clone().unwrap_or_default(),
+                        error,
                     })?,
             ),
             None => None,
@@ -981,7 +686,7 @@ async fn exchange(
         let reply = conn
             .send(message.envelope(), &message.formatted())
             .await
-            .map_err(|e| format!("the message was refused: {}", smtp_error(&e)))?;
+            .map_err(ExchangeError::Refused)?;
         Ok(Sent {
             reply: reply_text(&reply),
             server_name: conn.server_info().name().to_string(),
@@ -1006,7 +711,7 @@ mod tests {
     use crate::report::Session;
     use crate::report::{Attempt, Kind};
 
-    fn cfg(email: &str) -> Result<crate::config::Config, ConfigError> {
+    fn cfg(email: &str) -> Result<crate::config::Config, crate::config::ConfigError> {
         crate::config::parse(
             Path::new("groups.toml"),
             &format!("[backup]\ndir = \"/b\"\n[email]\n{email}\n"),
@@ -1030,124 +735,6 @@ mod tests {
 
     fn email(extra: &str) -> EmailConfig {
         cfg(&with(extra)).unwrap().email.expect("[email] parsed")
-    }
-
-    fn key_of(extra: &str) -> String {
-        let e = cfg(&with(extra)).unwrap_err();
-        e.key
-    }
-
-    #[test]
-    fn defaults() {
-        let e = email("");
-        assert_eq!(e.host, "smtp.example.com");
-        assert_eq!(e.port, 587);
-        assert_eq!(e.tls, TlsMode::Starttls);
-        assert_eq!(e.on, On::Failure);
-        assert_eq!(e.timeout, DEFAULT_TIMEOUT);
-        assert_eq!(e.subject_prefix, DEFAULT_SUBJECT_PREFIX);
-        assert!(e.username.is_none() && e.password.is_none());
-        assert!(!e.tls_insecure_skip_verify);
-        assert_eq!(email("tls = \"tls\"").port, 465);
-        assert_eq!(email("tls = \"none\"").port, 25);
-        assert_eq!(email("tls = \"none\"\nport = 2525").port, 2525);
-        let e = email("to = [\"a@example.com\", \"Ops Team <ops@example.com>\"]\non = \"always\"\ntimeout = \"2s\"\nsubject_prefix = \"\"");
-        assert_eq!(e.to.len(), 2);
-        assert_eq!(e.on, On::Always);
-        assert_eq!(e.timeout, Duration::from_secs(2));
-        assert_eq!(e.subject_prefix, "");
-    }
-
-    #[test]
-    fn errors_name_the_key() {
-        assert_eq!(key_of("port = 0"), "email.port");
-        assert_eq!(key_of("port = 70000"), "email.port");
-        assert_eq!(key_of("tls = \"ssl\""), "email.tls");
-        assert_eq!(key_of("on = \"never\""), "email.on");
-        assert_eq!(key_of("timeout = \"soon\""), "email.timeout");
-        assert_eq!(key_of("timeout = \"0s\""), "email.timeout");
-        assert_eq!(key_of("username = \"u\""), "email.username");
-        assert_eq!(key_of("password_env = \"X\""), "email.password_env");
-        assert_eq!(key_of("password_file = \"/x\""), "email.password_file");
-        assert_eq!(
-            key_of("username = \"u\"\npassword_env = \"X\"\npassword_file = \"/x\""),
-            "email.password_env"
-        );
-        assert_eq!(
-            key_of("tls = \"none\"\nca_file = \"/ca.pem\""),
-            "email.ca_file"
-        );
-        assert_eq!(
-            key_of("tls = \"none\"\ntls_insecure_skip_verify = true"),
-            "email.tls_insecure_skip_verify"
-        );
-        // an inline password is no key at all
-        let e = cfg(&format!(
-            "{MINIMAL}\nusername = \"u\"\npassword = \"hunter2\""
-        ))
-        .unwrap_err();
-        assert!(e.key.starts_with("email"), "{e}");
-        assert!(e.to_string().contains("password"), "{e}");
-        for (text, key) in [
-            (
-                "from = \"backup@example.com\"\nto = [\"a@x\"]",
-                "email.host",
-            ),
-            ("host = \"h\"\nto = [\"a@x\"]", "email.from"),
-            ("host = \"h\"\nfrom = \"a@x\"", "email.to"),
-            ("host = \"h\"\nfrom = \"a@x\"\nto = []", "email.to"),
-            (
-                "host = \"h\"\nfrom = \"not an address\"\nto = [\"a@x\"]",
-                "email.from",
-            ),
-            (
-                "host = \"h\"\nfrom = \"a@x\"\nto = [\"a@x\", \"nope\"]",
-                "email.to[1]",
-            ),
-        ] {
-            let e = cfg(text).unwrap_err();
-            assert_eq!(e.key, key, "{text}: {e}");
-        }
-        let e = cfg("host = \"h\"\nfrom = \"a@x\"\nto = [\"a@x\", \"nope\"]").unwrap_err();
-        assert!(e.to_string().contains("nope"), "{e}");
-        let e = cfg(&format!("{MINIMAL}\nport = 0")).unwrap_err();
-        assert!(e.to_string().contains('0'), "{e}");
-    }
-
-    /// The block given for the README.
-    const README_BLOCK: &str = r#"[email]
-host = "smtp.example.com"
-port = 587                          # default: 587 with starttls, 465 with tls, 25 with none
-tls = "starttls"                    # "starttls" (default) | "tls" (SMTPS, TLS from the start) | "none"
-username = "pg_groupdump"           # optional; if set, password_file or password_env is required
-password_file = "/etc/pg_groupdump/smtp-password"   # its first line; keep it mode 600 (warned otherwise)
-# password_env = "PG_GROUPDUMP_SMTP_PASSWORD"       # or: the password is in this environment variable
-from = "pg_groupdump <backup@example.com>"
-to = ["dba@example.com", "oncall@example.com"]
-on = "failure"                      # "failure" (default): runs with a failed group | "always": every run
-subject_prefix = "[pg_groupdump]"   # the default
-timeout = "30s"                     # bounds the whole exchange (connect, TLS, AUTH, send); default 30s
-# ca_file = "/etc/pg_groupdump/mail-ca.pem"   # PEM CA to trust for a mail server with a private CA
-# tls_insecure_skip_verify = true             # no certificate checks at all: last resort, warned at every run
-"#;
-
-    #[test]
-    fn readme_block_parses() {
-        let c = crate::config::parse(
-            Path::new("groups.toml"),
-            &format!("[backup]\ndir = \"/b\"\n{README_BLOCK}"),
-        )
-        .unwrap();
-        let e = c.email.unwrap();
-        assert_eq!((e.port, e.tls, e.on), (587, TlsMode::Starttls, On::Failure));
-        assert_eq!(e.to.len(), 2);
-        assert_eq!(e.username.as_deref(), Some("pg_groupdump"));
-        assert_eq!(
-            e.password,
-            Some(PasswordSource::File(
-                "/etc/pg_groupdump/smtp-password".into()
-            ))
-        );
     }
 
     #[test]
@@ -1291,5 +878,35 @@ timeout = "30s"                     # bounds the whole exchange (connect, TLS, A
         );
         assert!(text.contains("Auto-Submitted: auto-generated"), "{text}");
         assert!(text.is_ascii(), "encoded for any server: {text}");
+    }
+
+    #[test]
+    fn error_texts_name_the_setting_or_server() {
+        let timeout = NotifyError::Timeout {
+            server: "smtp.example.com:587".into(),
+            timeout: Duration::from_secs(30),
+        };
+        assert_eq!(
+            timeout.to_string(),
+            "mail server smtp.example.com:587: no answer within email.timeout (30s); the mail \
+             was not sent"
+        );
+        let starttls = NotifyError::Exchange {
+            server: "h:25".into(),
+            error: ExchangeError::NoStarttls,
+        };
+        assert_eq!(
+            starttls.to_string(),
+            "mail server h:25: the server does not offer STARTTLS (tls = \"starttls\" requires \
+             it; use tls = \"tls\" for port 465)"
+        );
+        assert_eq!(
+            NotifyError::PasswordEnv("PW".into()).to_string(),
+            "email.password_env: the environment variable PW is not set (or not UTF-8)"
+        );
+        assert_eq!(
+            ExchangeError::NoAddress("mail.invalid".into()).to_string(),
+            "mail.invalid has no address"
+        );
     }
 }

@@ -3,10 +3,10 @@
 //! Three steps, kept apart so that each can be checked on its own:
 //!
 //! 1. [`scan`] walks the backup directory (never following a symbolic link) and keeps only the
-//!    files pg_groupdump itself writes, recognised by their exact place and name: a file is a
-//!    candidate only if it sits exactly where [`store::dump_path`], [`store::globals_path`] or
-//!    [`store::report_path`] (or the `.ing` beside one of them) would put it. Anything else —
-//!    symbolic links, other files, near-miss names — is listed as ignored and never touched.
+//!    files pg_groupdump itself writes: `store`, which names every file, reads each path back
+//!    (`store::parse_path`) and accepts exactly the paths it gives (and the `.ing` beside them).
+//!    Anything else — symbolic links, other files, near-miss names — is listed as ignored and
+//!    never touched.
 //! 2. [`plan`] is pure: dumps + policy + now → a keep or delete decision, with its rule and
 //!    reason, for every file. It never deletes the newest `keep_min` complete dumps of a group.
 //! 3. The executor deletes what the plan says, re-checking each file just before deleting it,
@@ -31,13 +31,11 @@
 //!
 //! # Shortened directory names
 //!
-//! A name whose encoding is longer than a file name may be is stored as `<prefix>~<hash>`
-//! ([`store`]'s `fit`); such a directory cannot be decoded back into the name. Its files are
-//! still recognised exactly: the directory must have the shape `fit` produces (an encoding
-//! prefix of the length `fit` cuts to, `~`, 16 hex digits), and the file name must be the
-//! shortened stem `dump_path` derives from that same prefix and hash. The group's name is
-//! taken from the configuration when a `[[group]]` maps to that directory; otherwise it is
-//! shown as the directory name (`name_known: false`) and the `[retention]` defaults apply.
+//! A name whose encoding is longer than a file name may be is stored shortened, with a hash
+//! (see `store`); such a directory cannot be decoded back into the name, though `store` still
+//! recognises its files exactly. The group's name is taken from the configuration when a
+//! `[[group]]` maps to that directory; otherwise it is shown as the directory name
+//! (`name_known: false`) and the `[retention]` defaults apply.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
@@ -46,79 +44,16 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveDateTime, Utc};
-use serde::{Deserialize, Serialize};
+use chrono::{DateTime, Utc};
 
-use crate::config::{Config, ConfigError, GroupConfig};
-use crate::store;
-
-/// `keep_min` when not set.
-pub const DEFAULT_KEEP_MIN: u32 = 1;
-/// The largest `keep_min` accepted.
-const MAX_KEEP_MIN: i64 = 1_000_000;
-use crate::store::{fit_cut, short_hash, MAX_NAME};
-/// A run id used only to compute directories.
-const ANY_RUN_ID: &str = "20000101T000000Z";
+use crate::config::{Config, ConfigError, GroupConfig, GroupRetention, RetentionConfig};
+use crate::report::{Action, FileSummary, GroupKind, GroupSummary, Ignored, PruneSummary, Rule};
+use crate::store::{self, DirName, FileKind, StoredFile};
 
 // ---------------------------------------------------------------------------------------------
-// Configuration
+// Policy
 
-/// `[retention]` as written in the file.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawRetention {
-    /// How old a dump may get before it is deleted (humantime, e.g. "14d"). Required.
-    max_age: Option<String>,
-    /// The newest this-many complete dumps of every group are kept whatever their age.
-    keep_min: Option<i64>,
-    /// Prune at the end of every `run` (default true).
-    prune_after_run: Option<bool>,
-}
-
-/// The checked `[retention]` settings.
-#[derive(Debug, Clone)]
-pub struct RetentionConfig {
-    /// Prune at the end of every `run`.
-    pub prune_after_run: bool,
-    /// Default `max_age`.
-    pub max_age: Duration,
-    /// Default `keep_min` (≥ 1).
-    pub keep_min: u32,
-}
-
-impl RetentionConfig {
-    /// The default policy (groups without overrides, `_schema`, `_globals`, `reports`).
-    pub fn policy(&self) -> Policy {
-        Policy {
-            max_age: self.max_age,
-            keep_min: self.keep_min,
-        }
-    }
-
-    /// The policy of a configured group.
-    pub fn policy_for(&self, g: &GroupRetention) -> Policy {
-        Policy {
-            max_age: g.max_age.unwrap_or(self.max_age),
-            keep_min: g.keep_min.unwrap_or(self.keep_min),
-        }
-    }
-}
-
-/// Per-group overrides of `[retention]` (`[[group]] max_age`, `keep_min`).
-#[derive(Debug, Clone, Default)]
-pub struct GroupRetention {
-    pub max_age: Option<Duration>,
-    pub keep_min: Option<u32>,
-}
-
-impl GroupRetention {
-    /// Whether the group overrides anything.
-    pub fn is_set(&self) -> bool {
-        self.max_age.is_some() || self.keep_min.is_some()
-    }
-}
-
-/// How long the dumps of one group are kept.
+/// How long the dumps of one group are kept: `[retention]` with the group's overrides applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {
     pub max_age: Duration,
@@ -126,96 +61,20 @@ pub struct Policy {
     pub keep_min: u32,
 }
 
-fn parse_max_age(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .ok()
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| format!("{s:?} is not a positive duration such as \"14d\" or \"36h\""))
-}
-
-fn parse_keep_min(n: i64) -> Result<u32, String> {
-    if n < 1 {
-        Err(format!(
-            "{n} is not ≥ 1: the newest complete dump of every group is always kept"
-        ))
-    } else if n > MAX_KEEP_MIN {
-        Err(format!("{n} is larger than {MAX_KEEP_MIN}"))
-    } else {
-        Ok(n as u32)
-    }
-}
-
-/// Checks `[retention]`; errors name the key (`retention.keep_min`).
-pub fn check(path: &Path, raw: RawRetention) -> Result<RetentionConfig, ConfigError> {
-    let max_age = match raw.max_age {
-        None => {
-            return Err(ConfigError::new(
-                path,
-                "retention.max_age",
-                "is required in [retention]: how old a dump may get before it is deleted, \
-                 e.g. \"14d\"",
-            ))
+impl Policy {
+    /// The default policy (groups without overrides, `_schema`, `_globals`, `reports`).
+    pub fn default_of(retention: &RetentionConfig) -> Policy {
+        Policy {
+            max_age: retention.max_age,
+            keep_min: retention.keep_min,
         }
-        Some(s) => parse_max_age(&s).map_err(|m| ConfigError::new(path, "retention.max_age", m))?,
-    };
-    let keep_min = match raw.keep_min {
-        None => DEFAULT_KEEP_MIN,
-        Some(n) => {
-            parse_keep_min(n).map_err(|m| ConfigError::new(path, "retention.keep_min", m))?
-        }
-    };
-    Ok(RetentionConfig {
-        prune_after_run: raw.prune_after_run.unwrap_or(true),
-        max_age,
-        keep_min,
-    })
-}
-
-/// Checks a group's `max_age` / `keep_min` overrides; `key` is e.g. `group[2]`.
-pub fn check_group(
-    path: &Path,
-    key: &str,
-    max_age: Option<&str>,
-    keep_min: Option<i64>,
-) -> Result<GroupRetention, ConfigError> {
-    let max_age = match max_age {
-        None => None,
-        Some(s) => Some(
-            parse_max_age(s).map_err(|m| ConfigError::new(path, format!("{key}.max_age"), m))?,
-        ),
-    };
-    let keep_min = match keep_min {
-        None => None,
-        Some(n) => Some(
-            parse_keep_min(n).map_err(|m| ConfigError::new(path, format!("{key}.keep_min"), m))?,
-        ),
-    };
-    Ok(GroupRetention { max_age, keep_min })
-}
-
-/// A `[[group]]` retention override without a `[retention]` table would silently do nothing
-/// (nothing is pruned without `[retention]`): an error. For `config::check`, once both are known.
-pub fn check_overrides(
-    path: &Path,
-    groups: &[GroupConfig],
-    retention: Option<&RetentionConfig>,
-) -> Result<(), ConfigError> {
-    if retention.is_some() {
-        return Ok(());
     }
-    match groups.iter().find(|g| g.retention.is_set()) {
-        None => Ok(()),
-        Some(g) => {
-            let key = if g.retention.max_age.is_some() {
-                "max_age"
-            } else {
-                "keep_min"
-            };
-            Err(ConfigError::new(
-                path,
-                format!("{}.{key}", g.key()),
-                "has no effect without a [retention] table (nothing is pruned without one)",
-            ))
+
+    /// The policy of a configured group.
+    pub fn of_group(retention: &RetentionConfig, g: &GroupRetention) -> Policy {
+        Policy {
+            max_age: g.max_age.unwrap_or(retention.max_age),
+            keep_min: g.keep_min.unwrap_or(retention.keep_min),
         }
     }
 }
@@ -225,16 +84,6 @@ pub fn check_overrides(
 
 /// Identifies the dumps of one group on disk: (database or None for globals, group name).
 pub type GroupKey = (Option<String>, String);
-
-/// What a group directory holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum GroupKind {
-    Tables,
-    Schema,
-    Globals,
-    Reports,
-}
 
 /// One group's directory and, where known, its names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -271,14 +120,6 @@ pub struct GroupFiles {
     pub dumps: Vec<Dump>,
 }
 
-/// A file or link under the backup directory that is not a candidate.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Ignored {
-    /// Relative to the backup directory.
-    pub path: String,
-    pub reason: String,
-}
-
 /// What [`scan`] found.
 #[derive(Debug, Default)]
 pub struct Scan {
@@ -287,252 +128,38 @@ pub struct Scan {
     pub errors: Vec<String>,
 }
 
-/// Parses a run id (`yyyymmddThhmmssZ`, UTC).
-pub fn parse_run_id(s: &str) -> Option<DateTime<Utc>> {
-    let b = s.as_bytes();
-    let shape = b.len() == 16
-        && b[..8].iter().all(u8::is_ascii_digit)
-        && b[8] == b'T'
-        && b[9..15].iter().all(u8::is_ascii_digit)
-        && b[15] == b'Z';
-    if !shape {
-        return None;
-    }
-    let t = NaiveDateTime::parse_from_str(s, "%Y%m%dT%H%M%SZ").ok()?;
-    (t.format("%Y%m%dT%H%M%SZ").to_string() == s).then(|| t.and_utc())
-}
-
-/// A directory name as `store` makes it from a name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Comp {
-    /// Not shortened: the encoding and the name it decodes to.
-    Full { enc: String, name: String },
-    /// Shortened by `fit`: `<prefix>~<hash>`; the name is not recoverable.
-    Short { prefix: String, hash: String },
-}
-
-impl Comp {
-    fn parse(s: &str) -> Option<Comp> {
-        if let Some(name) = store::decode_component(s) {
-            return (s.len() <= MAX_NAME).then(|| Comp::Full {
-                enc: s.to_string(),
-                name,
-            });
-        }
-        let (prefix, hash) = s.rsplit_once('~')?;
-        let hex = hash.len() == 16 && hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-        // `fit` cuts at MAX_NAME - 18, backing off at most 3 bytes (a character or an escape).
-        let cut = MAX_NAME - 18;
-        let len_ok = (cut - 3..=cut).contains(&prefix.len());
-        (hex && len_ok && is_encoding_prefix(prefix)).then(|| Comp::Short {
-            prefix: prefix.to_string(),
-            hash: hash.to_string(),
-        })
-    }
-
-    /// This component as `fit(encoding, name, max)` shortens it.
-    fn fit(&self, max: usize) -> String {
-        match self {
-            Comp::Full { enc, name } if enc.len() > max => {
-                format!("{}~{}", &enc[..fit_cut(enc, max)], short_hash(name))
-            }
-            Comp::Full { enc, .. } => enc.clone(),
-            Comp::Short { prefix, hash } => format!("{}~{hash}", &prefix[..fit_cut(prefix, max)]),
-        }
-    }
-
-    fn len(&self) -> usize {
-        match self {
-            Comp::Full { enc, .. } => enc.len(),
-            // Longer than MAX_NAME: only that matters.
-            Comp::Short { .. } => usize::MAX / 4,
-        }
-    }
-}
-
-/// Whether `s` is a sequence of what `encode_component` emits (safe characters and complete
-/// `%XX` escapes), not starting with `.` or `_`.
-fn is_encoding_prefix(s: &str) -> bool {
-    if s.is_empty() || s.starts_with('.') || s.starts_with('_') {
-        return false;
-    }
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '%' {
-            let hex = |c: Option<char>| c.is_some_and(|c| matches!(c, '0'..='9' | 'A'..='F'));
-            if !(hex(chars.next()) && hex(chars.next())) {
-                return false;
-            }
-        } else {
-            let safe = c.is_ascii_alphanumeric()
-                || matches!(c, '.' | '_' | '+' | '=' | '@' | ',' | '-')
-                || (!c.is_ascii() && !c.is_control() && !c.is_whitespace());
-            if !safe {
-                return false;
-            }
-        }
-    }
-    true
-}
-
-/// The file name `dump_path` gives a dump of (db, group) for `run_id`, from the directory
-/// components (the `_schema` directory is `Full { "_schema", "_schema" }`).
-fn dump_file_name(db: &Comp, group: &Comp, run_id: &str) -> String {
-    let suffix = format!(".{run_id}.dump");
-    let budget = MAX_NAME - suffix.len() - store::PARTIAL_SUFFIX.len();
-    let stem = if db.len() + 1 + group.len() <= budget {
-        format!("{}.{}", db.fit(usize::MAX), group.fit(usize::MAX))
-    } else {
-        let half = (budget - 1) / 2;
-        format!("{}.{}", db.fit(half), group.fit(half))
+/// The group directory of a file `store` recognised at `rel`, and its names as far as they
+/// can be known (see "Shortened directory names" above).
+fn group_id(rel: &Path, file: &StoredFile) -> Option<GroupId> {
+    let dir_path = rel.parent()?;
+    let dir = dir_path.to_str()?.to_string();
+    let dir_name = dir_path.file_name()?.to_str()?.to_string();
+    let kind = match file.kind {
+        FileKind::Group => GroupKind::Tables,
+        FileKind::Schema => GroupKind::Schema,
+        FileKind::Globals => GroupKind::Globals,
+        FileKind::Report => GroupKind::Reports,
     };
-    format!("{stem}{suffix}")
-}
-
-/// `store::dump_path` relative to the backup directory; `None` where it panics (some names
-/// with multi-byte characters at a cut, see `fit_cut`: no such file was ever written).
-fn store_dump_path(database: &str, group: &str, run_id: &str) -> Option<PathBuf> {
-    std::panic::catch_unwind(|| store::dump_path(Path::new(""), database, group, run_id)).ok()
-}
-
-/// Splits `<stem>.<run id>.<ext>` into (stem, run id, time).
-fn split_name<'a>(name: &'a str, ext: &str) -> Option<(&'a str, &'a str, DateTime<Utc>)> {
-    let body = name.strip_suffix(ext)?.strip_suffix('.')?;
-    let (stem, run_id) = body.split_at_checked(body.len().checked_sub(16)?)?;
-    let stem = stem.strip_suffix('.')?;
-    Some((stem, run_id, parse_run_id(run_id)?))
-}
-
-/// What a recognised file is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Recognised {
-    kind: GroupKind,
-    dir: String,
-    database: Option<String>,
-    /// None: a shortened directory (or database directory).
-    group: Option<String>,
-    /// The group directory's own name.
-    dir_name: String,
-    run_id: String,
-    time: DateTime<Utc>,
-    partial: bool,
-}
-
-/// Recognises a file from its path relative to the backup directory: `Some` only for exactly
-/// the paths `store` gives the files pg_groupdump writes (and their `.ing` partials).
-fn recognise(parts: &[&str]) -> Option<Recognised> {
-    let last = *parts.last()?;
-    let (name, partial) = match last.strip_suffix(store::PARTIAL_SUFFIX) {
-        Some(n) => (n, true),
-        None => (last, false),
+    let database = match &file.database {
+        None => None,
+        Some(DirName::Name(n)) => Some(n.clone()),
+        // A shortened database directory: shown by its directory name.
+        Some(DirName::Shortened) => Some(dir.split('/').next()?.to_string()),
     };
-    let rec = |kind, dir: String, database, group, dir_name: &str, run_id: &str, time| {
-        Some(Recognised {
-            kind,
-            dir,
-            database,
-            group,
-            dir_name: dir_name.to_string(),
-            run_id: run_id.to_string(),
-            time,
-            partial,
-        })
-    };
-    match parts {
-        [d, _] if *d == store::GLOBALS_GROUP => {
-            let (stem, run_id, time) = split_name(name, "sql")?;
-            if stem != store::GLOBALS_GROUP {
-                return None;
-            }
-            let expected = store::globals_path(Path::new(""), run_id);
-            if expected != Path::new(d).join(name) {
-                return None;
-            }
-            rec(
-                GroupKind::Globals,
-                d.to_string(),
-                None,
-                Some(store::GLOBALS_GROUP.to_string()),
-                d,
-                run_id,
-                time,
-            )
-        }
-        [d, _] if *d == store::REPORTS_DIR => {
-            let run_id = name.strip_suffix(".json")?;
-            let time = parse_run_id(run_id)?;
-            if store::report_path(Path::new(""), run_id) != Path::new(d).join(name) {
-                return None;
-            }
-            rec(
-                GroupKind::Reports,
-                d.to_string(),
-                None,
-                Some(store::REPORTS_DIR.to_string()),
-                d,
-                run_id,
-                time,
-            )
-        }
-        [d, g, _] => {
-            if *d == store::GLOBALS_GROUP || *d == store::REPORTS_DIR {
-                return None;
-            }
-            let (_, run_id, time) = split_name(name, "dump")?;
-            let db = Comp::parse(d)?;
-            let schema = *g == store::SCHEMA_GROUP;
-            let group = if schema {
-                Comp::Full {
-                    enc: store::SCHEMA_GROUP.to_string(),
-                    name: store::SCHEMA_GROUP.to_string(),
-                }
-            } else {
-                Comp::parse(g)?
-            };
-            let actual = Path::new(d).join(g).join(name);
-            let (database, group_name) = match (&db, &group) {
-                (Comp::Full { name: dn, .. }, Comp::Full { name: gn, .. }) => {
-                    // Both names known: the authority is store::dump_path itself.
-                    if dump_file_name(&db, &group, run_id) != name
-                        || store_dump_path(dn, gn, run_id).as_deref() != Some(&actual)
-                    {
-                        return None;
-                    }
-                    (Some(dn.clone()), Some(gn.clone()))
-                }
-                _ => {
-                    if dump_file_name(&db, &group, run_id) != name {
-                        return None;
-                    }
-                    let dn = match &db {
-                        Comp::Full { name, .. } => Some(name.clone()),
-                        Comp::Short { .. } => None,
-                    };
-                    let gn = match (&db, &group) {
-                        (Comp::Full { .. }, Comp::Full { name, .. }) => Some(name.clone()),
-                        (_, Comp::Full { name, .. }) if schema => Some(name.clone()),
-                        _ => None,
-                    };
-                    (dn, gn)
-                }
-            };
-            rec(
-                if schema {
-                    GroupKind::Schema
-                } else {
-                    GroupKind::Tables
-                },
-                format!("{d}/{g}"),
-                // A shortened database directory: shown by its directory name.
-                Some(database.unwrap_or_else(|| d.to_string())),
-                group_name,
-                g,
-                run_id,
-                time,
-            )
-        }
+    // A group is only known by name with its database: a group directory under a shortened
+    // database directory could belong to any database (the schema directory aside).
+    let group = match (&file.database, &file.group) {
+        (None | Some(DirName::Name(_)), DirName::Name(g)) => Some(g.clone()),
+        (_, DirName::Name(g)) if kind == GroupKind::Schema => Some(g.clone()),
         _ => None,
-    }
+    };
+    Some(GroupId {
+        kind,
+        dir,
+        database,
+        name_known: group.is_some(),
+        group: group.unwrap_or(dir_name),
+    })
 }
 
 /// Walks `root` (which should be canonical) and sorts what it finds into group directories of
@@ -585,14 +212,8 @@ pub fn scan(root: &Path) -> Scan {
             out.ignored.push(ignore("not a regular file"));
             continue;
         }
-        let parts: Option<Vec<&str>> = rel
-            .components()
-            .map(|c| match c {
-                Component::Normal(s) => s.to_str(),
-                _ => None,
-            })
-            .collect();
-        let Some(r) = parts.as_deref().and_then(recognise) else {
+        let recognised = store::parse_path(rel).and_then(|f| Some((group_id(rel, &f)?, f)));
+        let Some((id, file)) = recognised else {
             out.ignored
                 .push(ignore("not a file pg_groupdump writes (by place and name)"));
             continue;
@@ -604,21 +225,15 @@ pub fn scan(root: &Path) -> Scan {
                 continue;
             }
         };
-        let g = groups.entry(r.dir.clone()).or_insert_with(|| GroupFiles {
-            id: GroupId {
-                kind: r.kind,
-                dir: r.dir.clone(),
-                database: r.database.clone(),
-                name_known: r.group.is_some(),
-                group: r.group.clone().unwrap_or_else(|| r.dir_name.clone()),
-            },
+        let g = groups.entry(id.dir.clone()).or_insert_with(|| GroupFiles {
+            id,
             dumps: Vec::new(),
         });
         g.dumps.push(Dump {
             rel: rel.to_path_buf(),
-            run_id: r.run_id,
-            time: r.time,
-            partial: r.partial,
+            run_id: file.run_id.as_str().to_string(),
+            time: file.run_id.time(),
+            partial: file.partial,
             bytes: meta.len(),
             ino: Some((meta.dev(), meta.ino())),
         });
@@ -629,43 +244,6 @@ pub fn scan(root: &Path) -> Scan {
 
 // ---------------------------------------------------------------------------------------------
 // The plan
-
-/// Keep or delete.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Action {
-    Keep,
-    Delete,
-}
-
-/// Why.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Rule {
-    /// One of the newest `keep_min` complete files of its group.
-    Newest,
-    /// Not older than `max_age`.
-    Young,
-    /// Dated in the future: age zero.
-    Future,
-    /// Its group's dump failed in this run.
-    Protected,
-    /// A run report of a run whose dumps are kept.
-    ReportOfKeptDumps,
-    /// Older than `max_age` and not one of the newest `keep_min`.
-    Expired,
-    /// An `.ing` file left by an interrupted run.
-    Leftover,
-}
-
-impl Rule {
-    pub fn action(self) -> Action {
-        match self {
-            Rule::Expired | Rule::Leftover => Action::Delete,
-            _ => Action::Keep,
-        }
-    }
-}
 
 /// One group as the planner sees it.
 #[derive(Debug, Clone)]
@@ -800,113 +378,49 @@ fn plan_group(g: &GroupInput, now: DateTime<Utc>) -> GroupPlan {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The summary
-
-/// One file in a [`PruneSummary`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct FileSummary {
-    /// Absolute path.
-    pub file: String,
-    pub run_id: String,
-    #[serde(default)]
-    pub partial: bool,
-    pub bytes: u64,
-    pub action: Action,
-    pub rule: Rule,
-    pub reason: String,
-    /// Whether it was deleted (false in a dry run and when deleting failed).
-    #[serde(default)]
-    pub deleted: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-/// One group in a [`PruneSummary`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct GroupSummary {
-    pub kind: GroupKind,
-    pub database: Option<String>,
-    pub group: String,
-    /// The group's directory, relative to the backup directory.
-    pub dir: String,
-    /// False for a shortened directory name that matches no `[[group]]` (`group` is then the
-    /// directory name).
-    #[serde(default)]
-    pub name_known: bool,
-    pub max_age: String,
-    pub keep_min: u32,
-    /// Its dump failed in this run: nothing of it was deleted.
-    #[serde(default)]
-    pub protected: bool,
-    pub kept_files: u64,
-    pub deleted_files: u64,
-    pub freed_bytes: u64,
-    /// The files kept (only in `prune`'s own output; left out of run reports).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub kept: Vec<FileSummary>,
-    /// The files deleted (or, in a dry run, to be deleted).
-    #[serde(default)]
-    pub deleted: Vec<FileSummary>,
-}
-
-/// What a prune did (or would do, with `dry_run`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct PruneSummary {
-    /// Files deleted (in a dry run: that would be deleted).
-    pub deleted_files: u64,
-    /// Bytes freed (in a dry run: that would be freed).
-    pub freed_bytes: u64,
-    pub errors: Vec<String>,
-    #[serde(default)]
-    pub dry_run: bool,
-    /// The backup directory.
-    #[serde(default)]
-    pub dir: String,
-    /// The time ages were measured from (RFC 3339).
-    #[serde(default)]
-    pub now: String,
-    #[serde(default)]
-    pub kept_files: u64,
-    #[serde(default)]
-    pub groups: Vec<GroupSummary>,
-    /// Files and links under the directory that are not pg_groupdump's: never touched.
-    #[serde(default)]
-    pub ignored: Vec<Ignored>,
-}
-
-// ---------------------------------------------------------------------------------------------
 // Deleting
+
+/// Why a planned file was not deleted.
+#[derive(Debug, thiserror::Error)]
+enum DeleteError {
+    #[error("not a plain relative path; not deleted")]
+    NotRelative,
+    #[error("no parent directory")]
+    NoParent,
+    #[error("its directory now resolves to {}; not deleted", .0.display())]
+    DirectoryMoved(PathBuf),
+    #[error("no longer a regular file; not deleted")]
+    NotAFile,
+    #[error("replaced since it was scanned; not deleted")]
+    Replaced,
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
 
 /// Deletes one planned file, re-checking first that it is still the regular file scanned, in
 /// the directory scanned (no symbolic link has appeared on the way). Returns the bytes freed.
-fn remove_checked(root: &Path, dump: &Dump) -> Result<u64, String> {
+fn remove_checked(root: &Path, dump: &Dump) -> Result<u64, DeleteError> {
     if !dump
         .rel
         .components()
         .all(|c| matches!(c, Component::Normal(_)))
     {
-        return Err("not a plain relative path; not deleted".into());
+        return Err(DeleteError::NotRelative);
     }
     let path = root.join(&dump.rel);
-    let parent = path.parent().ok_or("no parent directory")?;
-    match parent.canonicalize() {
-        Ok(p) if p == parent => {}
-        Ok(p) => {
-            return Err(format!(
-                "its directory now resolves to {}; not deleted",
-                p.display()
-            ))
-        }
-        Err(e) => return Err(e.to_string()),
+    let parent = path.parent().ok_or(DeleteError::NoParent)?;
+    let resolved = parent.canonicalize()?;
+    if resolved != parent {
+        return Err(DeleteError::DirectoryMoved(resolved));
     }
-    let meta = fs::symlink_metadata(&path).map_err(|e| e.to_string())?;
+    let meta = fs::symlink_metadata(&path)?;
     if !meta.file_type().is_file() {
-        return Err("no longer a regular file; not deleted".into());
+        return Err(DeleteError::NotAFile);
     }
     if dump.ino.is_some_and(|i| i != (meta.dev(), meta.ino())) {
-        return Err("replaced since it was scanned; not deleted".into());
+        return Err(DeleteError::Replaced);
     }
-    fs::remove_file(&path).map_err(|e| e.to_string())?;
+    fs::remove_file(&path)?;
     Ok(meta.len())
 }
 
@@ -969,7 +483,7 @@ fn execute(
                         let msg = format!("cannot delete {}: {e}", f.file);
                         tracing::warn!("{msg}");
                         summary.errors.push(msg);
-                        f.error = Some(e);
+                        f.error = Some(e.to_string());
                         // Still there: counted as kept.
                         g.kept_files += 1;
                     }
@@ -987,11 +501,11 @@ fn execute(
 /// The directory of a (database, group) as `store` names it, relative to the backup directory.
 fn key_dir(key: &GroupKey) -> Option<String> {
     let p = match key {
-        (Some(db), g) => store_dump_path(db, g, ANY_RUN_ID)?,
-        (None, g) if g == store::GLOBALS_GROUP => store::globals_path(Path::new(""), ANY_RUN_ID),
+        (Some(db), g) => store::dump_dir(Path::new(""), db, g),
+        (None, g) if g == store::GLOBALS_GROUP => store::globals_dir(Path::new("")),
         _ => return None,
     };
-    Some(p.parent()?.to_str()?.to_string())
+    Some(p.to_str()?.to_string())
 }
 
 /// Display order: by database (schema first), then globals, then reports.
@@ -1058,9 +572,9 @@ pub fn prune_at(
                         id.database = Some(c.database.clone());
                         id.name_known = true;
                     }
-                    retention.policy_for(&c.retention)
+                    Policy::of_group(retention, &c.retention)
                 }
-                None => retention.policy(),
+                None => Policy::default_of(retention),
             };
             GroupInput {
                 protected: protected.contains(&id.dir),
@@ -1119,54 +633,7 @@ pub fn render_text(s: &PruneSummary) -> String {
         }
     );
     for g in &s.groups {
-        let who = match (&g.database, g.kind) {
-            (Some(db), _) => format!(
-                "{} / {}",
-                crate::text::printable(db),
-                crate::text::printable(&g.group)
-            ),
-            (None, _) => crate::text::printable(&g.group),
-        };
-        let _ = writeln!(
-            out,
-            "{who}: keep {}, {} {} ({}){}   [max_age {}, keep_min {}]",
-            g.kept_files,
-            if s.dry_run { "would delete" } else { "delete" },
-            g.deleted_files,
-            crate::text::human_bytes(g.freed_bytes),
-            if g.protected {
-                " — its dump failed in this run"
-            } else {
-                ""
-            },
-            g.max_age,
-            g.keep_min
-        );
-        let mut files: Vec<&FileSummary> = g.kept.iter().chain(&g.deleted).collect();
-        files.sort_by(|a, b| b.run_id.cmp(&a.run_id).then(a.file.cmp(&b.file)));
-        for f in files {
-            let name = Path::new(&f.file)
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let what = match (f.action, f.deleted, &f.error) {
-                (Action::Keep, ..) => "keep  ",
-                (Action::Delete, _, Some(_)) => "FAILED",
-                (Action::Delete, true, _) => "delete",
-                (Action::Delete, false, _) => "delete",
-            };
-            let _ = writeln!(
-                out,
-                "  {what}  {}  {}  {}{}",
-                crate::text::printable(&name),
-                crate::text::human_bytes(f.bytes),
-                f.reason,
-                f.error
-                    .as_ref()
-                    .map(|e| format!(": {e}"))
-                    .unwrap_or_default()
-            );
-        }
+        write_group(&mut out, g, s.dry_run);
     }
     for i in &s.ignored {
         let _ = writeln!(
@@ -1191,6 +658,59 @@ pub fn render_text(s: &PruneSummary) -> String {
         }
     );
     out
+}
+
+/// One group of [`render_text`]: its counts and policy, then each file with its reason.
+fn write_group(out: &mut String, g: &GroupSummary, dry_run: bool) {
+    use std::fmt::Write;
+    let who = match (&g.database, g.kind) {
+        (Some(db), _) => format!(
+            "{} / {}",
+            crate::text::printable(db),
+            crate::text::printable(&g.group)
+        ),
+        (None, _) => crate::text::printable(&g.group),
+    };
+    let _ = writeln!(
+        out,
+        "{who}: keep {}, {} {} ({}){}   [max_age {}, keep_min {}]",
+        g.kept_files,
+        if dry_run { "would delete" } else { "delete" },
+        g.deleted_files,
+        crate::text::human_bytes(g.freed_bytes),
+        if g.protected {
+            " — its dump failed in this run"
+        } else {
+            ""
+        },
+        g.max_age,
+        g.keep_min
+    );
+    let mut files: Vec<&FileSummary> = g.kept.iter().chain(&g.deleted).collect();
+    files.sort_by(|a, b| b.run_id.cmp(&a.run_id).then(a.file.cmp(&b.file)));
+    for f in files {
+        let name = Path::new(&f.file)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let what = match (f.action, f.deleted, &f.error) {
+            (Action::Keep, ..) => "keep  ",
+            (Action::Delete, _, Some(_)) => "FAILED",
+            (Action::Delete, true, _) => "delete",
+            (Action::Delete, false, _) => "delete",
+        };
+        let _ = writeln!(
+            out,
+            "  {what}  {}  {}  {}{}",
+            crate::text::printable(&name),
+            crate::text::human_bytes(f.bytes),
+            f.reason,
+            f.error
+                .as_ref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        );
+    }
 }
 
 /// `pg_groupdump prune [--dry-run] [--json]`: takes the run lock, prunes, prints per group what
@@ -1242,7 +762,7 @@ mod tests {
     const DAY: u64 = 86_400;
 
     fn now() -> DateTime<Utc> {
-        parse_run_id("20260301T120000Z").unwrap()
+        store::parse_run_id("20260301T120000Z").unwrap().time()
     }
 
     fn rid(days_ago: i64) -> String {
@@ -1259,7 +779,7 @@ mod tests {
         Dump {
             rel: PathBuf::from("db/g").join(name),
             run_id: run_id.to_string(),
-            time: parse_run_id(run_id).unwrap(),
+            time: store::parse_run_id(run_id).unwrap().time(),
             partial,
             bytes: 10,
             ino: None,
@@ -1297,64 +817,31 @@ mod tests {
     }
 
     #[test]
-    fn config_defaults_and_errors() {
+    fn group_overrides_replace_the_defaults() {
         let p = Path::new("groups.toml");
-        let raw = |t: &str| -> RawRetention { toml::from_str(t).unwrap() };
-        let r = check(p, raw("max_age = \"4d\"")).unwrap();
-        assert_eq!(r.max_age, Duration::from_secs(4 * DAY));
-        assert_eq!(r.keep_min, 1);
-        assert!(r.prune_after_run);
-        let r = check(
-            p,
-            raw("max_age = \"36h\"\nkeep_min = 3\nprune_after_run = false"),
-        )
-        .unwrap();
-        assert_eq!((r.keep_min, r.prune_after_run), (3, false));
-
-        let e = check(p, raw("keep_min = 2")).unwrap_err();
-        assert_eq!(e.key, "retention.max_age");
-        let e = check(p, raw("max_age = \"4d\"\nkeep_min = 0")).unwrap_err();
-        assert_eq!(e.key, "retention.keep_min");
-        assert!(e.message.contains("0 is not ≥ 1"), "{e}");
-        let e = check(p, raw("max_age = \"4d\"\nkeep_min = -2")).unwrap_err();
-        assert_eq!(e.key, "retention.keep_min");
-        for bad in ["soon", "0s", "", "-1d"] {
-            let e = check(p, raw(&format!("max_age = {bad:?}"))).unwrap_err();
-            assert_eq!(e.key, "retention.max_age", "{bad}");
-            assert!(e.message.contains(&format!("{bad:?}")), "{e}");
-        }
-        assert!(toml::from_str::<RawRetention>("max_age = \"4d\"\nkeepmin = 1").is_err());
-
-        let g = check_group(p, "group[2]", Some("30d"), Some(5)).unwrap();
-        assert_eq!(g.max_age, Some(Duration::from_secs(30 * DAY)));
-        assert_eq!(g.keep_min, Some(5));
-        assert!(!check_group(p, "group[2]", None, None).unwrap().is_set());
-        let e = check_group(p, "group[2]", None, Some(0)).unwrap_err();
-        assert_eq!(e.key, "group[2].keep_min");
-        let e = check_group(p, "group[2]", Some("x"), None).unwrap_err();
-        assert_eq!(e.key, "group[2].max_age");
-
-        let r = check(p, raw("max_age = \"4d\"\nkeep_min = 2")).unwrap();
+        let text = "[backup]\ndir = \"/b\"\n[retention]\nmax_age = \"4d\"\nkeep_min = 2\n\
+                    [[group]]\nname = \"g\"\ndatabase = \"d\"\ntables = [\"t\"]\n\
+                    max_age = \"30d\"\nkeep_min = 5\n";
+        let c = crate::config::parse(p, text).unwrap();
+        let r = c.retention.as_ref().unwrap();
         assert_eq!(
-            r.policy_for(&g),
+            Policy::of_group(r, &c.groups[0].retention),
             Policy {
                 max_age: Duration::from_secs(30 * DAY),
                 keep_min: 5
             }
         );
-        assert_eq!(r.policy_for(&GroupRetention::default()), r.policy());
-    }
-
-    #[test]
-    fn overrides_need_a_retention_table() {
-        let text = "[backup]\ndir = \"/b\"\n[[group]]\nname = \"g\"\ndatabase = \"d\"\n\
-                    tables = [\"t\"]\nkeep_min = 3\n";
-        // Checked when the configuration is read.
-        let e = crate::config::parse(Path::new("groups.toml"), text).unwrap_err();
-        assert_eq!(e.key, "group[0].keep_min");
-        let with = format!("{text}[retention]\nmax_age = \"1d\"\n");
-        let c = crate::config::parse(Path::new("groups.toml"), &with).unwrap();
-        check_overrides(&c.path, &c.groups, c.retention.as_ref()).unwrap();
+        assert_eq!(
+            Policy::of_group(r, &GroupRetention::default()),
+            Policy::default_of(r)
+        );
+        assert_eq!(
+            Policy::default_of(r),
+            Policy {
+                max_age: Duration::from_secs(4 * DAY),
+                keep_min: 2
+            }
+        );
     }
 
     #[test]
@@ -1491,206 +978,6 @@ mod tests {
                 (rid(20), Rule::Expired)
             ]
         );
-    }
-
-    #[test]
-    fn run_ids() {
-        assert!(parse_run_id("20260301T120000Z").is_some());
-        for bad in [
-            "20260301T120000",
-            "20261301T120000Z",
-            "20260230T120000Z",
-            "2026031T120000Z",
-            "+2026031T120000Z",
-            "20260301t120000Z",
-            "20260301T250000Z",
-        ] {
-            assert_eq!(parse_run_id(bad), None, "{bad}");
-        }
-    }
-
-    fn recognised(path: &Path) -> Option<Recognised> {
-        let parts: Vec<&str> = path.iter().map(|c| c.to_str().unwrap()).collect();
-        recognise(&parts)
-    }
-
-    #[test]
-    fn recognises_exactly_what_store_writes() {
-        let r = "20260101T000000Z";
-        let root = Path::new("");
-        let names = [
-            ("shop", "orders"),
-            ("shop", "public.order_items"),
-            ("My DB", "a/b"),
-            ("_x", "..\n"),
-            ("shop", "_schema"),
-            ("д", "ünï %"),
-        ];
-        for (db, g) in names {
-            let p = store::dump_path(root, db, g, r);
-            let got = recognised(&p).unwrap_or_else(|| panic!("{p:?}"));
-            assert_eq!(got.database.as_deref(), Some(db));
-            assert_eq!(got.group.as_deref(), Some(g));
-            assert_eq!(got.run_id, r);
-            assert!(!got.partial);
-            assert!(recognised(&store::partial_path(&p)).unwrap().partial);
-        }
-        let g = recognised(&store::globals_path(root, r)).unwrap();
-        assert_eq!((g.kind, g.database), (GroupKind::Globals, None));
-        let rep = recognised(&store::report_path(root, r)).unwrap();
-        assert_eq!(rep.kind, GroupKind::Reports);
-        assert!(recognised(&store::partial_path(&store::report_path(root, r))).is_some());
-
-        // Near misses: never ours.
-        for bad in [
-            "notes.txt",
-            ".pg_groupdump.lock",
-            "shop/orders/notes.txt",
-            "shop/orders/shop.orders.20260101T000000Z.dump.bak",
-            "shop/orders/shop.orders.20260101T000000Z.dump~",
-            "shop/orders/shop.orders.20260101T000000Z.DUMP",
-            "shop/orders/shop.orders.20260101T000000Z.sql",
-            "shop/orders/shop.orders.2026011T000000Z.dump",
-            "shop/orders/shop.orders.20261301T000000Z.dump",
-            "shop/orders/shop.orders.20260101T000000Z.dump.ing.ing",
-            "shop/orders/shop.other.20260101T000000Z.dump",
-            "shop/orders/other.orders.20260101T000000Z.dump",
-            "shop/orders/.shop.orders.20260101T000000Z.dump",
-            "shop/orders/shop.orders..20260101T000000Z.dump",
-            "shop/orders/20260101T000000Z.dump",
-            "shop/orders/x/shop.orders.20260101T000000Z.dump",
-            "shop/shop.orders.20260101T000000Z.dump",
-            "shop/My%20Tab/shop.My Tab.20260101T000000Z.dump",
-            "shop/My Tab/shop.My Tab.20260101T000000Z.dump",
-            "shop/%6Frders/shop.%6Frders.20260101T000000Z.dump",
-            "shop/_globals/shop._globals.20260101T000000Z.dump",
-            "shop/%5Fschema/shop.%5Fschema.20260101T000000Z.dump",
-            "shop/_schema/shop.%5Fschema.20260101T000000Z.dump",
-            ".hidden/orders/.hidden.orders.20260101T000000Z.dump",
-            "_globals/_globals.20260101T000000Z.dump",
-            "_globals/x._globals.20260101T000000Z.sql",
-            "_globals/_globals.20260101T000000Z.sql.bak",
-            "_globals/sub/_globals.20260101T000000Z.sql",
-            "reports/20260101T000000Z.json.bak",
-            "reports/x.20260101T000000Z.json",
-            "reports/2026010T000000Z.json",
-            "reports/sub/20260101T000000Z.json",
-            "_globals/_globals/_globals._globals.20260101T000000Z.dump",
-            "reports/reports/reports.reports.20260101T000000Z.dump",
-        ] {
-            assert_eq!(recognised(Path::new(bad)), None, "{bad}");
-        }
-    }
-
-    #[test]
-    fn names_store_cannot_write_are_not_ours_and_do_not_panic() {
-        // store::dump_path panics for these names (see `store_dump_path`): a directory and
-        // file named the way it would name them were not written by pg_groupdump, and
-        // recognising them must not panic.
-        let (db, g) = ("d".repeat(40), "ü".repeat(100));
-        let comps = [
-            Comp::parse(&db).unwrap(),
-            Comp::parse(&store::encode_component(&g)).unwrap(),
-        ];
-        let r = "20260101T000000Z";
-        let file = dump_file_name(&comps[0], &comps[1], r);
-        let enc = store::encode_component(&g);
-        let path = Path::new(&db).join(&enc).join(&file);
-        // None today; once store is fixed, it is recognised exactly when store agrees.
-        assert_eq!(
-            recognise(&[&db, &enc, &file]).is_some(),
-            store_dump_path(&db, &g, r) == Some(path)
-        );
-    }
-
-    /// Names long enough for `store` to shorten them, with escapes and multi-byte characters
-    /// at every offset around the cuts.
-    fn long_names() -> Vec<(String, String)> {
-        let mut out = Vec::new();
-        let pads = ["", "a", "ab", "abc", "ü", "aü", "%", " ", "a ", "ab "];
-        for pad in pads {
-            for body in [" ", "x", "ü", "€", "𝄞", "a b"] {
-                let long_group = format!("{pad}{}", body.repeat(120));
-                let mid_group = format!("{pad}{}", body.repeat(40));
-                for db in ["shop", &format!("{pad}{}", "d".repeat(60)), &"%".repeat(63)] {
-                    out.push((db.to_string(), long_group.clone()));
-                    out.push((db.to_string(), mid_group.clone()));
-                    out.push((db.to_string(), store::SCHEMA_GROUP.to_string()));
-                }
-            }
-        }
-        out
-    }
-
-    fn dump_path_or_skip(db: &str, g: &str, r: &str) -> Option<PathBuf> {
-        Some(store::dump_path(Path::new(""), db, g, r))
-    }
-
-    #[test]
-    fn shortened_names_are_recognised_exactly() {
-        let r = "20260101T000000Z";
-        let prev = std::panic::take_hook();
-        std::panic::set_hook(Box::new(|_| {}));
-        let paths: Vec<(String, String, PathBuf)> = long_names()
-            .into_iter()
-            .filter_map(|(d, g)| dump_path_or_skip(&d, &g, r).map(|p| (d, g, p)))
-            .collect();
-        std::panic::set_hook(prev);
-        let mut shortened = 0;
-        for (db, g, p) in &paths {
-            let parts: Vec<&str> = p.iter().map(|c| c.to_str().unwrap()).collect();
-            let comps: Vec<Comp> = parts[..2]
-                .iter()
-                .map(|c| {
-                    if *c == store::SCHEMA_GROUP {
-                        Comp::Full {
-                            enc: c.to_string(),
-                            name: c.to_string(),
-                        }
-                    } else {
-                        Comp::parse(c).unwrap_or_else(|| panic!("{c}"))
-                    }
-                })
-                .collect();
-            // The reimplemented file name agrees with store's for every name.
-            assert_eq!(
-                dump_file_name(&comps[0], &comps[1], r),
-                parts[2],
-                "{db:?} {g:?}"
-            );
-            let got = recognise(&parts).unwrap_or_else(|| panic!("not recognised: {p:?}"));
-            if matches!(comps[1], Comp::Short { .. }) {
-                shortened += 1;
-                assert_eq!(got.group, None);
-                assert_eq!(got.dir_name, parts[1]);
-            } else {
-                assert_eq!(got.group.as_deref(), Some(g.as_str()));
-            }
-            // A changed hash, prefix or stem is not ours.
-            let stem_hash = parts[2].rfind('~');
-            if let Some(i) = stem_hash {
-                let mut bad = parts[2].to_string();
-                bad.replace_range(
-                    i + 1..i + 2,
-                    if &bad[i + 1..i + 2] == "0" { "1" } else { "0" },
-                );
-                let mut q = parts.clone();
-                q[2] = &bad;
-                assert_eq!(recognise(&q), None, "{bad}");
-            }
-            // A file of another group in this directory is not ours here.
-            let other = dump_path_or_skip(db, &format!("{g}z"), r);
-            if let Some(o) = other {
-                let mut q = parts.clone();
-                let name = o.file_name().unwrap().to_str().unwrap().to_string();
-                if name != parts[2] {
-                    q[2] = &name;
-                    let found = recognise(&q);
-                    assert_eq!(found, None, "{name} in {p:?}");
-                }
-            }
-        }
-        assert!(shortened > 20, "only {shortened} shortened names tested");
     }
 
     fn write(p: &Path, data: &[u8]) {
@@ -1854,5 +1141,33 @@ mod tests {
         assert_eq!((summary.deleted_files, summary.freed_bytes), (1, 3));
         assert!(!summary.groups[0].deleted[0].deleted);
         assert!(store::dump_path(&root, "db", "g", "20200101T000000Z").exists());
+    }
+
+    #[test]
+    fn shortened_group_directories_are_named_by_their_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().canonicalize().unwrap();
+        let long = "x".repeat(300);
+        let p = store::dump_path(&root, "shop", &long, "20200101T000000Z");
+        write(&p, b"1");
+        write(
+            &store::dump_path(&root, "shop", store::SCHEMA_GROUP, "20200101T000000Z"),
+            b"2",
+        );
+        let s = scan(&root);
+        assert!(s.ignored.is_empty(), "{:?}", s.ignored);
+        let ids: Vec<&GroupId> = s.groups.iter().map(|g| &g.id).collect();
+        let dir = p.parent().unwrap().file_name().unwrap().to_str().unwrap();
+        assert_eq!(ids.len(), 2);
+        // Sorted by directory: `shop/_schema` first.
+        assert_eq!(ids[0].kind, GroupKind::Schema);
+        assert!(ids[0].name_known);
+        assert_eq!(ids[1].kind, GroupKind::Tables);
+        assert_eq!(ids[1].database.as_deref(), Some("shop"));
+        assert_eq!((ids[1].group.as_str(), ids[1].name_known), (dir, false));
+        assert_eq!(
+            key_dir(&(Some("shop".into()), long)),
+            Some(ids[1].dir.clone())
+        );
     }
 }

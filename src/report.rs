@@ -246,7 +246,7 @@ pub struct RunReport {
     pub warnings: Vec<String>,
     /// What the prune at the end of the run did (absent when it did not run).
     #[serde(default)]
-    pub prune: Option<crate::prune::PruneSummary>,
+    pub prune: Option<PruneSummary>,
     /// Whether the mail about this run went out.
     #[serde(default)]
     pub notification: Option<Notification>,
@@ -339,4 +339,135 @@ pub fn host_name() -> String {
     } else {
         "unknown".into()
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The prune summary: what `prune` did, part of the run report and `prune --json`'s output.
+// Defined here with the rest of the report's format; `prune` fills it in.
+
+/// What a group directory of the backup directory holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupKind {
+    Tables,
+    Schema,
+    Globals,
+    Reports,
+}
+
+/// A file or link under the backup directory that prune does not consider (not pg_groupdump's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ignored {
+    /// Relative to the backup directory.
+    pub path: String,
+    pub reason: String,
+}
+
+/// Keep or delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Keep,
+    Delete,
+}
+
+/// Why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rule {
+    /// One of the newest `keep_min` complete files of its group.
+    Newest,
+    /// Not older than `max_age`.
+    Young,
+    /// Dated in the future: age zero.
+    Future,
+    /// Its group's dump failed in this run.
+    Protected,
+    /// A run report of a run whose dumps are kept.
+    ReportOfKeptDumps,
+    /// Older than `max_age` and not one of the newest `keep_min`.
+    Expired,
+    /// An `.ing` file left by an interrupted run.
+    Leftover,
+}
+
+impl Rule {
+    pub fn action(self) -> Action {
+        match self {
+            Rule::Expired | Rule::Leftover => Action::Delete,
+            _ => Action::Keep,
+        }
+    }
+}
+
+/// One file in a [`PruneSummary`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileSummary {
+    /// Absolute path.
+    pub file: String,
+    pub run_id: String,
+    #[serde(default)]
+    pub partial: bool,
+    pub bytes: u64,
+    pub action: Action,
+    pub rule: Rule,
+    pub reason: String,
+    /// Whether it was deleted (false in a dry run and when deleting failed).
+    #[serde(default)]
+    pub deleted: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One group in a [`PruneSummary`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupSummary {
+    pub kind: GroupKind,
+    pub database: Option<String>,
+    pub group: String,
+    /// The group's directory, relative to the backup directory.
+    pub dir: String,
+    /// False for a shortened directory name that matches no `[[group]]` (`group` is then the
+    /// directory name).
+    #[serde(default)]
+    pub name_known: bool,
+    pub max_age: String,
+    pub keep_min: u32,
+    /// Its dump failed in this run: nothing of it was deleted.
+    #[serde(default)]
+    pub protected: bool,
+    pub kept_files: u64,
+    pub deleted_files: u64,
+    pub freed_bytes: u64,
+    /// The files kept (only in `prune`'s own output; left out of run reports).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kept: Vec<FileSummary>,
+    /// The files deleted (or, in a dry run, to be deleted).
+    #[serde(default)]
+    pub deleted: Vec<FileSummary>,
+}
+
+/// What a prune did (or would do, with `dry_run`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PruneSummary {
+    /// Files deleted (in a dry run: that would be deleted).
+    pub deleted_files: u64,
+    /// Bytes freed (in a dry run: that would be freed).
+    pub freed_bytes: u64,
+    pub errors: Vec<String>,
+    #[serde(default)]
+    pub dry_run: bool,
+    /// The backup directory.
+    #[serde(default)]
+    pub dir: String,
+    /// The time ages were measured from (RFC 3339).
+    #[serde(default)]
+    pub now: String,
+    #[serde(default)]
+    pub kept_files: u64,
+    #[serde(default)]
+    pub groups: Vec<GroupSummary>,
+    /// Files and links under the directory that are not pg_groupdump's: never touched.
+    #[serde(default)]
+    pub ignored: Vec<Ignored>,
 }

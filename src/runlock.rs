@@ -1,6 +1,6 @@
 //! One run at a time per backup directory.
 //!
-//! `run` (and later `prune`) take an exclusive `flock` on `<dir>/.pg_groupdump.lock`. The lock
+//! `run` and `prune` take an exclusive `flock` on `<dir>/.pg_groupdump.lock`. The lock
 //! is released by the kernel when the process ends, however it ends, so a crashed run never
 //! leaves a stale lock. The file records the holder's pid (for the message a second run
 //! prints) and the last run id, so that two runs in the same second still get distinct ids.

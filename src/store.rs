@@ -10,7 +10,12 @@
 //! ```
 //! Database, schema and table names may contain anything PostgreSQL accepts, `/`, `..` and
 //! newlines included, so every name is encoded ([`encode_component`]): reversible, unique, and
-//! never a path separator, a hidden file or one of the reserved names above.
+//! never a path separator, a hidden file or one of the reserved names above. An encoding too
+//! long for a file name is shortened to a prefix and a hash of the name.
+//!
+//! This module is the one place that knows the layout, both ways: names → path for writing,
+//! and path → (kind, database, group, run id) for reading back ([`parse_path`]), which accepts
+//! exactly the paths it gives, so that `prune` never mistakes another file for a backup.
 //!
 //! A dump is written as `NAME.ing` (mode 0600) in its final directory, fsynced, renamed to
 //! `NAME`, and the directory is fsynced; a file with the final name is therefore always
@@ -22,6 +27,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use chrono::{DateTime, NaiveDateTime, Utc};
 use sha2::{Digest, Sha256};
 
 /// Suffix of a file being written.
@@ -33,7 +39,7 @@ pub const GLOBALS_GROUP: &str = "_globals";
 /// Directory of run reports.
 pub const REPORTS_DIR: &str = "reports";
 /// Longest file name component we create (most filesystems allow 255 bytes).
-pub(crate) const MAX_NAME: usize = 240;
+const MAX_NAME: usize = 240;
 
 /// Encodes a name as one path component: bytes that are not safe in a file name become `%XX`
 /// (UTF-8 bytes), `%` itself included, so decoding is exact. Safe: ASCII letters, digits and
@@ -43,9 +49,7 @@ pub(crate) const MAX_NAME: usize = 240;
 pub fn encode_component(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     for (i, ch) in name.char_indices() {
-        let safe = ch.is_ascii_alphanumeric()
-            || matches!(ch, '.' | '_' | '+' | '=' | '@' | ',' | '-')
-            || (!ch.is_ascii() && !ch.is_control() && !ch.is_whitespace());
+        let safe = is_safe(ch);
         let leading = i == 0 && (ch == '.' || ch == '_' || name == REPORTS_DIR);
         if safe && !leading {
             out.push(ch);
@@ -60,6 +64,13 @@ pub fn encode_component(name: &str) -> String {
         out.push_str("%00");
     }
     out
+}
+
+/// Whether [`encode_component`] keeps a character as it is.
+fn is_safe(ch: char) -> bool {
+    ch.is_ascii_alphanumeric()
+        || matches!(ch, '.' | '_' | '+' | '=' | '@' | ',' | '-')
+        || (!ch.is_ascii() && !ch.is_control() && !ch.is_whitespace())
 }
 
 /// Reverses [`encode_component`]. `None` if `s` is not an encoding of any name.
@@ -84,24 +95,24 @@ pub fn decode_component(s: &str) -> Option<String> {
     (encode_component(&name) == s).then_some(name)
 }
 
+/// Hex digits of [`short_hash`].
+const HASH_HEX: usize = 16;
+/// Bytes [`fit_cut`] leaves free after its cut: `~`, the hash, and one spare.
+const FIT_RESERVE: usize = HASH_HEX + 2;
+/// The most [`fit_cut`] backs off from `max - FIT_RESERVE`: to the start of a character (at
+/// most 3 bytes back) or of a `%XX` escape (at most 2).
+const FIT_BACKOFF: usize = 3;
+
 /// A short stable hash of a name, for file names that would be too long.
-pub(crate) fn short_hash(s: &str) -> String {
-    hex::encode(&Sha256::digest(s.as_bytes())[..8])
+fn short_hash(s: &str) -> String {
+    hex::encode(&Sha256::digest(s.as_bytes())[..HASH_HEX / 2])
 }
 
-/// Shortens an encoded component to fit `max` bytes, keeping it unique with a hash suffix.
-fn fit(encoded: String, raw: &str, max: usize) -> String {
-    if encoded.len() <= max {
-        return encoded;
-    }
-    format!("{}~{}", &encoded[..fit_cut(&encoded, max)], short_hash(raw))
-}
-
-/// Where [`fit`] cuts an encoding longer than `max`: never inside a multi-byte character or a
-/// `%XX` escape, leaving room for `~` and the hash.
-pub(crate) fn fit_cut(encoded: &str, max: usize) -> usize {
+/// Where [`Component::fit`] cuts an encoding longer than `max`: never inside a multi-byte
+/// character or a `%XX` escape, leaving room for `~` and the hash.
+fn fit_cut(encoded: &str, max: usize) -> usize {
     let b = encoded.as_bytes();
-    let mut cut = max.saturating_sub(18).min(b.len());
+    let mut cut = max.saturating_sub(FIT_RESERVE).min(b.len());
     while cut > 0
         && (!encoded.is_char_boundary(cut)
             || b[..cut].ends_with(b"%")
@@ -112,43 +123,144 @@ pub(crate) fn fit_cut(encoded: &str, max: usize) -> usize {
     cut
 }
 
+/// A database or group directory name, as this module writes it and reads it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Component {
+    /// Not shortened: the encoding and the name it decodes to.
+    Full { enc: String, name: String },
+    /// An encoding too long for a file name, shortened to `<prefix>~<hash>`: the name it
+    /// came from cannot be recovered.
+    Short { prefix: String, hash: String },
+}
+
+impl Component {
+    fn of(name: &str) -> Component {
+        Component::Full {
+            enc: encode_component(name),
+            name: name.to_string(),
+        }
+    }
+
+    /// A group's component: `_schema` stands for itself (the schema dumps' directory; no
+    /// configured group may take that name), every other name is encoded.
+    fn group(name: &str) -> Component {
+        if name == SCHEMA_GROUP {
+            Component::Full {
+                enc: SCHEMA_GROUP.to_string(),
+                name: SCHEMA_GROUP.to_string(),
+            }
+        } else {
+            Component::of(name)
+        }
+    }
+
+    /// Reads a directory name back: `None` unless it is exactly what [`Component::fit`]
+    /// makes of some name with `max` = [`MAX_NAME`].
+    fn parse(s: &str) -> Option<Component> {
+        if let Some(name) = decode_component(s) {
+            return (s.len() <= MAX_NAME).then(|| Component::Full {
+                enc: s.to_string(),
+                name,
+            });
+        }
+        let (prefix, hash) = s.rsplit_once('~')?;
+        let hex =
+            hash.len() == HASH_HEX && hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        let cut = MAX_NAME - FIT_RESERVE;
+        let len_ok = (cut - FIT_BACKOFF..=cut).contains(&prefix.len());
+        (hex && len_ok && is_encoding_prefix(prefix)).then(|| Component::Short {
+            prefix: prefix.to_string(),
+            hash: hash.to_string(),
+        })
+    }
+
+    /// The component shortened to at most `max` bytes, kept unique by the hash of the name.
+    fn fit(&self, max: usize) -> String {
+        match self {
+            Component::Full { enc, name } if enc.len() > max => {
+                format!("{}~{}", &enc[..fit_cut(enc, max)], short_hash(name))
+            }
+            Component::Full { enc, .. } => enc.clone(),
+            Component::Short { prefix, hash } => {
+                format!("{}~{hash}", &prefix[..fit_cut(prefix, max)])
+            }
+        }
+    }
+
+    /// The length of the full encoding.
+    fn len(&self) -> usize {
+        match self {
+            Component::Full { enc, .. } => enc.len(),
+            // Only ever made from an encoding longer than MAX_NAME: only that matters.
+            Component::Short { .. } => usize::MAX / 4,
+        }
+    }
+}
+
+/// Whether `s` is a run of what [`encode_component`] emits (safe characters and complete
+/// `%XX` escapes), not starting with `.` or `_`: the start of some name's encoding.
+fn is_encoding_prefix(s: &str) -> bool {
+    if s.is_empty() || s.starts_with('.') || s.starts_with('_') {
+        return false;
+    }
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '%' {
+            let hex = |c: Option<char>| c.is_some_and(|c| matches!(c, '0'..='9' | 'A'..='F'));
+            if !(hex(chars.next()) && hex(chars.next())) {
+                return false;
+            }
+        } else if !is_safe(c) {
+            return false;
+        }
+    }
+    true
+}
+
+/// `<dir>/<database>/<group>` from the components.
+fn dir_of(root: &Path, database: &Component, group: &Component) -> PathBuf {
+    root.join(database.fit(MAX_NAME)).join(group.fit(MAX_NAME))
+}
+
+/// The file name of a dump of (database, group) for `run_id`. When `<database>.<group>` does
+/// not fit in a file name beside the suffixes, each half is shortened: the directories still
+/// carry the full names.
+fn dump_file_name(database: &Component, group: &Component, run_id: &str) -> String {
+    let suffix = format!(".{run_id}.dump");
+    let budget = MAX_NAME - suffix.len() - PARTIAL_SUFFIX.len();
+    let stem = if database.len() + 1 + group.len() <= budget {
+        format!("{}.{}", database.fit(usize::MAX), group.fit(usize::MAX))
+    } else {
+        let half = (budget - 1) / 2;
+        format!("{}.{}", database.fit(half), group.fit(half))
+    };
+    format!("{stem}{suffix}")
+}
+
 /// Where the dumps of one group go.
 pub fn group_dir(root: &Path, database: &str, group: &str) -> PathBuf {
-    root.join(fit(encode_component(database), database, MAX_NAME))
-        .join(fit(encode_component(group), group, MAX_NAME))
+    dir_of(root, &Component::of(database), &Component::of(group))
+}
+
+/// The directory of a group's (or, for [`SCHEMA_GROUP`], the schema's) dumps.
+pub fn dump_dir(root: &Path, database: &str, group: &str) -> PathBuf {
+    dir_of(root, &Component::of(database), &Component::group(group))
 }
 
 /// The final path of a group's (or `_schema`'s) dump for a run.
 pub fn dump_path(root: &Path, database: &str, group: &str, run_id: &str) -> PathBuf {
-    let dir = if group == SCHEMA_GROUP {
-        root.join(fit(encode_component(database), database, MAX_NAME))
-            .join(SCHEMA_GROUP)
-    } else {
-        group_dir(root, database, group)
-    };
-    let suffix = format!(".{run_id}.dump");
-    let budget = MAX_NAME - suffix.len() - PARTIAL_SUFFIX.len();
-    let db = encode_component(database);
-    let g = if group == SCHEMA_GROUP {
-        SCHEMA_GROUP.to_string()
-    } else {
-        encode_component(group)
-    };
-    let stem = format!("{db}.{g}");
-    let stem = if stem.len() <= budget {
-        stem
-    } else {
-        // Too long for one file name: the directories still carry the full names.
-        let half = (budget - 1) / 2;
-        format!("{}.{}", fit(db, database, half), fit(g, group, half))
-    };
-    dir.join(format!("{stem}{suffix}"))
+    let (db, g) = (Component::of(database), Component::group(group));
+    dir_of(root, &db, &g).join(dump_file_name(&db, &g, run_id))
+}
+
+/// The directory of the globals dumps.
+pub fn globals_dir(root: &Path) -> PathBuf {
+    root.join(GLOBALS_GROUP)
 }
 
 /// The final path of the globals dump of a run.
 pub fn globals_path(root: &Path, run_id: &str) -> PathBuf {
-    root.join(GLOBALS_GROUP)
-        .join(format!("{GLOBALS_GROUP}.{run_id}.sql"))
+    globals_dir(root).join(format!("{GLOBALS_GROUP}.{run_id}.sql"))
 }
 
 /// The default report path of a run.
@@ -250,13 +362,174 @@ pub fn sweep_partials(root: &Path) -> Vec<PathBuf> {
     removed
 }
 
-/// `yyyymmddThhmmssZ`.
+/// Whether `s` has the shape of a run id, `yyyymmddThhmmssZ` (digits, not checked as a date).
 pub fn is_run_id(s: &str) -> bool {
     let b = s.as_bytes();
-    b.len() == 16
+    b.len() == RUN_ID_LEN
         && b[8] == b'T'
         && b[15] == b'Z'
         && b[..8].iter().chain(&b[9..15]).all(u8::is_ascii_digit)
+}
+
+/// Length of a run id.
+const RUN_ID_LEN: usize = 16;
+/// A run id as a `chrono` format.
+const RUN_ID_FORMAT: &str = "%Y%m%dT%H%M%SZ";
+
+/// A run id, `yyyymmddThhmmssZ`: when its run started, in UTC. Names of dumps and reports
+/// carry it, so a file's age can be read from its name (copies and restores change mtimes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunId {
+    id: String,
+    time: DateTime<Utc>,
+}
+
+impl RunId {
+    pub fn as_str(&self) -> &str {
+        &self.id
+    }
+
+    /// When the run started.
+    pub fn time(&self) -> DateTime<Utc> {
+        self.time
+    }
+}
+
+/// Parses a run id: its shape ([`is_run_id`]) and a real date and time, written the one way
+/// a run writes it.
+pub fn parse_run_id(s: &str) -> Option<RunId> {
+    if !is_run_id(s) {
+        return None;
+    }
+    let t = NaiveDateTime::parse_from_str(s, RUN_ID_FORMAT).ok()?;
+    (t.format(RUN_ID_FORMAT).to_string() == s).then(|| RunId {
+        id: s.to_string(),
+        time: t.and_utc(),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading paths back
+
+/// What kind of file of pg_groupdump's a path names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// A group's dump: `<database>/<group>/…dump`.
+    Group,
+    /// A database's schema dump: `<database>/_schema/…dump`.
+    Schema,
+    /// `_globals/_globals.<run id>.sql`.
+    Globals,
+    /// `reports/<run id>.json`.
+    Report,
+}
+
+/// A database or group name read back from its directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DirName {
+    Name(String),
+    /// The directory holds a shortened encoding (`<prefix>~<hash>`): the name is not known.
+    Shortened,
+}
+
+/// A file pg_groupdump writes, read back from its path ([`parse_path`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredFile {
+    pub kind: FileKind,
+    /// The database of a group or schema dump; `None` for globals and reports.
+    pub database: Option<DirName>,
+    /// The group: its name, or [`SCHEMA_GROUP`], [`GLOBALS_GROUP`], [`REPORTS_DIR`].
+    pub group: DirName,
+    pub run_id: RunId,
+    /// The `.ing` file of an unfinished write.
+    pub partial: bool,
+}
+
+/// Reads a path relative to the backup directory back into what it is: `Some` exactly for
+/// the paths [`dump_path`], [`globals_path`] and [`report_path`] give (and the `.ing` beside
+/// each), so that whatever else lies in the directory is never taken for a backup.
+pub fn parse_path(rel: &Path) -> Option<StoredFile> {
+    let parts: Vec<&str> = rel
+        .components()
+        .map(|c| match c {
+            std::path::Component::Normal(s) => s.to_str(),
+            _ => None,
+        })
+        .collect::<Option<_>>()?;
+    let last = *parts.last()?;
+    let (name, partial) = match last.strip_suffix(PARTIAL_SUFFIX) {
+        Some(n) => (n, true),
+        None => (last, false),
+    };
+    let (kind, database, group, run_id) = match parts[..] {
+        [d, _] if d == GLOBALS_GROUP => {
+            let (stem, run_id) = split_name(name, "sql")?;
+            let ours = stem == GLOBALS_GROUP
+                && globals_path(Path::new(""), run_id.as_str()) == Path::new(d).join(name);
+            ours.then_some((FileKind::Globals, None, GLOBALS_GROUP, run_id))?
+        }
+        [d, _] if d == REPORTS_DIR => {
+            let run_id = parse_run_id(name.strip_suffix(".json")?)?;
+            let ours = report_path(Path::new(""), run_id.as_str()) == Path::new(d).join(name);
+            ours.then_some((FileKind::Report, None, REPORTS_DIR, run_id))?
+        }
+        [d, g, _] => return parse_dump_path(d, g, name, partial),
+        _ => return None,
+    };
+    Some(StoredFile {
+        kind,
+        database,
+        group: DirName::Name(group.to_string()),
+        run_id,
+        partial,
+    })
+}
+
+/// [`parse_path`] for `<d>/<g>/<name>` (`name` without `.ing`): a group's or schema dump.
+fn parse_dump_path(d: &str, g: &str, name: &str, partial: bool) -> Option<StoredFile> {
+    if d == GLOBALS_GROUP || d == REPORTS_DIR {
+        return None;
+    }
+    let (_, run_id) = split_name(name, "dump")?;
+    let db = Component::parse(d)?;
+    let schema = g == SCHEMA_GROUP;
+    let group = if schema {
+        Component::group(SCHEMA_GROUP)
+    } else {
+        match Component::parse(g)? {
+            // dump_path puts a group of that name in the `_schema` directory, never here.
+            Component::Full { name, .. } if name == SCHEMA_GROUP => return None,
+            c => c,
+        }
+    };
+    let expected =
+        dir_of(Path::new(""), &db, &group).join(dump_file_name(&db, &group, run_id.as_str()));
+    if expected != Path::new(d).join(g).join(name) {
+        return None;
+    }
+    let read = |c: Component| match c {
+        Component::Full { name, .. } => DirName::Name(name),
+        Component::Short { .. } => DirName::Shortened,
+    };
+    Some(StoredFile {
+        kind: if schema {
+            FileKind::Schema
+        } else {
+            FileKind::Group
+        },
+        database: Some(read(db)),
+        group: read(group),
+        run_id,
+        partial,
+    })
+}
+
+/// Splits `<stem>.<run id>.<ext>` into the stem and the run id.
+fn split_name<'a>(name: &'a str, ext: &str) -> Option<(&'a str, RunId)> {
+    let body = name.strip_suffix(ext)?.strip_suffix('.')?;
+    let (stem, run_id) = body.split_at_checked(body.len().checked_sub(RUN_ID_LEN)?)?;
+    let stem = stem.strip_suffix('.')?;
+    Some((stem, parse_run_id(run_id)?))
 }
 
 /// Creates (or empties) the `.ing` file for `final_path`, mode 0600, so that a child process
@@ -440,6 +713,155 @@ mod tests {
         assert_eq!(sweep_partials(dir.path()), vec![ours.clone()]);
         assert!(!ours.exists() && other.exists() && finished.exists() && target.exists());
         assert!(is_run_id("20261123T184501Z") && !is_run_id("2026112xT184501Z"));
+    }
+
+    #[test]
+    fn run_ids() {
+        let r = parse_run_id("20260301T120000Z").unwrap();
+        assert_eq!(r.as_str(), "20260301T120000Z");
+        assert_eq!(r.time().to_rfc3339(), "2026-03-01T12:00:00+00:00");
+        for bad in [
+            "20260301T120000",
+            "20261301T120000Z",
+            "20260230T120000Z",
+            "2026031T120000Z",
+            "+2026031T120000Z",
+            "20260301t120000Z",
+            "20260301T250000Z",
+        ] {
+            assert_eq!(parse_run_id(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn paths_read_back_exactly_what_is_written() {
+        let r = "20260101T000000Z";
+        let root = Path::new("");
+        let names = [
+            ("shop", "orders"),
+            ("shop", "public.order_items"),
+            ("My DB", "a/b"),
+            ("_x", "..\n"),
+            ("shop", "_schema"),
+            ("д", "ünï %"),
+            // Cut inside the stem's halves, next to multi-byte characters.
+            (&"d".repeat(40), &"ü".repeat(100)),
+        ];
+        for (db, g) in names {
+            let p = dump_path(root, db, g, r);
+            let got = parse_path(&p).unwrap_or_else(|| panic!("{p:?}"));
+            assert_eq!(got.database, Some(DirName::Name(db.to_string())));
+            assert_eq!(got.group, DirName::Name(g.to_string()));
+            let kind = if g == SCHEMA_GROUP {
+                FileKind::Schema
+            } else {
+                FileKind::Group
+            };
+            assert_eq!(got.kind, kind);
+            assert_eq!(got.run_id.as_str(), r);
+            assert!(!got.partial);
+            assert!(parse_path(&partial_path(&p)).unwrap().partial);
+        }
+        let g = parse_path(&globals_path(root, r)).unwrap();
+        assert_eq!((g.kind, g.database), (FileKind::Globals, None));
+        let rep = parse_path(&report_path(root, r)).unwrap();
+        assert_eq!(rep.kind, FileKind::Report);
+        assert!(parse_path(&partial_path(&report_path(root, r))).is_some());
+
+        // Near misses: never ours.
+        for bad in [
+            "notes.txt",
+            ".pg_groupdump.lock",
+            "shop/orders/notes.txt",
+            "shop/orders/shop.orders.20260101T000000Z.dump.bak",
+            "shop/orders/shop.orders.20260101T000000Z.dump~",
+            "shop/orders/shop.orders.20260101T000000Z.DUMP",
+            "shop/orders/shop.orders.20260101T000000Z.sql",
+            "shop/orders/shop.orders.2026011T000000Z.dump",
+            "shop/orders/shop.orders.20261301T000000Z.dump",
+            "shop/orders/shop.orders.20260101T000000Z.dump.ing.ing",
+            "shop/orders/shop.other.20260101T000000Z.dump",
+            "shop/orders/other.orders.20260101T000000Z.dump",
+            "shop/orders/.shop.orders.20260101T000000Z.dump",
+            "shop/orders/shop.orders..20260101T000000Z.dump",
+            "shop/orders/20260101T000000Z.dump",
+            "shop/orders/x/shop.orders.20260101T000000Z.dump",
+            "shop/shop.orders.20260101T000000Z.dump",
+            "shop/My%20Tab/shop.My Tab.20260101T000000Z.dump",
+            "shop/My Tab/shop.My Tab.20260101T000000Z.dump",
+            "shop/%6Frders/shop.%6Frders.20260101T000000Z.dump",
+            "shop/_globals/shop._globals.20260101T000000Z.dump",
+            "shop/%5Fschema/shop.%5Fschema.20260101T000000Z.dump",
+            "shop/_schema/shop.%5Fschema.20260101T000000Z.dump",
+            ".hidden/orders/.hidden.orders.20260101T000000Z.dump",
+            "_globals/_globals.20260101T000000Z.dump",
+            "_globals/x._globals.20260101T000000Z.sql",
+            "_globals/_globals.20260101T000000Z.sql.bak",
+            "_globals/sub/_globals.20260101T000000Z.sql",
+            "reports/20260101T000000Z.json.bak",
+            "reports/x.20260101T000000Z.json",
+            "reports/2026010T000000Z.json",
+            "reports/sub/20260101T000000Z.json",
+            "_globals/_globals/_globals._globals.20260101T000000Z.dump",
+            "reports/reports/reports.reports.20260101T000000Z.dump",
+        ] {
+            assert_eq!(parse_path(Path::new(bad)), None, "{bad}");
+        }
+    }
+
+    /// Names long enough to be shortened, with escapes and multi-byte characters at every
+    /// offset around the cuts.
+    fn long_names() -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let pads = ["", "a", "ab", "abc", "ü", "aü", "%", " ", "a ", "ab "];
+        for pad in pads {
+            for body in [" ", "x", "ü", "€", "𝄞", "a b"] {
+                let long_group = format!("{pad}{}", body.repeat(120));
+                let mid_group = format!("{pad}{}", body.repeat(40));
+                for db in ["shop", &format!("{pad}{}", "d".repeat(60)), &"%".repeat(63)] {
+                    out.push((db.to_string(), long_group.clone()));
+                    out.push((db.to_string(), mid_group.clone()));
+                    out.push((db.to_string(), SCHEMA_GROUP.to_string()));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn shortened_names_are_read_back_exactly() {
+        let r = "20260101T000000Z";
+        let mut shortened = 0;
+        for (db, g) in long_names() {
+            let p = dump_path(Path::new(""), &db, &g, r);
+            let parts: Vec<&str> = p.iter().map(|c| c.to_str().unwrap()).collect();
+            let got = parse_path(&p).unwrap_or_else(|| panic!("not recognised: {p:?}"));
+            assert_eq!(got.database, Some(DirName::Name(db.clone())));
+            if g != SCHEMA_GROUP && encode_component(&g).len() > MAX_NAME {
+                shortened += 1;
+                assert_eq!(got.group, DirName::Shortened, "{p:?}");
+            } else {
+                assert_eq!(got.group, DirName::Name(g.clone()), "{p:?}");
+            }
+            // A changed hash in the file name is not ours.
+            if let Some(i) = parts[2].rfind('~') {
+                let mut bad = parts[2].to_string();
+                bad.replace_range(
+                    i + 1..i + 2,
+                    if &bad[i + 1..i + 2] == "0" { "1" } else { "0" },
+                );
+                let q = Path::new(parts[0]).join(parts[1]).join(&bad);
+                assert_eq!(parse_path(&q), None, "{bad}");
+            }
+            // A file of another group in this directory is not ours here.
+            let other = dump_path(Path::new(""), &db, &format!("{g}z"), r);
+            let name = other.file_name().unwrap();
+            if name != parts[2] {
+                let q = Path::new(parts[0]).join(parts[1]).join(name);
+                assert_eq!(parse_path(&q), None, "{q:?}");
+            }
+        }
+        assert!(shortened > 20, "only {shortened} shortened names tested");
     }
 
     #[test]

@@ -10,8 +10,8 @@ use clap::{Parser, Subcommand};
 
 use crate::config;
 use crate::exit::Outcome;
+use crate::failure::Failure;
 use crate::run::{self, RunOptions};
-use crate::Failure;
 
 /// Back up PostgreSQL group by group: each group of related tables in its own short snapshot
 /// and lock window, each dump written atomically.

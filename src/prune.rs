@@ -721,9 +721,9 @@ pub fn command(
     config: &Config,
     dry_run: bool,
     json: bool,
-) -> Result<crate::exit::Outcome, crate::Failure> {
+) -> Result<crate::exit::Outcome, crate::failure::Failure> {
     let Some(retention) = &config.retention else {
-        return Err(crate::Failure::Config(ConfigError::new(
+        return Err(crate::failure::Failure::Config(ConfigError::new(
             &config.path,
             "retention",
             "there is no [retention] table, so nothing is ever pruned (add one with max_age)",
@@ -732,7 +732,7 @@ pub fn command(
     let dir = &config.backup.dir;
     // Nothing there yet: nothing to prune (and no lock file to create).
     let _lock = if dir.is_dir() {
-        Some(crate::runlock::RunLock::acquire(dir).map_err(crate::Failure::Locked)?)
+        Some(crate::runlock::RunLock::acquire(dir).map_err(crate::failure::Failure::Locked)?)
     } else {
         None
     };

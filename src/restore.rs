@@ -17,10 +17,10 @@ use tokio::process::Command;
 use crate::config::Config;
 use crate::connect::{application_name, ConnParams};
 use crate::exit::Outcome;
+use crate::failure::Failure;
 use crate::report::{Kind, RunReport, Status};
 use crate::store;
 use crate::text::quote_ident;
-use crate::Failure;
 
 /// The pg_restore to use: configured, else beside pg_dump, else on PATH.
 pub fn pg_restore_path(config: &Config) -> Result<PathBuf, Failure> {

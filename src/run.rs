@@ -22,7 +22,9 @@ use tokio::task::JoinSet;
 use crate::catalog;
 use crate::config::{Config, Engine};
 use crate::connect::{application_name, ConnParams};
-use crate::engine::{self, signal_name, stopped, Contents, Engines, Job, Shared, Tried};
+use crate::engine::{self, stopped, Contents, Engines, Job, Shared, Tried};
+use crate::exit::signal_name;
+use crate::failure::Failure;
 use crate::locks::Monitor;
 use crate::plan::{self, ExcludeMatcher, GroupPlan, Plan};
 use crate::progress::Progress;
@@ -30,7 +32,6 @@ use crate::report::{now_rfc3339, Attempt, GroupReport, Kind, Outcome, RunReport,
 use crate::runlock::RunLock;
 use crate::store;
 use crate::tools::{self, Tools};
-use crate::Failure;
 
 /// Options of `pg_groupdump run` beyond the configuration.
 #[derive(Debug, Clone, Default)]
@@ -427,7 +428,7 @@ fn unreadable_reports(planned: &Planned) -> Vec<GroupReport> {
 async fn prune_after(
     config: &Config,
     reports: &[GroupReport],
-) -> Option<crate::prune::PruneSummary> {
+) -> Option<crate::report::PruneSummary> {
     let r = config.retention.as_ref().filter(|r| r.prune_after_run)?;
     let protect: HashSet<crate::prune::GroupKey> = reports
         .iter()

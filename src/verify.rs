@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 use crate::config::{parse_table_ref, Config};
 use crate::connect::{application_name, ConnParams};
 use crate::exit::Outcome;
+use crate::failure::Failure;
 use crate::report::{GroupReport, Kind, Status};
 use crate::restore::{compare_tables, list_archive, load_report, pg_restore_path, run_pg_restore};
 use crate::text::quote_ident;
-use crate::Failure;
 
 /// What `verify` was asked to check.
 #[derive(Debug, Clone, Default, clap::Args)]

@@ -14,6 +14,8 @@ mod email;
 mod failure;
 #[path = "it/faults.rs"]
 mod faults;
+#[path = "it/layout.rs"]
+mod layout;
 #[path = "it/locks.rs"]
 mod locks;
 #[path = "it/names.rs"]

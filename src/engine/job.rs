@@ -73,7 +73,7 @@ impl std::fmt::Display for Cancel {
                 "yielded to a session waiting for a lock: {}",
                 s.describe()
             ),
-            Cancel::Signal(sig) => write!(f, "interrupted by {}", signal_name(*sig)),
+            Cancel::Signal(sig) => write!(f, "interrupted by {}", crate::exit::signal_name(*sig)),
         }
     }
 }
@@ -220,15 +220,6 @@ pub async fn stopped(mut rx: watch::Receiver<Option<i32>>) -> i32 {
         if rx.changed().await.is_err() {
             return std::future::pending().await;
         }
-    }
-}
-
-/// "SIGINT", "SIGTERM".
-pub fn signal_name(sig: i32) -> &'static str {
-    match sig {
-        libc::SIGINT => "SIGINT",
-        libc::SIGTERM => "SIGTERM",
-        _ => "signal",
     }
 }
 

@@ -30,7 +30,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit};
 
 use crate::config::Engine;
 use crate::report::Kind;
-pub use job::{signal_name, stopped, AttemptError, Cancel, Contents, Job, Settings, Shared, Tried};
+pub use job::{stopped, AttemptError, Cancel, Contents, Job, Settings, Shared, Tried};
 
 /// The engines of a run, as the scheduler sees them.
 pub struct Engines {

@@ -252,6 +252,23 @@ impl Monitor {
     }
 }
 
+/// A backend of ours as `pg_stat_activity` shows it.
+#[derive(Clone)]
+struct Backend {
+    pid: i32,
+    /// When its transaction (and snapshot) began, server time.
+    xact_start: Option<String>,
+    /// Whether it waits for a lock.
+    waiting: bool,
+}
+
+/// The watched backends found by one look.
+#[derive(Default)]
+struct Backends {
+    by_name: HashMap<(String, String), Backend>,
+    by_pid: HashMap<i32, Backend>,
+}
+
 struct MonitorInner {
     shared: Arc<Mutex<Shared>>,
     conn: ConnParams,
@@ -290,6 +307,8 @@ fn shorten(q: &str) -> String {
 }
 
 impl MonitorInner {
+    /// One look at every watched backend: where it is, whether it waits for a lock (then
+    /// who blocks it), and whether a session has waited long enough behind it to yield.
     async fn tick(
         &self,
         c: &tokio_postgres::Client,
@@ -302,6 +321,34 @@ impl MonitorInner {
                 .map(|(id, w)| (*id, w.database.clone(), w.application_name.clone(), w.pid))
                 .collect()
         };
+        let seen = self.find_backends(c, &wanted).await?;
+        let ours: Vec<i32> = seen.by_pid.keys().copied().collect();
+        for (id, db, app, pid) in wanted {
+            let found = match pid {
+                Some(pid) => seen.by_pid.get(&pid),
+                None => seen.by_name.get(&(db, app)),
+            };
+            let Some(b) = found.cloned() else {
+                continue;
+            };
+            if !self.observe(id, &b, elapsed) {
+                continue;
+            }
+            if b.waiting {
+                self.record_blockers(c, id, b.pid).await?;
+            } else {
+                self.yield_if_waited_on(c, id, b.pid, &ours).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The backends of the watched dumps, by (database, application_name) and by pid.
+    async fn find_backends(
+        &self,
+        c: &tokio_postgres::Client,
+        wanted: &[(u64, String, String, Option<i32>)],
+    ) -> Result<Backends, tokio_postgres::Error> {
         let names: Vec<String> = wanted.iter().map(|w| w.2.clone()).collect();
         let pids: Vec<i32> = wanted.iter().filter_map(|w| w.3).collect();
         let rows = c
@@ -316,100 +363,115 @@ impl MonitorInner {
                 &[&names, &pids],
             )
             .await?;
-        // (database, application_name) -> (pid, xact_start, waiting); the newest backend wins.
-        let mut backends: HashMap<(String, String), (i32, Option<String>, bool)> = HashMap::new();
-        let mut by_pid: HashMap<i32, (i32, Option<String>, bool)> = HashMap::new();
+        let mut seen = Backends::default();
         for r in &rows {
             let db: Option<String> = r.get(1);
             let app: Option<String> = r.get(2);
-            let b = (r.get(0), r.get(3), r.get(4));
-            by_pid.insert(b.0, b.clone());
+            let b = Backend {
+                pid: r.get(0),
+                xact_start: r.get(3),
+                waiting: r.get(4),
+            };
+            seen.by_pid.insert(b.pid, b.clone());
+            // The newest backend wins (rows come oldest first).
             if let (Some(db), Some(app)) = (db, app) {
-                backends.insert((db, app), b);
+                seen.by_name.insert((db, app), b);
             }
         }
-        let ours: Vec<i32> = by_pid.keys().copied().collect();
+        Ok(seen)
+    }
+
+    /// Records what was seen of watch `id`'s backend; false if the watch has ended.
+    fn observe(&self, id: u64, b: &Backend, elapsed: Duration) -> bool {
+        let mut g = self.shared.lock().expect("monitor state");
+        let Some(w) = g.watches.get_mut(&id) else {
+            return false;
+        };
+        w.observed.backend_pid = Some(b.pid);
+        if w.observed.snapshot_at.is_none() {
+            w.observed.snapshot_at = b.xact_start.clone();
+        }
+        if b.waiting {
+            w.observed.lock_wait += elapsed;
+        }
+        true
+    }
+
+    /// Records the sessions blocking a backend that waits for a lock.
+    async fn record_blockers(
+        &self,
+        c: &tokio_postgres::Client,
+        id: u64,
+        pid: i32,
+    ) -> Result<(), tokio_postgres::Error> {
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS}, NULL::float8,
+                    (SELECT string_agg(DISTINCT l.mode, ',') FROM pg_catalog.pg_locks l
+                      WHERE l.pid = b.pid AND l.locktype = 'relation' AND l.granted)
+               FROM pg_catalog.pg_stat_activity b
+              WHERE b.pid = ANY(pg_catalog.pg_blocking_pids($1))"
+        );
+        let blockers: Vec<Session> = c
+            .query(&sql, &[&pid])
+            .await?
+            .iter()
+            .map(session_from_row)
+            .collect();
+        if !blockers.is_empty() {
+            let mut g = self.shared.lock().expect("monitor state");
+            if let Some(w) = g.watches.get_mut(&id) {
+                w.observed.blockers = blockers;
+            }
+        }
+        Ok(())
+    }
+
+    /// Tells watch `id` to yield when a session not of ours has waited `yield_after` for a
+    /// lock its backend holds.
+    async fn yield_if_waited_on(
+        &self,
+        c: &tokio_postgres::Client,
+        id: u64,
+        pid: i32,
+        ours: &[i32],
+    ) -> Result<(), tokio_postgres::Error> {
+        let yield_after = {
+            let g = self.shared.lock().expect("monitor state");
+            match g.watches.get(&id) {
+                Some(w) if w.yield_tx.is_some() => w.yield_after,
+                _ => None,
+            }
+        };
+        let Some(yield_after) = yield_after else {
+            return Ok(());
+        };
         let waitstart = if self.server_version_num >= 140000 {
             "coalesce(l.waitstart, b.state_change)"
         } else {
             "b.state_change"
         };
-        for (id, db, app, pid) in wanted {
-            let found = match pid {
-                Some(pid) => by_pid.get(&pid),
-                None => backends.get(&(db, app)),
-            };
-            let Some((pid, xact_start, waiting)) = found.cloned() else {
-                continue;
-            };
-            {
-                let mut g = self.shared.lock().expect("monitor state");
-                let Some(w) = g.watches.get_mut(&id) else {
-                    continue;
-                };
-                w.observed.backend_pid = Some(pid);
-                if w.observed.snapshot_at.is_none() {
-                    w.observed.snapshot_at = xact_start;
-                }
-                if waiting {
-                    w.observed.lock_wait += elapsed;
-                }
-            }
-            if waiting {
-                let sql = format!(
-                    "SELECT {SESSION_COLUMNS}, NULL::float8,
-                            (SELECT string_agg(DISTINCT l.mode, ',') FROM pg_catalog.pg_locks l
-                              WHERE l.pid = b.pid AND l.locktype = 'relation' AND l.granted)
-                       FROM pg_catalog.pg_stat_activity b
-                      WHERE b.pid = ANY(pg_catalog.pg_blocking_pids($1))"
-                );
-                let blockers: Vec<Session> = c
-                    .query(&sql, &[&pid])
-                    .await?
-                    .iter()
-                    .map(session_from_row)
-                    .collect();
-                if !blockers.is_empty() {
-                    let mut g = self.shared.lock().expect("monitor state");
-                    if let Some(w) = g.watches.get_mut(&id) {
-                        w.observed.blockers = blockers;
-                    }
-                }
-                continue;
-            }
-            let yield_after = {
-                let g = self.shared.lock().expect("monitor state");
-                match g.watches.get(&id) {
-                    Some(w) if w.yield_tx.is_some() => w.yield_after,
-                    _ => None,
-                }
-            };
-            let Some(yield_after) = yield_after else {
-                continue;
-            };
-            let sql = format!(
-                "SELECT {SESSION_COLUMNS},
-                        extract(epoch FROM now() - {waitstart})::float8, l.mode
-                   FROM pg_catalog.pg_locks l
-                   JOIN pg_catalog.pg_stat_activity b ON b.pid = l.pid
-                  WHERE NOT l.granted AND b.pid <> ALL($2)
-                    AND $1 = ANY(pg_catalog.pg_blocking_pids(l.pid))
-                  ORDER BY 8 DESC"
-            );
-            let waiters: Vec<Session> = c
-                .query(&sql, &[&pid, &ours])
-                .await?
-                .iter()
-                .map(session_from_row)
-                .collect();
-            if let Some(first) = waiters
-                .into_iter()
-                .find(|s| s.waited_s.is_some_and(|w| w >= yield_after.as_secs_f64()))
-            {
-                let mut g = self.shared.lock().expect("monitor state");
-                if let Some(tx) = g.watches.get_mut(&id).and_then(|w| w.yield_tx.take()) {
-                    let _ = tx.send(first);
-                }
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS},
+                    extract(epoch FROM now() - {waitstart})::float8, l.mode
+               FROM pg_catalog.pg_locks l
+               JOIN pg_catalog.pg_stat_activity b ON b.pid = l.pid
+              WHERE NOT l.granted AND b.pid <> ALL($2)
+                AND $1 = ANY(pg_catalog.pg_blocking_pids(l.pid))
+              ORDER BY 8 DESC"
+        );
+        let waiters: Vec<Session> = c
+            .query(&sql, &[&pid, &ours])
+            .await?
+            .iter()
+            .map(session_from_row)
+            .collect();
+        if let Some(first) = waiters
+            .into_iter()
+            .find(|s| s.waited_s.is_some_and(|w| w >= yield_after.as_secs_f64()))
+        {
+            let mut g = self.shared.lock().expect("monitor state");
+            if let Some(tx) = g.watches.get_mut(&id).and_then(|w| w.yield_tx.take()) {
+                let _ = tx.send(first);
             }
         }
         Ok(())

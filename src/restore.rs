@@ -424,22 +424,20 @@ async fn database_is_empty(conn: &ConnParams, database: &str) -> Result<bool, Fa
     Ok(row.get(0))
 }
 
-/// The dumps of one group on disk: (run id, path), oldest first.
+/// The dumps of one group on disk: (run id, path), oldest first. A file counts only if it
+/// is exactly where [`store::dump_path`] puts that group's dump of its run.
 fn group_dumps(root: &Path, database: &str, group: &str) -> Vec<(String, PathBuf)> {
-    let dir = store::dump_path(root, database, group, "20000101T000000Z");
-    let Some(dir) = dir.parent() else {
-        return Vec::new();
-    };
-    let mut out: Vec<(String, PathBuf)> = std::fs::read_dir(dir)
+    let dir = store::dump_dir(root, database, group);
+    let mut out: Vec<(String, PathBuf)> = std::fs::read_dir(&dir)
         .into_iter()
         .flatten()
         .flatten()
         .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let stem = name.strip_suffix(".dump")?;
-            let id = stem.rsplit('.').next()?;
+            let path = e.path();
+            let stored = store::parse_path(path.strip_prefix(root).ok()?)?;
+            let id = stored.run_id.as_str();
             let expected = store::dump_path(root, database, group, id);
-            (store::is_run_id(id) && expected == e.path()).then(|| (id.to_string(), e.path()))
+            (!stored.partial && expected == path).then(|| (id.to_string(), path))
         })
         .collect();
     out.sort();
@@ -574,10 +572,10 @@ async fn restore_group(
         Some(d) => d.clone(),
         None => the_database_with_group(root, group)?,
     };
-    let file = find_group_dump(root, &database, group, opts.run.as_deref())?;
+    let (dump_run, file) = find_group_dump(root, &database, group, opts.run.as_deref())?;
     let created = restorer.create_target().await?;
     if created || database_is_empty(&restorer.conn, restorer.target).await? {
-        if let Some(schema) = schema_archive_for(root, &database, run_id_of_dump(&file)) {
+        if let Some(schema) = schema_archive_for(root, &database, &dump_run) {
             restore_prerequisites(
                 &restorer.pg_restore,
                 &restorer.conn,
@@ -618,34 +616,25 @@ fn the_database_with_group(root: &Path, group: &str) -> Result<String, Failure> 
     }
 }
 
-/// The group's dump from run `run_id`, or its newest.
+/// The group's dump from run `run_id`, or its newest: (its run id, its path).
 fn find_group_dump(
     root: &Path,
     database: &str,
     group: &str,
     run_id: Option<&str>,
-) -> Result<PathBuf, Failure> {
+) -> Result<(String, PathBuf), Failure> {
     let mut dumps = group_dumps(root, database, group);
     let found = match run_id {
         Some(id) => dumps.into_iter().find(|(r, _)| r == id),
         None => dumps.pop(),
     };
-    found.map(|(_, p)| p).ok_or_else(|| {
+    found.ok_or_else(|| {
         Failure::Usage(format!(
             "no dump of group {group:?} of database {database:?}{} in {}",
             run_id.map(|r| format!(" from run {r}")).unwrap_or_default(),
             root.display()
         ))
     })
-}
-
-/// The run id in a dump's file name ("<db>.<group>.<run id>.dump"); "" if there is none.
-fn run_id_of_dump(file: &Path) -> &str {
-    file.file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.strip_suffix(".dump"))
-        .and_then(|n| n.rsplit('.').next())
-        .unwrap_or("")
 }
 
 /// `restore --run --database`: a whole database from one run, in the order described in the
@@ -727,10 +716,9 @@ fn groups_of_run(config: &Config, database: &str, run_id: &str) -> Vec<(String, 
             })
             .collect();
     }
-    let dbdir = store::dump_path(root, database, "x", run_id);
-    let dbdir = dbdir.parent().and_then(Path::parent).unwrap_or(root);
+    let dbdir = store::database_dir(root, database);
     let mut groups = Vec::new();
-    for e in std::fs::read_dir(dbdir).into_iter().flatten().flatten() {
+    for e in std::fs::read_dir(&dbdir).into_iter().flatten().flatten() {
         let Some(group) = store::decode_component(&e.file_name().to_string_lossy()) else {
             continue;
         };

@@ -237,6 +237,11 @@ fn dump_file_name(database: &Component, group: &Component, run_id: &str) -> Stri
     format!("{stem}{suffix}")
 }
 
+/// The directory of a database's groups.
+pub fn database_dir(root: &Path, database: &str) -> PathBuf {
+    root.join(Component::of(database).fit(MAX_NAME))
+}
+
 /// Where the dumps of one group go.
 pub fn group_dir(root: &Path, database: &str, group: &str) -> PathBuf {
     dir_of(root, &Component::of(database), &Component::of(group))

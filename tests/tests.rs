@@ -32,6 +32,8 @@ mod plan;
 mod prune;
 #[path = "it/run.rs"]
 mod run;
+#[path = "it/scheduler.rs"]
+mod scheduler;
 #[path = "it/smoke.rs"]
 mod smoke;
 #[path = "it/startup.rs"]

@@ -20,6 +20,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::compression::Compression;
+
 mod email;
 mod retention;
 
@@ -98,6 +100,7 @@ struct RawBackup {
     jobs: Option<i64>,
     lock_wait_timeout: Option<String>,
     compress: Option<i64>,
+    compression: Option<String>,
     databases: Option<Vec<String>>,
     #[serde(default)]
     exclude_databases: Vec<String>,
@@ -129,6 +132,7 @@ struct RawGroup {
     max_age: Option<String>,
     keep_min: Option<i64>,
     engine: Option<String>,
+    compression: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -217,7 +221,9 @@ pub struct BackupConfig {
     pub dir: PathBuf,
     pub jobs: usize,
     pub lock_wait_timeout: Duration,
-    pub compress: Option<u8>,
+    /// How archives are compressed (`compression`, or the older `compress = N`); pg_dump's
+    /// default, gzip, when neither is given.
+    pub compression: Compression,
     /// `None`: every database that allows connections.
     pub databases: Option<Vec<String>>,
     pub exclude_databases: Vec<String>,
@@ -299,6 +305,8 @@ pub struct GroupConfig {
     pub retention: GroupRetention,
     /// Overrides `backup.engine` for this group.
     pub engine: Option<Engine>,
+    /// Overrides `backup.compression` for this group.
+    pub compression: Option<Compression>,
 }
 
 impl GroupConfig {
@@ -461,15 +469,26 @@ fn check_backup(path: &Path, b: Option<RawBackup>) -> Result<BackupConfig, Confi
         .map_err(|e| ConfigError::at(path, "backup.file_mode", e))?;
     let dir_mode = parse_mode(b.dir_mode.as_deref(), 0o700, 0o700)
         .map_err(|e| ConfigError::at(path, "backup.dir_mode", e))?;
-    let compress = match b.compress {
-        None => None,
-        Some(n) if (0..=9).contains(&n) => Some(n as u8),
-        Some(n) => {
+    let compression = match (b.compress, b.compression) {
+        (Some(_), Some(_)) => {
+            return Err(err(
+                "backup.compress",
+                "give either compress (a zlib level) or compression, not both".into(),
+            ))
+        }
+        (Some(n), None) if (0..=9).contains(&n) => {
+            Compression::parse(&n.to_string()).expect("0-9 parse")
+        }
+        (Some(n), None) => {
             return Err(err(
                 "backup.compress",
                 format!("{n} is not between 0 and 9"),
             ))
         }
+        (None, Some(text)) => {
+            Compression::parse(&text).map_err(|e| ConfigError::at(path, "backup.compression", e))?
+        }
+        (None, None) => Compression::default(),
     };
     if let Some(dbs) = &b.databases {
         for (i, d) in dbs.iter().enumerate() {
@@ -489,7 +508,7 @@ fn check_backup(path: &Path, b: Option<RawBackup>) -> Result<BackupConfig, Confi
         dir,
         jobs,
         lock_wait_timeout,
-        compress,
+        compression,
         databases: b.databases,
         exclude_databases: b.exclude_databases,
         pg_dump: b.pg_dump,
@@ -616,6 +635,11 @@ fn check_group(
             Some(Engine::parse(&s).map_err(|e| ConfigError::at(path, format!("{key}.engine"), e))?)
         }
     };
+    let compression = g
+        .compression
+        .map(|c| Compression::parse(&c))
+        .transpose()
+        .map_err(|e| ConfigError::at(path, format!("{key}.compression"), e))?;
     Ok(GroupConfig {
         index: i,
         name,
@@ -626,6 +650,7 @@ fn check_group(
         yield_after,
         retention,
         engine,
+        compression,
     })
 }
 

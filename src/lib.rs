@@ -11,6 +11,7 @@
 
 pub mod catalog;
 pub mod cli;
+pub mod compression;
 pub mod config;
 pub mod connect;
 pub mod engine;

@@ -250,6 +250,7 @@ async fn start(config: &Config, opts: &RunOptions) -> Result<Started, Failure> {
     let tools = tools::check_tools(&pg_dump, &pg_dumpall, planned.server_version_num)
         .await
         .map_err(|e| Failure::Start(e.into()))?;
+    check_compression(config, &tools)?;
     for w in &planned.plan.warnings {
         tracing::warn!("{w}");
     }
@@ -299,6 +300,34 @@ async fn start(config: &Config, opts: &RunOptions) -> Result<Started, Failure> {
     })
 }
 
+/// Compression methods other than gzip need pg_dump 16 or later (archive 1.15): a
+/// configuration that asks for one with an older pg_dump is an error before anything is
+/// written.
+fn check_compression(config: &Config, tools: &Tools) -> Result<(), Failure> {
+    if tools.major >= 16 {
+        return Ok(());
+    }
+    let wanted = std::iter::once(("backup.compression".to_string(), config.backup.compression))
+        .chain(config.groups.iter().filter_map(|g| {
+            g.compression
+                .map(|c| (format!("group[{}].compression", g.index), c))
+        }));
+    for (key, c) in wanted {
+        if !c.before_pg16() {
+            return Err(Failure::Config(crate::config::ConfigError::new(
+                &config.path,
+                key,
+                format!(
+                    "{c}: {} is version {}, and only pg_dump 16 or later writes lz4 or zstd (set backup.pg_dump to a newer pg_dump, or use gzip)",
+                    tools.pg_dump.display(),
+                    tools.version
+                ),
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The scheduler's state and the run's engines.
 fn context(
     config: &Config,
@@ -325,7 +354,6 @@ fn context(
     let settings = engine::Settings {
         tools: s.tools.clone(),
         conn,
-        compress: b.compress,
         maintenance,
         jobs: slots,
         count_rows: b.count_rows,
@@ -466,6 +494,7 @@ fn make_jobs(
             lock_wait_timeout: b.lock_wait_timeout,
             yield_after: None,
             engine: Engine::PgDump,
+            compression: b.compression,
         });
     }
     let mut groups: Vec<GroupPlan> = planned
@@ -502,6 +531,7 @@ fn make_jobs(
                 lock_wait_timeout: b.lock_wait_timeout,
                 yield_after: b.yield_after,
                 engine: Engine::PgDump,
+                compression: b.compression,
             });
         }
     }
@@ -526,6 +556,7 @@ fn make_jobs(
             yield_after: own.and_then(|c| c.yield_after).unwrap_or(b.yield_after),
             group: g.group,
             engine,
+            compression: own.and_then(|c| c.compression).unwrap_or(b.compression),
         });
     }
     jobs

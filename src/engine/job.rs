@@ -43,6 +43,8 @@ pub struct Job {
     /// The engine asked for. The native engine hands a group it cannot write to pg_dump for
     /// the rest of the run.
     pub engine: Engine,
+    /// How its archive's data is compressed.
+    pub compression: crate::compression::Compression,
 }
 
 impl Job {
@@ -280,8 +282,6 @@ pub fn remove_quietly(p: &Path) {
 pub struct Settings {
     pub tools: crate::tools::Tools,
     pub conn: crate::connect::ConnParams,
-    /// `pg_dump --compress` (the native engine's zlib level too).
-    pub compress: Option<u8>,
     pub maintenance: String,
     /// Jobs at once: sessions kept idle, files written at once.
     pub jobs: usize,

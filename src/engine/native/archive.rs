@@ -1,5 +1,5 @@
-//! Reading and writing pg_dump's custom-format archives (`pg_dump -Fc`), archive version
-//! 1.14 (PostgreSQL 12 to 15).
+//! Reading and writing pg_dump's custom-format archives (`pg_dump -Fc`), archive versions
+//! 1.14 (pg_dump 12 to 15), 1.15 (pg_dump 16) and 1.16 (pg_dump 17 and 18).
 //!
 //! Why: a native dump engine takes the schema of a group of tables from a schema-only
 //! `pg_dump -Fc` archive (its table of contents: every `CREATE`, `ALTER`, `COMMENT`, `ACL`, …
@@ -9,25 +9,29 @@
 //! archive; [`ArchiveWriter`] writes the group's archive from those entries plus the `TABLE
 //! DATA` it streams.
 //!
-//! The format, as written by `pg_dump` 15 (`pg_backup_archiver.c`, `pg_backup_custom.c`):
+//! The format, as written by `pg_dump` 15 to 18 (`pg_backup_archiver.c`, `pg_backup_custom.c`,
+//! `compress_*.c`):
 //!
 //! * An *int* is one sign byte (0 positive, 1 negative) and then the absolute value in
 //!   `intSize` (4) bytes, little-endian. A *string* is an int length and that many bytes, no
 //!   terminator; length -1 is NULL (distinct from the empty string, length 0).
 //! * Header: `PGDMP`, then the bytes major, minor, revision (1, 14, 0), intSize (4), offSize
-//!   (8), format (1 = custom); the compression level as an int (-1 zlib default, 0 none, 1–9
-//!   zlib level); seven ints of the creation time as the dumping machine's *local* `struct tm`
+//!   (8), format (1 = custom); the compression: up to 1.14 the zlib level as an int (-1 zlib
+//!   default, 0 none, 1–9), from 1.15 the algorithm as a byte (0 none, 1 gzip, 2 lz4, 3 zstd;
+//!   the level is not recorded); seven ints of the creation time as the dumping machine's
+//!   *local* `struct tm`
 //!   (`tm_sec`, `tm_min`, `tm_hour`, `tm_mday`, `tm_mon` 0-based, `tm_year` since 1900,
 //!   `tm_isdst`); the strings database name, server version and pg_dump version.
 //! * TOC: an int entry count, then per entry: ints dump id and hadDumper (1 if the entry has
 //!   data), strings tableoid and oid (decimal), tag, desc (`TABLE`, `TABLE DATA`, …), the int
 //!   section ([`SECTION_NONE`] … [`SECTION_POST_DATA`]), strings defn, dropStmt, copyStmt,
-//!   namespace, tablespace, tableam, owner and withOids (always `"false"`), the dump ids it
+//!   namespace, tablespace, tableam, from 1.16 the int relkind (the `pg_class.relkind` of a
+//!   table's entry as a character code, else 0), owner and withOids (always `"false"`), the dump ids it
 //!   depends on as decimal strings ended by a NULL string, and the data position: a flag byte
 //!   (1 not set, 2 set, 3 no data) and offSize bytes of file offset, little-endian.
 //! * Data, after the TOC: per entry with data, the byte 1 (`BLK_DATA`), the int dump id, the
-//!   data as chunks (int length and bytes) of one zlib stream (or of the raw bytes when the
-//!   compression is 0), and an int 0. The data of a `TABLE DATA` entry is the text its
+//!   data as chunks (int length and bytes) of one compressed stream — a zlib stream, one LZ4
+//!   frame, or one zstd frame — or of the raw bytes without compression, and an int 0. The data of a `TABLE DATA` entry is the text its
 //!   `copyStmt` reads: the rows as `COPY … TO STDOUT` gives them, then [`COPY_END`].
 //!
 //! `pg_dump` writes the header and the TOC with every position unset, then the data, then
@@ -43,7 +47,8 @@ use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use flate2::write::ZlibEncoder;
-use flate2::Compression;
+
+use crate::compression::Compression;
 
 /// Section of entries outside the pre-data/data/post-data split (`SECTION_NONE`).
 pub const SECTION_NONE: i32 = 1;
@@ -54,11 +59,27 @@ pub const SECTION_DATA: i32 = 3;
 /// Section of definitions restored after the data (indexes, constraints, triggers, …).
 pub const SECTION_POST_DATA: i32 = 4;
 
-/// The archive version this writer produces and this reader understands: 1.14.0, written by
-/// `pg_dump` 12, 13, 14 and 15 (1.14 added the table access method to TOC entries in
-/// PostgreSQL 12; 1.15, in PostgreSQL 16, changed the header's compression field). Checked
-/// against `pg_dump` 15.
-pub const SUPPORTED_VERSION: (u8, u8, u8) = (1, 14, 0);
+/// The archive versions this module reads and writes: 1.14.0, written by `pg_dump` 12 to 15
+/// (1.14 added the table access method to TOC entries); 1.15.0, by `pg_dump` 16 (the header
+/// names the compression algorithm instead of a zlib level; lz4 and zstd data); 1.16.0, by
+/// `pg_dump` 17 and 18 (each TOC entry has a relkind). Checked against those pg_dumps.
+pub const SUPPORTED_VERSIONS: [(u8, u8, u8); 3] = [V1_14, V1_15, V1_16];
+/// Archive version 1.14.0 (pg_dump 12 to 15).
+pub const V1_14: (u8, u8, u8) = (1, 14, 0);
+/// Archive version 1.15.0 (pg_dump 16): the compression algorithm in the header.
+pub const V1_15: (u8, u8, u8) = (1, 15, 0);
+/// Archive version 1.16.0 (pg_dump 17, 18): relkind in TOC entries.
+pub const V1_16: (u8, u8, u8) = (1, 16, 0);
+
+/// The header's compression algorithm byte (archive 1.15 and later).
+fn algorithm(c: Compression) -> u8 {
+    match c {
+        Compression::None => 0,
+        Compression::Gzip(_) => 1,
+        Compression::Lz4(_) => 2,
+        Compression::Zstd(_) => 3,
+    }
+}
 
 /// The end of the COPY text of a `TABLE DATA` entry, as `pg_dump` 15 stores it after the rows:
 /// the end-of-data line `\.` and two empty lines. Restoring into a database works without it
@@ -85,7 +106,7 @@ const CHUNK_SIZE: usize = 64 * 1024;
 /// An archive's header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
-    /// Archive version (major, minor, revision); see [`SUPPORTED_VERSION`].
+    /// Archive version (major, minor, revision); one of [`SUPPORTED_VERSIONS`].
     pub version: (u8, u8, u8),
     /// Size of an int in bytes (4).
     pub int_size: u8,
@@ -93,8 +114,9 @@ pub struct Header {
     pub off_size: u8,
     /// Archive format (1 = custom).
     pub format: u8,
-    /// -1 zlib at its default level, 0 no compression, 1–9 zlib at that level.
-    pub compression: i32,
+    /// How the data is compressed. An archive of version 1.15 or later records only the
+    /// algorithm: its level reads as `None`.
+    pub compression: Compression,
     /// Creation time as a local `struct tm`: sec, min, hour, mday, mon (0-based), year (since
     /// 1900), isdst. Written as given.
     pub created: [i32; 7],
@@ -148,6 +170,9 @@ pub struct Entry {
     pub tablespace: Option<String>,
     /// Table access method of the object (e.g. `heap`).
     pub tableam: Option<String>,
+    /// The relkind of a table's entry (`'r'`, `'p'`, … as a number; archive 1.16 and later),
+    /// else 0.
+    pub relkind: i32,
     /// Role that owns the object.
     pub owner: Option<String>,
     /// Legacy WITH OIDS flag: `pg_dump` always writes "false".
@@ -176,11 +201,10 @@ pub enum ArchiveError {
     /// The input does not start with `PGDMP`: a plain SQL dump, a tar archive, another file.
     #[error("not a pg_dump archive: it does not start with \"PGDMP\"")]
     NotAnArchive,
-    /// The archive version is not [`SUPPORTED_VERSION`].
+    /// The archive version is not one of [`SUPPORTED_VERSIONS`].
     #[error(
-        "archive version {}.{}-{} is not supported (only {}.{}-{}, written by pg_dump 12 to 15)",
-        found.0, found.1, found.2,
-        SUPPORTED_VERSION.0, SUPPORTED_VERSION.1, SUPPORTED_VERSION.2
+        "archive version {}.{}-{} is not supported (only 1.14, 1.15 and 1.16, written by pg_dump 12 to 18)",
+        found.0, found.1, found.2
     )]
     UnsupportedVersion {
         /// The version in the header.
@@ -206,7 +230,7 @@ fn malformed(msg: impl Into<String>) -> ArchiveError {
 /// Reads the header and TOC (not the data) of a custom-format archive, leaving `r` just after
 /// the TOC (where the data starts).
 ///
-/// Archive versions other than [`SUPPORTED_VERSION`] are refused with
+/// Archive versions other than [`SUPPORTED_VERSIONS`] are refused with
 /// [`ArchiveError::UnsupportedVersion`] (callers fall back to `pg_dump`). The reader is
 /// strict: whatever it accepts, [`ArchiveWriter`] writes back byte for byte; strings must be
 /// UTF-8 without NUL bytes, and anything `pg_dump` would not write is
@@ -214,6 +238,7 @@ fn malformed(msg: impl Into<String>) -> ArchiveError {
 pub fn read_toc(r: &mut impl Read) -> Result<Toc, ArchiveError> {
     let mut input = Input {
         r,
+        version: V1_14,
         pos: 0,
         at: String::from("header"),
     };
@@ -241,6 +266,8 @@ pub fn read_toc_file(path: &Path) -> Result<Toc, ArchiveError> {
 /// A reader that knows where it is, for error messages.
 struct Input<'a, R> {
     r: &'a mut R,
+    /// The archive's version, once the header is read.
+    version: (u8, u8, u8),
     /// Bytes read so far.
     pos: u64,
     /// What is being read ("header", "TOC entry 3 of 16 (dump id 42)").
@@ -333,9 +360,10 @@ impl<R: Read> Input<'_, R> {
         let mut v = [0u8; 3];
         self.bytes(&mut v, "version")?;
         let version = (v[0], v[1], v[2]);
-        if version != SUPPORTED_VERSION {
+        if !SUPPORTED_VERSIONS.contains(&version) {
             return Err(ArchiveError::UnsupportedVersion { found: version });
         }
+        self.version = version;
         let int_size = self.byte("int size")?;
         if int_size != INT_SIZE {
             return Err(self.bad(
@@ -354,13 +382,29 @@ impl<R: Read> Input<'_, R> {
         if format != FORMAT_CUSTOM {
             return Err(ArchiveError::NotCustomFormat(format));
         }
-        let compression = self.int("compression")?;
-        if !(-1..=9).contains(&compression) {
-            return Err(self.bad(
-                "compression",
-                &format!("level {compression} is not -1 to 9"),
-            ));
-        }
+        let compression = if version >= V1_15 {
+            match self.byte("compression algorithm")? {
+                0 => Compression::None,
+                1 => Compression::Gzip(None),
+                2 => Compression::Lz4(None),
+                3 => Compression::Zstd(None),
+                a => {
+                    return Err(self.bad(
+                        "compression algorithm",
+                        &format!("{a} is not 0 (none), 1 (gzip), 2 (lz4) or 3 (zstd)"),
+                    ))
+                }
+            }
+        } else {
+            match self.int("compression")? {
+                -1 => Compression::Gzip(None),
+                0 => Compression::None,
+                level @ 1..=9 => Compression::Gzip(Some(level.unsigned_abs())),
+                level => {
+                    return Err(self.bad("compression", &format!("level {level} is not -1 to 9")))
+                }
+            }
+        };
         let mut created = [0i32; 7];
         for (field, c) in CREATED_FIELDS.iter().zip(created.iter_mut()) {
             *c = self.int(field)?;
@@ -403,6 +447,11 @@ impl<R: Read> Input<'_, R> {
         let namespace = self.string("namespace")?;
         let tablespace = self.string("tablespace")?;
         let tableam = self.string("tableam")?;
+        let relkind = if self.version >= V1_16 {
+            self.int("relkind")?
+        } else {
+            0
+        };
         let owner = self.string("owner")?;
         let with_oids = self.string("withOids")?;
         let mut deps = Vec::new();
@@ -438,6 +487,7 @@ impl<R: Read> Input<'_, R> {
             namespace,
             tablespace,
             tableam,
+            relkind,
             owner,
             with_oids,
             deps,
@@ -490,7 +540,7 @@ fn put_str(
 
 /// The header's bytes, refusing what this module does not write.
 fn header_bytes(h: &Header) -> Result<Vec<u8>, ArchiveError> {
-    if h.version != SUPPORTED_VERSION {
+    if !SUPPORTED_VERSIONS.contains(&h.version) {
         return Err(ArchiveError::UnsupportedVersion { found: h.version });
     }
     if h.int_size != INT_SIZE || h.off_size != OFF_SIZE {
@@ -502,17 +552,25 @@ fn header_bytes(h: &Header) -> Result<Vec<u8>, ArchiveError> {
     if h.format != FORMAT_CUSTOM {
         return Err(ArchiveError::NotCustomFormat(h.format));
     }
-    if !(-1..=9).contains(&h.compression) {
-        return Err(malformed(format!(
-            "header: compression level {} is not -1 to 9",
-            h.compression
-        )));
-    }
     let mut buf = Vec::with_capacity(256);
     buf.extend_from_slice(MAGIC);
     buf.extend_from_slice(&[h.version.0, h.version.1, h.version.2]);
     buf.extend_from_slice(&[h.int_size, h.off_size, h.format]);
-    put_int(&mut buf, h.compression);
+    if h.version >= V1_15 {
+        buf.push(algorithm(h.compression));
+    } else {
+        let level = match h.compression {
+            Compression::None => 0,
+            Compression::Gzip(None) => -1,
+            Compression::Gzip(Some(l @ 1..=9)) => l as i32,
+            other => {
+                return Err(malformed(format!(
+                    "header: archive version 1.14 cannot record compression {other} (zlib levels 1 to 9 only)"
+                )))
+            }
+        };
+        put_int(&mut buf, level);
+    }
     for (field, &c) in CREATED_FIELDS.iter().zip(h.created.iter()) {
         if c == i32::MIN {
             return Err(malformed(format!("header: {field} {c} is out of range")));
@@ -532,7 +590,7 @@ fn header_bytes(h: &Header) -> Result<Vec<u8>, ArchiveError> {
 }
 
 /// The TOC's bytes (count and entries, with their data states as they are).
-fn toc_bytes(entries: &[Entry]) -> Result<Vec<u8>, ArchiveError> {
+fn toc_bytes(entries: &[Entry], version: (u8, u8, u8)) -> Result<Vec<u8>, ArchiveError> {
     let Ok(count) = i32::try_from(entries.len()) else {
         return Err(malformed(format!(
             "{} TOC entries are too many",
@@ -565,6 +623,9 @@ fn toc_bytes(entries: &[Entry]) -> Result<Vec<u8>, ArchiveError> {
         put_str(&mut buf, e.namespace.as_deref(), &|| what("namespace"))?;
         put_str(&mut buf, e.tablespace.as_deref(), &|| what("tablespace"))?;
         put_str(&mut buf, e.tableam.as_deref(), &|| what("tableam"))?;
+        if version >= V1_16 {
+            put_int(&mut buf, e.relkind);
+        }
         put_str(&mut buf, e.owner.as_deref(), &|| what("owner"))?;
         put_str(&mut buf, e.with_oids.as_deref(), &|| what("withOids"))?;
         for d in &e.deps {
@@ -595,7 +656,8 @@ fn toc_bytes(entries: &[Entry]) -> Result<Vec<u8>, ArchiveError> {
 /// returns, the output is not a complete archive: write it to a temporary name.
 pub struct ArchiveWriter<W: Write + Seek> {
     sink: Sink<W>,
-    compression: i32,
+    compression: Compression,
+    version: (u8, u8, u8),
     entries: Vec<Entry>,
     /// Dump id → index in `entries`.
     index: HashMap<i32, usize>,
@@ -647,11 +709,74 @@ struct Block {
     enc: Encoder,
 }
 
+/// A data block's compressor; compressed bytes collect in its Vec until they fill a chunk.
 enum Encoder {
     /// No compression: raw bytes waiting to fill a chunk.
     Raw(Vec<u8>),
-    /// zlib; compressed bytes collect in the Vec until they fill a chunk.
     Zlib(ZlibEncoder<Vec<u8>>),
+    Lz4(Box<lz4_flex::frame::FrameEncoder<Vec<u8>>>),
+    Zstd(zstd::stream::Encoder<'static, Vec<u8>>),
+}
+
+impl Encoder {
+    fn new(compression: Compression) -> io::Result<Encoder> {
+        let buf = Vec::with_capacity(CHUNK_SIZE);
+        Ok(match compression {
+            Compression::None => Encoder::Raw(buf),
+            Compression::Gzip(level) => Encoder::Zlib(ZlibEncoder::new(
+                buf,
+                level.map_or(flate2::Compression::default(), flate2::Compression::new),
+            )),
+            Compression::Lz4(level) => {
+                let mut info = lz4_flex::frame::FrameInfo::new();
+                // Blocks link to their predecessors, as liblz4's default; level is liblz4's
+                // notion (lz4_flex compresses at its one level, which restores the same).
+                info.block_mode = lz4_flex::frame::BlockMode::Linked;
+                let _ = level;
+                Encoder::Lz4(Box::new(lz4_flex::frame::FrameEncoder::with_frame_info(
+                    info, buf,
+                )))
+            }
+            Compression::Zstd(level) => Encoder::Zstd(zstd::stream::Encoder::new(
+                buf,
+                level.unwrap_or(zstd::DEFAULT_COMPRESSION_LEVEL),
+            )?),
+        })
+    }
+
+    /// Takes `data`; returns the bytes ready to go out once they fill a chunk.
+    fn write(&mut self, data: &[u8]) -> io::Result<&mut Vec<u8>> {
+        Ok(match self {
+            Encoder::Raw(buf) => {
+                buf.extend_from_slice(data);
+                buf
+            }
+            Encoder::Zlib(z) => {
+                z.write_all(data)?;
+                z.get_mut()
+            }
+            Encoder::Lz4(z) => {
+                z.write_all(data)?;
+                z.get_mut()
+            }
+            Encoder::Zstd(z) => {
+                z.write_all(data)?;
+                z.get_mut()
+            }
+        })
+    }
+
+    /// Ends the stream; returns what is left to write.
+    fn finish(self) -> Result<Vec<u8>, ArchiveError> {
+        Ok(match self {
+            Encoder::Raw(buf) => buf,
+            Encoder::Zlib(z) => z.finish()?,
+            Encoder::Lz4(z) => z
+                .finish()
+                .map_err(|e| malformed(format!("lz4 frame: {e}")))?,
+            Encoder::Zstd(z) => z.finish()?,
+        })
+    }
 }
 
 impl<W: Write + Seek> ArchiveWriter<W> {
@@ -661,9 +786,9 @@ impl<W: Write + Seek> ArchiveWriter<W> {
     /// `entries` is the complete TOC in restore order; entries with `had_dumper` get data
     /// later, through [`begin_data`](Self::begin_data). Their `data` fields are ignored: the
     /// writer sets them (unset, then the position; no data for entries without `had_dumper`).
-    /// The header is written as given (including its creation time); its version must be
-    /// [`SUPPORTED_VERSION`], its format custom, its sizes 4 and 8 and its compression -1 to
-    /// 9. Dump ids must be unique.
+    /// The header is written as given (including its creation time); its version must be one
+    /// of [`SUPPORTED_VERSIONS`], its format custom, its sizes 4 and 8, and its compression
+    /// one that version can record. Dump ids must be unique.
     pub fn new(out: W, header: Header, mut entries: Vec<Entry>) -> Result<Self, ArchiveError> {
         let mut index = HashMap::with_capacity(entries.len());
         for (i, e) in entries.iter_mut().enumerate() {
@@ -680,7 +805,7 @@ impl<W: Write + Seek> ArchiveWriter<W> {
             };
         }
         let head = header_bytes(&header)?;
-        let toc = toc_bytes(&entries)?;
+        let toc = toc_bytes(&entries, header.version)?;
         let mut out = BufWriter::with_capacity(CHUNK_SIZE, out);
         let base = out.stream_position()?;
         let mut sink = Sink { out, base, pos: 0 };
@@ -690,6 +815,7 @@ impl<W: Write + Seek> ArchiveWriter<W> {
         Ok(ArchiveWriter {
             sink,
             compression: header.compression,
+            version: header.version,
             entries,
             index,
             toc_at,
@@ -730,17 +856,7 @@ impl<W: Write + Seek> ArchiveWriter<W> {
         self.entries[index].data = DataState::At(self.sink.pos);
         self.sink.put(&[BLK_DATA])?;
         self.sink.int(dump_id)?;
-        let enc = match self.compression {
-            0 => Encoder::Raw(Vec::with_capacity(CHUNK_SIZE)),
-            -1 => Encoder::Zlib(ZlibEncoder::new(
-                Vec::with_capacity(CHUNK_SIZE),
-                Compression::default(),
-            )),
-            level => Encoder::Zlib(ZlibEncoder::new(
-                Vec::with_capacity(CHUNK_SIZE),
-                Compression::new(level.unsigned_abs()),
-            )),
-        };
+        let enc = Encoder::new(self.compression)?;
         self.open = Some(Block { index, raw: 0, enc });
         Ok(())
     }
@@ -756,21 +872,10 @@ impl<W: Write + Seek> ArchiveWriter<W> {
         block.raw += bytes.len() as u64;
         // Piece by piece, so one large write cannot pile up its whole output in memory.
         for piece in bytes.chunks(CHUNK_SIZE) {
-            match &mut block.enc {
-                Encoder::Raw(buf) => {
-                    buf.extend_from_slice(piece);
-                    if buf.len() >= CHUNK_SIZE {
-                        self.sink.chunk(buf)?;
-                        buf.clear();
-                    }
-                }
-                Encoder::Zlib(z) => {
-                    z.write_all(piece)?;
-                    if z.get_ref().len() >= CHUNK_SIZE {
-                        self.sink.chunk(z.get_ref())?;
-                        z.get_mut().clear();
-                    }
-                }
+            let ready = block.enc.write(piece)?;
+            if ready.len() >= CHUNK_SIZE {
+                self.sink.chunk(ready)?;
+                ready.clear();
             }
         }
         Ok(())
@@ -782,10 +887,7 @@ impl<W: Write + Seek> ArchiveWriter<W> {
         let Some(block) = self.open.take() else {
             return Err(malformed("end_data with no data block started"));
         };
-        let rest = match block.enc {
-            Encoder::Raw(buf) => buf,
-            Encoder::Zlib(z) => z.finish()?,
-        };
+        let rest = block.enc.finish()?;
         for piece in rest.chunks(CHUNK_SIZE) {
             self.sink.chunk(piece)?;
         }
@@ -825,7 +927,7 @@ impl<W: Write + Seek> ArchiveWriter<W> {
             };
             return Err(malformed(format!("no data written for {shown}{more}")));
         }
-        let toc = toc_bytes(&self.entries)?;
+        let toc = toc_bytes(&self.entries, self.version)?;
         if toc.len() != self.toc_len {
             // Cannot happen: only fixed-size data positions changed.
             return Err(malformed(format!(
@@ -867,9 +969,29 @@ mod tests {
         Some(v.to_string())
     }
 
-    fn header(compression: i32) -> Header {
+    /// The compressions each version can record, as the tests cover them.
+    const CASES: [((u8, u8, u8), Compression); 12] = [
+        (V1_14, Compression::Gzip(None)),
+        (V1_14, Compression::None),
+        (V1_14, Compression::Gzip(Some(1))),
+        (V1_14, Compression::Gzip(Some(9))),
+        (V1_15, Compression::Gzip(None)),
+        (V1_15, Compression::None),
+        (V1_15, Compression::Lz4(None)),
+        (V1_15, Compression::Zstd(None)),
+        (V1_16, Compression::Gzip(None)),
+        (V1_16, Compression::None),
+        (V1_16, Compression::Lz4(None)),
+        (V1_16, Compression::Zstd(None)),
+    ];
+
+    fn header(compression: Compression) -> Header {
+        versioned(V1_14, compression)
+    }
+
+    fn versioned(version: (u8, u8, u8), compression: Compression) -> Header {
         Header {
-            version: SUPPORTED_VERSION,
+            version,
             int_size: 4,
             off_size: 8,
             format: 1,
@@ -896,6 +1018,7 @@ mod tests {
             namespace: s("app"),
             tablespace: s(""),
             tableam: s(""),
+            relkind: 0,
             owner: s("postgres"),
             with_oids: s("false"),
             deps: vec![],
@@ -925,6 +1048,7 @@ mod tests {
             s("CREATE TABLE app.t (\n    id integer,\n    \"名前\" text -- é 日本 🐘\n);\n");
         table.drop_stmt = s("DROP TABLE app.t;\n");
         table.tableam = s("heap");
+        table.relkind = i32::from(b'r');
         table.deps = vec![2];
         let mut data = entry(4, "TABLE DATA", "t", SECTION_DATA);
         data.had_dumper = true;
@@ -966,7 +1090,7 @@ mod tests {
     }
 
     /// Reads the data block at `pos` by hand: (dump id, uncompressed bytes, chunk count).
-    fn read_block(archive: &[u8], pos: u64, compression: i32) -> (i32, Vec<u8>, usize) {
+    fn read_block(archive: &[u8], pos: u64, compression: Compression) -> (i32, Vec<u8>, usize) {
         let mut p = pos as usize;
         let int = |p: &mut usize| {
             let b = &archive[*p..*p + 5];
@@ -993,20 +1117,41 @@ mod tests {
             p += len as usize;
             chunks += 1;
         }
-        let raw = if compression == 0 {
-            stored
-        } else {
-            let mut out = Vec::new();
-            ZlibDecoder::new(&stored[..]).read_to_end(&mut out).unwrap();
-            out
-        };
+        let mut raw = Vec::new();
+        match compression {
+            Compression::None => raw = stored,
+            Compression::Gzip(_) => {
+                ZlibDecoder::new(&stored[..]).read_to_end(&mut raw).unwrap();
+            }
+            Compression::Lz4(_) => {
+                lz4_flex::frame::FrameDecoder::new(&stored[..])
+                    .read_to_end(&mut raw)
+                    .unwrap();
+            }
+            Compression::Zstd(_) => raw = zstd::decode_all(&stored[..]).unwrap(),
+        }
         (id, raw, chunks)
     }
 
-    fn write_sample(compression: i32, t_data: &[u8], u_data: &[u8], piece: usize) -> Vec<u8> {
+    fn write_sample(
+        compression: Compression,
+        t_data: &[u8],
+        u_data: &[u8],
+        piece: usize,
+    ) -> Vec<u8> {
+        write_versioned(V1_14, compression, t_data, u_data, piece)
+    }
+
+    fn write_versioned(
+        version: (u8, u8, u8),
+        compression: Compression,
+        t_data: &[u8],
+        u_data: &[u8],
+        piece: usize,
+    ) -> Vec<u8> {
         let mut w = ArchiveWriter::new(
             Cursor::new(Vec::new()),
-            header(compression),
+            versioned(version, compression),
             sample_entries(),
         )
         .unwrap();
@@ -1028,15 +1173,19 @@ mod tests {
     fn round_trip() {
         let t_data = big_copy_text();
         let u_data = "x\n\\N\n日本\n".as_bytes();
-        for compression in [-1, 0, 1, 9] {
+        for (version, compression) in CASES {
             // Tiny writes must still make few, large chunks.
             for piece in [7, 1 << 20] {
-                let bytes = write_sample(compression, &t_data, u_data, piece);
+                let bytes = write_versioned(version, compression, &t_data, u_data, piece);
                 let toc = read_toc(&mut &bytes[..]).unwrap();
-                assert_eq!(toc.header, header(compression));
+                // From 1.15 the header records the algorithm, not the level.
+                assert_eq!(toc.header, versioned(version, compression));
                 let mut expected = sample_entries();
                 for e in &mut expected {
                     e.data = DataState::NoData;
+                    if version < V1_16 {
+                        e.relkind = 0;
+                    }
                 }
                 let pos_of = |id: i32| match toc.entries.iter().find(|e| e.dump_id == id) {
                     Some(Entry {
@@ -1056,7 +1205,7 @@ mod tests {
                 let (id, raw, chunks) = read_block(&bytes, t_pos, compression);
                 assert_eq!(id, 4);
                 assert!(raw == t_data, "data of dump id 4 differs");
-                let stored = if compression == 0 {
+                let stored = if compression == Compression::None {
                     t_data.len()
                 } else {
                     bytes.len() - t_pos as usize
@@ -1064,9 +1213,9 @@ mod tests {
                 let most = stored.div_ceil(CHUNK_SIZE) + 1;
                 assert!(
                     chunks >= 1 && chunks <= most,
-                    "compression {compression}, pieces of {piece}: {chunks} chunks for {stored} bytes"
+                    "{version:?} {compression}, pieces of {piece}: {chunks} chunks for {stored} bytes"
                 );
-                if compression == 0 {
+                if compression == Compression::None {
                     assert!(chunks > 1);
                 } else {
                     assert!(stored < t_data.len() * 3 / 4, "{stored} bytes compressed");
@@ -1077,11 +1226,18 @@ mod tests {
 
     #[test]
     fn header_and_toc_bytes_round_trip() {
-        let bytes = write_sample(-1, b"1\ta\n", b"", 100);
-        let toc = read_toc(&mut &bytes[..]).unwrap();
-        let mut again = header_bytes(&toc.header).unwrap();
-        again.extend(toc_bytes(&toc.entries).unwrap());
-        assert_eq!(&bytes[..again.len()], &again[..]);
+        for (version, compression) in CASES {
+            let bytes = write_versioned(version, compression, b"1\ta\n", b"", 100);
+            let toc = read_toc(&mut &bytes[..]).unwrap();
+            let mut again = header_bytes(&toc.header).unwrap();
+            again.extend(toc_bytes(&toc.entries, version).unwrap());
+            assert_eq!(
+                &bytes[..again.len()],
+                &again[..],
+                "{version:?} {compression}"
+            );
+        }
+        let bytes = write_sample(Compression::Gzip(None), b"1\ta\n", b"", 100);
         // What pg_dump 15 writes for the header of such an archive.
         assert_eq!(
             &bytes[..16],
@@ -1091,12 +1247,12 @@ mod tests {
 
     #[test]
     fn empty_block_uncompressed_has_no_chunks() {
-        let bytes = write_sample(0, b"", b"", 10);
+        let bytes = write_sample(Compression::None, b"", b"", 10);
         let toc = read_toc(&mut &bytes[..]).unwrap();
         let DataState::At(p) = toc.entries[3].data else {
             panic!()
         };
-        assert_eq!(read_block(&bytes, p, 0), (4, vec![], 0));
+        assert_eq!(read_block(&bytes, p, Compression::None), (4, vec![], 0));
         assert_eq!(
             &bytes[p as usize..],
             b"\x01\x00\x04\x00\x00\x00\x00\x00\x00\x00\x00"
@@ -1105,7 +1261,7 @@ mod tests {
 
     #[test]
     fn refuses_what_it_cannot_read() {
-        let good = write_sample(-1, b"1\ta\n", b"", 100);
+        let good = write_sample(Compression::Gzip(None), b"1\ta\n", b"", 100);
         let err = |bytes: &[u8]| read_toc(&mut &bytes[..]).unwrap_err();
         assert!(matches!(
             err(b"--\n-- PostgreSQL database dump\n"),
@@ -1113,13 +1269,13 @@ mod tests {
         ));
         assert!(matches!(err(b"PGD"), ArchiveError::NotAnArchive));
         let mut v = good.clone();
-        v[6] = 15;
+        v[6] = 17;
         let e = err(&v);
         assert!(matches!(
             e,
-            ArchiveError::UnsupportedVersion { found: (1, 15, 0) }
+            ArchiveError::UnsupportedVersion { found: (1, 17, 0) }
         ));
-        assert!(e.to_string().contains("1.15-0"), "{e}");
+        assert!(e.to_string().contains("1.17-0"), "{e}");
         let mut v = good.clone();
         v[10] = 5;
         assert!(matches!(err(&v), ArchiveError::NotCustomFormat(5)));
@@ -1143,14 +1299,20 @@ mod tests {
         let toc = read_toc(&mut &good[..]).unwrap();
         let mut entries = toc.entries.clone();
         entries[2].section = 9;
-        let e = toc_bytes(&entries).unwrap_err();
+        let e = toc_bytes(&entries, V1_14).unwrap_err();
         assert!(e.to_string().contains("dump id 3"), "{e}");
     }
 
     #[test]
     fn writer_misuse_is_an_error() {
-        let w =
-            || ArchiveWriter::new(Cursor::new(Vec::new()), header(-1), sample_entries()).unwrap();
+        let w = || {
+            ArchiveWriter::new(
+                Cursor::new(Vec::new()),
+                header(Compression::default()),
+                sample_entries(),
+            )
+            .unwrap()
+        };
         let mut a = w();
         assert!(a.begin_data(3).is_err(), "entry without data");
         assert!(a.begin_data(99).is_err(), "not in the TOC");
@@ -1170,13 +1332,18 @@ mod tests {
         assert!(b.finish().is_err(), "block not ended");
         let mut dup = sample_entries();
         dup[1].dump_id = 1;
-        assert!(ArchiveWriter::new(Cursor::new(Vec::new()), header(-1), dup).is_err());
-        let mut h = header(-1);
-        h.compression = 10;
+        assert!(
+            ArchiveWriter::new(Cursor::new(Vec::new()), header(Compression::default()), dup)
+                .is_err()
+        );
+        // Archive 1.14 can only say "zlib level N".
+        let h = header(Compression::Zstd(None));
         assert!(ArchiveWriter::new(Cursor::new(Vec::new()), h, sample_entries()).is_err());
         let mut nul = sample_entries();
         nul[2].defn = s("a\0b");
-        assert!(ArchiveWriter::new(Cursor::new(Vec::new()), header(0), nul).is_err());
+        assert!(
+            ArchiveWriter::new(Cursor::new(Vec::new()), header(Compression::None), nul).is_err()
+        );
     }
 
     /// A PostgreSQL program: from `PG_BINDIR`, else the newest /usr/lib/postgresql/*/bin.
@@ -1219,9 +1386,30 @@ mod tests {
         let mut t_data = big_copy_text();
         t_data.extend_from_slice(COPY_END);
         let u_data = "x\n\\N\n日本\n\\.\n\n\n".as_bytes();
-        for compression in [-1, 0] {
-            let path = dir.path().join(format!("c{compression}.dump"));
-            std::fs::write(&path, write_sample(compression, &t_data, u_data, 1000)).unwrap();
+        let version = run(Command::new(&pg_restore).arg("--version"));
+        let major: u32 = version
+            .split_whitespace()
+            .nth(2)
+            .and_then(|v| v.split('.').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{version}"));
+        // Each archive version this pg_restore reads (1.15 from 16, 1.16 from 17).
+        let readable = |v: (u8, u8, u8)| v == V1_14 || (v == V1_15 && major >= 16) || major >= 17;
+        for (version, compression) in CASES.into_iter().filter(|(v, _)| readable(*v)) {
+            // What `pg_restore -l` says of it: the zlib level before 16, the algorithm since.
+            let level = match compression {
+                Compression::Gzip(None) if major < 16 => "-1".to_string(),
+                Compression::Gzip(Some(l)) if major < 16 => l.to_string(),
+                Compression::None if major < 16 => "0".to_string(),
+                Compression::Gzip(_) => "gzip".to_string(),
+                other => other.to_string(),
+            };
+            let path = dir.path().join(format!("c{}-{level}.dump", version.1));
+            std::fs::write(
+                &path,
+                write_versioned(version, compression, &t_data, u_data, 1000),
+            )
+            .unwrap();
             let list = run(Command::new(&pg_restore).arg("-l").arg(&path));
             let entries: Vec<&str> = list.lines().filter(|l| !l.starts_with(';')).collect();
             assert_eq!(
@@ -1238,7 +1426,7 @@ mod tests {
                 "{list}"
             );
             assert!(
-                list.contains(&format!(";     Compression: {compression}\n")),
+                list.contains(&format!(";     Compression: {level}\n")),
                 "{list}"
             );
             let sql = run(Command::new(&pg_restore).arg("-f").arg("-").arg(&path));
@@ -1330,7 +1518,7 @@ mod tests {
             let bytes = std::fs::read(path).unwrap();
             let toc = read_toc(&mut &bytes[..]).unwrap();
             let mut again = header_bytes(&toc.header).unwrap();
-            again.extend(toc_bytes(&toc.entries).unwrap());
+            again.extend(toc_bytes(&toc.entries, toc.header.version).unwrap());
             assert!(
                 bytes.starts_with(&again),
                 "{}: header and TOC differ when written back",

@@ -49,8 +49,8 @@ pub struct Request<'a> {
     pub group: &'a str,
     pub table_oids: &'a [u32],
     pub lock_wait_timeout: Duration,
-    /// zlib level; -1 for the default, 0 for none.
-    pub compression: i32,
+    /// How the archive's data is compressed.
+    pub compression: crate::compression::Compression,
     /// The `.ing` file to write.
     pub out: &'a Path,
     /// Its name once complete.
@@ -267,6 +267,7 @@ fn group_entries(
             namespace: Some(schema.clone()),
             tablespace: None,
             tableam: None,
+            relkind: 0,
             owner: owner.clone(),
             with_oids: Some("false".into()),
             deps: vec![*table_dump_id],
@@ -303,6 +304,7 @@ fn group_entries(
             namespace: Some(s.schema.clone()),
             tablespace: None,
             tableam: None,
+            relkind: 0,
             owner: s.owner.clone(),
             with_oids: Some("false".into()),
             deps: vec![s.dump_id],

@@ -128,8 +128,6 @@ pub struct Native {
     tocs: HashMap<String, TocSource>,
     /// Bumped whenever a schema TOC is published.
     published: watch::Sender<u64>,
-    /// zlib level of native archives (-1: default).
-    compression: i32,
     root: PathBuf,
     run_id: String,
     lock_wait_timeout: Duration,
@@ -183,7 +181,6 @@ impl Native {
             finishing: Arc::new(Semaphore::new((2 * settings.jobs).max(4))),
             tocs,
             published: watch::channel(0).0,
-            compression: settings.compress.map(i32::from).unwrap_or(-1),
             root: settings.root.clone(),
             run_id: settings.run_id.clone(),
             lock_wait_timeout: settings.lock_wait_timeout,
@@ -285,7 +282,7 @@ impl Native {
             group: &job.group,
             table_oids: &job.table_oids,
             lock_wait_timeout: job.lock_wait_timeout,
-            compression: self.compression,
+            compression: job.compression,
             out: &partial,
             final_path: &job.path,
         };
@@ -379,6 +376,7 @@ impl Native {
             lock_wait_timeout: self.lock_wait_timeout,
             yield_after: self.yield_after,
             engine: Engine::PgDump,
+            compression: crate::compression::Compression::default(),
         };
         let mut last = String::new();
         for number in 1..=1 + self.shared.lock_retries {

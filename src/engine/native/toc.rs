@@ -133,12 +133,6 @@ pub enum TocError {
         #[source]
         source: archive::ArchiveError,
     },
-    #[error(
-        "the schema archive has format version {}.{}-{}; the native engine writes {}.{}-{} only",
-        .0.0, .0.1, .0.2,
-        archive::SUPPORTED_VERSION.0, archive::SUPPORTED_VERSION.1, archive::SUPPORTED_VERSION.2
-    )]
-    Version((u8, u8, u8)),
 }
 
 /// A database's schema archive, ready to be cut into group archives.
@@ -186,9 +180,6 @@ impl SchemaToc {
     }
 
     fn new(toc: Toc, recorded: Recorded) -> Result<SchemaToc, TocError> {
-        if toc.header.version != archive::SUPPORTED_VERSION {
-            return Err(TocError::Version(toc.header.version));
-        }
         let mut me = SchemaToc {
             toc,
             recorded,
@@ -391,6 +382,7 @@ mod tests {
             namespace: (!ns.is_empty()).then(|| ns.into()),
             tablespace: None,
             tableam: None,
+            relkind: 0,
             owner: Some("postgres".into()),
             with_oids: Some("false".into()),
             deps: deps.to_vec(),
@@ -529,11 +521,11 @@ mod tests {
         SchemaToc::new(
             Toc {
                 header: archive::Header {
-                    version: archive::SUPPORTED_VERSION,
+                    version: archive::V1_14,
                     int_size: 4,
                     off_size: 8,
                     format: 1,
-                    compression: -1,
+                    compression: crate::compression::Compression::Gzip(None),
                     created: [0; 7],
                     database: None,
                     server_version: None,

@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 
+use crate::compression::Compression;
 use crate::connect::ConnParams;
 use crate::engine::job::Contents;
 use crate::tools::Tools;
@@ -25,7 +26,6 @@ const STDERR_TAIL: usize = 4000;
 pub struct DumpSettings {
     pub tools: Tools,
     pub conn: ConnParams,
-    pub compress: Option<u8>,
 }
 
 /// A failed child: what it said.
@@ -52,6 +52,7 @@ pub const KILL_GRACE: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Copy)]
 pub struct DumpRequest<'a> {
     pub kind: &'a Contents,
+    pub compression: Compression,
     pub database: &'a str,
     pub application_name: &'a str,
     pub lock_wait_timeout: Duration,
@@ -67,6 +68,7 @@ pub fn command_args(
 ) -> (PathBuf, Vec<std::ffi::OsString>) {
     let DumpRequest {
         kind,
+        compression,
         database,
         application_name,
         lock_wait_timeout,
@@ -85,7 +87,7 @@ pub fn command_args(
         }
         Contents::Schema { .. } | Contents::SchemaOnly | Contents::Tables(_) => {
             args.push("--format=custom".into());
-            if let Some(z) = settings.compress {
+            if let Some(z) = compression.pg_dump_arg(settings.tools.major) {
                 args.push(format!("--compress={z}").into());
             }
             args.push(

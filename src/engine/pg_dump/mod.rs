@@ -44,7 +44,6 @@ impl PgDump {
             settings: DumpSettings {
                 tools: settings.tools.clone(),
                 conn: settings.conn.clone(),
-                compress: settings.compress,
             },
             maintenance: settings.maintenance.clone(),
             snapshots: Snapshots::new(settings.conn.clone(), settings.jobs),
@@ -86,6 +85,7 @@ impl PgDump {
         a.snapshot = exported.as_ref().map(|e| e.info.clone());
         let req = child::DumpRequest {
             kind: &job.contents,
+            compression: job.compression,
             database,
             application_name: &app,
             lock_wait_timeout: job.lock_wait_timeout,

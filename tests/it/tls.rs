@@ -97,10 +97,7 @@ fn certificates(dir: &Path) {
 
 #[test]
 fn sslmode_is_honoured_by_sessions_and_children() {
-    if Command::new("openssl").arg("version").output().is_err() {
-        eprintln!("openssl is not installed: TLS test skipped");
-        return;
-    }
+    require_tool("openssl", "version", "openssl");
     let ps = private_server();
     let certs = tempfile::tempdir().unwrap();
     certificates(certs.path());

@@ -71,9 +71,45 @@ fn free_port() -> u16 {
     listener.local_addr().unwrap().port()
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
+}
+
+// ---------------------------------------------------------------------------------------------
+// What a test needs from the machine
+// ---------------------------------------------------------------------------------------------
+
+/// Panics unless `program` runs (`program version_arg` exits 0): a test that needs a tool
+/// fails without it rather than passing untested. scripts/test.sh installs every tool a test
+/// requires, from the Debian package `package`.
+pub fn require_tool(program: &str, version_arg: &str, package: &str) {
+    let ran = Command::new(program)
+        .arg(version_arg)
+        .stdin(Stdio::null())
+        .output();
+    match ran {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => panic!(
+            "this test needs {program}, but `{program} {version_arg}` failed ({}): {}; \
+             install the Debian package {package} (scripts/test.sh does)",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => panic!(
+            "this test needs {program}, which cannot be run ({e}); install the Debian package \
+             {package} (scripts/test.sh does)"
+        ),
+    }
+}
+
+/// Panics unless the tests run as root (`why` says what for): CI and scripts/test.sh run as
+/// root; elsewhere, leave the test out by name (`-- --skip NAME`).
+pub fn require_root(why: &str) {
+    assert!(
+        is_root(),
+        "this test must run as root ({why}); run it as root, or leave it out with --skip"
+    );
 }
 
 fn postgres_ids() -> (u32, u32) {

@@ -1571,3 +1571,59 @@ pub fn assert_next_run_sweeps(
     }
     report
 }
+
+// ---------------------------------------------------------------------------------------------
+// The corpus (tests/data): the oracle test's database, the archive format's pg_dump archives
+// ---------------------------------------------------------------------------------------------
+
+/// What the corpus needs in a database and in every restore target (schemas, types,
+/// functions), with the role placeholders of [`Roles::fill`].
+pub const PREREQ: &str = include_str!("../data/native_prereq.sql");
+/// Tables, their dependents and their rows, run after [`PREREQ`].
+pub const CORPUS: &str = include_str!("../data/native_corpus.sql");
+
+/// The two cluster-wide roles the corpus refers to, unique to one test.
+pub struct Roles {
+    pub reader: String,
+    pub owner: String,
+}
+
+impl Roles {
+    pub fn create() -> Roles {
+        let roles = Roles {
+            reader: unique_name("oracle_reader"),
+            owner: unique_name("oracle_owner"),
+        };
+        psql(
+            "postgres",
+            &format!(
+                "CREATE ROLE {} NOLOGIN; CREATE ROLE {} NOLOGIN;",
+                qi(&roles.reader),
+                qi(&roles.owner)
+            ),
+        );
+        roles
+    }
+
+    /// `sql` with the role placeholders filled in.
+    pub fn fill(&self, sql: &str) -> String {
+        sql.replace("__READER__", &qi(&self.reader))
+            .replace("__OWNER__", &qi(&self.owner))
+    }
+
+    /// A fresh database holding the prerequisites only: the template of the restore targets.
+    pub fn prepared_db(&self, hint: &str) -> TestDb {
+        let db = fresh_db(hint);
+        db.sql(&self.fill(PREREQ));
+        db
+    }
+}
+
+impl Roles {
+    /// A fresh database holding the prerequisites and the corpus.
+    pub fn corpus_db(&self, hint: &str) -> TestDb {
+        let db = self.prepared_db(hint);
+        db.sql(&self.fill(CORPUS));
+        db
+    }
+}

@@ -26,11 +26,10 @@
 //! before that ROLLBACK, so holding it back keeps a group in the window where its file has its
 //! final name while its attempt is not over yet; two tests land a signal and a yield there.
 //!
-//! Three tests fail against the engine as it is (bugs, described at each test): a server
-//! restart mid-copy is not retried (`connection closed` is not taken for a lost connection),
-//! and a signal or a yield that lands after a group's file was committed but before its
-//! transaction ended leaves a complete file the report disowns (and a retry that cannot
-//! replace it).
+//! A server restart mid-copy must be retried (tokio-postgres's `connection closed` is a lost
+//! connection), and a signal or a yield that lands after a group's file was committed but
+//! before its transaction ended must leave the report and the backup directory agreeing (and
+//! a retry that succeeds).
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
@@ -759,16 +758,10 @@ fn held_at_rollback(db: &TestDb, extra: &[(&str, &str)]) -> (Throttle, Env, Runn
     (relay, env, run)
 }
 
-/// SIGTERM there. Report and disk must agree: either the group is reported ok with its file,
-/// or it is reported interrupted and has no file.
-///
-/// KNOWN BUG (reported; src/ is not changed here): the group is reported `failed`
-/// (`interrupted`, `file: null`) while its complete archive stays on disk under its final
-/// name. `native::dump_group` gets the archive's writer task (`Dumped::file`, spawned by
-/// `Output::finish` in `dump_in_transaction`) before it sends ROLLBACK; `run::native_attempt`
-/// races `dump_group` against the signal and the yield, and when those win, the dropped
-/// JoinHandle leaves the writer running: it commits the file, and `remove_quietly(&partial)`
-/// finds no `.ing` to remove.
+/// SIGTERM there: the run exits 143 with no `.ing` left, and report and disk agree: either the
+/// group is reported ok with its file (which restores to the table's rows), or it is reported
+/// otherwise and its archive is not on disk. (The archive's writer task, started before the
+/// ROLLBACK, must not commit a file the report then disowns.)
 #[test]
 fn native_sigterm_while_a_finished_group_ends_its_transaction_leaves_report_and_disk_agreeing() {
     let db = clone_db("nf_term_rollback");
@@ -799,13 +792,9 @@ fn native_sigterm_while_a_finished_group_ends_its_transaction_leaves_report_and_
 }
 
 /// A yield there (a session asks for ACCESS EXCLUSIVE on the table while the group's
-/// transaction is still open): the group is retried, and the retry must succeed.
-///
-/// KNOWN BUG (reported; src/ is not changed here): the yielded attempt's writer task still
-/// commits the file (see the test above), so the retry's commit meets it: the group fails
-/// with "… already exists; not replaced" (exit 1) although a complete archive of it is on
-/// disk. The same happens when the ROLLBACK itself fails (a lost connection): `dump_group`
-/// then drops the `Dumped` whose writer goes on.
+/// transaction is still open): the LOCK waits less than 4 s, the first attempt is `yielded`,
+/// and the retry succeeds: exit 0, the group ok with a file that restores, no `.ing` left.
+/// (The yielded attempt's writer task must not leave a file that the retry's commit meets.)
 #[test]
 fn native_yield_while_a_finished_group_ends_its_transaction_is_retried_successfully() {
     let db = clone_db("nf_yield_rollback");
@@ -1382,14 +1371,13 @@ fn native_latin1_database_falls_back_to_pg_dump_naming_the_encoding() {
 // 9. Server restart mid-copy
 // ---------------------------------------------------------------------------------------------
 
-/// KNOWN BUG (reported; src/ is not changed here): the group in flight fails at once with
-/// outcome `failed`, error "connection closed", and is not retried (exit 1). A backend that
-/// is terminated while it waits to write COPY data to a client that is not reading (here held
-/// still; in real runs often, since compression is slower than the server) closes its socket
-/// without sending the FATAL message, and tokio-postgres reports that as "connection closed".
-/// `locks::is_connection_failure`, which `run::classify_failure` uses for native errors too,
-/// knows only libpq's wordings ("server closed the connection unexpectedly", …). Without the
-/// SIGSTOP the same happens in most runs (3 of 4 when tried).
+/// The server restarts while `g_r1` is being copied (slowly, the run held still with SIGSTOP
+/// meanwhile, so that it meets the lost connection in the middle of its copy). A backend
+/// terminated while it waits to write COPY data to a client that is not reading closes its
+/// socket without a FATAL message, which tokio-postgres reports as "connection closed": that
+/// too is a lost connection. The group's first attempt is `connection_lost`, its last `ok`
+/// ("retrying" logged), the run exits 0, and every group's native archive restores to the
+/// source's rows.
 #[test]
 fn native_server_restart_mid_copy_is_retried_and_every_group_restores() {
     let ps = private_server();

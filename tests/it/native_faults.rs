@@ -35,24 +35,16 @@ use std::collections::{BTreeSet, HashMap};
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::util::faults::*;
 use crate::util::*;
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
 
 // ---------------------------------------------------------------------------------------------
 // Data
@@ -65,45 +57,24 @@ const BIG_ROWS: u32 = 50_000;
 /// Rows of `t` in the template (`(id int PRIMARY KEY, v text)`).
 const T_ROWS: u32 = 1000;
 
-static TEMPLATE: OnceLock<String> = OnceLock::new();
-
 /// A database used only as a template: `big` ([`BIG_ROWS`]), `t` ([`T_ROWS`], with a primary
 /// key), `s1`..`s3` (100 rows each). Vacuumed, so that `big` is the largest group (dumped
 /// first) and `t` the next.
-fn template() -> &'static str {
-    TEMPLATE.get_or_init(|| {
-        let db = fresh_db("nf_template");
-        db.sql(&format!(
-            "CREATE TABLE big AS SELECT g AS id, md5(g::text) AS info FROM generate_series(1, {BIG_ROWS}) g;
-             CREATE TABLE t (id int PRIMARY KEY, v text);
-             INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, {T_ROWS}) g;
-             CREATE TABLE s1 AS SELECT g AS id, md5(g::text) AS info FROM generate_series(1, 100) g;
-             CREATE TABLE s2 AS SELECT g AS id, md5(g::text) AS info FROM generate_series(1, 100) g;
-             CREATE TABLE s3 AS SELECT g AS id, md5(g::text) AS info FROM generate_series(1, 100) g;
-             VACUUM ANALYZE;"
-        ));
-        db.name
-    })
-}
+static TEMPLATE: Template = Template::new("nf_template", || {
+    format!(
+        "CREATE TABLE big AS SELECT g AS id, md5(g::text) AS info FROM generate_series(1, {BIG_ROWS}) g;
+         CREATE TABLE t (id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, {T_ROWS}) g;
+         CREATE TABLE s1 AS SELECT g AS id, md5(g::text) AS info FROM generate_series(1, 100) g;
+         CREATE TABLE s2 AS SELECT g AS id, md5(g::text) AS info FROM generate_series(1, 100) g;
+         CREATE TABLE s3 AS SELECT g AS id, md5(g::text) AS info FROM generate_series(1, 100) g;
+         VACUUM ANALYZE;"
+    )
+});
 
-/// A new database holding a copy of the [`template`]'s tables.
+/// A new database holding a copy of the [`TEMPLATE`]'s tables.
 fn clone_db(hint: &str) -> TestDb {
-    copy_of(template(), hint)
-}
-
-/// `[[group]]` tables, one table each (group name, table), and nothing ungrouped.
-fn groups(db: &str, groups: &[(&str, &str)]) -> String {
-    let mut s = String::new();
-    for (g, t) in groups {
-        s.push_str(&format!(
-            "[[group]]\nname = {}\ndatabase = {}\ntables = {}\n\n",
-            ts(g),
-            ts(db),
-            ta(&[t])
-        ));
-    }
-    s.push_str("[ungrouped]\nmode = \"skip\"\n");
-    s
+    TEMPLATE.clone_db(hint)
 }
 
 /// The default configuration for `db` with the native engine.
@@ -303,149 +274,6 @@ const SLOW: u64 = 200_000;
 // A run in the background
 // ---------------------------------------------------------------------------------------------
 
-/// `pg_groupdump` running in the background, its output read by threads; killed (SIGKILL) on
-/// drop if still running.
-struct Running {
-    child: Child,
-    pid: i32,
-    out: Option<(Reader, Reader)>,
-}
-
-struct Ended {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Debug for Ended {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.status, self.stdout, self.stderr
-        )
-    }
-}
-
-/// A thread reading a pipe to its end.
-type Reader = JoinHandle<Vec<u8>>;
-
-fn reader<R: Read + Send + 'static>(mut r: R) -> Reader {
-    std::thread::spawn(move || {
-        let mut b = Vec::new();
-        let _ = r.read_to_end(&mut b);
-        b
-    })
-}
-
-impl Running {
-    /// `pg_groupdump -c <config> <args>`.
-    fn start(env: &Env, args: &[&str]) -> Running {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_pg_groupdump"));
-        c.arg("-c")
-            .arg(&env.config)
-            .args(args)
-            .current_dir(env.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        clean_pg_env(&mut c);
-        c.env("PGCONNECT_TIMEOUT", "10");
-        let mut child = c.spawn().expect("spawn pg_groupdump");
-        let out = Some((
-            reader(child.stdout.take().unwrap()),
-            reader(child.stderr.take().unwrap()),
-        ));
-        Running {
-            pid: child.id() as i32,
-            child,
-            out,
-        }
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child, which has not been reaped (we hold its Child).
-        let rc = unsafe { libc::kill(self.pid, sig) };
-        assert_eq!(rc, 0, "kill({}, {sig})", self.pid);
-    }
-
-    /// SIGSTOP, and wait until the whole process is stopped.
-    fn freeze(&self) {
-        self.signal(libc::SIGSTOP);
-        let start = Instant::now();
-        while proc_state(self.pid) != Some('T') {
-            assert!(start.elapsed() < secs(10), "pg_groupdump never stopped");
-            std::thread::sleep(ms(1));
-        }
-    }
-
-    fn thaw(&self) {
-        self.signal(libc::SIGCONT);
-    }
-
-    /// Polls `cond` until it holds; panics after `limit`, or at once (with the run's output)
-    /// if the run ends first.
-    fn wait_until(&mut self, what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-        let start = Instant::now();
-        loop {
-            if cond() {
-                return;
-            }
-            if self.child.try_wait().expect("try_wait").is_some() {
-                let ended = self.output();
-                panic!("the run ended before {what}: {ended:?}");
-            }
-            assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-            std::thread::sleep(ms(10));
-        }
-    }
-
-    fn output(&mut self) -> Ended {
-        let status = self.child.wait().expect("wait");
-        let (o, e) = self.out.take().expect("output taken once");
-        Ended {
-            status,
-            stdout: String::from_utf8_lossy(&o.join().unwrap()).into_owned(),
-            stderr: String::from_utf8_lossy(&e.join().unwrap()).into_owned(),
-        }
-    }
-
-    /// Waits for the end (at most `limit`, then SIGKILL and panic).
-    fn wait(mut self, limit: Duration) -> Ended {
-        let start = Instant::now();
-        while self.child.try_wait().expect("try_wait").is_none() {
-            if start.elapsed() > limit {
-                let _ = self.child.kill();
-                let ended = self.output();
-                panic!("pg_groupdump still running after {limit:?}: {ended:?}");
-            }
-            std::thread::sleep(ms(10));
-        }
-        self.output()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            // SAFETY: as in `signal`; a stopped process must be continued to die of SIGKILL
-            // promptly on every kernel (it does on Linux, but costs nothing).
-            unsafe {
-                libc::kill(self.pid, libc::SIGCONT);
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// The state letter of /proc/<pid>/stat, or None if the process is gone.
-fn proc_state(pid: i32) -> Option<char> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // "pid (comm) S ...": comm may hold spaces and parentheses.
-    stat[stat.rfind(')')? + 2..].chars().next()
-}
-
 // ---------------------------------------------------------------------------------------------
 // Sessions seen in pg_stat_activity and pg_locks
 // ---------------------------------------------------------------------------------------------
@@ -454,14 +282,7 @@ fn proc_state(pid: i32) -> Option<char> {
 /// statement is a `COPY` and its transaction is open (the server may have sent everything
 /// and wait, idle in its transaction, for pg_groupdump to read it).
 fn in_flight(pg: &mut SqlSession, db: &str, group: &str) -> Option<i32> {
-    pg.query(&format!(
-        "SELECT pid FROM pg_stat_activity WHERE datname = {} AND application_name = {} \
-         AND query LIKE 'COPY%' AND state IN ('active', 'idle in transaction')",
-        ql(db),
-        ql(&format!("pg_groupdump/{group}"))
-    ))
-    .first()
-    .map(|r| r[0].parse().unwrap())
+    copy_backend(pg, db, group, &["active", "idle in transaction"])
 }
 
 /// The application_name of every session of pg_groupdump in `db` that is in a transaction.
@@ -516,92 +337,9 @@ fn assert_lockable(db: &TestDb, table: &str) {
     ));
 }
 
-/// A polling session on the shared server.
-fn poller() -> SqlSession {
-    server().session("postgres")
-}
-
-/// A psql session holding ACCESS EXCLUSIVE on a table, its statement marked with `marker`
-/// (found so in pg_stat_activity and in the report's blockers); on drop it is killed and its
-/// backend terminated (a backend in `pg_sleep` does not notice its client went away).
-struct Locker {
-    child: Child,
-    db: TestDb,
-    marker: String,
-}
-
-impl Locker {
-    /// Takes ACCESS EXCLUSIVE on `table` and keeps it for a minute; returns once it is held,
-    /// with the session's pid.
-    fn hold(db: &TestDb, table: &str) -> (Locker, i64) {
-        let marker = unique_name("nf_locker");
-        let sql = format!(
-            "BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60) AS {marker};"
-        );
-        let mut c = psql_command(&db.name, &sql);
-        let locker = Locker {
-            child: c.spawn().expect("spawn psql"),
-            db: db.clone(),
-            marker: marker.clone(),
-        };
-        let start = Instant::now();
-        loop {
-            let rows = db.query(&format!(
-                "SELECT a.pid FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid \
-                 WHERE a.query LIKE {} AND a.pid <> pg_backend_pid() \
-                   AND l.mode = 'AccessExclusiveLock' AND l.granted",
-                ql(&format!("%{marker}%"))
-            ));
-            if let Some(r) = rows.first() {
-                return (locker, r[0].parse().unwrap());
-            }
-            assert!(start.elapsed() < secs(20), "the locker never got its lock");
-            std::thread::sleep(ms(20));
-        }
-    }
-}
-
-impl Drop for Locker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        psql_quietly(
-            &self.db,
-            &format!(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                 WHERE query LIKE {} AND pid <> pg_backend_pid()",
-                ql(&format!("%{}%", self.marker))
-            ),
-        );
-    }
-}
-
-/// Runs SQL, ignoring failure (for clean-up in Drop, where a panic would abort).
-fn psql_quietly(db: &TestDb, sql: &str) {
-    let mut c = psql_command(&db.name, sql);
-    let _ = c.status();
-}
-
 // ---------------------------------------------------------------------------------------------
 // Files and reports
 // ---------------------------------------------------------------------------------------------
-
-fn outcomes(g: &Value) -> Vec<String> {
-    g["attempts"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no attempts: {g:#}"))
-        .iter()
-        .map(|a| a["outcome"].as_str().unwrap().to_owned())
-        .collect()
-}
-
-/// Restores `file` into a fresh database and checks the table has the source's rows.
-fn restore_and_compare(file: &Path, db: &TestDb, table: &str) -> TestDb {
-    let target = db.another("nf_restore");
-    restore(file, &target);
-    assert_same_rows(db, &target, "public", table);
-    target
-}
 
 fn has_column(db: &TestDb, table: &str, column: &str) -> bool {
     db.query_one(&format!(
@@ -624,7 +362,7 @@ fn stop_mid_copy(sig: i32, name: &str, code: i32) {
     native_config(&env, &db.name)
         .connection("port", &relay.port.to_string())
         .backup("jobs", "2")
-        .extra(&groups(
+        .extra(&one_table_groups(
             &db.name,
             &[
                 ("big", "public.big"),
@@ -736,7 +474,7 @@ fn held_at_rollback(db: &TestDb, extra: &[(&str, &str)]) -> (Throttle, Env, Runn
     let env = Env::new();
     let mut c = native_config(&env, &db.name)
         .connection("port", &relay.port.to_string())
-        .extra(&groups(&db.name, &[("s1", "public.s1")]));
+        .extra(&one_table_groups(&db.name, &[("s1", "public.s1")]));
     for (k, v) in extra {
         c = c.backup(k, v);
     }
@@ -844,7 +582,7 @@ fn native_kill9_mid_copy_leaves_only_ing_files_which_the_next_run_sweeps() {
     native_config(&env, &db.name)
         .connection("port", &relay.port.to_string())
         .backup("jobs", "2")
-        .extra(&groups(
+        .extra(&one_table_groups(
             &db.name,
             &[("big", "public.big"), ("s1", "public.s1")],
         ))
@@ -947,7 +685,7 @@ fn native_lock_timeout_fails_the_group_after_1_plus_lock_retries_naming_the_bloc
         .backup("lock_wait_timeout", &ts("1s"))
         .backup("lock_retries", "1")
         .backup("retry_delay", &ts("1s"))
-        .extra(&groups(
+        .extra(&one_table_groups(
             &db.name,
             &[
                 ("big", "public.big"),
@@ -1007,7 +745,10 @@ fn native_lock_held_through_the_run_fails_the_schema_dump_and_groups_fall_back_t
         .backup("lock_wait_timeout", &ts("300ms"))
         .backup("lock_retries", "1")
         .backup("retry_delay", &ts("300ms"))
-        .extra(&groups(&db.name, &[("t", "public.t"), ("u", "public.u")]))
+        .extra(&one_table_groups(
+            &db.name,
+            &[("t", "public.t"), ("u", "public.u")],
+        ))
         .write(&env);
     let out = env.run(&["run"]);
     out.expect_code(1);
@@ -1052,7 +793,7 @@ fn native_yields_to_alter_table_within_yield_after_and_redumps_the_altered_table
         .backup("yield_after", &ts("1s"))
         .backup("lock_retries", "3")
         .backup("retry_delay", &ts("200ms"))
-        .extra(&groups(
+        .extra(&one_table_groups(
             &db.name,
             &[("big", "public.big"), ("s1", "public.s1")],
         ))
@@ -1133,7 +874,7 @@ fn behind_a_transaction(db: &TestDb, hold: &[&str]) -> (Env, Value, String, Stri
         .connection("port", &relay.port.to_string())
         .backup("jobs", "1")
         .backup("lock_wait_timeout", &ts("20s"))
-        .extra(&groups(
+        .extra(&one_table_groups(
             &db.name,
             &[("big", "public.big"), ("t", "public.t")],
         ))
@@ -1342,7 +1083,7 @@ fn native_latin1_database_falls_back_to_pg_dump_naming_the_encoding() {
     assert_eq!(db.query_one("SHOW server_encoding"), "LATIN1");
     let env = Env::new();
     native_config(&env, &db.name)
-        .extra(&groups(
+        .extra(&one_table_groups(
             &db.name,
             &[("g1", "public.l1"), ("g2", "public.l2")],
         ))
@@ -1381,15 +1122,7 @@ fn native_latin1_database_falls_back_to_pg_dump_naming_the_encoding() {
 #[test]
 fn native_server_restart_mid_copy_is_retried_and_every_group_restores() {
     let ps = private_server();
-    let dbname = unique_name("nf_restart");
-    ps.psql("postgres", &format!("CREATE DATABASE {}", qi(&dbname)));
-    ps.psql(
-        &dbname,
-        "CREATE TABLE r1 AS SELECT g AS id, md5(g::text) AS info FROM generate_series(1, 50000) g;
-         CREATE TABLE r2 AS SELECT g AS id, md5(g::text) AS info FROM generate_series(1, 20000) g;
-         CREATE TABLE r3 AS SELECT g AS id, md5(g::text) AS info FROM generate_series(1, 10000) g;
-         VACUUM ANALYZE;",
-    );
+    let dbname = restart_db(&ps, "nf_restart", 50_000);
     let relay = Throttle::start(ps.port, SLOW);
     let env = Env::new();
     native_config(&env, &dbname)
@@ -1397,14 +1130,7 @@ fn native_server_restart_mid_copy_is_retried_and_every_group_restores() {
         .backup("jobs", "1")
         .backup("lock_retries", "5")
         .backup("retry_delay", &ts("500ms"))
-        .extra(&groups(
-            &dbname,
-            &[
-                ("g_r1", "public.r1"),
-                ("g_r2", "public.r2"),
-                ("g_r3", "public.r3"),
-            ],
-        ))
+        .extra(&restart_groups(&dbname))
         .write(&env);
     let mut pg = ps.session("postgres");
     let mut run = Running::start(&env, &["run"]);
@@ -1446,16 +1172,7 @@ fn native_server_restart_mid_copy_is_retried_and_every_group_restores() {
         let e = report_group(&report, &format!("g_{t}"));
         assert_eq!(e["status"], "ok", "{e:#}");
         assert_eq!(e["engine"], "native", "{e:#}");
-        let target = fresh_db("nf_restart_r");
-        restore(&checked_file(e), &target);
-        let digest = format!(
-            "SELECT md5(string_agg(t::text, ',' ORDER BY t::text)), count(*) FROM public.{t} t"
-        );
-        assert_eq!(
-            ps.query(&dbname, &digest),
-            target.query(&digest),
-            "rows of {t} after restore"
-        );
+        assert_restores_rows_of(&checked_file(e), &ps, &dbname, t);
     }
 }
 

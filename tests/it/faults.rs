@@ -259,18 +259,7 @@ fn stop_mid_run(sig: i32, name: &str, code: i32) {
     assert_no_dump_process(&[env.dir.to_str().unwrap(), &db.name], Duration::ZERO);
     env.assert_no_ing();
 
-    let report = env.report();
-    let run_id = report["run_id"].as_str().unwrap();
-    assert_eq!(report["status"], "interrupted", "{report:#}");
-    assert_eq!(report["signal"], name, "{report:#}");
-    let big = report_group(&report, "big");
-    assert_eq!(big["status"], "failed", "{big:#}");
-    assert!(
-        big["error"].as_str().unwrap().contains(name),
-        "the in-flight group's error names {name}: {big:#}"
-    );
-    assert_eq!(big["attempts"][0]["outcome"], "interrupted", "{big:#}");
-    assert!(!expected_dump_path(&env.dir, &db.name, "big", run_id).exists());
+    let (report, _) = assert_stopped_in_flight(&env, &db.name, name, "big");
     let mut ok = 0;
     for g in report["groups"].as_array().unwrap() {
         match g["status"].as_str().unwrap() {

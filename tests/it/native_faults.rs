@@ -404,20 +404,10 @@ fn stop_mid_copy(sig: i32, name: &str, code: i32) {
     assert_lockable(&db, "big");
     env.assert_no_ing();
 
-    let report = env.report();
-    let run_id = report["run_id"].as_str().unwrap();
-    assert_eq!(report["status"], "interrupted", "{report:#}");
-    assert_eq!(report["signal"], name, "{report:#}");
+    let (report, big_path) = assert_stopped_in_flight(&env, &db.name, name, "big");
     let big = report_group(&report, "big");
-    assert_eq!(big["status"], "failed", "{big:#}");
-    assert!(
-        big["error"].as_str().unwrap().contains(name),
-        "the in-flight group's error names {name}: {big:#}"
-    );
     assert_eq!(outcomes(big), ["interrupted"], "{big:#}");
     assert!(big["file"].is_null(), "{big:#}");
-    let big_path = expected_dump_path(&env.dir, &db.name, "big", run_id);
-    assert!(!big_path.exists(), "{}", big_path.display());
     assert!(
         !big_path.parent().unwrap().exists()
             || fs::read_dir(big_path.parent().unwrap()).unwrap().count() == 0,

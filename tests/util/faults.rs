@@ -6,7 +6,7 @@
 
 use std::fs;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::thread::JoinHandle;
@@ -388,6 +388,32 @@ pub fn outcomes(g: &Value) -> Vec<String> {
         .iter()
         .map(|a| a["outcome"].as_str().unwrap().to_owned())
         .collect()
+}
+
+/// The report of a run stopped by the signal named `signal` while `group` of database `db`
+/// was in flight: the run is `interrupted` by that signal, the group failed with an error that
+/// names it, its first attempt `interrupted`, and its archive is not on disk. Returns the
+/// report and the group's path.
+pub fn assert_stopped_in_flight(
+    env: &Env,
+    db: &str,
+    signal: &str,
+    group: &str,
+) -> (Value, PathBuf) {
+    let report = env.report();
+    let run_id = report["run_id"].as_str().unwrap();
+    assert_eq!(report["status"], "interrupted", "{report:#}");
+    assert_eq!(report["signal"], signal, "{report:#}");
+    let g = report_group(&report, group);
+    assert_eq!(g["status"], "failed", "{g:#}");
+    assert!(
+        g["error"].as_str().unwrap().contains(signal),
+        "the in-flight group's error names {signal}: {g:#}"
+    );
+    assert_eq!(g["attempts"][0]["outcome"], "interrupted", "{g:#}");
+    let path = expected_dump_path(&env.dir, db, group, run_id);
+    assert!(!path.exists(), "{}", path.display());
+    (report, path)
 }
 
 /// Restores `file` into a fresh database and checks the table has the source's rows; returns

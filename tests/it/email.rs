@@ -854,17 +854,15 @@ fn run_locked_out_by_another_is_mailed() {
 
 #[test]
 fn email_test_without_email_table_is_a_usage_error() {
-    let db = fresh_db("mail_none");
     let env = Env::new();
-    env.config_for(&db).write(&env);
+    Config::offline(&env, "mail_none").write(&env);
     let out = env.run(&["email-test"]);
     out.expect_code(2);
     assert!(out.stderr.contains("[email]"), "{out:?}");
 }
 
 #[test]
-fn email_config_errors_exit_2_naming_the_key() {
-    let db = fresh_db("mail_cfg");
+fn email_config_errors_name_the_key() {
     let env = Env::new();
     for (extra, key) in [
         ("port = 0", "email.port"),
@@ -874,22 +872,18 @@ fn email_config_errors_exit_2_naming_the_key() {
         ("username = \"u\"", "email.username"),
         ("password = \"inline\"", "password"),
     ] {
-        env.config_for(&db)
+        Config::offline(&env, "mail_cfg")
             .extra(&format!(
                 "[email]\nhost = \"127.0.0.1\"\nfrom = {}\nto = {}\n{extra}\n",
                 ts(FROM),
                 ta(&TO)
             ))
             .write(&env);
-        let out = env.run(&["run"]);
-        out.expect_code(2);
-        assert!(out.stderr.contains(key), "{extra}: {out:?}");
+        config_error(&env, &[key]);
     }
-    env.config_for(&db)
+    Config::offline(&env, "mail_cfg")
         .extra("[email]\nhost = \"127.0.0.1\"\nfrom = \"a@example.com\"\nto = []\n")
         .write(&env);
-    let out = env.run(&["run"]);
-    out.expect_code(2);
-    assert!(out.stderr.contains("email.to"), "{out:?}");
+    config_error(&env, &["email.to"]);
     assert!(env.dumps().is_empty());
 }

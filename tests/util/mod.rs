@@ -904,6 +904,24 @@ impl Config {
         }
     }
 
+    /// Like [`Config::new`], without the test server (port 5432, `pg_dump` from PATH): for
+    /// configuration checks that connect to nothing.
+    pub fn offline(env: &Env, db: &str) -> Config {
+        let mut connection = BTreeMap::new();
+        connection.insert("host".into(), ts("127.0.0.1"));
+        connection.insert("port".into(), "5432".into());
+        connection.insert("user".into(), ts("postgres"));
+        let mut backup = BTreeMap::new();
+        backup.insert("dir".into(), ts(env.dir.to_str().unwrap()));
+        backup.insert("databases".into(), ta(&[db]));
+        backup.insert("globals".into(), "false".into());
+        Config {
+            connection,
+            backup,
+            extra: String::new(),
+        }
+    }
+
     pub fn connection(mut self, key: &str, raw: &str) -> Self {
         self.connection.insert(key.into(), raw.into());
         self
@@ -943,6 +961,28 @@ impl Config {
     pub fn write(&self, env: &Env) {
         env.write_config(&self.toml());
     }
+}
+
+/// `pg_groupdump::config::load` of `env`'s configuration file, in this process, must fail
+/// naming the file and every one of `needles`; returns the error's text
+/// (`<file>: <key>: <message>`, as the binary prints it before it exits 2).
+pub fn config_error(env: &Env, needles: &[&str]) -> String {
+    let text = match pg_groupdump::config::load(&env.config) {
+        Ok(_) => panic!(
+            "the configuration was accepted:\n{}",
+            fs::read_to_string(&env.config).unwrap_or_default()
+        ),
+        Err(e) => e.to_string(),
+    };
+    let file = env.config.to_str().unwrap();
+    assert!(
+        text.contains(file),
+        "the error does not name the config file {file}: {text}"
+    );
+    for n in needles {
+        assert!(text.contains(n), "the error does not contain {n:?}: {text}");
+    }
+    text
 }
 
 // ---------------------------------------------------------------------------------------------

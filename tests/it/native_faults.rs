@@ -270,6 +270,27 @@ fn relay_down(mut server: TcpStream, mut client: TcpStream, conn: Arc<Conn>, st:
 /// What native sessions get while a test holds a group in flight: `big` takes 10 s.
 const SLOW: u64 = 200_000;
 
+/// A native run of `db`'s tables as `groups` (one table each; nothing ungrouped) with the
+/// `backup` settings, its sessions going through a [`Throttle`] at [`SLOW`]; started, not
+/// waited for.
+fn slowed_run(
+    db: &TestDb,
+    backup: &[(&str, &str)],
+    groups: &[(&str, &str)],
+) -> (Throttle, Env, Running) {
+    let relay = Throttle::start(server().port, SLOW);
+    let env = Env::new();
+    let mut config = native_config(&env, &db.name).connection("port", &relay.port.to_string());
+    for (key, raw) in backup {
+        config = config.backup(key, raw);
+    }
+    config
+        .extra(&one_table_groups(&db.name, groups))
+        .write(&env);
+    let run = Running::start(&env, &["run"]);
+    (relay, env, run)
+}
+
 // ---------------------------------------------------------------------------------------------
 // A run in the background
 // ---------------------------------------------------------------------------------------------
@@ -357,23 +378,17 @@ fn has_column(db: &TestDb, table: &str, column: &str) -> bool {
 /// `big` is held in flight (slowed down) while the three small groups finish; then `sig`.
 fn stop_mid_copy(sig: i32, name: &str, code: i32) {
     let db = clone_db(&format!("nf_{name}"));
-    let relay = Throttle::start(server().port, SLOW);
-    let env = Env::new();
-    native_config(&env, &db.name)
-        .connection("port", &relay.port.to_string())
-        .backup("jobs", "2")
-        .extra(&one_table_groups(
-            &db.name,
-            &[
-                ("big", "public.big"),
-                ("s1", "public.s1"),
-                ("s2", "public.s2"),
-                ("s3", "public.s3"),
-            ],
-        ))
-        .write(&env);
+    let (_relay, env, mut run) = slowed_run(
+        &db,
+        &[("jobs", "2")],
+        &[
+            ("big", "public.big"),
+            ("s1", "public.s1"),
+            ("s2", "public.s2"),
+            ("s3", "public.s3"),
+        ],
+    );
     let mut pg = poller();
-    let mut run = Running::start(&env, &["run"]);
     let mut backend = None;
     run.wait_until(
         "big is copying and the schema and small groups are done",
@@ -567,18 +582,12 @@ fn native_yield_while_a_finished_group_ends_its_transaction_is_retried_successfu
 #[test]
 fn native_kill9_mid_copy_leaves_only_ing_files_which_the_next_run_sweeps() {
     let db = clone_db("nf_kill9");
-    let relay = Throttle::start(server().port, SLOW);
-    let env = Env::new();
-    native_config(&env, &db.name)
-        .connection("port", &relay.port.to_string())
-        .backup("jobs", "2")
-        .extra(&one_table_groups(
-            &db.name,
-            &[("big", "public.big"), ("s1", "public.s1")],
-        ))
-        .write(&env);
+    let (relay, env, mut run) = slowed_run(
+        &db,
+        &[("jobs", "2")],
+        &[("big", "public.big"), ("s1", "public.s1")],
+    );
     let mut pg = poller();
-    let mut run = Running::start(&env, &["run"]);
     let mut backend = None;
     run.wait_until("big is copying", secs(60), || {
         backend = in_flight(&mut pg, &db.name, "big");
@@ -667,25 +676,21 @@ fn assert_blocked_by(g: &Value, attempts: usize, pid: i64, marker_sql: &str) {
 #[test]
 fn native_lock_timeout_fails_the_group_after_1_plus_lock_retries_naming_the_blocker() {
     let db = clone_db("nf_locked");
-    let relay = Throttle::start(server().port, SLOW);
-    let env = Env::new();
-    native_config(&env, &db.name)
-        .connection("port", &relay.port.to_string())
-        .backup("jobs", "1")
-        .backup("lock_wait_timeout", &ts("1s"))
-        .backup("lock_retries", "1")
-        .backup("retry_delay", &ts("1s"))
-        .extra(&one_table_groups(
-            &db.name,
-            &[
-                ("big", "public.big"),
-                ("t", "public.t"),
-                ("s1", "public.s1"),
-            ],
-        ))
-        .write(&env);
+    let (relay, env, mut run) = slowed_run(
+        &db,
+        &[
+            ("jobs", "1"),
+            ("lock_wait_timeout", &ts("1s")),
+            ("lock_retries", "1"),
+            ("retry_delay", &ts("1s")),
+        ],
+        &[
+            ("big", "public.big"),
+            ("t", "public.t"),
+            ("s1", "public.s1"),
+        ],
+    );
     let mut pg = poller();
-    let mut run = Running::start(&env, &["run"]);
     run.wait_until("big is copying", secs(60), || {
         in_flight(&mut pg, &db.name, "big").is_some()
     });
@@ -775,21 +780,17 @@ fn native_lock_held_through_the_run_fails_the_schema_dump_and_groups_fall_back_t
 #[test]
 fn native_yields_to_alter_table_within_yield_after_and_redumps_the_altered_table() {
     let db = clone_db("nf_yield");
-    let relay = Throttle::start(server().port, SLOW);
-    let env = Env::new();
-    native_config(&env, &db.name)
-        .connection("port", &relay.port.to_string())
-        .backup("jobs", "1")
-        .backup("yield_after", &ts("1s"))
-        .backup("lock_retries", "3")
-        .backup("retry_delay", &ts("200ms"))
-        .extra(&one_table_groups(
-            &db.name,
-            &[("big", "public.big"), ("s1", "public.s1")],
-        ))
-        .write(&env);
+    let (relay, env, mut run) = slowed_run(
+        &db,
+        &[
+            ("jobs", "1"),
+            ("yield_after", &ts("1s")),
+            ("lock_retries", "3"),
+            ("retry_delay", &ts("200ms")),
+        ],
+        &[("big", "public.big"), ("s1", "public.s1")],
+    );
     let mut pg = poller();
-    let mut run = Running::start(&env, &["run"]);
     run.wait_until("big is copying", secs(60), || {
         in_flight(&mut pg, &db.name, "big").is_some()
     });
@@ -858,19 +859,12 @@ fn native_yields_to_alter_table_within_yield_after_and_redumps_the_altered_table
 /// Returns the workspace, the report, the run's stderr, and the time just before the commit
 /// (server clock, the format of `snapshot.taken_at`).
 fn behind_a_transaction(db: &TestDb, hold: &[&str]) -> (Env, Value, String, String) {
-    let relay = Throttle::start(server().port, SLOW);
-    let env = Env::new();
-    native_config(&env, &db.name)
-        .connection("port", &relay.port.to_string())
-        .backup("jobs", "1")
-        .backup("lock_wait_timeout", &ts("20s"))
-        .extra(&one_table_groups(
-            &db.name,
-            &[("big", "public.big"), ("t", "public.t")],
-        ))
-        .write(&env);
+    let (relay, env, mut run) = slowed_run(
+        db,
+        &[("jobs", "1"), ("lock_wait_timeout", &ts("20s"))],
+        &[("big", "public.big"), ("t", "public.t")],
+    );
     let mut pg = poller();
-    let mut run = Running::start(&env, &["run"]);
     run.wait_until("big is copying", secs(60), || {
         in_flight(&mut pg, &db.name, "big").is_some()
     });
@@ -1200,7 +1194,8 @@ fn native_each_table_is_locked_only_while_its_own_group_is_copied() {
     // transaction, pg_locks when the query runs: a session can be seen holding the lock it
     // has just taken under the name it had a moment before. So each poll reads the names,
     // then the locks, then the names again (three transactions), and a lock counts only if
-    // its session had the same name before and after: the name it had while holding it.
+    // its session had the same name and the same open transaction before and after: the name
+    // it had while holding it.
     // The schema dump (pg_dump --schema-only) locks every table while it reads the catalog,
     // before any group starts: it is left out.
     type Seen = HashMap<String, (i64, i64, BTreeSet<String>)>;
@@ -1209,13 +1204,13 @@ fn native_each_table_is_locked_only_while_its_own_group_is_copied() {
         let stop = stop.clone();
         let mut pg = server().session(&db.name);
         std::thread::spawn(move || {
-            let names = |pg: &mut SqlSession| -> HashMap<String, String> {
+            let names = |pg: &mut SqlSession| -> HashMap<String, (String, String)> {
                 pg.query(
-                    "SELECT pid::text, application_name FROM pg_stat_activity \
-                     WHERE application_name LIKE 'pg_groupdump/%'",
+                    "SELECT pid::text, application_name, coalesce(xact_start::text, '') \
+                       FROM pg_stat_activity WHERE application_name LIKE 'pg_groupdump/%'",
                 )
                 .into_iter()
-                .map(|r| (r[0].clone(), r[1].clone()))
+                .map(|r| (r[0].clone(), (r[1].clone(), r[2].clone())))
                 .collect()
             };
             let mut seen: Seen = HashMap::new();
@@ -1236,7 +1231,15 @@ fn native_each_table_is_locked_only_while_its_own_group_is_copied() {
                     let (Some(a), Some(b)) = (before.get(&r[1]), after.get(&r[1])) else {
                         continue;
                     };
-                    if a != b || a == "pg_groupdump/_schema" {
+                    // The same name in the same transaction before and after: the lock
+                    // belongs to that transaction (not to one that began and ended between
+                    // the two reads, as a small group's can on a busy machine).
+                    let ((app, xact), (app_after, xact_after)) = (a, b);
+                    if app != app_after
+                        || xact != xact_after
+                        || xact.is_empty()
+                        || app == "pg_groupdump/_schema"
+                    {
                         continue;
                     }
                     let at: i64 = r[0].parse().unwrap();
@@ -1244,7 +1247,7 @@ fn native_each_table_is_locked_only_while_its_own_group_is_copied() {
                         .entry(r[2].clone())
                         .or_insert_with(|| (at, at, BTreeSet::new()));
                     e.1 = at;
-                    e.2.insert(a.clone());
+                    e.2.insert(app.clone());
                 }
             }
             (seen, polls)

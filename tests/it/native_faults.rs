@@ -1134,30 +1134,7 @@ fn native_server_restart_mid_copy_is_retried_and_every_group_restores() {
     relay.set_rate(0);
     run.thaw();
     let ended = run.wait(secs(90));
-    let report = env.report();
-    let r1 = report_group(&report, "g_r1");
-    assert_eq!(
-        ended.status.code(),
-        Some(0),
-        "{ended:?}\ng_r1: {r1:#}\n{}",
-        ps.log()
-    );
-    env.assert_no_ing();
-    assert_eq!(report["status"], "ok", "{report:#}");
-    let o = outcomes(r1);
-    assert_eq!(
-        o.first().map(String::as_str),
-        Some("connection_lost"),
-        "{r1:#}"
-    );
-    assert_eq!(o.last().map(String::as_str), Some("ok"), "{r1:#}");
-    assert!(ended.stderr.contains("retrying"), "{ended:?}");
-    for t in ["r1", "r2", "r3"] {
-        let e = report_group(&report, &format!("g_{t}"));
-        assert_eq!(e["status"], "ok", "{e:#}");
-        assert_eq!(e["engine"], "native", "{e:#}");
-        assert_restores_rows_of(&checked_file(e), &ps, &dbname, t);
-    }
+    assert_retried_after_restart(&env, &ended, &ps, &dbname, Some("native"));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -454,6 +454,40 @@ pub fn restart_groups(db: &str) -> String {
     )
 }
 
+/// The end of a run of [`restart_groups`] during which the server restarted while `g_r1` was
+/// being copied: exit 0, no `.ing` left, the report ok, `g_r1`'s first attempt
+/// `connection_lost` and its last `ok` ("retrying" logged), and every group ok (written by
+/// `engine`, if given) with a file that restores to the source's rows.
+pub fn assert_retried_after_restart(
+    env: &Env,
+    ended: &Ended,
+    ps: &PrivateServer,
+    db: &str,
+    engine: Option<&str>,
+) {
+    assert_eq!(ended.status.code(), Some(0), "{ended:?}\n{}", ps.log());
+    env.assert_no_ing();
+    let report = env.report();
+    assert_eq!(report["status"], "ok", "{report:#}");
+    let r1 = report_group(&report, "g_r1");
+    let o = outcomes(r1);
+    assert_eq!(
+        o.first().map(String::as_str),
+        Some("connection_lost"),
+        "{r1:#}"
+    );
+    assert_eq!(o.last().map(String::as_str), Some("ok"), "{r1:#}");
+    assert!(ended.stderr.contains("retrying"), "{ended:?}");
+    for t in ["r1", "r2", "r3"] {
+        let e = report_group(&report, &format!("g_{t}"));
+        assert_eq!(e["status"], "ok", "{e:#}");
+        if let Some(engine) = engine {
+            assert_eq!(e["engine"], engine, "{e:#}");
+        }
+        assert_restores_rows_of(&checked_file(e), ps, db, t);
+    }
+}
+
 /// `file`, restored into a fresh database of the shared server, has the rows `public.<table>`
 /// has in database `db` of `ps`.
 pub fn assert_restores_rows_of(file: &Path, ps: &Server, db: &str, table: &str) {

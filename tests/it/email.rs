@@ -151,18 +151,7 @@ struct Certs {
 
 fn make_certs(dir: &Path) -> Certs {
     fs::create_dir_all(dir).unwrap();
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("run openssl (needed to make a test certificate)");
-        assert!(
-            out.status.success(),
-            "openssl {args:?} failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let openssl = |args: &[&str]| openssl(args, dir);
     let ec = [
         "-newkey",
         "ec",

@@ -105,6 +105,21 @@ pub fn require_tool(program: &str, version_arg: &str, package: &str) {
     }
 }
 
+/// `openssl ARGS` in `dir` (for test certificates); panics unless it succeeds.
+pub fn openssl(args: &[&str], dir: &Path) {
+    require_tool("openssl", "version", "openssl");
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Panics unless the tests run as root (`why` says what for): CI and scripts/test.sh run as
 /// root; elsewhere, leave the test out by name (`-- --skip NAME`).
 pub fn require_root(why: &str) {

@@ -150,22 +150,13 @@ fn lock_released_after_first_attempt_is_retried_successfully() {
 
 /// Waits until the backend of group `group` is copying data; panics after `limit`.
 fn wait_for_copy(db: &TestDb, group: &str, limit: Duration) {
-    let start = Instant::now();
-    loop {
-        let n = db.query_one(&format!(
+    wait_until(&format!("the dump of {group} copies"), limit, || {
+        db.query_one(&format!(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = {} \
              AND state = 'active' AND query LIKE 'COPY%'",
             ql(&format!("pg_groupdump/{group}"))
-        ));
-        if n != "0" {
-            return;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "the dump of {group} never started copying"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        )) != "0"
+    });
 }
 
 /// Runs `sql` in a new session and returns how long it took.
@@ -256,18 +247,12 @@ fn seed_truncate_mid_run_affects_only_its_own_group() {
 }
 
 fn wait_for_copy_any(db: &TestDb, limit: Duration) {
-    let start = Instant::now();
-    loop {
-        let n = db.query_one(
+    wait_until("a dump copies", limit, || {
+        db.query_one(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pg_groupdump/%' \
              AND state = 'active' AND query LIKE 'COPY%'",
-        );
-        if n != "0" {
-            return;
-        }
-        assert!(start.elapsed() < limit, "no dump started copying");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+        ) != "0"
+    });
 }
 
 #[test]

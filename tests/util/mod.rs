@@ -120,6 +120,15 @@ pub fn openssl(args: &[&str], dir: &Path) {
     );
 }
 
+/// Polls `cond` (every 20 ms) until it holds; panics after `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Panics unless the tests run as root (`why` says what for): CI and scripts/test.sh run as
 /// root; elsewhere, leave the test out by name (`-- --skip NAME`).
 pub fn require_root(why: &str) {

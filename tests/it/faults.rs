@@ -401,13 +401,7 @@ fn kill9_at(hint: &str, moment: Moment) {
         }),
     }
     let running_at_kill = dump_processes(&needles);
-    run.signal(libc::SIGKILL);
-    let ended = run.wait(secs(10));
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&ended.status),
-        Some(libc::SIGKILL),
-        "{ended:?}"
-    );
+    run.kill9();
     // The children get SIGTERM from the kernel (PR_SET_PDEATHSIG).
     assert_no_dump_process(&needles, secs(5));
     let leftovers = ing_files(&env);
@@ -423,14 +417,7 @@ fn kill9_at(hint: &str, moment: Moment) {
         );
     }
     let complete_before = assert_final_files_complete(&env);
-    let kept: Vec<(PathBuf, String)> = env
-        .dumps()
-        .into_iter()
-        .map(|p| {
-            let h = sha256_hex(&p);
-            (p, h)
-        })
-        .collect();
+    let kept = dump_hashes(&env);
 
     // The killed run's complete files are still there, unchanged.
     assert_next_run_sweeps(&env, &leftovers, &kept);

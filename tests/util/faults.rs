@@ -218,6 +218,18 @@ impl Running {
         }
     }
 
+    /// `kill -9`: SIGKILL, and the end (within 10 s), which must be death by SIGKILL.
+    pub fn kill9(self) -> Ended {
+        self.signal(libc::SIGKILL);
+        let ended = self.wait(secs(10));
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&ended.status),
+            Some(libc::SIGKILL),
+            "{ended:?}"
+        );
+        ended
+    }
+
     /// Waits for the end (at most `limit`, then SIGKILL and panic).
     pub fn wait(mut self, limit: Duration) -> Ended {
         let start = Instant::now();
@@ -379,6 +391,18 @@ impl Drop for Locker {
 // ---------------------------------------------------------------------------------------------
 // Reports and restores
 // ---------------------------------------------------------------------------------------------
+
+/// Every dump file with its final name in `env`'s backup dir, with its sha256: what a killed
+/// run leaves, for [`assert_next_run_sweeps`] to find unchanged.
+pub fn dump_hashes(env: &Env) -> Vec<(PathBuf, String)> {
+    env.dumps()
+        .into_iter()
+        .map(|p| {
+            let h = sha256_hex(&p);
+            (p, h)
+        })
+        .collect()
+}
 
 /// The outcome of each attempt of a report's group entry.
 pub fn outcomes(g: &Value) -> Vec<String> {

@@ -146,7 +146,11 @@ fn unkeyed(sql: String) -> String {
 #[test]
 fn pg_dump_archives_round_trip() {
     let roles = Roles::create();
-    let db = roles.corpus_db("archive_pg_dump");
+    let db = roles.prepared_db("archive_pg_dump");
+    // app.big with a tenth of its rows: its data blocks still span many chunks.
+    let all_rows = "FROM generate_series(1, 200000) g";
+    assert!(CORPUS.contains(all_rows), "the corpus fills app.big so");
+    db.sql(&roles.fill(&CORPUS.replace(all_rows, "FROM generate_series(1, 20000) g")));
     let dir = tempfile::tempdir().unwrap();
     let pg_dump_bin = server().bin("pg_dump");
     let dump = |name: &str, args: &[&str]| -> (PathBuf, Vec<String>) {
@@ -183,6 +187,7 @@ fn pg_dump_archives_round_trip() {
         archives.push(dump(&format!("t{i}.dump"), &["-t", &pattern]));
     }
     assert_eq!(archives.len(), 11, "six tables in the corpus: {toc:#?}");
+    let mut chunks_in_a_block = 0;
     for (path, args) in &archives {
         let bytes = std::fs::read(path).unwrap();
         let (toc, _) = toc_of(&bytes);
@@ -211,10 +216,13 @@ fn pg_dump_archives_round_trip() {
         )
         .unwrap();
         let mut blocks = 0;
+        let mut most_chunks = 0;
         for e in &toc.entries {
             if let DataState::At(p) = e.data {
-                let (id, raw, _) = read_block(&bytes, p, toc.header.compression);
+                let (id, raw, chunks) = read_block(&bytes, p, toc.header.compression);
                 assert_eq!(id, e.dump_id);
+                most_chunks = most_chunks.max(chunks);
+                chunks_in_a_block = chunks_in_a_block.max(chunks);
                 w.begin_data(id).unwrap();
                 w.write_data(&raw).unwrap();
                 w.end_data().unwrap();
@@ -249,10 +257,15 @@ fn pg_dump_archives_round_trip() {
             assert_eq!(theirs, mine, "{}: pg_restore {args:?}", path.display());
         }
         eprintln!(
-            "{}: {} entries, {blocks} data blocks, {} header+TOC bytes identical",
+            "{}: {} entries, {blocks} data blocks (up to {most_chunks} chunks), {} header+TOC \
+             bytes identical",
             path.display(),
             toc.entries.len(),
             again.len()
         );
     }
+    assert!(
+        chunks_in_a_block > 1,
+        "app.big's data spans many chunks in a block"
+    );
 }

@@ -4,6 +4,8 @@
 
 mod util;
 
+#[path = "it/archive.rs"]
+mod archive;
 #[path = "it/config_errors.rs"]
 mod config_errors;
 #[path = "it/consistency.rs"]

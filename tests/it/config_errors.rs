@@ -1,5 +1,10 @@
 //! Bad configs: exit 2, stderr names the config file, the key path and the value, nothing is
 //! written to the backup dir.
+//!
+//! Errors found without a server (syntax, keys, values) are checked in this process through
+//! `pg_groupdump::config::load`, whose error text is what the binary prints; one test runs the
+//! binary on such a config. Errors that need the catalog (a table, schema or database that is
+//! not there) run the binary against the test server.
 
 use crate::util::*;
 
@@ -45,47 +50,65 @@ fn group(db: &TestDb, name: &str, body: &str) -> String {
     )
 }
 
+/// A database name for configurations that are refused before any connection.
+fn offline_db() -> TestDb {
+    TestDb {
+        name: "cfg_db".into(),
+    }
+}
+
+/// The default configuration (without the test server) plus `extra`, written to `env`.
+fn offline_cfg(env: &Env, extra: &str) {
+    Config::offline(env, &offline_db().name)
+        .extra(extra)
+        .write(env);
+}
+
 #[test]
 fn config_toml_syntax_error() {
     let env = Env::new();
     env.write_config("[backup\ndir = \"/tmp/x\"\n");
-    expect_config_error(&env, &[]);
+    config_error(&env, &[]);
 }
 
 #[test]
 fn config_unknown_key_in_backup() {
-    let db = with_table("cfg_unknown");
+    let db = offline_db();
     let env = Env::new();
-    env.config_for(&db).backup("jobz", "2").write(&env);
-    expect_config_error(&env, &["backup.jobz"]);
+    Config::offline(&env, &db.name)
+        .backup("jobz", "2")
+        .write(&env);
+    config_error(&env, &["backup.jobz"]);
 }
 
 #[test]
 fn config_unknown_key_in_connection() {
-    let db = with_table("cfg_unknown_conn");
+    let db = offline_db();
     let env = Env::new();
-    env.config_for(&db)
+    Config::offline(&env, &db.name)
         .connection("hots", &ts("db.example"))
         .write(&env);
-    expect_config_error(&env, &["connection.hots"]);
+    config_error(&env, &["connection.hots"]);
 }
 
 #[test]
 fn config_unknown_key_in_group() {
-    let db = with_table("cfg_unknown_group");
+    let db = offline_db();
     let env = Env::new();
-    env.cfg(
-        &db,
+    offline_cfg(
+        &env,
         &group(&db, "g", "tables = [\"public.t\"]\ntablez = []"),
     );
-    expect_config_error(&env, &["group[0].tablez"]);
+    config_error(&env, &["group[0].tablez"]);
 }
 
+/// The one configuration error run through the binary without a server.
 #[test]
 fn config_missing_backup_dir() {
-    let db = with_table("cfg_no_dir");
     let env = Env::new();
-    env.config_for(&db).without_backup("dir").write(&env);
+    Config::offline(&env, &offline_db().name)
+        .without_backup("dir")
+        .write(&env);
     expect_config_error(&env, &["backup.dir"]);
     let entries: Vec<_> = std::fs::read_dir(env.path())
         .unwrap()
@@ -100,56 +123,59 @@ fn config_missing_backup_dir() {
 
 #[test]
 fn config_jobs_zero() {
-    let db = with_table("cfg_jobs0");
+    let db = offline_db();
     let env = Env::new();
-    env.config_for(&db).backup("jobs", "0").write(&env);
-    expect_config_error(&env, &["backup.jobs", "0"]);
+    Config::offline(&env, &db.name)
+        .backup("jobs", "0")
+        .write(&env);
+    config_error(&env, &["backup.jobs", "0"]);
 }
 
 #[test]
 fn config_compress_too_high() {
-    let db = with_table("cfg_compress");
+    let db = offline_db();
     let env = Env::new();
-    env.config_for(&db).backup("compress", "12").write(&env);
-    expect_config_error(&env, &["backup.compress", "12"]);
+    Config::offline(&env, &db.name)
+        .backup("compress", "12")
+        .write(&env);
+    config_error(&env, &["backup.compress", "12"]);
 }
 
 #[test]
 fn config_bad_duration() {
-    let db = with_table("cfg_duration");
+    let db = offline_db();
     let env = Env::new();
-    env.config_for(&db)
+    Config::offline(&env, &db.name)
         .backup("lock_wait_timeout", &ts("6 parsecs"))
         .write(&env);
-    expect_config_error(&env, &["backup.lock_wait_timeout", "6 parsecs"]);
+    config_error(&env, &["backup.lock_wait_timeout", "6 parsecs"]);
 }
 
 #[test]
 fn config_bad_ungrouped_mode() {
-    let db = with_table("cfg_mode");
     let env = Env::new();
-    env.cfg(&db, "[ungrouped]\nmode = \"sometimes\"");
-    expect_config_error(&env, &["ungrouped.mode", "sometimes"]);
+    offline_cfg(&env, "[ungrouped]\nmode = \"sometimes\"");
+    config_error(&env, &["ungrouped.mode", "sometimes"]);
 }
 
 #[test]
 fn config_duplicate_group_name() {
-    let db = with_table("cfg_dup_group");
+    let db = offline_db();
     let env = Env::new();
-    env.cfg(
-        &db,
+    offline_cfg(
+        &env,
         &(group(&db, "dupgrp", "tables = [\"public.t\"]")
             + &group(&db, "dupgrp", "tables = [\"public.shared\"]")),
     );
-    expect_config_error(&env, &["group[1].name", "dupgrp"]);
+    config_error(&env, &["group[1].name", "dupgrp"]);
 }
 
 #[test]
 fn config_group_name_starting_with_underscore() {
-    let db = with_table("cfg_underscore");
+    let db = offline_db();
     let env = Env::new();
-    env.cfg(&db, &group(&db, "_mine", "tables = [\"public.t\"]"));
-    expect_config_error(&env, &["group[0].name", "_mine"]);
+    offline_cfg(&env, &group(&db, "_mine", "tables = [\"public.t\"]"));
+    config_error(&env, &["group[0].name", "_mine"]);
 }
 
 #[test]
@@ -237,9 +263,8 @@ fn config_databases_names_missing_database() {
 
 #[test]
 fn usage_error_exits_2() {
-    let db = with_table("cfg_usage");
     let env = Env::new();
-    env.cfg(&db, "");
+    offline_cfg(&env, "");
     env.run(&["run", "--no-such-flag"]).expect_code(2);
     env.run(&["frobnicate"]).expect_code(2);
     assert!(env.files().is_empty(), "{:?}", env.files());
@@ -247,18 +272,18 @@ fn usage_error_exits_2() {
 
 #[test]
 fn config_unknown_engine() {
-    let db = with_table("cfg_engine");
+    let db = offline_db();
     let env = Env::new();
-    env.config_for(&db)
+    Config::offline(&env, &db.name)
         .backup("engine", &ts("fast"))
         .write(&env);
-    expect_config_error(&env, &["backup.engine", "\"fast\"", "pg_dump", "native"]);
-    env.config_for(&db)
+    config_error(&env, &["backup.engine", "\"fast\"", "pg_dump", "native"]);
+    Config::offline(&env, &db.name)
         .extra(&group(
             &db,
             "g",
             "tables = [\"public.t\"]\nengine = \"pgdump\"",
         ))
         .write(&env);
-    expect_config_error(&env, &["group[0].engine", "\"pgdump\""]);
+    config_error(&env, &["group[0].engine", "\"pgdump\""]);
 }

@@ -151,18 +151,7 @@ struct Certs {
 
 fn make_certs(dir: &Path) -> Certs {
     fs::create_dir_all(dir).unwrap();
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("run openssl (needed to make a test certificate)");
-        assert!(
-            out.status.success(),
-            "openssl {args:?} failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let openssl = |args: &[&str]| openssl(args, dir);
     let ec = [
         "-newkey",
         "ec",
@@ -854,17 +843,15 @@ fn run_locked_out_by_another_is_mailed() {
 
 #[test]
 fn email_test_without_email_table_is_a_usage_error() {
-    let db = fresh_db("mail_none");
     let env = Env::new();
-    env.config_for(&db).write(&env);
+    Config::offline(&env, "mail_none").write(&env);
     let out = env.run(&["email-test"]);
     out.expect_code(2);
     assert!(out.stderr.contains("[email]"), "{out:?}");
 }
 
 #[test]
-fn email_config_errors_exit_2_naming_the_key() {
-    let db = fresh_db("mail_cfg");
+fn email_config_errors_name_the_key() {
     let env = Env::new();
     for (extra, key) in [
         ("port = 0", "email.port"),
@@ -874,22 +861,18 @@ fn email_config_errors_exit_2_naming_the_key() {
         ("username = \"u\"", "email.username"),
         ("password = \"inline\"", "password"),
     ] {
-        env.config_for(&db)
+        Config::offline(&env, "mail_cfg")
             .extra(&format!(
                 "[email]\nhost = \"127.0.0.1\"\nfrom = {}\nto = {}\n{extra}\n",
                 ts(FROM),
                 ta(&TO)
             ))
             .write(&env);
-        let out = env.run(&["run"]);
-        out.expect_code(2);
-        assert!(out.stderr.contains(key), "{extra}: {out:?}");
+        config_error(&env, &[key]);
     }
-    env.config_for(&db)
+    Config::offline(&env, "mail_cfg")
         .extra("[email]\nhost = \"127.0.0.1\"\nfrom = \"a@example.com\"\nto = []\n")
         .write(&env);
-    let out = env.run(&["run"]);
-    out.expect_code(2);
-    assert!(out.stderr.contains("email.to"), "{out:?}");
+    config_error(&env, &["email.to"]);
     assert!(env.dumps().is_empty());
 }

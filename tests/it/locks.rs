@@ -5,8 +5,7 @@ use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
+use crate::util::faults::{group_cfg, wait_for_lock_holder};
 use crate::util::*;
 
 /// A psql session running `sql` in the background (killed on drop).
@@ -30,28 +29,6 @@ impl Drop for Session {
     }
 }
 
-/// Waits until a session whose query contains `marker` holds a granted ACCESS EXCLUSIVE
-/// lock; returns its pid.
-fn wait_for_lock_holder(db: &TestDb, marker: &str) -> i64 {
-    let start = Instant::now();
-    loop {
-        let rows = db.query(&format!(
-            "SELECT a.pid FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid \
-             WHERE a.query LIKE {} AND a.pid <> pg_backend_pid() \
-               AND l.mode = 'AccessExclusiveLock' AND l.granted",
-            ql(&format!("%{marker}%"))
-        ));
-        if let Some(r) = rows.first() {
-            return r[0].parse().unwrap();
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "locker never got its lock"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Starts `pg_groupdump -c <config> run` in the background.
 fn spawn_run(env: &Env) -> Child {
     let mut c = Command::new(env!("CARGO_BIN_EXE_pg_groupdump"));
@@ -71,24 +48,6 @@ fn finish(child: Child) -> (i32, String) {
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn group<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["groups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|g| g["group"] == name)
-        .unwrap_or_else(|| panic!("no group {name} in {report:#}"))
-}
-
-fn group_cfg(db: &TestDb, name: &str, tables: &[&str]) -> String {
-    format!(
-        "[[group]]\nname = {}\ndatabase = {}\ntables = {}\n",
-        ts(name),
-        ts(&db.name),
-        ta(tables)
     )
 }
 
@@ -116,7 +75,7 @@ fn held_lock_fails_only_its_group_and_names_the_blocker() {
         .backup("lock_wait_timeout", &ts("500ms"))
         .backup("lock_retries", "2")
         .backup("retry_delay", &ts("100ms"))
-        .extra(&group_cfg(&db, "A", &["public.a1", "public.a2"]))
+        .extra(&group_cfg(&db.name, "A", &["public.a1", "public.a2"]))
         .write(&env);
     let started = Instant::now();
     let out = env.run(&["run"]);
@@ -125,7 +84,7 @@ fn held_lock_fails_only_its_group_and_names_the_blocker() {
     env.assert_no_ing();
 
     let report = env.report();
-    let a = group(&report, "A");
+    let a = report_group(&report, "A");
     assert_eq!(a["status"], "failed", "{a:#}");
     let attempts = a["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 3, "1 + lock_retries attempts: {a:#}");
@@ -142,7 +101,7 @@ fn held_lock_fails_only_its_group_and_names_the_blocker() {
     assert!(err.contains(&format!("pid {pid}")), "{err}");
     assert!(out.stderr.contains(&format!("pid {pid}")), "{out:?}");
     for other in ["public.b", "public.c"] {
-        let g = group(&report, other);
+        let g = report_group(&report, other);
         assert_eq!(g["status"], "ok", "{g:#}");
         assert!(std::path::Path::new(g["file"].as_str().unwrap()).exists());
     }
@@ -170,12 +129,12 @@ fn lock_released_after_first_attempt_is_retried_successfully() {
         .backup("lock_wait_timeout", &ts("400ms"))
         .backup("lock_retries", "3")
         .backup("retry_delay", &ts("1500ms"))
-        .extra(&group_cfg(&db, "A", &["public.a1"]))
+        .extra(&group_cfg(&db.name, "A", &["public.a1"]))
         .write(&env);
     let out = env.run(&["run"]);
     out.expect_code(0);
     let report = env.report();
-    let a = group(&report, "A");
+    let a = report_group(&report, "A");
     assert_eq!(a["status"], "ok", "{a:#}");
     let attempts = a["attempts"].as_array().unwrap();
     assert!(attempts.len() >= 2, "{a:#}");
@@ -191,22 +150,13 @@ fn lock_released_after_first_attempt_is_retried_successfully() {
 
 /// Waits until the backend of group `group` is copying data; panics after `limit`.
 fn wait_for_copy(db: &TestDb, group: &str, limit: Duration) {
-    let start = Instant::now();
-    loop {
-        let n = db.query_one(&format!(
+    wait_until(&format!("the dump of {group} copies"), limit, || {
+        db.query_one(&format!(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = {} \
              AND state = 'active' AND query LIKE 'COPY%'",
             ql(&format!("pg_groupdump/{group}"))
-        ));
-        if n != "0" {
-            return;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "the dump of {group} never started copying"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        )) != "0"
+    });
 }
 
 /// Runs `sql` in a new session and returns how long it took.
@@ -231,7 +181,7 @@ fn truncate_waits_only_yield_after_then_the_group_is_dumped_again() {
         .backup("yield_after", &ts("1s"))
         .backup("lock_retries", "3")
         .backup("retry_delay", &ts("200ms"))
-        .extra(&group_cfg(&db, "large", &["public.big"]))
+        .extra(&group_cfg(&db.name, "large", &["public.big"]))
         .write(&env);
     let run = spawn_run(&env);
     wait_for_copy(&db, "large", Duration::from_secs(30));
@@ -245,7 +195,7 @@ fn truncate_waits_only_yield_after_then_the_group_is_dumped_again() {
     );
 
     let report = env.report();
-    let g = group(&report, "large");
+    let g = report_group(&report, "large");
     let attempts = g["attempts"].as_array().unwrap();
     assert_eq!(attempts[0]["outcome"], "yielded", "{g:#}");
     let to = &attempts[0]["yielded_to"];
@@ -297,18 +247,12 @@ fn seed_truncate_mid_run_affects_only_its_own_group() {
 }
 
 fn wait_for_copy_any(db: &TestDb, limit: Duration) {
-    let start = Instant::now();
-    loop {
-        let n = db.query_one(
+    wait_until("a dump copies", limit, || {
+        db.query_one(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pg_groupdump/%' \
              AND state = 'active' AND query LIKE 'COPY%'",
-        );
-        if n != "0" {
-            return;
-        }
-        assert!(start.elapsed() < limit, "no dump started copying");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+        ) != "0"
+    });
 }
 
 #[test]
@@ -371,7 +315,7 @@ fn each_table_is_locked_only_while_its_own_group_is_dumped() {
         let Some(name) = oids.get(oid) else { continue };
         let held = *last - *first;
         longest = longest.max(held);
-        let g = group(&report, &format!("public.{name}"));
+        let g = report_group(&report, &format!("public.{name}"));
         let own = Duration::from_millis(g["duration_ms"].as_u64().unwrap());
         assert!(
             held <= own + Duration::from_millis(300),

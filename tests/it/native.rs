@@ -33,52 +33,12 @@ use serde_json::Value;
 
 use crate::util::*;
 
-const PREREQ: &str = include_str!("../data/native_prereq.sql");
-const CORPUS: &str = include_str!("../data/native_corpus.sql");
-
 /// Rows of `app.big`, the group whose data spans many compressed chunks.
 const BIG_ROWS: u64 = 200_000;
 
 // ---------------------------------------------------------------------------------------------
 // The corpus and its groups
 // ---------------------------------------------------------------------------------------------
-
-/// The two cluster-wide roles the corpus refers to, unique to one test.
-struct Roles {
-    reader: String,
-    owner: String,
-}
-
-impl Roles {
-    fn create() -> Roles {
-        let roles = Roles {
-            reader: unique_name("oracle_reader"),
-            owner: unique_name("oracle_owner"),
-        };
-        psql(
-            "postgres",
-            &format!(
-                "CREATE ROLE {} NOLOGIN; CREATE ROLE {} NOLOGIN;",
-                qi(&roles.reader),
-                qi(&roles.owner)
-            ),
-        );
-        roles
-    }
-
-    /// `sql` with the role placeholders filled in.
-    fn fill(&self, sql: &str) -> String {
-        sql.replace("__READER__", &qi(&self.reader))
-            .replace("__OWNER__", &qi(&self.owner))
-    }
-
-    /// A fresh database holding the prerequisites only: the template of the restore targets.
-    fn prepared_db(&self, hint: &str) -> TestDb {
-        let db = fresh_db(hint);
-        db.sql(&self.fill(PREREQ));
-        db
-    }
-}
 
 /// One group as configured (or ungrouped: its own group, named by the table's display name).
 #[derive(Clone, Debug)]

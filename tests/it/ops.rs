@@ -178,10 +178,7 @@ fn plain_logs_have_no_escape_codes_and_json_logs_parse() {
 
 #[test]
 fn progress_display_on_a_terminal() {
-    if Command::new("tmux").arg("-V").output().is_err() {
-        eprintln!("tmux is not installed: progress display test skipped");
-        return;
-    }
+    require_tool("tmux", "-V", "tmux");
     let db = fresh_db("progress");
     let mut sql = String::new();
     for i in 0..6 {
@@ -250,14 +247,7 @@ fn shell_quote(s: &str) -> String {
 
 #[test]
 fn systemd_units_verify() {
-    if Command::new("systemd-analyze")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("systemd-analyze is not installed: unit check skipped");
-        return;
-    }
+    require_tool("systemd-analyze", "--version", "systemd");
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/systemd");
     let tmp = tempfile::tempdir().unwrap();
     let bin = env!("CARGO_BIN_EXE_pg_groupdump");

@@ -896,27 +896,19 @@ fn retention_config_errors_name_the_key() {
         ),
     ];
     for (extra, needles) in cases {
-        env.config_for(&TestDb { name: "d".into() })
-            .extra(extra)
-            .write(&env);
-        for cmd in ["prune", "run"] {
-            let out = env.run(&[cmd]);
-            out.expect_code(2);
-            for n in needles {
-                assert!(out.stderr.contains(n), "{cmd} {extra}: no {n:?}: {out:?}");
-            }
-        }
+        Config::offline(&env, "d").extra(extra).write(&env);
+        config_error(&env, needles);
     }
     assert!(env.files().is_empty());
 
     // Without [retention], prune has nothing to go by.
-    env.config_for(&TestDb { name: "d".into() }).write(&env);
+    Config::offline(&env, "d").write(&env);
     let out = env.run(&["prune"]);
     out.expect_code(2);
     assert!(out.stderr.contains("[retention]"), "{out:?}");
 
     // With it but no backup directory yet: nothing to do.
-    env.config_for(&TestDb { name: "d".into() })
+    Config::offline(&env, "d")
         .extra(&retention("4d", Some(2), ""))
         .write(&env);
     let out = env.run(&["prune", "--json"]);

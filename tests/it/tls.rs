@@ -2,22 +2,8 @@
 //! pg_dump children alike, against a server that refuses the role without encryption.
 
 use std::path::Path;
-use std::process::Command;
 
 use crate::util::*;
-
-fn openssl(args: &[&str], dir: &Path) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A CA and a server certificate for 127.0.0.1 signed by it, plus an unrelated CA.
 fn certificates(dir: &Path) {
@@ -97,10 +83,6 @@ fn certificates(dir: &Path) {
 
 #[test]
 fn sslmode_is_honoured_by_sessions_and_children() {
-    if Command::new("openssl").arg("version").output().is_err() {
-        eprintln!("openssl is not installed: TLS test skipped");
-        return;
-    }
     let ps = private_server();
     let certs = tempfile::tempdir().unwrap();
     certificates(certs.path());

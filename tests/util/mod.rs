@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod faults;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::fs;
@@ -71,9 +73,69 @@ fn free_port() -> u16 {
     listener.local_addr().unwrap().port()
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
+}
+
+// ---------------------------------------------------------------------------------------------
+// What a test needs from the machine
+// ---------------------------------------------------------------------------------------------
+
+/// Panics unless `program` runs (`program version_arg` exits 0): a test that needs a tool
+/// fails without it rather than passing untested. scripts/test.sh installs every tool a test
+/// requires, from the Debian package `package`.
+pub fn require_tool(program: &str, version_arg: &str, package: &str) {
+    let ran = Command::new(program)
+        .arg(version_arg)
+        .stdin(Stdio::null())
+        .output();
+    match ran {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => panic!(
+            "this test needs {program}, but `{program} {version_arg}` failed ({}): {}; \
+             install the Debian package {package} (scripts/test.sh does)",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => panic!(
+            "this test needs {program}, which cannot be run ({e}); install the Debian package \
+             {package} (scripts/test.sh does)"
+        ),
+    }
+}
+
+/// `openssl ARGS` in `dir` (for test certificates); panics unless it succeeds.
+pub fn openssl(args: &[&str], dir: &Path) {
+    require_tool("openssl", "version", "openssl");
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Polls `cond` (every 20 ms) until it holds; panics after `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Panics unless the tests run as root (`why` says what for): CI and scripts/test.sh run as
+/// root; elsewhere, leave the test out by name (`-- --skip NAME`).
+pub fn require_root(why: &str) {
+    assert!(
+        is_root(),
+        "this test must run as root ({why}); run it as root, or leave it out with --skip"
+    );
 }
 
 fn postgres_ids() -> (u32, u32) {
@@ -866,6 +928,24 @@ impl Config {
         }
     }
 
+    /// Like [`Config::new`], without the test server (port 5432, `pg_dump` from PATH): for
+    /// configuration checks that connect to nothing.
+    pub fn offline(env: &Env, db: &str) -> Config {
+        let mut connection = BTreeMap::new();
+        connection.insert("host".into(), ts("127.0.0.1"));
+        connection.insert("port".into(), "5432".into());
+        connection.insert("user".into(), ts("postgres"));
+        let mut backup = BTreeMap::new();
+        backup.insert("dir".into(), ts(env.dir.to_str().unwrap()));
+        backup.insert("databases".into(), ta(&[db]));
+        backup.insert("globals".into(), "false".into());
+        Config {
+            connection,
+            backup,
+            extra: String::new(),
+        }
+    }
+
     pub fn connection(mut self, key: &str, raw: &str) -> Self {
         self.connection.insert(key.into(), raw.into());
         self
@@ -905,6 +985,28 @@ impl Config {
     pub fn write(&self, env: &Env) {
         env.write_config(&self.toml());
     }
+}
+
+/// `pg_groupdump::config::load` of `env`'s configuration file, in this process, must fail
+/// naming the file and every one of `needles`; returns the error's text
+/// (`<file>: <key>: <message>`, as the binary prints it before it exits 2).
+pub fn config_error(env: &Env, needles: &[&str]) -> String {
+    let text = match pg_groupdump::config::load(&env.config) {
+        Ok(_) => panic!(
+            "the configuration was accepted:\n{}",
+            fs::read_to_string(&env.config).unwrap_or_default()
+        ),
+        Err(e) => e.to_string(),
+    };
+    let file = env.config.to_str().unwrap();
+    assert!(
+        text.contains(file),
+        "the error does not name the config file {file}: {text}"
+    );
+    for n in needles {
+        assert!(text.contains(n), "the error does not contain {n:?}: {text}");
+    }
+    text
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1534,4 +1636,60 @@ pub fn assert_next_run_sweeps(
         checked_file(g);
     }
     report
+}
+
+// ---------------------------------------------------------------------------------------------
+// The corpus (tests/data): the oracle test's database, the archive format's pg_dump archives
+// ---------------------------------------------------------------------------------------------
+
+/// What the corpus needs in a database and in every restore target (schemas, types,
+/// functions), with the role placeholders of [`Roles::fill`].
+pub const PREREQ: &str = include_str!("../data/native_prereq.sql");
+/// Tables, their dependents and their rows, run after [`PREREQ`].
+pub const CORPUS: &str = include_str!("../data/native_corpus.sql");
+
+/// The two cluster-wide roles the corpus refers to, unique to one test.
+pub struct Roles {
+    pub reader: String,
+    pub owner: String,
+}
+
+impl Roles {
+    pub fn create() -> Roles {
+        let roles = Roles {
+            reader: unique_name("oracle_reader"),
+            owner: unique_name("oracle_owner"),
+        };
+        psql(
+            "postgres",
+            &format!(
+                "CREATE ROLE {} NOLOGIN; CREATE ROLE {} NOLOGIN;",
+                qi(&roles.reader),
+                qi(&roles.owner)
+            ),
+        );
+        roles
+    }
+
+    /// `sql` with the role placeholders filled in.
+    pub fn fill(&self, sql: &str) -> String {
+        sql.replace("__READER__", &qi(&self.reader))
+            .replace("__OWNER__", &qi(&self.owner))
+    }
+
+    /// A fresh database holding the prerequisites only: the template of the restore targets.
+    pub fn prepared_db(&self, hint: &str) -> TestDb {
+        let db = fresh_db(hint);
+        db.sql(&self.fill(PREREQ));
+        db
+    }
+}
+
+impl Roles {
+    /// A fresh database holding the prerequisites and the corpus.
+    pub fn corpus_db(&self, hint: &str) -> TestDb {
+        let db = self.prepared_db(hint);
+        db.sql(&self.fill(CORPUS));
+        db
+    }
 }

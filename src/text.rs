@@ -54,37 +54,76 @@ pub fn quote_qualified(schema: &str, name: &str) -> String {
 /// An identifier, quoted unless it is a plain lower-case name. For a `regclass` literal,
 /// where key words need no quotes (as pg_dump writes it).
 pub fn quote_ident_if_needed(s: &str) -> String {
+    from_quoted(quote_ident_if_needed_bytes(s.as_bytes()))
+}
+
+/// [`quote_ident_if_needed`] of a name in any server encoding (bytes as the database has
+/// them: a non-ASCII byte is never plain).
+pub fn quote_ident_if_needed_bytes(s: &[u8]) -> Vec<u8> {
     let plain = s
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        .first()
+        .is_some_and(|c| c.is_ascii_lowercase() || *c == b'_')
+        && s.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_');
     if plain {
-        s.to_string()
-    } else {
-        quote_ident(s)
+        return s.to_vec();
     }
+    let mut out = Vec::with_capacity(s.len() + 2);
+    out.push(b'"');
+    for &c in s {
+        if c == b'"' {
+            out.push(b'"');
+        }
+        out.push(c);
+    }
+    out.push(b'"');
+    out
 }
 
 /// `schema.name` for a `regclass` literal, each part quoted only where needed (as pg_dump
 /// writes it).
 pub fn quote_qualified_if_needed(schema: &str, name: &str) -> String {
-    format!(
-        "{}.{}",
-        quote_ident_if_needed(schema),
-        quote_ident_if_needed(name)
-    )
+    from_quoted(quote_qualified_if_needed_bytes(
+        schema.as_bytes(),
+        name.as_bytes(),
+    ))
+}
+
+/// [`quote_qualified_if_needed`] in any server encoding.
+pub fn quote_qualified_if_needed_bytes(schema: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut out = quote_ident_if_needed_bytes(schema);
+    out.push(b'.');
+    out.extend(quote_ident_if_needed_bytes(name));
+    out
 }
 
 /// A SQL string literal that reads the same whatever standard_conforming_strings says.
 pub fn quote_literal(s: &str) -> String {
-    let q = s.replace('\'', "''");
-    if q.contains('\\') {
-        format!("E'{}'", q.replace('\\', "\\\\"))
-    } else {
-        format!("'{q}'")
+    from_quoted(quote_literal_bytes(s.as_bytes()))
+}
+
+/// [`quote_literal`] in any server encoding: only the ASCII bytes `'` and `\` are doubled,
+/// which no byte of another character can be in a server encoding.
+pub fn quote_literal_bytes(s: &[u8]) -> Vec<u8> {
+    let escape = s.contains(&b'\\');
+    let mut out = Vec::with_capacity(s.len() + 3);
+    if escape {
+        out.push(b'E');
     }
+    out.push(b'\'');
+    for &c in s {
+        if c == b'\'' || (escape && c == b'\\') {
+            out.push(c);
+        }
+        out.push(c);
+    }
+    out.push(b'\'');
+    out
+}
+
+/// Quoting adds only ASCII bytes, so UTF-8 stays UTF-8.
+fn from_quoted(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).expect("quoting keeps UTF-8")
 }
 
 /// A part of a table's display name, quoted when it could not be read back unquoted

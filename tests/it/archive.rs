@@ -181,15 +181,12 @@ fn pg_dump_archives_round_trip() {
         dump("nocomp.dump", &["--compress=0"]),
         dump("z9.dump", &["-Z", "9"]),
     ];
-    let tables = toc
-        .entries
-        .iter()
-        .filter(|e| e.desc.as_deref() == Some("TABLE"));
+    let tables = toc.entries.iter().filter(|e| e.desc_is("TABLE"));
     for (i, t) in tables.take(6).enumerate() {
         let pattern = format!(
             "{}.{}",
-            quote_ident(t.namespace.as_deref().unwrap()),
-            quote_ident(t.tag.as_deref().unwrap())
+            quote_ident(&t.namespace.as_ref().unwrap().lossy()),
+            quote_ident(&t.tag.as_ref().unwrap().lossy())
         );
         archives.push(dump(&format!("t{i}.dump"), &["-t", &pattern]));
     }

@@ -121,11 +121,68 @@ pub struct Header {
     /// 1900), isdst. Written as given.
     pub created: [i32; 7],
     /// Name of the dumped database.
-    pub database: Option<String>,
+    pub database: Option<Text>,
     /// Version string of the server dumped from.
-    pub server_version: Option<String>,
+    pub server_version: Option<Text>,
     /// Version string of the pg_dump that wrote the archive.
-    pub pg_dump_version: Option<String>,
+    pub pg_dump_version: Option<Text>,
+}
+
+/// A string of an archive: bytes in the dumped database's encoding — UTF-8 in most, but
+/// LATIN1, SQL_ASCII or another in some — kept exactly as they are.
+#[derive(Clone, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub struct Text(Vec<u8>);
+
+impl Text {
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Whether it is exactly `s` (keywords such as entry kinds are ASCII in every encoding).
+    pub fn is(&self, s: &str) -> bool {
+        self.0 == s.as_bytes()
+    }
+
+    /// The text for messages, with bytes that are not UTF-8 replaced.
+    pub fn lossy(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(&self.0)
+    }
+
+    /// Parses it as a decimal number (catalog OIDs, dump ids).
+    pub fn parse<T: std::str::FromStr>(&self) -> Option<T> {
+        std::str::from_utf8(&self.0).ok()?.parse().ok()
+    }
+}
+
+impl std::fmt::Debug for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.lossy(), f)
+    }
+}
+
+impl From<&str> for Text {
+    fn from(s: &str) -> Self {
+        Text(s.as_bytes().to_vec())
+    }
+}
+
+impl From<String> for Text {
+    fn from(s: String) -> Self {
+        Text(s.into_bytes())
+    }
+}
+
+impl From<Vec<u8>> for Text {
+    fn from(b: Vec<u8>) -> Self {
+        Text(b)
+    }
+}
+
+impl Entry {
+    /// Whether its kind (`desc`) is `kind`.
+    pub fn desc_is(&self, kind: &str) -> bool {
+        self.desc.as_ref().is_some_and(|d| d.is(kind))
+    }
 }
 
 /// Where an entry's data is in the archive.
@@ -149,34 +206,34 @@ pub struct Entry {
     /// Whether the entry has data (`TABLE DATA`, `BLOBS`).
     pub had_dumper: bool,
     /// OID of the catalog the object is in (`pg_class` for a table), in decimal; "0" if none.
-    pub table_oid: Option<String>,
+    pub table_oid: Option<Text>,
     /// OID of the object, in decimal; "0" if none.
-    pub oid: Option<String>,
+    pub oid: Option<Text>,
     /// The object's name (e.g. the table's), as `pg_restore -l` shows it.
-    pub tag: Option<String>,
+    pub tag: Option<Text>,
     /// The kind of entry: `TABLE`, `TABLE DATA`, `INDEX`, `ACL`, `SEQUENCE SET`, …
-    pub desc: Option<String>,
+    pub desc: Option<Text>,
     /// One of [`SECTION_NONE`], [`SECTION_PRE_DATA`], [`SECTION_DATA`], [`SECTION_POST_DATA`].
     pub section: i32,
     /// SQL that creates the object (or, for data entries, e.g. a `setval`); may be empty.
-    pub defn: Option<String>,
+    pub defn: Option<Text>,
     /// SQL that drops the object (`pg_restore --clean`).
-    pub drop_stmt: Option<String>,
+    pub drop_stmt: Option<Text>,
     /// For `TABLE DATA`: the `COPY … FROM stdin;` statement the data is fed to.
-    pub copy_stmt: Option<String>,
+    pub copy_stmt: Option<Text>,
     /// Schema of the object.
-    pub namespace: Option<String>,
+    pub namespace: Option<Text>,
     /// Tablespace of the object.
-    pub tablespace: Option<String>,
+    pub tablespace: Option<Text>,
     /// Table access method of the object (e.g. `heap`).
-    pub tableam: Option<String>,
+    pub tableam: Option<Text>,
     /// The relkind of a table's entry (`'r'`, `'p'`, … as a number; archive 1.16 and later),
     /// else 0.
     pub relkind: i32,
     /// Role that owns the object.
-    pub owner: Option<String>,
+    pub owner: Option<Text>,
     /// Legacy WITH OIDS flag: `pg_dump` always writes "false".
-    pub with_oids: Option<String>,
+    pub with_oids: Option<Text>,
     /// Dump ids of the entries this one depends on.
     pub deps: Vec<i32>,
     /// Where the entry's data is.
@@ -318,7 +375,7 @@ impl<R: Read> Input<'_, R> {
         }
     }
 
-    fn string(&mut self, field: &str) -> Result<Option<String>, ArchiveError> {
+    fn string(&mut self, field: &str) -> Result<Option<Text>, ArchiveError> {
         let len = self.int(field)?;
         if len == -1 {
             return Ok(None);
@@ -339,10 +396,7 @@ impl<R: Read> Input<'_, R> {
         if buf.contains(&0) {
             return Err(self.bad(field, "string contains a NUL byte"));
         }
-        match String::from_utf8(buf) {
-            Ok(s) => Ok(Some(s)),
-            Err(e) => Err(self.bad(field, &format!("string is not UTF-8 ({e})"))),
-        }
+        Ok(Some(Text(buf)))
     }
 
     fn header(&mut self) -> Result<Header, ArchiveError> {
@@ -457,7 +511,7 @@ impl<R: Read> Input<'_, R> {
         let mut deps = Vec::new();
         while let Some(d) = self.string("dependency")? {
             match d.parse::<i32>() {
-                Ok(n) if n.to_string() == d => deps.push(n),
+                Some(n) if n.to_string().as_bytes() == d.as_bytes() => deps.push(n),
                 _ => {
                     return Err(self.bad("dependency", &format!("{d:?} is not a dump id")));
                 }
@@ -516,14 +570,14 @@ fn put_int(buf: &mut Vec<u8>, v: i32) {
 
 fn put_str(
     buf: &mut Vec<u8>,
-    s: Option<&str>,
+    s: Option<&[u8]>,
     what: &dyn Fn() -> String,
 ) -> Result<(), ArchiveError> {
     let Some(s) = s else {
         put_int(buf, -1);
         return Ok(());
     };
-    if s.contains('\0') {
+    if s.contains(&0) {
         return Err(malformed(format!("{}: string contains a NUL byte", what())));
     }
     let Ok(len) = i32::try_from(s.len()) else {
@@ -534,7 +588,7 @@ fn put_str(
         )));
     };
     put_int(buf, len);
-    buf.extend_from_slice(s.as_bytes());
+    buf.extend_from_slice(s);
     Ok(())
 }
 
@@ -577,15 +631,19 @@ fn header_bytes(h: &Header) -> Result<Vec<u8>, ArchiveError> {
         }
         put_int(&mut buf, c);
     }
-    put_str(&mut buf, h.database.as_deref(), &|| {
+    put_str(&mut buf, h.database.as_ref().map(Text::as_bytes), &|| {
         "header: database name".into()
     })?;
-    put_str(&mut buf, h.server_version.as_deref(), &|| {
-        "header: server version".into()
-    })?;
-    put_str(&mut buf, h.pg_dump_version.as_deref(), &|| {
-        "header: pg_dump version".into()
-    })?;
+    put_str(
+        &mut buf,
+        h.server_version.as_ref().map(Text::as_bytes),
+        &|| "header: server version".into(),
+    )?;
+    put_str(
+        &mut buf,
+        h.pg_dump_version.as_ref().map(Text::as_bytes),
+        &|| "header: pg_dump version".into(),
+    )?;
     Ok(buf)
 }
 
@@ -612,24 +670,50 @@ fn toc_bytes(entries: &[Entry], version: (u8, u8, u8)) -> Result<Vec<u8>, Archiv
         }
         put_int(&mut buf, e.dump_id);
         put_int(&mut buf, i32::from(e.had_dumper));
-        put_str(&mut buf, e.table_oid.as_deref(), &|| what("tableoid"))?;
-        put_str(&mut buf, e.oid.as_deref(), &|| what("oid"))?;
-        put_str(&mut buf, e.tag.as_deref(), &|| what("tag"))?;
-        put_str(&mut buf, e.desc.as_deref(), &|| what("desc"))?;
+        put_str(&mut buf, e.table_oid.as_ref().map(Text::as_bytes), &|| {
+            what("tableoid")
+        })?;
+        put_str(&mut buf, e.oid.as_ref().map(Text::as_bytes), &|| {
+            what("oid")
+        })?;
+        put_str(&mut buf, e.tag.as_ref().map(Text::as_bytes), &|| {
+            what("tag")
+        })?;
+        put_str(&mut buf, e.desc.as_ref().map(Text::as_bytes), &|| {
+            what("desc")
+        })?;
         put_int(&mut buf, e.section);
-        put_str(&mut buf, e.defn.as_deref(), &|| what("defn"))?;
-        put_str(&mut buf, e.drop_stmt.as_deref(), &|| what("dropStmt"))?;
-        put_str(&mut buf, e.copy_stmt.as_deref(), &|| what("copyStmt"))?;
-        put_str(&mut buf, e.namespace.as_deref(), &|| what("namespace"))?;
-        put_str(&mut buf, e.tablespace.as_deref(), &|| what("tablespace"))?;
-        put_str(&mut buf, e.tableam.as_deref(), &|| what("tableam"))?;
+        put_str(&mut buf, e.defn.as_ref().map(Text::as_bytes), &|| {
+            what("defn")
+        })?;
+        put_str(&mut buf, e.drop_stmt.as_ref().map(Text::as_bytes), &|| {
+            what("dropStmt")
+        })?;
+        put_str(&mut buf, e.copy_stmt.as_ref().map(Text::as_bytes), &|| {
+            what("copyStmt")
+        })?;
+        put_str(&mut buf, e.namespace.as_ref().map(Text::as_bytes), &|| {
+            what("namespace")
+        })?;
+        put_str(&mut buf, e.tablespace.as_ref().map(Text::as_bytes), &|| {
+            what("tablespace")
+        })?;
+        put_str(&mut buf, e.tableam.as_ref().map(Text::as_bytes), &|| {
+            what("tableam")
+        })?;
         if version >= V1_16 {
             put_int(&mut buf, e.relkind);
         }
-        put_str(&mut buf, e.owner.as_deref(), &|| what("owner"))?;
-        put_str(&mut buf, e.with_oids.as_deref(), &|| what("withOids"))?;
+        put_str(&mut buf, e.owner.as_ref().map(Text::as_bytes), &|| {
+            what("owner")
+        })?;
+        put_str(&mut buf, e.with_oids.as_ref().map(Text::as_bytes), &|| {
+            what("withOids")
+        })?;
         for d in &e.deps {
-            put_str(&mut buf, Some(&d.to_string()), &|| what("dependency"))?;
+            put_str(&mut buf, Some(d.to_string().as_bytes()), &|| {
+                what("dependency")
+            })?;
         }
         put_int(&mut buf, -1);
         let (flag, off) = match e.data {
@@ -845,7 +929,7 @@ impl<W: Write + Seek> ArchiveWriter<W> {
                 "cannot write data for {name}: the entry has no data (hadDumper is false)"
             )));
         }
-        if e.desc.as_deref() == Some("BLOBS") {
+        if e.desc_is("BLOBS") {
             return Err(malformed(format!(
                 "cannot write data for {name}: large objects are not supported"
             )));
@@ -948,9 +1032,9 @@ impl<W: Write + Seek> ArchiveWriter<W> {
 
 /// "TABLE DATA app customers (dump id 3398)", for messages.
 fn entry_name(e: &Entry) -> String {
-    let parts: Vec<&str> = [&e.desc, &e.namespace, &e.tag]
+    let parts: Vec<String> = [&e.desc, &e.namespace, &e.tag]
         .into_iter()
-        .filter_map(|s| s.as_deref())
+        .filter_map(|s| s.as_ref().map(|t| t.lossy().into_owned()))
         .filter(|s| !s.is_empty())
         .collect();
     format!("{} (dump id {})", parts.join(" "), e.dump_id)
@@ -965,8 +1049,8 @@ mod tests {
 
     use flate2::read::ZlibDecoder;
 
-    fn s(v: &str) -> Option<String> {
-        Some(v.to_string())
+    fn s(v: &str) -> Option<Text> {
+        Some(Text::from(v))
     }
 
     /// The compressions each version can record, as the tests cover them.
@@ -1286,13 +1370,26 @@ mod tests {
                 "{e}"
             );
         }
-        // A string that is not UTF-8: the database name "corpus" becomes "corp\xffs".
+        // A string in another encoding than UTF-8 (a LATIN1 database's name "corp\xfcs") is
+        // kept byte for byte.
         let at = good.windows(6).position(|w| w == b"corpus").unwrap();
         let mut v = good.clone();
-        v[at + 4] = 0xff;
+        v[at + 4] = 0xfc;
+        let toc = read_toc(&mut &v[..]).unwrap();
+        assert_eq!(
+            toc.header.database.as_ref().unwrap().as_bytes(),
+            b"corp\xfcs"
+        );
+        assert!(header_bytes(&toc.header)
+            .unwrap()
+            .windows(6)
+            .any(|w| w == b"corp\xfcs"));
+        // A NUL byte in a string is not pg_dump's.
+        let mut v = good.clone();
+        v[at + 4] = 0;
         let e = err(&v);
         assert!(
-            matches!(&e, ArchiveError::Malformed(m) if m.contains("database name") && m.contains("UTF-8")),
+            matches!(&e, ArchiveError::Malformed(m) if m.contains("database name") && m.contains("NUL")),
             "{e}"
         );
         // A section out of range names the entry.

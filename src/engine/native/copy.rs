@@ -14,7 +14,9 @@ use super::toc::{SchemaToc, Selection};
 use super::writer::{created_now, Chunk, Output, Target};
 use crate::connect::application_name;
 use crate::report::SnapshotInfo;
-use crate::text::{quote_literal, quote_qualified, quote_qualified_if_needed};
+use crate::text::{
+    quote_literal, quote_literal_bytes, quote_qualified, quote_qualified_if_needed_bytes,
+};
 
 /// Bytes of COPY data handed to the writer at a time.
 const BATCH: usize = 64 * 1024;
@@ -82,10 +84,23 @@ pub async fn dump_group(
 /// A group table as the group's snapshot sees it.
 struct Current {
     relkind: String,
-    /// `"schema"."name"`, quoted by the server.
+    /// `"schema"."name"`, quoted by the server: UTF-8 for our statements, and in the
+    /// database's encoding for the archive's.
     quoted: String,
-    /// The COPY column list (no generated or dropped columns); `None` for no columns.
+    quoted_db: Vec<u8>,
+    /// The COPY column list (no generated or dropped columns), likewise; `None` for no
+    /// columns.
     columns: Option<String>,
+    columns_db: Option<Vec<u8>>,
+}
+
+/// `"schema"."name"` of a table or sequence as the schema snapshot named it, UTF-8.
+fn utf8_name(toc: &SchemaToc, oid: u32) -> Result<String, NativeError> {
+    toc.name(oid)
+        .map(|(s, n)| quote_qualified(s, n))
+        .ok_or_else(|| {
+            NativeError::Fallback(format!("relation {oid} has no name in the schema snapshot"))
+        })
 }
 
 async fn dump_in_transaction(
@@ -95,7 +110,7 @@ async fn dump_in_transaction(
     req: &Request<'_>,
 ) -> Result<Dumped, NativeError> {
     let (snapshot, lock_wait, now) = lock_and_check(session, toc, sel, req).await?;
-    let seq_values = sequence_values(session, sel).await?;
+    let seq_values = sequence_values(session, toc, sel).await?;
     let (entries, copies) = group_entries(toc, sel, &now, &seq_values);
     let mut header = toc.toc.header.clone();
     header.compression = req.compression;
@@ -135,8 +150,8 @@ async fn lock_and_check(
     let lock_list = sel
         .tables
         .iter()
-        .map(|(_, _, s, t, _)| format!("ONLY {}", quote_qualified(s, t)))
-        .collect::<Vec<_>>()
+        .map(|(oid, ..)| Ok(format!("ONLY {}", utf8_name(toc, *oid)?)))
+        .collect::<Result<Vec<_>, NativeError>>()?
         .join(", ");
     // LOCK, then the query that takes the snapshot, sent together: the server runs them in
     // order, so the snapshot still comes after every lock.
@@ -178,6 +193,8 @@ async fn lock_and_check(
             relkind: row.get(1),
             quoted: row.get(2),
             columns: row.get(3),
+            quoted_db: row.get(7),
+            columns_db: row.get(8),
         };
         now.insert(oid, current);
     }
@@ -192,6 +209,7 @@ async fn lock_and_check(
 /// The owned sequences' (last_value, is_called), in the snapshot (as pg_dump reads them).
 async fn sequence_values(
     session: &NativeSession,
+    toc: &SchemaToc,
     sel: &Selection,
 ) -> Result<Vec<(i64, bool)>, NativeError> {
     if sel.sequences.is_empty() {
@@ -201,12 +219,12 @@ async fn sequence_values(
         .sequences
         .iter()
         .map(|s| {
-            format!(
+            Ok(format!(
                 "(SELECT last_value, is_called FROM {})",
-                quote_qualified(&s.schema, &s.name)
-            )
+                utf8_name(toc, s.oid)?
+            ))
         })
-        .collect::<Vec<_>>()
+        .collect::<Result<Vec<_>, NativeError>>()?
         .join(" UNION ALL ");
     let values: Vec<(i64, bool)> = session
         .client
@@ -241,29 +259,38 @@ fn group_entries(
     let mut next_id = toc.max_dump_id;
     let mut data_entries = Vec::new();
     let mut copies = Vec::new();
+    // COPY converts the rows to the database's encoding, as pg_dump's session (whose
+    // client_encoding is the database's) gets them; ours speaks UTF-8.
+    let encoding = match toc.encoding() {
+        "UTF8" => String::new(),
+        other => format!(" (ENCODING {})", quote_literal(other)),
+    };
     for (oid, table_dump_id, schema, name, owner) in &sel.tables {
         let table = &now[oid];
         if table.relkind != "r" {
             continue;
         }
         next_id += 1;
-        let quoted = &table.quoted;
-        let cols = table
-            .columns
-            .as_deref()
-            .map(|c| format!("({c})"))
-            .unwrap_or_default();
+        let mut copy_stmt = b"COPY ".to_vec();
+        copy_stmt.extend_from_slice(&table.quoted_db);
+        copy_stmt.push(b' ');
+        if let Some(cols) = &table.columns_db {
+            copy_stmt.push(b'(');
+            copy_stmt.extend_from_slice(cols);
+            copy_stmt.push(b')');
+        }
+        copy_stmt.extend_from_slice(b" FROM stdin;\n");
         data_entries.push(Entry {
             dump_id: next_id,
             had_dumper: true,
             table_oid: Some("0".into()),
-            oid: Some(oid.to_string()),
+            oid: Some(oid.to_string().into()),
             tag: Some(name.clone()),
             desc: Some("TABLE DATA".into()),
             section: archive::SECTION_DATA,
             defn: None,
             drop_stmt: None,
-            copy_stmt: Some(format!("COPY {quoted} {cols} FROM stdin;\n")),
+            copy_stmt: Some(copy_stmt.into()),
             namespace: Some(schema.clone()),
             tablespace: None,
             tableam: None,
@@ -273,10 +300,10 @@ fn group_entries(
             deps: vec![*table_dump_id],
             data: DataState::NotSet,
         });
-        let sql = if table.columns.is_some() {
-            format!("COPY {quoted} {cols} TO STDOUT")
-        } else {
-            format!("COPY {quoted} TO STDOUT")
+        let quoted = &table.quoted;
+        let sql = match &table.columns {
+            Some(cols) => format!("COPY {quoted} ({cols}) TO STDOUT{encoding}"),
+            None => format!("COPY {quoted} TO STDOUT{encoding}"),
         };
         copies.push(Copy {
             oid: *oid,
@@ -287,6 +314,12 @@ fn group_entries(
     data_entries.sort_by(|a, b| (&a.namespace, &a.tag).cmp(&(&b.namespace, &b.tag)));
     for (s, (last, called)) in sel.sequences.iter().zip(seq_values) {
         next_id += 1;
+        let mut defn = b"SELECT pg_catalog.setval(".to_vec();
+        defn.extend(quote_literal_bytes(&quote_qualified_if_needed_bytes(
+            s.schema.as_bytes(),
+            s.name.as_bytes(),
+        )));
+        defn.extend_from_slice(format!(", {last}, {called});\n").as_bytes());
         data_entries.push(Entry {
             dump_id: next_id,
             had_dumper: false,
@@ -295,10 +328,7 @@ fn group_entries(
             tag: Some(s.name.clone()),
             desc: Some("SEQUENCE SET".into()),
             section: archive::SECTION_DATA,
-            defn: Some(format!(
-                "SELECT pg_catalog.setval({}, {last}, {called});\n",
-                quote_literal(&quote_qualified_if_needed(&s.schema, &s.name))
-            )),
+            defn: Some(defn.into()),
             drop_stmt: None,
             copy_stmt: None,
             namespace: Some(s.schema.clone()),

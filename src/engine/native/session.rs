@@ -30,8 +30,9 @@ impl Pooled for NativeSession {
     }
 }
 
-/// Per group table: oid, relkind, quoted name, COPY column list, fingerprint; and when the
-/// snapshot was taken (the query takes it).
+/// Per group table: oid, relkind, quoted name, COPY column list, fingerprint, when the
+/// snapshot was taken (the query takes it) and at which WAL position; then the quoted name
+/// and column list again in the database's encoding, for the archive.
 const GROUP_QUERY: &str = "SELECT c.oid, c.relkind::text,
         pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname),
         (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum)
@@ -43,7 +44,15 @@ const GROUP_QUERY: &str = "SELECT c.oid, c.relkind::text,
                 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
         (CASE WHEN pg_catalog.pg_is_in_recovery()
               THEN pg_catalog.pg_last_wal_replay_lsn()
-              ELSE pg_catalog.pg_current_wal_lsn() END)::text
+              ELSE pg_catalog.pg_current_wal_lsn() END)::text,
+        pg_catalog.convert_to(pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname),
+                              pg_catalog.getdatabaseencoding()),
+        pg_catalog.convert_to(
+          (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum)
+             FROM pg_catalog.pg_attribute a
+            WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+              AND a.attgenerated = ''),
+          pg_catalog.getdatabaseencoding())
    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
   WHERE c.oid = ANY($1)";
 

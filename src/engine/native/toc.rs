@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use tokio_postgres::Client;
 
-use super::archive::{self, DataState, Entry, Toc};
+use super::archive::{self, DataState, Entry, Text, Toc};
 
 /// A table's definition, as far as its archive entries go: columns, constraints, indexes,
 /// triggers, rules, policies, defaults, owned sequences, comments, grants, options. Two equal
@@ -75,25 +75,37 @@ const OWNERS: &str = "
      WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
        AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.deptype IN ('a', 'i')";
 
-/// Partition indexes by name, for INDEX ATTACH entries (which carry no catalog id).
+/// Partition indexes by name (in the database's encoding, as the archive has them), for
+/// INDEX ATTACH entries (which carry no catalog id).
 const INDEX_OWNERS: &str = "
-    SELECT n.nspname, i.relname, x.indrelid
+    SELECT pg_catalog.convert_to(n.nspname::text, pg_catalog.getdatabaseencoding()),
+           pg_catalog.convert_to(i.relname::text, pg_catalog.getdatabaseencoding()),
+           x.indrelid
       FROM pg_catalog.pg_index x
       JOIN pg_catalog.pg_class i ON i.oid = x.indexrelid
       JOIN pg_catalog.pg_namespace n ON n.oid = i.relnamespace
      WHERE i.relispartition";
+
+/// Tables and sequences by oid: their schema and name (UTF-8, for statements we send).
+const NAMES: &str = "
+    SELECT c.oid, n.nspname::text, c.relname::text
+      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.relkind IN ('r', 'p', 'S')
+       AND n.nspname NOT IN ('pg_catalog', 'information_schema')";
 
 /// What the schema snapshot says about the database's tables.
 #[derive(Debug, Default)]
 pub struct Recorded {
     /// (catalog oid, object oid) → the table it belongs to.
     owners: HashMap<(u32, u32), u32>,
-    /// (schema, partition index) → its table.
-    index_owners: HashMap<(String, String), u32>,
+    /// (schema, partition index), in the database's encoding → its table.
+    index_owners: HashMap<(Text, Text), u32>,
+    /// Table or sequence oid → (schema, name), UTF-8.
+    names: HashMap<u32, (String, String)>,
     /// Table oid → fingerprint.
     fingerprints: HashMap<u32, String>,
     /// The database's encoding.
-    encoding: String,
+    pub(super) encoding: String,
 }
 
 /// Reads, in the schema archive's snapshot (on the session that exported it), what the
@@ -104,7 +116,12 @@ pub async fn record(client: &Client) -> Result<Recorded, tokio_postgres::Error> 
         r.owners.insert((row.get(0), row.get(1)), row.get(2));
     }
     for row in client.query(INDEX_OWNERS, &[]).await? {
-        r.index_owners.insert((row.get(0), row.get(1)), row.get(2));
+        let (schema, name): (Vec<u8>, Vec<u8>) = (row.get(0), row.get(1));
+        r.index_owners
+            .insert((Text::from(schema), Text::from(name)), row.get(2));
+    }
+    for row in client.query(NAMES, &[]).await? {
+        r.names.insert(row.get(0), (row.get(1), row.get(2)));
     }
     let sql = format!(
         "SELECT c.oid, {FINGERPRINT} FROM pg_catalog.pg_class c
@@ -125,8 +142,6 @@ pub async fn record(client: &Client) -> Result<Recorded, tokio_postgres::Error> 
 /// Why a schema archive cannot be cut into group archives.
 #[derive(Debug, thiserror::Error)]
 pub enum TocError {
-    #[error("the database encoding is {0}; the native engine writes UTF-8 only")]
-    Encoding(String),
     #[error("cannot read the schema archive {}: {source}", path.display())]
     Read {
         path: PathBuf,
@@ -169,9 +184,6 @@ impl SchemaToc {
     /// back to pg_dump) for an archive version this writer does not know or a database
     /// encoding other than UTF-8.
     pub fn load(path: &Path, recorded: Recorded) -> Result<SchemaToc, TocError> {
-        if recorded.encoding != "UTF8" {
-            return Err(TocError::Encoding(recorded.encoding));
-        }
         let toc = archive::read_toc_file(path).map_err(|source| TocError::Read {
             path: path.to_path_buf(),
             source,
@@ -189,10 +201,10 @@ impl SchemaToc {
             annotations: HashMap::new(),
             max_dump_id: 0,
         };
-        let mut table_names: HashMap<(String, String), u32> = HashMap::new();
+        let mut table_names: HashMap<(Text, Text), u32> = HashMap::new();
         for (i, e) in me.toc.entries.iter().enumerate() {
             me.max_dump_id = me.max_dump_id.max(e.dump_id);
-            if e.desc.as_deref() == Some("TABLE") {
+            if e.desc_is("TABLE") {
                 if let Some((_, oid)) = catalog_id(e) {
                     me.tables.insert(oid, i);
                     table_names.insert(
@@ -216,7 +228,7 @@ impl SchemaToc {
         Ok(me)
     }
 
-    fn role(&self, e: &Entry, table_names: &HashMap<(String, String), u32>) -> Role {
+    fn role(&self, e: &Entry, table_names: &HashMap<(Text, Text), u32>) -> Role {
         let name = || {
             (
                 e.namespace.clone().unwrap_or_default(),
@@ -226,7 +238,8 @@ impl SchemaToc {
         if e.had_dumper {
             return Role::Never;
         }
-        match e.desc.as_deref().unwrap_or("") {
+        let desc = e.desc.as_ref().map(|d| d.lossy()).unwrap_or_default();
+        match desc.as_ref() {
             "ENCODING" | "STDSTRINGS" | "SEARCHPATH" | "DATABASE" | "DATABASE PROPERTIES" => {
                 Role::Always
             }
@@ -241,6 +254,8 @@ impl SchemaToc {
             {
                 e.deps.first().map_or(Role::Never, |d| Role::Annotates(*d))
             }
+            // A table's or an index's statistics (pg_dump 18 --statistics) go with it.
+            "STATISTICS DATA" => e.deps.first().map_or(Role::Never, |d| Role::Annotates(*d)),
             // A partition's attachment goes with the partition, as pg_dump -t does it.
             "TABLE ATTACH" => table_names
                 .get(&name())
@@ -255,6 +270,16 @@ impl SchemaToc {
                 .and_then(|id| self.recorded.owners.get(&id))
                 .map_or(Role::Never, |t| Role::Owned(*t)),
         }
+    }
+
+    /// The schema and name (UTF-8) of a table or sequence in the schema snapshot.
+    pub fn name(&self, oid: u32) -> Option<&(String, String)> {
+        self.recorded.names.get(&oid)
+    }
+
+    /// The database's encoding (`LATIN1`, `UTF8`, …).
+    pub fn encoding(&self) -> &str {
+        &self.recorded.encoding
     }
 
     /// The fingerprint of a table in the schema snapshot.
@@ -296,9 +321,10 @@ impl SchemaToc {
             .unwrap_or(entries.len());
         let sequences = entries
             .iter()
-            .filter(|e| e.desc.as_deref() == Some("SEQUENCE"))
+            .filter(|e| e.desc_is("SEQUENCE"))
             .map(|e| Sequence {
                 dump_id: e.dump_id,
+                oid: catalog_id(e).map_or(0, |(_, o)| o),
                 schema: e.namespace.clone().unwrap_or_default(),
                 name: e.tag.clone().unwrap_or_default(),
                 owner: e.owner.clone(),
@@ -327,10 +353,7 @@ impl SchemaToc {
 }
 
 fn catalog_id(e: &Entry) -> Option<(u32, u32)> {
-    Some((
-        e.table_oid.as_deref()?.parse().ok()?,
-        e.oid.as_deref()?.parse().ok()?,
-    ))
+    Some((e.table_oid.as_ref()?.parse()?, e.oid.as_ref()?.parse()?))
 }
 
 /// A group's share of the schema archive.
@@ -340,16 +363,17 @@ pub struct Selection {
     /// Index in `entries` before which the data entries go.
     pub(super) data_at: usize,
     /// (oid, TABLE entry dump id, schema, name, owner) of each group table.
-    pub(super) tables: Vec<(u32, i32, String, String, Option<String>)>,
+    pub(super) tables: Vec<(u32, i32, Text, Text, Option<Text>)>,
     pub(super) sequences: Vec<Sequence>,
 }
 
 #[derive(Debug)]
 pub(super) struct Sequence {
     pub(super) dump_id: i32,
-    pub(super) schema: String,
-    pub(super) name: String,
-    pub(super) owner: Option<String>,
+    pub(super) oid: u32,
+    pub(super) schema: Text,
+    pub(super) name: Text,
+    pub(super) owner: Option<Text>,
 }
 
 #[cfg(test)]
@@ -376,7 +400,7 @@ mod tests {
             tag: Some(tag.into()),
             desc: Some(desc.into()),
             section,
-            defn: Some(String::new()),
+            defn: Some(Text::default()),
             drop_stmt: None,
             copy_stmt: None,
             namespace: (!ns.is_empty()).then(|| ns.into()),
@@ -550,7 +574,7 @@ mod tests {
         assert_eq!(ids(&sel), [1, 2, 10, 11, 12, 13, 14, 40, 43, 44]);
         assert_eq!(sel.data_at, 7, "data goes before the first post-data entry");
         assert_eq!(sel.sequences.len(), 1);
-        assert_eq!(sel.sequences[0].name, "a_id_seq");
+        assert!(sel.sequences[0].name.is("a_id_seq"));
         assert_eq!(sel.tables[0].1, 10);
     }
 

@@ -101,6 +101,7 @@ struct RawBackup {
     lock_wait_timeout: Option<String>,
     compress: Option<i64>,
     compression: Option<String>,
+    statistics: Option<bool>,
     databases: Option<Vec<String>>,
     #[serde(default)]
     exclude_databases: Vec<String>,
@@ -224,6 +225,9 @@ pub struct BackupConfig {
     /// How archives are compressed (`compression`, or the older `compress = N`); pg_dump's
     /// default, gzip, when neither is given.
     pub compression: Compression,
+    /// Archives carry their tables' and indexes' planner statistics (pg_dump 18's
+    /// `--statistics`), so a restore needs no ANALYZE.
+    pub statistics: bool,
     /// `None`: every database that allows connections.
     pub databases: Option<Vec<String>>,
     pub exclude_databases: Vec<String>,
@@ -509,6 +513,7 @@ fn check_backup(path: &Path, b: Option<RawBackup>) -> Result<BackupConfig, Confi
         jobs,
         lock_wait_timeout,
         compression,
+        statistics: b.statistics.unwrap_or(false),
         databases: b.databases,
         exclude_databases: b.exclude_databases,
         pg_dump: b.pg_dump,

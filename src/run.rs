@@ -250,7 +250,7 @@ async fn start(config: &Config, opts: &RunOptions) -> Result<Started, Failure> {
     let tools = tools::check_tools(&pg_dump, &pg_dumpall, planned.server_version_num)
         .await
         .map_err(|e| Failure::Start(e.into()))?;
-    check_compression(config, &tools)?;
+    check_pg_dump_version(config, &tools)?;
     for w in &planned.plan.warnings {
         tracing::warn!("{w}");
     }
@@ -300,10 +300,21 @@ async fn start(config: &Config, opts: &RunOptions) -> Result<Started, Failure> {
     })
 }
 
-/// Compression methods other than gzip need pg_dump 16 or later (archive 1.15): a
-/// configuration that asks for one with an older pg_dump is an error before anything is
-/// written.
-fn check_compression(config: &Config, tools: &Tools) -> Result<(), Failure> {
+/// What the configuration asks of pg_dump's version: statistics need pg_dump 18, compression
+/// methods other than gzip pg_dump 16 (archive 1.15). A configuration that asks for more
+/// than its pg_dump does is an error before anything is written.
+fn check_pg_dump_version(config: &Config, tools: &Tools) -> Result<(), Failure> {
+    if config.backup.statistics && tools.major < 18 {
+        return Err(Failure::Config(crate::config::ConfigError::new(
+            &config.path,
+            "backup.statistics",
+            format!(
+                "true: {} is version {}, and only pg_dump 18 or later dumps statistics (set backup.pg_dump to a newer pg_dump, or leave statistics out)",
+                tools.pg_dump.display(),
+                tools.version
+            ),
+        )));
+    }
     if tools.major >= 16 {
         return Ok(());
     }
@@ -357,6 +368,7 @@ fn context(
         maintenance,
         jobs: slots,
         count_rows: b.count_rows,
+        statistics: b.statistics,
         root: s.root.clone(),
         run_id: s.run_id.clone(),
         lock_wait_timeout: b.lock_wait_timeout,

@@ -286,6 +286,8 @@ pub struct Settings {
     /// Jobs at once: sessions kept idle, files written at once.
     pub jobs: usize,
     pub count_rows: bool,
+    /// Archives carry planner statistics (`backup.statistics`).
+    pub statistics: bool,
     pub root: PathBuf,
     pub run_id: String,
     /// The run's defaults, for the schema dumps the native engine takes itself.

@@ -2,7 +2,7 @@
 //! table, recorded in the schema snapshot, and the cut of it that `pg_dump -t` would write
 //! for a group's tables.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use tokio_postgres::Client;
@@ -217,8 +217,9 @@ impl SchemaToc {
                 }
             }
         }
+        let dump_ids: HashSet<i32> = me.toc.entries.iter().map(|e| e.dump_id).collect();
         for i in 0..me.toc.entries.len() {
-            match me.role(&me.toc.entries[i], &table_names) {
+            match me.role(&me.toc.entries[i], &table_names, &dump_ids) {
                 Role::Always => me.always.push(i),
                 Role::Owned(t) => me.owned.entry(t).or_default().push(i),
                 Role::Annotates(d) => me.annotations.entry(d).or_default().push(i),
@@ -228,7 +229,12 @@ impl SchemaToc {
         Ok(me)
     }
 
-    fn role(&self, e: &Entry, table_names: &HashMap<(Text, Text), u32>) -> Role {
+    fn role(
+        &self,
+        e: &Entry,
+        table_names: &HashMap<(Text, Text), u32>,
+        dump_ids: &HashSet<i32>,
+    ) -> Role {
         let name = || {
             (
                 e.namespace.clone().unwrap_or_default(),
@@ -254,8 +260,14 @@ impl SchemaToc {
             {
                 e.deps.first().map_or(Role::Never, |d| Role::Annotates(*d))
             }
-            // A table's or an index's statistics (pg_dump 18 --statistics) go with it.
-            "STATISTICS DATA" => e.deps.first().map_or(Role::Never, |d| Role::Annotates(*d)),
+            // A table's or an index's statistics (pg_dump 18 --statistics) go with it: with
+            // the first of their dependencies that is an entry (an index that backs a
+            // constraint has none of its own; the constraint's entry stands for it).
+            "STATISTICS DATA" => e
+                .deps
+                .iter()
+                .find(|d| dump_ids.contains(d))
+                .map_or(Role::Never, |d| Role::Annotates(*d)),
             // A partition's attachment goes with the partition, as pg_dump -t does it.
             "TABLE ATTACH" => table_names
                 .get(&name())
@@ -586,6 +598,94 @@ mod tests {
         let sel = schema().select(&[200]).unwrap();
         assert_eq!(ids(&sel), [1, 2, 20, 45]);
         assert!(sel.sequences.is_empty());
+    }
+
+    /// pg_dump 18 `--statistics`: a table's statistics depend on its TABLE entry, an index's
+    /// on its INDEX entry, a constraint's index's on an index object that has no entry and
+    /// then on the CONSTRAINT entry; all also on a dump id of no entry.
+    #[test]
+    fn statistics_go_with_their_table_or_index() {
+        use archive::{SECTION_DATA as D, SECTION_POST_DATA as POST, SECTION_PRE_DATA as PRE};
+        let entries = vec![
+            entry(1, "ENCODING", ("0", "0"), "", "ENCODING", PRE, &[]),
+            entry(10, "TABLE", (PG_CLASS, "100"), "app", "a", PRE, &[]),
+            entry(20, "TABLE", (PG_CLASS, "200"), "app", "b", PRE, &[]),
+            entry(
+                15,
+                "STATISTICS DATA",
+                ("0", "0"),
+                "app",
+                "a",
+                D,
+                &[10, 9999],
+            ),
+            entry(
+                25,
+                "STATISTICS DATA",
+                ("0", "0"),
+                "app",
+                "b",
+                D,
+                &[20, 9999],
+            ),
+            entry(
+                40,
+                "CONSTRAINT",
+                (PG_CONSTRAINT, "400"),
+                "app",
+                "a a_pkey",
+                POST,
+                &[10],
+            ),
+            entry(
+                47,
+                "STATISTICS DATA",
+                ("0", "0"),
+                "app",
+                "a_pkey",
+                POST,
+                &[9998, 40, 9999],
+            ),
+            entry(41, "INDEX", (PG_CLASS, "410"), "app", "b_x", POST, &[20]),
+            entry(
+                48,
+                "STATISTICS DATA",
+                ("0", "0"),
+                "app",
+                "b_x",
+                POST,
+                &[41, 9999],
+            ),
+        ];
+        let mut recorded = Recorded::default();
+        for (cat, oid, owner) in [
+            (1259, 100, 100),
+            (1259, 200, 200),
+            (2606, 400, 100),
+            (1259, 410, 200),
+        ] {
+            recorded.owners.insert((cat, oid), owner);
+        }
+        let toc = SchemaToc::new(
+            Toc {
+                header: archive::Header {
+                    version: archive::V1_16,
+                    int_size: 4,
+                    off_size: 8,
+                    format: 1,
+                    compression: crate::compression::Compression::Gzip(None),
+                    created: [0; 7],
+                    database: None,
+                    server_version: None,
+                    pg_dump_version: None,
+                },
+                entries,
+            },
+            recorded,
+        )
+        .unwrap();
+        assert_eq!(ids(&toc.select(&[100]).unwrap()), [1, 10, 15, 40, 47]);
+        assert_eq!(ids(&toc.select(&[200]).unwrap()), [1, 20, 25, 41, 48]);
     }
 
     #[test]

@@ -26,6 +26,8 @@ const STDERR_TAIL: usize = 4000;
 pub struct DumpSettings {
     pub tools: Tools,
     pub conn: ConnParams,
+    /// `--statistics` (pg_dump 18 and later).
+    pub statistics: bool,
 }
 
 /// A failed child: what it said.
@@ -100,6 +102,9 @@ pub fn command_args(
             if let Some(id) = snapshot {
                 args.push(format!("--snapshot={id}").into());
             }
+            if settings.statistics {
+                args.push("--statistics".into());
+            }
             if let Contents::Tables(tables) = kind {
                 args.push("--strict-names".into());
                 for (s, t) in tables {
@@ -107,7 +112,13 @@ pub fn command_args(
                     args.push(crate::text::quote_qualified(s, t).into());
                 }
             } else if let Contents::SchemaOnly = kind {
-                args.push("--schema-only".into());
+                // pg_dump 18 refuses --schema-only with --statistics: leave out every
+                // table's data instead.
+                if settings.statistics {
+                    args.push("--exclude-table-data=*.*".into());
+                } else {
+                    args.push("--schema-only".into());
+                }
             } else if let Contents::Schema { exclude_data } = kind {
                 for pattern in exclude_data {
                     args.push("--exclude-table-data".into());

@@ -44,6 +44,7 @@ impl PgDump {
             settings: DumpSettings {
                 tools: settings.tools.clone(),
                 conn: settings.conn.clone(),
+                statistics: settings.statistics,
             },
             maintenance: settings.maintenance.clone(),
             snapshots: Snapshots::new(settings.conn.clone(), settings.jobs),

@@ -22,7 +22,7 @@ use serde::Deserialize;
 
 use crate::compression::Compression;
 
-mod email;
+pub(crate) mod email;
 mod retention;
 
 pub use email::{

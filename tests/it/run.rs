@@ -674,3 +674,55 @@ fn engine_pg_dump_writes_each_group_with_pg_dump() {
         &[("public", "orders"), ("public", "order_items")],
     );
 }
+
+/// `[[group]] engine = "pg_dump"` under the default engine: that group alone gets a pg_dump of
+/// its own; the others are written natively.
+#[test]
+fn group_engine_pg_dump_overrides_the_native_default() {
+    let db = fresh_db("run_group_engine");
+    shop(&db);
+    let env = Env::new();
+    let (pg_dump, log) = recording_pg_dump(&env);
+    let groups = shop_groups(&db).replace(
+        "schemas = [\"audit\"]\n",
+        "schemas = [\"audit\"]\nengine = \"pg_dump\"\n",
+    );
+    assert!(groups.contains("engine = \"pg_dump\""), "{groups}");
+    env.config_for(&db)
+        .backup("pg_dump", &ts(pg_dump.to_str().unwrap()))
+        .extra(&groups)
+        .write(&env);
+    env.run(&["run"]).expect_code(0);
+    let report = env.report();
+    let run_id = check_report_shape(&report, &env, "ok");
+    let entries = table_entries(&report);
+    assert_eq!(
+        entries.len(),
+        4,
+        "orders, audit, public.misc, public.empty_t: {report:#}"
+    );
+    for g in &entries {
+        let want = if g["group"] == "audit" {
+            "pg_dump"
+        } else {
+            "native"
+        };
+        assert_eq!(g["status"], "ok", "{g:#}");
+        assert_eq!(g["engine"], want, "{g:#}");
+        assert!(g["fallback"].is_null(), "{g:#}");
+    }
+    let dumps = group_pg_dumps(&log);
+    assert_eq!(dumps.len(), 1, "one group pg_dump, audit's: {dumps:#?}");
+    assert!(
+        dumps[0].contains("application_name='pg_groupdump/audit'"),
+        "{dumps:#?}"
+    );
+    let file = expected_dump_path(&env.dir, &db.name, "audit", &run_id);
+    assert_eq!(checked_file(report_group(&report, "audit")), file);
+    restore_and_compare(
+        &db,
+        &file,
+        &["audit"],
+        &[("audit", "log"), ("audit", "log2")],
+    );
+}

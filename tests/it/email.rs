@@ -384,6 +384,9 @@ fn failed_groups_are_mailed_once_with_error_and_blocker() {
     let (db, role) = db_with_secret("mail_fail");
     let env = Env::new();
     let smtp = Smtp::start(&env, SmtpOpts::default());
+    // The default engine. The schema-only dump it takes first (`schema = false`) cannot lock
+    // `secret` (no privilege) nor `busy` (held), so every group of the database is dumped with
+    // pg_dump (a fallback, with a warning); what is tested here holds either way.
     env.config_for(&db)
         .connection("user", &ts(&role))
         .backup("schema", "false")
@@ -756,6 +759,9 @@ fn silent_mail_server_times_out_with_the_backups_exit_code() {
             ..SmtpOpts::default()
         },
     );
+    // The default engine. The schema-only dump it takes first (`schema = false`) cannot lock
+    // `secret` (no privilege), so every group of the database is dumped with pg_dump (a
+    // fallback, with a warning); what is tested here holds either way.
     env.config_for(&db)
         .connection("user", &ts(&role))
         .backup("schema", "false")

@@ -20,7 +20,10 @@
 //!   with pg_dump after the native engine's schema-only dump of the database was blocked too,
 //!   the fallback naming the blocker).
 //!
-//! And pg_dump 18 against a PostgreSQL 14 server: the oracle and `verify --restore`.
+//! And pg_dump 18 against a PostgreSQL 14 server: the oracle (restore targets on the
+//! PostgreSQL 18 server: stock pg_restore 18 cannot restore into 14, see below) and
+//! `verify --restore`; and `restore --run` of such a run into the 14 server, as a user would
+//! restore it.
 //!
 //! The checks of one version run even when an earlier one failed; the test then panics with
 //! all their failures.
@@ -370,4 +373,41 @@ fn pg_dump_18_against_postgresql_14() {
         assert_eq!(out.code, 0, "verify --restore:\n{out:?}");
     });
     failures.assert_none();
+}
+
+/// pg_dump and pg_restore 18, server 14: `restore --run ID --database D --target T` of a
+/// native run gives a database whose `pg_dump` (schema and data) equals the source's. (Stock
+/// pg_restore 18 starts every restore with `SET transaction_timeout = 0`, a setting
+/// PostgreSQL 14 does not have.)
+#[test]
+fn restore_with_pg_restore_18_into_postgresql_14() {
+    let pg = Setup {
+        server: server_of(14),
+        targets: server_of(14),
+        clients: matrix_bindir(18).to_path_buf(),
+        engine: Some("native"),
+    };
+    let db = pg.server.fresh_db("matrix_18on14");
+    db.sql(
+        "CREATE SCHEMA app;
+         CREATE TABLE app.customers (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, name text);
+         CREATE TABLE app.orders (id serial PRIMARY KEY,
+                                  customer_id int NOT NULL REFERENCES app.customers (id),
+                                  qty int, total numeric GENERATED ALWAYS AS (qty * 2) STORED);
+         INSERT INTO app.customers (name) SELECT 'c' || g FROM generate_series(1, 50) g;
+         INSERT INTO app.orders (customer_id, qty) SELECT g % 50 + 1, g FROM generate_series(1, 500) g;
+         COMMENT ON TABLE app.orders IS 'orders';",
+    );
+    let env = Env::new();
+    env.config_for(&db)
+        .clients(&pg.clients)
+        .backup("engine", &ts("native"))
+        .extra(&group_cfg(&db.name, "crm", &["app.customers"]))
+        .extra(&group_cfg(&db.name, "sales", &["app.orders"]))
+        .write(&env);
+    let report = env.run_ok(&[]);
+    for g in ["crm", "sales"] {
+        check_engine_field(Some("native"), g, report_group(&report, g));
+    }
+    check_whole_restore(&pg, &env, &db, &report, "pg_dump 18, server 14");
 }

@@ -11,10 +11,11 @@
 //!   archive version, compression, versions) is the one that version's pg_dump writes;
 //! - `verify --restore` of that run passes, and `restore --run ID --database D --target T`
 //!   gives a database whose `pg_dump` (schema and data) equals the source's;
-//! - compression: 16 and later, one run each with `zstd`, `lz4`, `none` and `gzip:9`,
-//!   restored and compared the same way; 14 and 15, `none` so, and `zstd` refused as a
-//!   configuration error (exit 2) naming the pg_dump and its version, before anything is
-//!   written;
+//! - compression: 16 and later, one run each with `zstd` (two groups with their own: `lz4:5`,
+//!   `none`), `lz4`, `none` and `gzip:9`, restored and compared the same way; 14 and 15,
+//!   `none` (a group with `gzip:1`) so, and `zstd` (in `[backup]`, in a `[[group]]`) refused
+//!   as a configuration error (exit 2) naming the pg_dump and its version, before anything
+//!   is written;
 //! - a table held in ACCESS EXCLUSIVE by another session: its group fails with outcome
 //!   `lock_timeout` naming the blocker's pid, the other groups succeed (exit 1; natively, or
 //!   with pg_dump after the native engine's schema-only dump of the database was blocked too,
@@ -82,9 +83,17 @@ fn archive_header(pg_restore: &Path, file: &Path) -> Vec<String> {
 
 /// The run's report entry of every group: `ok`, `engine: native`, no fallback, its file
 /// checked (size, sha256); and every file's archive header equal to that of `pg_dump -Fc
-/// [-Z z]` (the run's pg_dump, `z` = the run's compression in pg_dump's spelling) of the
-/// group's tables, the archive version the one that pg_dump writes.
-fn check_run(pg: &Setup, src: &TestDb, groups: &[Group], report: &Value, z: Option<&str>) {
+/// [-Z z]` (the run's pg_dump, `z` = the run's compression in pg_dump's spelling, or the
+/// group's own in `group_z`: (group, z)) of the group's tables, the archive version the one
+/// that pg_dump writes.
+fn check_run(
+    pg: &Setup,
+    src: &TestDb,
+    groups: &[Group],
+    report: &Value,
+    z: Option<&str>,
+    group_z: &[(&str, &str)],
+) {
     let entries = report_groups(report, &src.name);
     let pg_dump_major = bin_major(&pg.clients, "pg_dump");
     let pg_restore = pg.clients.join("pg_restore");
@@ -98,6 +107,11 @@ fn check_run(pg: &Setup, src: &TestDb, groups: &[Group], report: &Value, z: Opti
             assert_eq!(entry["status"], "ok", "group {}: {entry:#}", g.name);
             check_engine_field(Some("native"), &g.name, entry);
             let file = checked_file(entry);
+            let z = group_z
+                .iter()
+                .find(|(name, _)| *name == g.name)
+                .map(|(_, z)| *z)
+                .or(z);
             let reference = refs.path().join("reference.dump");
             let mut c = pg.server.client(&pg.clients, "pg_dump");
             c.arg("-Fc");
@@ -171,35 +185,77 @@ fn check_whole_restore(pg: &Setup, env: &Env, src: &TestDb, report: &Value, what
     );
 }
 
-/// A run of the oracle's groups of `src` with `compression`, its archives checked
-/// ([`check_run`]), restored whole and compared with the source.
-fn compressed_run(pg: &Setup, src: &TestDb, groups: &[Group], compression: &str) {
-    let what = format!("compression = {compression:?}");
+/// pg_dump's `-Z` spelling of `compression` for a pg_dump of major version `major`: before 16
+/// a bare level (0: none).
+fn pg_dump_z(major: u32, compression: &str) -> &str {
+    match (major, compression) {
+        (..=15, "none") => "0",
+        (..=15, c) => c.strip_prefix("gzip:").unwrap_or(c),
+        (_, c) => c,
+    }
+}
+
+/// A run of the oracle's groups of `src` with `compression` (and `group_compression`:
+/// (group, its own compression)), its archives checked ([`check_run`]), restored whole and
+/// compared with the source.
+fn compressed_run(
+    pg: &Setup,
+    src: &TestDb,
+    groups: &[Group],
+    compression: &str,
+    group_compression: &[(&str, &str)],
+) {
+    let what = format!("compression = {compression:?}, per group {group_compression:?}");
     let env = Env::new();
-    pg.config(&env, src, groups)
+    let lines: Vec<(&str, String)> = group_compression
+        .iter()
+        .map(|(g, c)| (*g, format!("compression = {}", ts(c))))
+        .collect();
+    let keys: Vec<(&str, &str)> = lines.iter().map(|(g, l)| (*g, l.as_str())).collect();
+    pg.config_with(&env, src, groups, &keys)
         .backup("compression", &ts(compression))
         .write(&env);
     let out = env.run(&["run"]);
     assert_eq!(out.code, 0, "{what}: the run:\n{out:?}");
     let report = env.report();
-    // pg_dump's -Z spelling; before 16 a bare level (0: none).
-    let z = match (bin_major(&pg.clients, "pg_dump"), compression) {
-        (..=15, "none") => "0",
-        (..=15, "gzip:9") => "9",
-        (_, c) => c,
-    };
-    check_run(pg, src, groups, &report, Some(z));
+    let major = bin_major(&pg.clients, "pg_dump");
+    let group_z: Vec<(&str, &str)> = group_compression
+        .iter()
+        .map(|(g, c)| (*g, pg_dump_z(major, c)))
+        .collect();
+    check_run(
+        pg,
+        src,
+        groups,
+        &report,
+        Some(pg_dump_z(major, compression)),
+        &group_z,
+    );
     check_whole_restore(pg, &env, src, &report, &what);
 }
 
 /// Before PostgreSQL 16, `compression = "zstd"` is a configuration error (exit 2) naming the
-/// pg_dump and its version; nothing is written to backup.dir.
+/// pg_dump and its version, in `[backup]` and in a `[[group]]`; nothing is written to
+/// backup.dir.
 fn zstd_refused(pg: &Setup, src: &TestDb, groups: &[Group]) {
     let env = Env::new();
     pg.config(&env, src, groups)
         .backup("compression", &ts("zstd"))
         .write(&env);
     let out = env.run(&["run"]);
+    refused(pg, &env, &out, "backup.compression");
+
+    let env = Env::new();
+    pg.config_with(&env, src, groups, &[("big", "compression = \"zstd:3\"")])
+        .backup("compression", &ts("gzip:9"))
+        .write(&env);
+    let out = env.run(&["run"]);
+    refused(pg, &env, &out, "].compression");
+}
+
+/// The run exited 2, its error naming `key`, zstd, the pg_dump and its version; nothing is in
+/// backup.dir.
+fn refused(pg: &Setup, env: &Env, out: &Output, key: &str) {
     out.expect_code(2);
     let pg_dump = pg.clients.join("pg_dump");
     let version = Command::new(&pg_dump)
@@ -208,12 +264,7 @@ fn zstd_refused(pg: &Setup, src: &TestDb, groups: &[Group]) {
         .expect("pg_dump --version");
     let version = String::from_utf8_lossy(&version.stdout);
     let version = version.split_whitespace().nth(2).expect("a version");
-    for needle in [
-        "backup.compression",
-        "zstd",
-        pg_dump.to_str().unwrap(),
-        version,
-    ] {
+    for needle in [key, "zstd", pg_dump.to_str().unwrap(), version] {
         assert!(
             out.stderr.contains(needle),
             "the error does not name {needle:?}:\n{out:?}"
@@ -297,7 +348,7 @@ fn version(major: u32) {
     });
     if let Some(o) = &oracled {
         failures.check(&format!("PostgreSQL {major}: archive headers"), || {
-            check_run(&pg, &o.src, &o.groups, &o.report, None)
+            check_run(&pg, &o.src, &o.groups, &o.report, None, &[])
         });
         failures.check(&format!("PostgreSQL {major}: verify --restore"), || {
             let out = o.env.run(&["verify", "--restore"]);
@@ -306,14 +357,20 @@ fn version(major: u32) {
         failures.check(&format!("PostgreSQL {major}: restore --run"), || {
             check_whole_restore(&pg, &o.env, &o.src, &o.report, "default compression")
         });
-        let compressions: &[&str] = if major >= 16 {
-            &["zstd", "lz4", "none", "gzip:9"]
+        // 16 and later: every method, and in the zstd run two groups of their own.
+        let runs: &[(&str, &[(&str, &str)])] = if major >= 16 {
+            &[
+                ("zstd", &[("big", "lz4:5"), ("orders", "none")]),
+                ("lz4", &[]),
+                ("none", &[]),
+                ("gzip:9", &[]),
+            ]
         } else {
-            &["none"]
+            &[("none", &[("big", "gzip:1")])]
         };
-        for c in compressions {
+        for (c, per_group) in runs {
             failures.check(&format!("PostgreSQL {major}: compression {c:?}"), || {
-                compressed_run(&pg, &o.src, &o.groups, c)
+                compressed_run(&pg, &o.src, &o.groups, c, per_group)
             });
         }
         if major < 16 {
@@ -366,7 +423,7 @@ fn pg_dump_18_against_postgresql_14() {
     let o = oracle_on(&pg);
     let mut failures = Failures::default();
     failures.check("archive headers", || {
-        check_run(&pg, &o.src, &o.groups, &o.report, None)
+        check_run(&pg, &o.src, &o.groups, &o.report, None, &[])
     });
     failures.check("verify --restore", || {
         let out = o.env.run(&["verify", "--restore"]);

@@ -174,17 +174,23 @@ pub(crate) fn all_groups(src: &TestDb) -> Vec<Group> {
     groups
 }
 
-/// The `[[group]]` tables of `groups` and `[ungrouped] mode = "table"`.
-pub(crate) fn groups_toml(db: &TestDb, groups: &[Group]) -> String {
+/// The `[[group]]` tables of `groups` and `[ungrouped] mode = "table"`; a group named in
+/// `keys` (group, `key = value` line) gets that line too.
+fn groups_toml(db: &TestDb, groups: &[Group], keys: &[(&str, &str)]) -> String {
     let mut out = String::new();
     for g in groups {
         if let Some(tables) = &g.configured {
             out.push_str(&format!(
-                "[[group]]\nname = {}\ndatabase = {}\ntables = {}\n\n",
+                "[[group]]\nname = {}\ndatabase = {}\ntables = {}\n",
                 ts(&g.name),
                 ts(&db.name),
                 ta(tables)
             ));
+            for (_, line) in keys.iter().filter(|(name, _)| *name == g.name) {
+                out.push_str(line);
+                out.push('\n');
+            }
+            out.push('\n');
         }
     }
     out.push_str("[ungrouped]\nmode = \"table\"\n");
@@ -232,11 +238,22 @@ impl Setup {
     /// The configuration of a run of `groups` of `src` (its `[[group]]` tables and
     /// `[ungrouped]`) with `jobs = 4`, the engine and the clients.
     pub fn config(&self, env: &Env, src: &TestDb, groups: &[Group]) -> Config {
+        self.config_with(env, src, groups, &[])
+    }
+
+    /// [`Setup::config`] with more keys for some groups: (group, `key = value` line).
+    pub fn config_with(
+        &self,
+        env: &Env,
+        src: &TestDb,
+        groups: &[Group],
+        group_keys: &[(&str, &str)],
+    ) -> Config {
         let mut config = env
             .config_for(src)
             .clients(&self.clients)
             .backup("jobs", "4")
-            .extra(&groups_toml(src, groups));
+            .extra(&groups_toml(src, groups, group_keys));
         if let Some(e) = self.engine {
             config = config.backup("engine", &ts(e));
         }

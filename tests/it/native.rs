@@ -152,7 +152,7 @@ const UNGROUPED: &[(&str, &str)] = &[("My Schema.v2", "Mixed.Case*\"T\""), ("app
 
 /// Every group of the run: the configured ones, then the ungrouped tables. Checks that the
 /// source holds no other table, so that corpus and configuration cannot drift apart.
-pub(crate) fn all_groups(src: &TestDb) -> Vec<Group> {
+fn all_groups(src: &TestDb) -> Vec<Group> {
     let mut groups = configured_groups(src.server().major);
     for (s, t) in UNGROUPED {
         groups.push(Group {

@@ -616,18 +616,16 @@ fn implicit_tls_with_auth() {
         },
     );
     let pw = password_file(&env, "smtp-password", "pw", 0o600);
-    env.config_for(&TestDb {
-        name: "unused".into(),
-    })
-    .extra(&email_table(
-        smtp.port,
-        &format!(
-            "tls = \"tls\"\nusername = \"pg_backup\"\npassword_file = {}\nca_file = {}",
-            ts(pw.to_str().unwrap()),
-            ts(certs.ca.to_str().unwrap())
-        ),
-    ))
-    .write(&env);
+    env.config_for(&db_named("unused"))
+        .extra(&email_table(
+            smtp.port,
+            &format!(
+                "tls = \"tls\"\nusername = \"pg_backup\"\npassword_file = {}\nca_file = {}",
+                ts(pw.to_str().unwrap()),
+                ts(certs.ca.to_str().unwrap())
+            ),
+        ))
+        .write(&env);
     let out = env.run(&["email-test"]);
     out.expect_code(0);
     assert!(out.stdout.contains("250"), "{out:?}");
@@ -636,17 +634,15 @@ fn implicit_tls_with_auth() {
     assert_eq!(msg["auth_user"], "pg_backup", "{msg:#}");
 
     // STARTTLS against a server that speaks TLS at once fails, within the timeout
-    env.config_for(&TestDb {
-        name: "unused".into(),
-    })
-    .extra(&email_table(
-        smtp.port,
-        &format!(
-            "tls = \"starttls\"\ntimeout = \"3s\"\nca_file = {}",
-            ts(certs.ca.to_str().unwrap())
-        ),
-    ))
-    .write(&env);
+    env.config_for(&db_named("unused"))
+        .extra(&email_table(
+            smtp.port,
+            &format!(
+                "tls = \"starttls\"\ntimeout = \"3s\"\nca_file = {}",
+                ts(certs.ca.to_str().unwrap())
+            ),
+        ))
+        .write(&env);
     let start = Instant::now();
     env.run(&["email-test"]).expect_code(5);
     assert!(start.elapsed() < Duration::from_secs(20));

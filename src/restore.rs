@@ -289,10 +289,36 @@ pub async fn run_pg_restore(
         .output()
         .await
         .map_err(PgRestoreError::spawn(pg_restore))?;
-    Ok((
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).trim().to_string(),
-    ))
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    if !out.status.success() && only_transaction_timeout_errors(&stderr) {
+        return Ok((
+            true,
+            "note: this pg_restore sets transaction_timeout, which the target server (older \
+             than PostgreSQL 17) does not have; nothing else failed"
+                .to_string(),
+        ));
+    }
+    Ok((out.status.success(), stderr))
+}
+
+/// Whether every error pg_restore reported is its `SET transaction_timeout = 0`, which
+/// pg_restore 17 and later send to every server and servers before 17 refuse. pg_restore
+/// goes on past it (we never give it --exit-on-error or --single-transaction), and the
+/// setting only lifts a timeout those servers do not have: the restore is complete.
+fn only_transaction_timeout_errors(stderr: &str) -> bool {
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("pg_restore: error:"))
+        .collect();
+    let ignored = stderr.lines().find_map(|l| {
+        l.strip_prefix("pg_restore: warning: errors ignored on restore: ")
+            .and_then(|n| n.trim().parse::<usize>().ok())
+    });
+    !errors.is_empty()
+        && ignored == Some(errors.len())
+        && errors
+            .iter()
+            .all(|e| e.contains("unrecognized configuration parameter \"transaction_timeout\""))
 }
 
 /// Creates `database` if it does not exist; true if it was created.
@@ -736,6 +762,23 @@ fn groups_of_run(config: &Config, database: &str, run_id: &str) -> Vec<(String, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_transaction_timeout_of_a_newer_pg_restore_is_forgiven() {
+        let tt = "pg_restore: error: could not execute query: ERROR:  unrecognized configuration parameter \"transaction_timeout\"\nCommand was: SET transaction_timeout = 0;\n";
+        let one = format!("{tt}pg_restore: warning: errors ignored on restore: 1");
+        assert!(only_transaction_timeout_errors(&one));
+        let two = format!("{tt}{tt}pg_restore: warning: errors ignored on restore: 2");
+        assert!(only_transaction_timeout_errors(&two));
+        let other = format!(
+            "{tt}pg_restore: error: could not execute query: ERROR:  relation \"t\" already exists\npg_restore: warning: errors ignored on restore: 2"
+        );
+        assert!(!only_transaction_timeout_errors(&other));
+        // An error pg_restore counted but did not print as such is not forgiven.
+        let miscounted = format!("{tt}pg_restore: warning: errors ignored on restore: 3");
+        assert!(!only_transaction_timeout_errors(&miscounted));
+        assert!(!only_transaction_timeout_errors(""));
+    }
 
     #[test]
     fn names_sharing_a_prefix_are_told_apart() {

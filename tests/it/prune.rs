@@ -173,10 +173,12 @@ fn prune_by_age_keep_min_clock_skew_and_group_overrides() {
     env.run(&["run"]).expect_code(0);
     let r = env.report()["run_id"].as_str().unwrap().to_owned();
 
-    // History: 2, 5, 10, 20 and 30 days old, and a dump of misc from ten years ahead.
+    // History: 2, 5, 10, 20 and 30 days old, and a dump of misc from ten years ahead. The run
+    // ids are taken once: a slow machine may cross a second between two uses.
     let days = [2, 5, 10, 20, 30];
+    let ago: BTreeMap<i64, String> = days.iter().map(|&d| (d, rid_days_ago(d))).collect();
     for d in days {
-        copy_run(&env, &r, &rid_days_ago(d));
+        copy_run(&env, &r, &ago[&d]);
     }
     let future = rid_days_ago(-3650);
     let misc_dir = env.dir.join(&db.name).join("public.misc");
@@ -189,7 +191,7 @@ fn prune_by_age_keep_min_clock_skew_and_group_overrides() {
     // The table "gone" is dropped: its group exists no more, its newest dump is 10 days old.
     db.sql("DROP TABLE gone");
     for d in [0, 2, 5] {
-        let rid = if d == 0 { r.clone() } else { rid_days_ago(d) };
+        let rid = if d == 0 { r.clone() } else { ago[&d].clone() };
         let f = env
             .dir
             .join(&db.name)
@@ -205,7 +207,7 @@ fn prune_by_age_keep_min_clock_skew_and_group_overrides() {
         .write(&env);
 
     let name = |g: &str, rid: &str| format!("{}.{g}.{rid}.dump", db.name);
-    let d = |n: i64| rid_days_ago(n);
+    let d = |n: i64| ago[&n].clone();
     let mut want = BTreeMap::new();
     let dbdir = PathBuf::from(&db.name);
     expect_dir(

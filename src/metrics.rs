@@ -58,6 +58,9 @@ pub fn write(path: &Path, report: Option<&RunReport>, exit_code: i32) -> std::io
                 st.last_success = Some(parse_time(&g.finished_at).unwrap_or(now));
                 st.last_size = g.bytes.map(|b| b as f64);
                 st.consecutive_failures = 0.0;
+            } else if g.status == Status::Gone {
+                // Dropped, not failing: no new dump, and no failure to alert on.
+                st.consecutive_failures = 0.0;
             } else {
                 st.consecutive_failures += 1.0;
             }

@@ -83,6 +83,33 @@ pub enum Status {
     Failed,
     /// The run was stopped by SIGINT or SIGTERM (run status only).
     Interrupted,
+    /// Every table of the group was dropped after the plan: nothing to dump, nothing failed
+    /// (a group's status only).
+    Gone,
+}
+
+/// What happened to a planned table before its group was dumped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Change {
+    /// Dropped: left out of the group's archive.
+    Gone,
+    /// Renamed or moved to another schema: dumped under its new name.
+    Renamed,
+}
+
+/// A planned table that was dropped or renamed before its group was dumped (matched by oid).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableChange {
+    /// Its name in the plan (`schema.table`).
+    pub table: String,
+    pub oid: u32,
+    pub change: Change,
+    /// Its name when the group was dumped (renamed only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub now: Option<String>,
+    /// When the change was found (RFC 3339).
+    pub found_at: String,
 }
 
 /// One dump of a run.
@@ -124,6 +151,9 @@ pub struct GroupReport {
     /// Why the native engine handed this group to pg_dump.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<String>,
+    /// Planned tables dropped or renamed before the dump; `tables` names what was dumped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub table_changes: Vec<TableChange>,
 }
 
 impl GroupReport {
@@ -156,6 +186,7 @@ impl GroupReport {
             row_counts: None,
             engine: None,
             fallback: None,
+            table_changes: Vec::new(),
         }
     }
 }
@@ -173,16 +204,24 @@ pub enum Outcome {
     ConnectionLost,
     /// Stopped by SIGINT or SIGTERM.
     Interrupted,
+    /// A table was dropped or renamed between reading the catalog and locking it.
+    TableChanged,
+    /// Every table of the group was dropped: nothing to dump.
+    Gone,
     /// Anything else.
     Failed,
 }
 
 impl Outcome {
-    /// Lock trouble and lost connections are worth another attempt later in the run.
+    /// Lock trouble, lost connections and tables that changed under the attempt are worth
+    /// another attempt later in the run.
     pub fn is_retryable(self) -> bool {
         matches!(
             self,
-            Outcome::LockTimeout | Outcome::Yielded | Outcome::ConnectionLost
+            Outcome::LockTimeout
+                | Outcome::Yielded
+                | Outcome::ConnectionLost
+                | Outcome::TableChanged
         )
     }
 }

@@ -507,6 +507,7 @@ fn make_jobs(
             yield_after: None,
             engine: Engine::PgDump,
             compression: b.compression,
+            changes: Vec::new(),
         });
     }
     let mut groups: Vec<GroupPlan> = planned
@@ -544,6 +545,7 @@ fn make_jobs(
                 yield_after: b.yield_after,
                 engine: Engine::PgDump,
                 compression: b.compression,
+                changes: Vec::new(),
             });
         }
     }
@@ -569,6 +571,7 @@ fn make_jobs(
             group: g.group,
             engine,
             compression: own.and_then(|c| c.compression).unwrap_or(b.compression),
+            changes: Vec::new(),
         });
     }
     jobs
@@ -661,6 +664,10 @@ async fn run_job(ctx: &Ctx, mut job: Job, first: Option<OwnedSemaphorePermit>) -
                     }
                 }
             }
+            Err(engine::AttemptError::Gone) => {
+                gone(&mut report, &job);
+                break;
+            }
             Err(e) => {
                 let error = if report.attempts.len() > 1 {
                     format!(
@@ -677,6 +684,9 @@ async fn run_job(ctx: &Ctx, mut job: Job, first: Option<OwnedSemaphorePermit>) -
             }
         }
     }
+    // What was dumped, under the names it had then; what changed since the plan.
+    report.tables = job.tables.clone();
+    report.table_changes = job.changes.clone();
     report.finished_at = now_rfc3339();
     report.duration_ms = started.elapsed().as_millis() as u64;
     let result = match report.status {
@@ -685,6 +695,15 @@ async fn run_job(ctx: &Ctx, mut job: Job, first: Option<OwnedSemaphorePermit>) -
     };
     ctx.engines.finished(&job, result).await;
     report
+}
+
+/// Records a group whose every table was dropped after the plan: no file, no failure.
+fn gone(report: &mut GroupReport, job: &Job) {
+    tracing::warn!(
+        "{}: every table of the group was dropped after the plan; nothing to dump",
+        job.label()
+    );
+    report.status = Status::Gone;
 }
 
 /// Records a job the run was stopped before it started (or restarted).

@@ -348,13 +348,22 @@ impl RunReport {
                 g.error.as_deref().unwrap_or("").replace('\n', "\n    ")
             );
         }
+        let gone = self
+            .groups
+            .iter()
+            .filter(|g| g.status == Status::Gone)
+            .count();
         let _ = writeln!(
             s,
-            "run {}: {} of {} dumps ok, {} failed, {} written; report {}",
+            "run {}: {} of {} dumps ok, {} failed, {}{} written; report {}",
             self.run_id,
-            self.groups.len() - self.failed(),
+            self.groups.len() - self.failed() - gone,
             self.groups.len(),
             self.failed(),
+            match gone {
+                0 => String::new(),
+                n => format!("{n} gone (every table dropped), "),
+            },
             crate::text::human_bytes(self.bytes()),
             report_path
         );

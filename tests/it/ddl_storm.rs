@@ -9,6 +9,9 @@
 //! other tables while the run waits, then let it go. The storm test lets a session change
 //! tables as fast as it can while a run dumps hundreds of one-table groups.
 
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
 use serde_json::Value;
 
 use crate::util::faults::*;
@@ -230,4 +233,282 @@ fn ddl_while_waiting_pg_dump() {
 #[test]
 fn ddl_while_waiting_native() {
     assert_changes_while_waiting("native");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The storm
+// ---------------------------------------------------------------------------------------------
+
+/// One-table groups `g_<i>` of `s_<i>`, and `PARTED` partitioned tables of two partitions.
+const TABLES: usize = 520;
+const PARTED: usize = 6;
+
+/// `s_<i>` holds rows `1..=5 + i % 7` of `(id, md5(i:id))`; the partitions of `pt_<k>` hold
+/// `(id, md5(k:id))` for ids 1..=20, split at 10. The storm never writes a row into a table
+/// of these: each keeps these rows, or none once truncated.
+fn storm_db_sql() -> String {
+    format!(
+        "CREATE SCHEMA other;
+         CREATE FUNCTION digest(t regclass) RETURNS text LANGUAGE plpgsql AS $$
+           DECLARE r text;
+           BEGIN
+             EXECUTE format('SELECT count(*) || '':'' || coalesce(md5(string_agg(id || '':'' || info, '','' ORDER BY id)), '''') FROM ONLY %s', t) INTO r;
+             RETURN r;
+           END $$;
+         DO $$ BEGIN
+           FOR i IN 0..{last} LOOP
+             EXECUTE format('CREATE TABLE public.s_%s AS SELECT g AS id, md5(%s || '':'' || g) AS info FROM generate_series(1, %s) g', i, i, 5 + i % 7);
+           END LOOP;
+           FOR k IN 0..{last_parted} LOOP
+             EXECUTE format('CREATE TABLE public.pt_%s (id int, info text) PARTITION BY RANGE (id)', k);
+             EXECUTE format('CREATE TABLE public.pt_%s_a PARTITION OF public.pt_%s FOR VALUES FROM (0) TO (11)', k, k);
+             EXECUTE format('CREATE TABLE public.pt_%s_b PARTITION OF public.pt_%s FOR VALUES FROM (11) TO (100)', k, k);
+             EXECUTE format('INSERT INTO public.pt_%s SELECT g, md5(%s || '':'' || g) FROM generate_series(1, 20) g', k, k);
+           END LOOP;
+         END $$;
+         ANALYZE;",
+        last = TABLES - 1,
+        last_parted = PARTED - 1
+    )
+}
+
+fn storm_groups(db: &str) -> String {
+    let mut s = String::new();
+    for i in 0..TABLES {
+        s.push_str(&group_cfg(
+            db,
+            &format!("g_{i}"),
+            &[&format!("public.s_{i}")],
+        ));
+    }
+    for k in 0..PARTED {
+        s.push_str(&group_cfg(
+            db,
+            &format!("gp_{k}"),
+            &[&format!("public.pt_{k}")],
+        ));
+    }
+    s.push_str(SKIP_UNGROUPED);
+    s
+}
+
+/// What the storm does to `s_<i>` (by `i % 10`) and to `pt_<k>`, plus tables it creates.
+fn storm_statements(seed: u64) -> Vec<String> {
+    let mut v = Vec::new();
+    for i in 0..TABLES {
+        let t = format!("public.s_{i}");
+        match i % 10 {
+            1 => v.push(format!("DROP TABLE {t}")),
+            2 => v.push(format!("ALTER TABLE {t} RENAME TO s_{i}_r")),
+            3 => v.push(format!("ALTER TABLE {t} ADD COLUMN extra int DEFAULT 7")),
+            4 => v.push(format!("TRUNCATE {t}")),
+            // Renamed, and its name taken by another table: its group must follow the oid.
+            5 => v.push(format!(
+                "BEGIN; ALTER TABLE {t} RENAME TO s_{i}_old;
+                 CREATE TABLE {t} (id int, info text); INSERT INTO {t} VALUES (0, 'impostor');
+                 COMMIT"
+            )),
+            6 => v.push(format!("ALTER TABLE {t} SET SCHEMA other")),
+            _ => {}
+        }
+    }
+    for k in 0..PARTED {
+        match k % 3 {
+            0 => v.push(format!(
+                "ALTER TABLE public.pt_{k} DETACH PARTITION public.pt_{k}_b"
+            )),
+            1 => v.push(format!("DROP TABLE public.pt_{k}_a")),
+            _ => v.push(format!("ALTER TABLE public.pt_{k}_b RENAME TO pt_{k}_b_r")),
+        }
+    }
+    for j in 0..40 {
+        v.push(format!(
+            "CREATE TABLE public.n_{j} AS SELECT g AS id, 'new' AS info FROM generate_series(1, 3) g"
+        ));
+    }
+    let mut rng = Rng::new(seed);
+    for i in (1..v.len()).rev() {
+        v.swap(i, rng.range(0, i as u64) as usize);
+    }
+    v
+}
+
+/// The digest ([`storm_db_sql`]'s `digest`) of each ordinary table of `db`, by oid, with its
+/// schema and name.
+fn digests(db: &TestDb) -> BTreeMap<u32, (String, String, String)> {
+    db.query(
+        "SELECT c.oid, n.nspname, c.relname, digest(c.oid::regclass)
+           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE c.relkind = 'r' AND n.nspname IN ('public', 'other')",
+    )
+    .into_iter()
+    .map(|r| {
+        (
+            r[0].parse().unwrap(),
+            (r[1].clone(), r[2].clone(), r[3].clone()),
+        )
+    })
+    .collect()
+}
+
+/// Restores every group archive of the run into `target`, three at a time.
+fn restore_all(files: &[std::path::PathBuf], target: &TestDb) {
+    let chunks: Vec<Vec<std::path::PathBuf>> = files
+        .chunks(files.len().div_ceil(3))
+        .map(<[_]>::to_vec)
+        .collect();
+    std::thread::scope(|s| {
+        for chunk in &chunks {
+            s.spawn(move || {
+                for f in chunk {
+                    restore(f, target);
+                }
+            });
+        }
+    });
+}
+
+fn storm(engine: &str) {
+    let db = fresh_db(&format!("ddl_storm_{engine}"));
+    db.sql(&storm_db_sql());
+    let before = digests(&db);
+    assert_eq!(before.len(), TABLES + 2 * PARTED);
+    let env = Env::new();
+    Config::new(&env, &db.name)
+        .backup("engine", &ts(engine))
+        .backup("jobs", "2")
+        .backup("retry_delay", &ts("1s"))
+        .backup("lock_retries", "5")
+        .extra(&storm_groups(&db.name))
+        .write(&env);
+
+    let mut run = Running::start(&env, &["run"]);
+    // The storm starts with the groups' dumps (the native engine's wait for its schema
+    // archive, whose retries the storm would otherwise outlast).
+    let dumping = || {
+        env.files().iter().any(|p| {
+            let p = p.to_string_lossy();
+            p.contains("/g_") && p.ends_with(".dump")
+        })
+    };
+    run.wait_until("the first group is dumped", secs(120), dumping);
+    let statements = storm_statements(7);
+    let mut session = server().session(&db.name);
+    let started = Instant::now();
+    for (n, sql) in statements.iter().enumerate() {
+        session.query(sql);
+        // Spread over about three seconds, whatever the machine.
+        let due = Duration::from_millis(3000 * (n as u64 + 1) / statements.len() as u64);
+        std::thread::sleep(due.saturating_sub(started.elapsed()));
+    }
+    let storm_took = started.elapsed();
+    drop(session);
+    let ended = run.wait(secs(600));
+    let report = env.report();
+    let groups = report["groups"].as_array().unwrap();
+    let failed: Vec<&Value> = groups.iter().filter(|g| g["status"] == "failed").collect();
+    eprintln!(
+        "storm ({engine}): exit {:?}, {} of {} groups failed",
+        ended.status.code(),
+        failed.len(),
+        groups.len()
+    );
+    assert_eq!(ended.status.code(), Some(0), "{ended:?}");
+    env.assert_no_ing();
+    assert_eq!(report["status"], "ok", "{report:#}");
+    assert_eq!(
+        groups.len(),
+        TABLES + PARTED + 1,
+        "every group and the schema dump"
+    );
+    assert!(failed.is_empty(), "{failed:#?}");
+    assert!(!ended.stderr.contains("FAILED"), "{ended:?}");
+
+    // Where each table of the plan was dumped, and under which name.
+    let mut dumped: BTreeMap<u32, (String, &Value)> = BTreeMap::new();
+    for g in groups
+        .iter()
+        .filter(|g| g["kind"] == "tables" && g["status"] == "ok")
+    {
+        let oids = g["table_oids"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{g:#}"));
+        for (oid, name) in oids.iter().zip(strings(&g["tables"])) {
+            dumped.insert(oid.as_u64().unwrap() as u32, (name, g));
+        }
+    }
+    let files: Vec<std::path::PathBuf> = groups
+        .iter()
+        .filter(|g| g["kind"] == "tables" && g["status"] == "ok")
+        .map(checked_file)
+        .collect();
+    for f in env.dumps() {
+        toc(&f);
+    }
+    let target = db.another(&format!("ddl_storm_{engine}_restored"));
+    target.sql("CREATE SCHEMA other;");
+    target.sql(
+        &storm_db_sql()
+            .split("DO $$")
+            .next()
+            .unwrap()
+            .replace("CREATE SCHEMA other;", ""),
+    );
+    restore_all(&files, &target);
+    let restored: BTreeMap<(String, String), String> = digests(&target)
+        .into_values()
+        .map(|(s, t, d)| ((s, t), d))
+        .collect();
+
+    // Every table there before and after the run: in its planned group's archive, with its
+    // rows (a truncated one possibly with none).
+    let after = digests(&db);
+    let mut checked = 0;
+    for (oid, (schema, name, digest)) in &before {
+        if !after.contains_key(oid) {
+            continue;
+        }
+        let (dumped_as, g) = dumped
+            .get(oid)
+            .unwrap_or_else(|| panic!("{schema}.{name} (oid {oid}) was not dumped: {report:#}"));
+        let (s, t) = dumped_as.split_once('.').unwrap();
+        let got = restored
+            .get(&(s.to_string(), t.to_string()))
+            .unwrap_or_else(|| panic!("{dumped_as} is not in the restored archives ({g:#})"));
+        let truncated =
+            name.starts_with("s_") && name[2..].parse::<usize>().is_ok_and(|i| i % 10 == 4);
+        assert!(
+            got == digest || (truncated && got == "0:"),
+            "{schema}.{name} (dumped as {dumped_as}): {got} restored, {digest} before ({g:#})"
+        );
+        let planned = match name.strip_prefix("s_") {
+            Some(i) => format!("g_{i}"),
+            None => format!("gp_{}", &name[3..name[3..].find('_').unwrap() + 3]),
+        };
+        assert_eq!(g["group"], planned.as_str(), "{g:#}");
+        checked += 1;
+    }
+    let gone = groups.iter().filter(|g| g["status"] == "gone").count();
+    let renamed = groups
+        .iter()
+        .flat_map(|g| g["table_changes"].as_array().cloned().unwrap_or_default())
+        .filter(|c| c["change"] == "renamed")
+        .count();
+    let fallbacks = groups.iter().filter(|g| g["fallback"].is_string()).count();
+    eprintln!(
+        "storm ({engine}): {} statements in {storm_took:?}; {} groups, {gone} gone, {renamed} renamed tables, {fallbacks} fallbacks, {checked} tables checked",
+        statements.len(),
+        groups.len() - 1
+    );
+    assert!(checked >= TABLES / 2, "{checked}");
+}
+
+#[test]
+fn ddl_storm_pg_dump() {
+    storm("pg_dump");
+}
+
+#[test]
+fn ddl_storm_native() {
+    storm("native");
 }

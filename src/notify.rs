@@ -794,6 +794,7 @@ mod tests {
             prune: None,
             notification: None,
             signal: None,
+            new_since_plan: Vec::new(),
         }
     }
 

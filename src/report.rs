@@ -292,6 +292,21 @@ pub struct RunReport {
     /// The signal that stopped the run ("SIGINT", "SIGTERM"), when `status` is `interrupted`.
     #[serde(default)]
     pub signal: Option<String>,
+    /// Tables created while the run dumped, found by its last pass over the catalog.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub new_since_plan: Vec<NewTable>,
+}
+
+/// A table created after the run's plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewTable {
+    pub database: String,
+    /// `schema.table`.
+    pub table: String,
+    pub oid: u32,
+    /// Dumped at the end of the run, as an ungrouped table of its own (the group of that
+    /// name in the report); otherwise the next run dumps it.
+    pub dumped: bool,
 }
 
 /// The outcome of mailing a run's summary.

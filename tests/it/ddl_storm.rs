@@ -48,7 +48,8 @@ fn waiting_groups(db: &str) -> String {
     ] {
         s.push_str(&group_cfg(db, name, tables));
     }
-    s.push_str(SKIP_UNGROUPED);
+    // Every table is in a group when the plan is made; those created later are ungrouped.
+    s.push_str("[ungrouped]\nmode = \"table\"\nexclude = [\"public.t_excl*\"]\n");
     s
 }
 
@@ -86,7 +87,9 @@ fn run_with_changes_while_waiting(engine: &str) -> (Value, Ended, TestDb, Env) {
     });
     db.sql(
         "DROP TABLE t_drop; ALTER TABLE t_ren RENAME TO t_ren_new; DROP TABLE t_drop2;
-         ALTER TABLE parted DETACH PARTITION p2;",
+         ALTER TABLE parted DETACH PARTITION p2;
+         CREATE TABLE t_new AS SELECT g AS id FROM generate_series(1, 7) g;
+         CREATE TABLE t_excl AS SELECT 1 AS id;",
     );
     drop(locker);
     let ended = run.wait(secs(120));
@@ -205,6 +208,43 @@ fn assert_changes_while_waiting(engine: &str) {
         target.query_one("SELECT relispartition FROM pg_class WHERE oid = 'public.p2'::regclass"),
         "f"
     );
+
+    // Created while the run waited: listed as new since the plan; dumped at the end of the
+    // run on its own as an ungrouped table, unless excluded.
+    let mut new: Vec<(String, bool)> = report["new_since_plan"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no new_since_plan: {report:#}"))
+        .iter()
+        .map(|n| {
+            (
+                n["table"].as_str().unwrap().to_string(),
+                n["dumped"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    new.sort();
+    assert_eq!(
+        new,
+        vec![
+            ("public.t_excl".to_string(), false),
+            ("public.t_new".to_string(), true)
+        ],
+        "{report:#}"
+    );
+    assert!(
+        ended.stderr.contains("public.t_new is new since the plan"),
+        "{ended:?}"
+    );
+    let g = report_group(&report, "public.t_new");
+    assert_eq!(g["status"], "ok", "{g:#}");
+    let target = db.another("new_restored");
+    restore(&checked_file(g), &target);
+    assert_same_rows(&db, &target, "public", "t_new");
+    assert!(report["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|g| g["group"] != "public.t_excl"));
 
     // The schema dump met the dropped table under its lock, and was tried again.
     let s = schema_entry(&report);
@@ -488,6 +528,20 @@ fn storm(engine: &str) {
         assert_eq!(g["group"], planned.as_str(), "{g:#}");
         checked += 1;
     }
+    // Tables the storm created (new ones, and those that took a renamed table's name) are
+    // listed, not dumped: nothing is ungrouped in this configuration.
+    let new = report["new_since_plan"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for n in &new {
+        let t = n["table"].as_str().unwrap();
+        assert!(
+            t.starts_with("public.n_") || t.starts_with("public.s_"),
+            "{n:#}"
+        );
+        assert_eq!(n["dumped"], false, "{n:#}");
+    }
     let gone = groups.iter().filter(|g| g["status"] == "gone").count();
     let renamed = groups
         .iter()
@@ -496,9 +550,10 @@ fn storm(engine: &str) {
         .count();
     let fallbacks = groups.iter().filter(|g| g["fallback"].is_string()).count();
     eprintln!(
-        "storm ({engine}): {} statements in {storm_took:?}; {} groups, {gone} gone, {renamed} renamed tables, {fallbacks} fallbacks, {checked} tables checked",
+        "storm ({engine}): {} statements in {storm_took:?}; {} groups, {gone} gone, {renamed} renamed tables, {fallbacks} fallbacks, {checked} tables checked, {} new since the plan",
         statements.len(),
-        groups.len() - 1
+        groups.len() - 1,
+        new.len()
     );
     assert!(checked >= TABLES / 2, "{checked}");
 }

@@ -96,9 +96,13 @@ pub enum Change {
     Gone,
     /// Renamed or moved to another schema: dumped under its new name.
     Renamed,
+    /// Not planned: a partition attached to a partitioned table of the group after the
+    /// plan, dumped with it (`table` is its name then).
+    Attached,
 }
 
-/// A planned table that was dropped or renamed before its group was dumped (matched by oid).
+/// A planned table that was dropped or renamed before its group was dumped (matched by oid),
+/// or a partition that joined the group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TableChange {
     /// Its name in the plan (`schema.table`).

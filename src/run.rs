@@ -203,6 +203,24 @@ pub async fn run(config: &Config, opts: &RunOptions) -> Result<(RunReport, PathB
         group_reports.extend(schedule(ctx, late, &shutdown).await);
     }
     group_reports.extend(unreadable_reports(&s.planned));
+    // A new partition attached to a group's partitioned table was dumped with it.
+    let dumped: HashSet<(Option<&str>, u32)> = group_reports
+        .iter()
+        .filter(|g| g.status == Status::Ok)
+        .flat_map(|g| {
+            let db = g.database.as_deref();
+            g.table_oids.iter().flatten().map(move |o| (db, *o))
+        })
+        .collect();
+    let new_since_plan: Vec<crate::report::NewTable> = new_since_plan
+        .iter()
+        .map(|(db, n)| crate::report::NewTable {
+            database: db.clone(),
+            table: n.table.display(),
+            oid: n.table.oid,
+            dumped: dumped.contains(&(Some(db.as_str()), n.table.oid)),
+        })
+        .collect();
 
     // Prune under the same lock; a group whose dump failed in this run loses nothing.
     let interrupted = *shutdown.borrow();
@@ -230,15 +248,7 @@ pub async fn run(config: &Config, opts: &RunOptions) -> Result<(RunReport, PathB
         prune,
         notification: None,
         signal: interrupted.map(|s| signal_name(s).to_string()),
-        new_since_plan: new_since_plan
-            .iter()
-            .map(|(db, n)| crate::report::NewTable {
-                database: db.clone(),
-                table: n.table.display(),
-                oid: n.table.oid,
-                dumped: n.dump_alone,
-            })
-            .collect(),
+        new_since_plan,
     };
     let report_path = opts
         .report

@@ -11,6 +11,10 @@
 //! - a dropped table is left out of the group's archive and reported `gone`; a group whose
 //!   every table is gone has nothing to dump ([`AttemptError::Gone`]), which is no failure.
 //!
+//! - a partition attached to one of the group's partitioned tables after the plan is dumped
+//!   with it; one detached stays in the group as the table of its own it now is; one dropped
+//!   is gone like any table. The group is dumped as its snapshot sees it.
+//!
 //! Names are resolved before the locks and may change again before the locks are granted.
 //! Each engine confirms after locking that the names it locked still belong to the group's
 //! oids, and resolves again when they do not (see `native::copy` and `pg_dump`).
@@ -25,12 +29,19 @@ use crate::report::{now_rfc3339, Change, TableChange};
 /// The schema and name of each oid that still names a relation.
 pub type Names = HashMap<u32, (String, String)>;
 
-const RESOLVE: &str = "SELECT c.oid, n.nspname::text, c.relname::text
-   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-  WHERE c.oid = ANY($1)";
+/// The relations `$1` and their partitions at every level, with their names.
+const RESOLVE: &str = "WITH RECURSIVE tree(oid) AS (
+        SELECT c.oid FROM pg_catalog.pg_class c WHERE c.oid = ANY($1)
+        UNION
+        SELECT i.inhrelid FROM pg_catalog.pg_inherits i
+          JOIN tree ON i.inhparent = tree.oid
+          JOIN pg_catalog.pg_class k ON k.oid = i.inhrelid AND k.relispartition)
+ SELECT c.oid, n.nspname::text, c.relname::text
+   FROM tree JOIN pg_catalog.pg_class c ON c.oid = tree.oid
+   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace";
 
-/// What the catalog calls `oids` now, as `client`'s snapshot sees it (outside a
-/// transaction: the latest committed catalog).
+/// What the catalog calls `oids` now, and the partitions of those that are partitioned, as
+/// `client`'s snapshot sees it (outside a transaction: the latest committed catalog).
 pub async fn resolve(client: &Client, oids: &[u32]) -> Result<Names, tokio_postgres::Error> {
     let rows = client.query(RESOLVE, &[&oids]).await?;
     Ok(rows
@@ -88,6 +99,24 @@ impl Job {
                 kept.1.push(name.clone());
                 kept.2.push(pair.clone());
             }
+        }
+        let mut attached: Vec<(&u32, &(String, String))> = now
+            .iter()
+            .filter(|(oid, _)| !self.table_oids.contains(oid))
+            .collect();
+        attached.sort();
+        for (oid, pair) in attached {
+            let name = display(&pair.0, &pair.1);
+            tracing::warn!(
+                "{}/{}: partition {} was attached after the plan; dumped with the group",
+                self.database.as_deref().unwrap_or_default(),
+                self.group,
+                crate::text::printable(&name)
+            );
+            record(&mut self.changes, *oid, &name, Change::Attached, None);
+            kept.0.push(*oid);
+            kept.1.push(name);
+            kept.2.push(pair.clone());
         }
         (self.table_oids, self.tables, *pairs) = kept;
         if self.table_oids.is_empty() {
@@ -192,6 +221,24 @@ mod tests {
         assert_eq!(j.changes.len(), 1);
         assert_eq!(j.changes[0].table, "public.b");
         assert_eq!(j.changes[0].change, Change::Gone);
+    }
+
+    #[test]
+    fn a_partition_attached_after_the_plan_joins_the_group() {
+        let mut j = job(&[(1, "public", "parted"), (2, "public", "p1")]);
+        j.follow(&names(&[
+            (1, "public", "parted"),
+            (2, "public", "p1"),
+            (3, "public", "p2"),
+        ]))
+        .unwrap();
+        assert_eq!(j.table_oids, vec![1, 2, 3]);
+        assert_eq!(j.tables, vec!["public.parted", "public.p1", "public.p2"]);
+        assert_eq!(j.changes.len(), 1);
+        assert_eq!(
+            (j.changes[0].table.as_str(), j.changes[0].change),
+            ("public.p2", Change::Attached)
+        );
     }
 
     #[test]

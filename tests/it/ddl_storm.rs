@@ -88,6 +88,8 @@ fn run_with_changes_while_waiting(engine: &str) -> (Value, Ended, TestDb, Env) {
     db.sql(
         "DROP TABLE t_drop; ALTER TABLE t_ren RENAME TO t_ren_new; DROP TABLE t_drop2;
          ALTER TABLE parted DETACH PARTITION p2;
+         CREATE TABLE p3 PARTITION OF parted FOR VALUES FROM (2000) TO (3000);
+         INSERT INTO parted SELECT g, md5(g::text) FROM generate_series(2000, 2099) g;
          CREATE TABLE t_new AS SELECT g AS id FROM generate_series(1, 7) g;
          CREATE TABLE t_excl AS SELECT 1 AS id;",
     );
@@ -196,18 +198,23 @@ fn assert_changes_while_waiting(engine: &str) {
     assert_dump_tables(&checked_file(g), &db, &[("public", "t_keep")], true);
 
     // Detached while the group waited: dumped as the group's snapshot saw it, a table of its
-    // own with its rows, no longer a partition.
+    // own with its rows, no longer a partition. Attached: dumped with its partitioned table.
     let g = report_group(&report, "g_parted");
     assert_eq!(g["status"], "ok", "{g:#}");
     let target = db.another("parted_restored");
     restore(&checked_file(g), &target);
     assert_same_rows(&db, &target, "public", "p2");
     assert_same_rows(&db, &target, "public", "parted");
-    assert_eq!(target.query_one("SELECT count(*) FROM parted"), "999");
+    assert_eq!(target.query_one("SELECT count(*) FROM parted"), "1099");
     assert_eq!(
         target.query_one("SELECT relispartition FROM pg_class WHERE oid = 'public.p2'::regclass"),
         "f"
     );
+    assert_eq!(
+        target.query_one("SELECT relispartition FROM pg_class WHERE oid = 'public.p3'::regclass"),
+        "t"
+    );
+    assert_eq!(change(g, "public.p3")["change"], "attached", "{g:#}");
 
     // Created while the run waited: listed as new since the plan; dumped at the end of the
     // run on its own as an ungrouped table, unless excluded.
@@ -226,6 +233,7 @@ fn assert_changes_while_waiting(engine: &str) {
     assert_eq!(
         new,
         vec![
+            ("public.p3".to_string(), true),
             ("public.t_excl".to_string(), false),
             ("public.t_new".to_string(), true)
         ],

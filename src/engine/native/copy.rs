@@ -220,6 +220,16 @@ async fn lock_and_check(
             "a table of the group was dropped as it was locked".into(),
         ));
     }
+    // ATTACH PARTITION does not conflict with our locks on the partitioned table: a partition
+    // attached after the names were resolved belongs in the group as its snapshot sees it.
+    if now.values().any(|t| t.relkind == "p") {
+        let tree = crate::engine::follow::resolve(c, req.table_oids).await?;
+        if tree.keys().any(|o| !now.contains_key(o)) {
+            return Err(NativeError::Changed(
+                "a partition was attached to a table of the group as it was locked".into(),
+            ));
+        }
+    }
     Ok((snapshot, lock_wait, now))
 }
 

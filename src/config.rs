@@ -22,7 +22,7 @@ use serde::Deserialize;
 
 use crate::compression::Compression;
 
-mod email;
+pub(crate) mod email;
 mod retention;
 
 pub use email::{
@@ -250,7 +250,7 @@ pub struct BackupConfig {
     pub count_rows: bool,
     /// pg_restore for `verify` and `restore`; default: beside pg_dump.
     pub pg_restore: Option<PathBuf>,
-    /// How group dumps are written (default `pg_dump`).
+    /// How group dumps are written (default `native`; `pg_dump` for a pg_dump child per group).
     pub engine: Engine,
 }
 
@@ -258,11 +258,12 @@ pub struct BackupConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Engine {
-    /// One `pg_dump -Fc -t …` child per group.
-    #[default]
+    /// One `pg_dump -Fc -t …` child per group (`engine = "pg_dump"`).
     PgDump,
-    /// pg_groupdump writes the archive itself: the group's entries of the run's schema
-    /// archive plus the data, copied in the group's own snapshot (see `native`).
+    /// The default: pg_groupdump writes the archive itself, the group's entries of the run's
+    /// schema archive plus the data, copied in the group's own snapshot (see `native`). A
+    /// group it cannot write is dumped with pg_dump.
+    #[default]
     Native,
 }
 
@@ -505,7 +506,7 @@ fn check_backup(path: &Path, b: Option<RawBackup>) -> Result<BackupConfig, Confi
         }
     }
     let engine = match b.engine {
-        None => Engine::PgDump,
+        None => Engine::default(),
         Some(s) => Engine::parse(&s).map_err(|e| ConfigError::at(path, "backup.engine", e))?,
     };
     Ok(BackupConfig {

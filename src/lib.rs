@@ -3,9 +3,10 @@
 //! A run walks through these modules in order:
 //! [`config`] (read `groups.toml`) → [`connect`] (connection settings) → [`catalog`] (what
 //! the server has) → [`plan`] (which tables go in which group) → [`run`] (the scheduler:
-//! slots, retries, signals) → [`engine`] (one `pg_dump` per job, or the native engine's own
-//! archives) → [`store`] (atomic files in the backup directory) → [`report`] (the run
-//! report) → [`prune`] → [`notify`].
+//! slots, retries, signals) → [`engine`] (a group's archive written by the native engine, the
+//! default, or by a `pg_dump` of its own; schema and globals by pg_dump / pg_dumpall) →
+//! [`store`] (atomic files in the backup directory) → [`report`] (the run report) →
+//! [`prune`] → [`notify`].
 //! [`runlock`] keeps runs on one directory from overlapping; [`text`] holds the small helpers
 //! every module may use.
 

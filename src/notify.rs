@@ -713,31 +713,7 @@ mod tests {
     use crate::report::Session;
     use crate::report::{Attempt, Kind};
 
-    fn cfg(email: &str) -> Result<crate::config::Config, crate::config::ConfigError> {
-        crate::config::parse(
-            Path::new("groups.toml"),
-            &format!("[backup]\ndir = \"/b\"\n[email]\n{email}\n"),
-        )
-    }
-
-    const MINIMAL: &str =
-        "host = \"smtp.example.com\"\nfrom = \"backup@example.com\"\nto = [\"ops@example.com\"]";
-
-    /// MINIMAL with the keys of `extra` replaced or added.
-    fn with(extra: &str) -> String {
-        let key = |l: &str| l.split('=').next().unwrap_or("").trim().to_string();
-        let given: Vec<String> = extra.lines().map(key).collect();
-        let mut lines: Vec<&str> = MINIMAL
-            .lines()
-            .filter(|l| !given.contains(&key(l)))
-            .collect();
-        lines.extend(extra.lines());
-        lines.join("\n")
-    }
-
-    fn email(extra: &str) -> EmailConfig {
-        cfg(&with(extra)).unwrap().email.expect("[email] parsed")
-    }
+    use crate::config::email::testing::email;
 
     #[test]
     fn labels() {

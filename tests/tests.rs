@@ -22,6 +22,8 @@ mod faults;
 mod layout;
 #[path = "it/locks.rs"]
 mod locks;
+#[path = "it/matrix.rs"]
+mod matrix;
 #[path = "it/names.rs"]
 mod names;
 #[path = "it/native.rs"]

@@ -405,22 +405,25 @@ pub fn is_loopback(host: &str) -> bool {
             .unwrap_or(false)
 }
 
+/// Configurations with an `[email]` section, for the tests of this module and of the mail.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod testing {
+    use std::path::Path;
 
-    fn cfg(email: &str) -> Result<crate::config::Config, ConfigError> {
+    use crate::config::{Config, ConfigError, EmailConfig};
+
+    pub fn cfg(email: &str) -> Result<Config, ConfigError> {
         crate::config::parse(
             Path::new("groups.toml"),
             &format!("[backup]\ndir = \"/b\"\n[email]\n{email}\n"),
         )
     }
 
-    const MINIMAL: &str =
+    pub const MINIMAL: &str =
         "host = \"smtp.example.com\"\nfrom = \"backup@example.com\"\nto = [\"ops@example.com\"]";
 
     /// MINIMAL with the keys of `extra` replaced or added.
-    fn with(extra: &str) -> String {
+    pub fn with(extra: &str) -> String {
         let key = |l: &str| l.split('=').next().unwrap_or("").trim().to_string();
         let given: Vec<String> = extra.lines().map(key).collect();
         let mut lines: Vec<&str> = MINIMAL
@@ -431,9 +434,15 @@ mod tests {
         lines.join("\n")
     }
 
-    fn email(extra: &str) -> EmailConfig {
+    pub fn email(extra: &str) -> EmailConfig {
         cfg(&with(extra)).unwrap().email.expect("[email] parsed")
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::*;
+    use super::*;
 
     fn key_of(extra: &str) -> String {
         let e = cfg(&with(extra)).unwrap_err();

@@ -3,21 +3,17 @@
 //! level 9, and six single tables — read back, written again with `ArchiveWriter` from their
 //! own data, and compared with pg_restore.
 
-use std::io::{Cursor, Read};
+use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use flate2::read::ZlibDecoder;
 use pg_groupdump::compression::Compression;
 use pg_groupdump::engine::native::archive::{
-    read_toc, read_toc_file, ArchiveError, ArchiveWriter, DataState, Entry, Toc,
+    read_data_block, read_toc, read_toc_file, ArchiveError, ArchiveWriter, DataState, Entry, Toc,
 };
 use pg_groupdump::text::quote_ident;
 
 use crate::util::*;
-
-/// The byte that starts a data block (pg_backup_custom.c's BLK_DATA).
-const BLK_DATA: u8 = 1;
 
 /// Runs `cmd` (exit status 0) and returns its stdout.
 fn run(cmd: &mut Command) -> Vec<u8> {
@@ -54,48 +50,10 @@ fn pg_restore(args: &[&str], file: &Path) -> String {
     String::from_utf8(out).unwrap()
 }
 
-/// Reads the data block at `pos` by hand: (dump id, uncompressed bytes, chunk count).
+/// (dump id, data, chunks) of the data block at `pos`.
 fn read_block(archive: &[u8], pos: u64, compression: Compression) -> (i32, Vec<u8>, usize) {
-    let mut p = pos as usize;
-    let int = |p: &mut usize| {
-        let b = &archive[*p..*p + 5];
-        *p += 5;
-        let v = i32::from_le_bytes([b[1], b[2], b[3], b[4]]);
-        if b[0] == 1 {
-            -v
-        } else {
-            v
-        }
-    };
-    assert_eq!(archive[p], BLK_DATA, "block type at {pos}");
-    p += 1;
-    let id = int(&mut p);
-    let mut stored = Vec::new();
-    let mut chunks = 0;
-    loop {
-        let len = int(&mut p);
-        assert!(len >= 0);
-        if len == 0 {
-            break;
-        }
-        stored.extend_from_slice(&archive[p..p + len as usize]);
-        p += len as usize;
-        chunks += 1;
-    }
-    let mut raw = Vec::new();
-    match compression {
-        Compression::None => raw = stored,
-        Compression::Gzip(_) => {
-            ZlibDecoder::new(&stored[..]).read_to_end(&mut raw).unwrap();
-        }
-        Compression::Lz4(_) => {
-            lz4_flex::frame::FrameDecoder::new(&stored[..])
-                .read_to_end(&mut raw)
-                .unwrap();
-        }
-        Compression::Zstd(_) => raw = zstd::decode_all(&stored[..]).unwrap(),
-    }
-    (id, raw, chunks)
+    let b = read_data_block(archive, pos, compression).unwrap();
+    (b.dump_id, b.data, b.chunks)
 }
 
 /// The entries with their data positions as an unseekable output leaves them: unset for

@@ -52,9 +52,7 @@ fn group(db: &TestDb, name: &str, body: &str) -> String {
 
 /// A database name for configurations that are refused before any connection.
 fn offline_db() -> TestDb {
-    TestDb {
-        name: "cfg_db".into(),
-    }
+    TestDb::offline("cfg_db")
 }
 
 /// The default configuration (without the test server) plus `extra`, written to `env`.

@@ -307,7 +307,11 @@ fn split_groups_disagree_when_a_transfer_commits_between_their_snapshots() {
     // gb that waited was given up before it (its snapshot went with it).
     let db = accounts_db("cons_gate", 0);
     let env = Env::new();
+    // The pg_dump engine: only gb's dump may meet the lock on acct_b. The native engine first
+    // takes a schema-only dump (`schema = false`), which locks every table of the database, so
+    // the lock held here would hold up ga too until after the commit.
     env.config_for(&db)
+        .backup("engine", &ts("pg_dump"))
         .backup("jobs", "2")
         .backup("schema", "false")
         .backup("lock_wait_timeout", &ts("1s"))

@@ -384,6 +384,9 @@ fn failed_groups_are_mailed_once_with_error_and_blocker() {
     let (db, role) = db_with_secret("mail_fail");
     let env = Env::new();
     let smtp = Smtp::start(&env, SmtpOpts::default());
+    // The default engine. The schema-only dump it takes first (`schema = false`) cannot lock
+    // `secret` (no privilege) nor `busy` (held), so every group of the database is dumped with
+    // pg_dump (a fallback, with a warning); what is tested here holds either way.
     env.config_for(&db)
         .connection("user", &ts(&role))
         .backup("schema", "false")
@@ -613,18 +616,16 @@ fn implicit_tls_with_auth() {
         },
     );
     let pw = password_file(&env, "smtp-password", "pw", 0o600);
-    env.config_for(&TestDb {
-        name: "unused".into(),
-    })
-    .extra(&email_table(
-        smtp.port,
-        &format!(
-            "tls = \"tls\"\nusername = \"pg_backup\"\npassword_file = {}\nca_file = {}",
-            ts(pw.to_str().unwrap()),
-            ts(certs.ca.to_str().unwrap())
-        ),
-    ))
-    .write(&env);
+    env.config_for(&db_named("unused"))
+        .extra(&email_table(
+            smtp.port,
+            &format!(
+                "tls = \"tls\"\nusername = \"pg_backup\"\npassword_file = {}\nca_file = {}",
+                ts(pw.to_str().unwrap()),
+                ts(certs.ca.to_str().unwrap())
+            ),
+        ))
+        .write(&env);
     let out = env.run(&["email-test"]);
     out.expect_code(0);
     assert!(out.stdout.contains("250"), "{out:?}");
@@ -633,17 +634,15 @@ fn implicit_tls_with_auth() {
     assert_eq!(msg["auth_user"], "pg_backup", "{msg:#}");
 
     // STARTTLS against a server that speaks TLS at once fails, within the timeout
-    env.config_for(&TestDb {
-        name: "unused".into(),
-    })
-    .extra(&email_table(
-        smtp.port,
-        &format!(
-            "tls = \"starttls\"\ntimeout = \"3s\"\nca_file = {}",
-            ts(certs.ca.to_str().unwrap())
-        ),
-    ))
-    .write(&env);
+    env.config_for(&db_named("unused"))
+        .extra(&email_table(
+            smtp.port,
+            &format!(
+                "tls = \"starttls\"\ntimeout = \"3s\"\nca_file = {}",
+                ts(certs.ca.to_str().unwrap())
+            ),
+        ))
+        .write(&env);
     let start = Instant::now();
     env.run(&["email-test"]).expect_code(5);
     assert!(start.elapsed() < Duration::from_secs(20));
@@ -756,6 +755,9 @@ fn silent_mail_server_times_out_with_the_backups_exit_code() {
             ..SmtpOpts::default()
         },
     );
+    // The default engine. The schema-only dump it takes first (`schema = false`) cannot lock
+    // `secret` (no privilege), so every group of the database is dumped with pg_dump (a
+    // fallback, with a warning); what is tested here holds either way.
     env.config_for(&db)
         .connection("user", &ts(&role))
         .backup("schema", "false")

@@ -22,6 +22,9 @@ fn unreadable_table_fails_only_its_group() {
         d = qi(&db.name)
     ));
     let env = Env::new();
+    // The default engine. The schema-only dump it takes first (`schema = false`) cannot lock
+    // `secret` (no privilege), so every group of the database is dumped with pg_dump (a
+    // fallback, with a warning); what is tested here holds either way.
     env.config_for(&db)
         .connection("user", &ts(&role))
         .backup("schema", "false")

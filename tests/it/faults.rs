@@ -15,6 +15,12 @@
 //!
 //! Tests that need more than a few rows clone a template database made once per process
 //! ([`template`]).
+//!
+//! Engines: a test that catches a group's dump through its `pg_dump` child (freezing it,
+//! killing the run while it copies, reading its command line) says `engine = "pg_dump"`
+//! ([`pg_dump_config`]); the native engine's counterparts are in `native_faults.rs`. The
+//! others (`kill -9` at other moments, authentication, file modes, a full disk) run with the
+//! default engine, native.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -45,6 +51,14 @@ static TEMPLATE: Template = Template::new("faults_template", || {
          VACUUM ANALYZE;"
     )
 });
+
+/// The default configuration for `db`, with `engine = "pg_dump"`: for the tests that catch a
+/// group's dump in flight through its `pg_dump` child (held still with SIGSTOP, or expected to
+/// be killed, or its command line read). The native engine has no such child; its
+/// counterparts are in `native_faults.rs`.
+fn pg_dump_config(env: &Env, db: &TestDb) -> Config {
+    env.config_for(db).backup("engine", &ts("pg_dump"))
+}
 
 /// A new database holding a copy of the [`TEMPLATE`]'s tables.
 fn clone_db(hint: &str) -> TestDb {
@@ -227,7 +241,7 @@ fn assert_final_files_complete(env: &Env) -> usize {
 fn stop_mid_run(sig: i32, name: &str, code: i32) {
     let db = clone_db(&format!("faults_{name}"));
     let env = Env::new();
-    env.config_for(&db)
+    pg_dump_config(&env, &db)
         .backup("jobs", "2")
         .extra(&template_groups(&db))
         .write(&env);
@@ -312,7 +326,7 @@ fn sigint_mid_run_cancels_the_dump_in_flight_keeps_finished_ones_and_exits_130()
 fn sighup_mid_run(hint: &str, hang_up_output: bool) {
     let db = clone_db(hint);
     let env = Env::new();
-    env.config_for(&db)
+    pg_dump_config(&env, &db)
         .backup("jobs", "2")
         .extra(&template_groups(&db))
         .write(&env);
@@ -382,7 +396,16 @@ enum Moment {
 fn kill9_at(hint: &str, moment: Moment) {
     let db = clone_db(hint);
     let env = Env::new();
-    env.config_for(&db)
+    let copying_moment = matches!(moment, Moment::Copying(_));
+    // Killed while a group is copying: that group's pg_dump child must be running, so the
+    // run uses the pg_dump engine; at the other moments, the default engine (whose schema
+    // dump and globals are pg_dump / pg_dumpall children too).
+    let config = if copying_moment {
+        pg_dump_config(&env, &db)
+    } else {
+        env.config_for(&db)
+    };
+    config
         .backup("jobs", "2")
         .backup("globals", "true")
         .extra(&template_groups(&db))
@@ -390,7 +413,6 @@ fn kill9_at(hint: &str, moment: Moment) {
     let mut pg = poller();
     let mut run = Running::start(&env, &["run"]);
     let needles = [env.dir.to_str().unwrap(), db.name.as_str()];
-    let copying_moment = matches!(moment, Moment::Copying(_));
     match moment {
         Moment::After(d) => std::thread::sleep(d),
         Moment::Copying(g) => run.wait_until(&format!("{g} is copying"), secs(60), || {
@@ -547,7 +569,9 @@ fn password_is_on_no_command_line_nor_in_output_report_or_file_names() {
     let env = Env::new();
     let pwfile = env.path().join("password");
     write_secret(&pwfile, &password, 0o600);
-    env.config_for(&db)
+    // The pg_dump engine: a pg_dump child per group, each command line checked (with the
+    // native engine only the schema dump is one).
+    pg_dump_config(&env, &db)
         .connection("user", &ts(&role))
         .connection("password_file", &ts(pwfile.to_str().unwrap()))
         .backup("jobs", "2")
@@ -684,7 +708,8 @@ fn database_dropped_mid_run_fails_only_its_groups() {
     groups.push_str(&group_cfg(&b.name, "b_one", &["public.b1"]));
     groups.push_str(&group_cfg(&b.name, "b_two", &["public.b2"]));
     groups.push_str(SKIP_UNGROUPED);
-    env.config_for(&a)
+    // a_big is held still through its pg_dump child while its database is dropped.
+    pg_dump_config(&env, &a)
         .backup("databases", &ta(&[&a.name, &b.name]))
         // One at a time: when a_big is caught, every other group of A is still to come.
         .backup("jobs", "1")
@@ -773,7 +798,10 @@ fn server_restart_mid_run_is_retried_and_every_group_restores() {
     let ps = private_server();
     let dbname = restart_db(&ps, "faults_restart", 200_000);
     let env = Env::new();
+    // g_r1 is held still through its pg_dump child while the server restarts (the native
+    // engine's counterpart: native_faults::native_server_restart_mid_copy_is_retried_…).
     Config::new(&env, &dbname)
+        .backup("engine", &ts("pg_dump"))
         .connection("port", &ps.port.to_string())
         .backup("jobs", "1")
         .backup("lock_retries", "5")
@@ -789,7 +817,7 @@ fn server_restart_mid_run_is_retried_and_every_group_restores() {
     ps.restart();
     frozen.thaw();
     let ended = run.wait(secs(90));
-    assert_retried_after_restart(&env, &ended, &ps, &dbname, None);
+    assert_retried_after_restart(&env, &ended, &ps, &dbname, Some("pg_dump"));
 }
 
 // ---------------------------------------------------------------------------------------------

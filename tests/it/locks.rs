@@ -69,6 +69,10 @@ fn held_lock_fails_only_its_group_and_names_the_blocker() {
     );
     let pid = wait_for_lock_holder(&db, &marker);
 
+    // The default engine. Natively the schema-only dump (`schema = false`) meets the lock
+    // first and gives up after its retries, so every group of the database is dumped with
+    // pg_dump (fallback); A then fails on its own attempts. The native engine's own attempts
+    // meeting a lock: native_faults::native_lock_timeout_fails_the_group_after_1_plus_lock_retries_….
     let env = Env::new();
     env.config_for(&db)
         .backup("schema", "false")
@@ -124,7 +128,12 @@ fn lock_released_after_first_attempt_is_retried_successfully() {
     );
     wait_for_lock_holder(&db, &marker);
     let env = Env::new();
+    // The pg_dump engine: the group's own dump is what meets the lock. With the native engine
+    // the schema-only dump it takes first (`schema = false`) meets it instead and retries
+    // within the group's first attempt, which then finds the lock gone: one attempt, `ok`,
+    // and the lock timeouts are in no attempt of the report.
     env.config_for(&db)
+        .backup("engine", &ts("pg_dump"))
         .backup("schema", "false")
         .backup("lock_wait_timeout", &ts("400ms"))
         .backup("lock_retries", "3")
@@ -272,7 +281,13 @@ fn each_table_is_locked_only_while_its_own_group_is_dumped() {
         .map(|r| (r[0].clone(), r[1].clone()))
         .collect();
     let env = Env::new();
+    // The pg_dump engine, whose runs here take no schema dump: every lock the poller sees is a
+    // group's. With the native engine a schema-only dump locks every table at the start (by
+    // design), which this poller would count against each table's group; its native
+    // counterpart, which leaves that dump out, is
+    // native_faults::native_each_table_is_locked_only_while_its_own_group_is_copied.
     env.config_for(&db)
+        .backup("engine", &ts("pg_dump"))
         .backup("schema", "false")
         .backup("jobs", "2")
         .write(&env);

@@ -50,6 +50,9 @@ fn metrics_textfile_after_a_run_with_a_failing_group() {
     let (db, role) = one_readable_one_not("metrics");
     let env = Env::new();
     let prom = env.path().join("textfile").join("pg_groupdump.prom");
+    // The default engine. The schema-only dump it takes first (`schema = false`) cannot lock
+    // `secret` (no privilege), so every group of the database is dumped with pg_dump (a
+    // fallback, with a warning); what is tested here holds either way.
     env.config_for(&db)
         .connection("user", &ts(&role))
         .backup("schema", "false")

@@ -382,7 +382,10 @@ fn ten_days_of_failing_backups_keep_the_last_good_dump_of_every_group() {
     let s = server();
     let pg_dump = failing_tool(&env, &s.bin("pg_dump"), None);
     let pg_dumpall = failing_tool(&env, &s.bin("pg_dumpall"), None);
+    // The failures come from the pg_dump engine's own children. (With the native engine the
+    // groups would fail only by way of its fallback to pg_dump, once the schema dump failed.)
     env.config_for(&db)
+        .backup("engine", &ts("pg_dump"))
         .backup("globals", "true")
         .backup("pg_dump", &ts(pg_dump.to_str().unwrap()))
         .backup("pg_dumpall", &ts(pg_dumpall.to_str().unwrap()))
@@ -474,8 +477,10 @@ fn run_prunes_at_its_end_but_never_a_group_that_failed_in_it() {
     let history = snapshot(&env);
 
     // The dump of public.secret fails from now on; the others succeed.
+    // The pg_dump engine: the failure is injected into the group's own pg_dump (`--table`).
     let pg_dump = failing_tool(&env, &server().bin("pg_dump"), Some("secret"));
     env.config_for(&db)
+        .backup("engine", &ts("pg_dump"))
         .backup("pg_dump", &ts(pg_dump.to_str().unwrap()))
         .extra(&retention("7d", None, ""))
         .write(&env);

@@ -464,7 +464,7 @@ fn run_jobs_flag_and_compress() {
         let header = String::from_utf8_lossy(&header.stdout).into_owned();
         assert!(
             header.contains("Compression: 0") || header.contains("Compression: none"),
-            "compress = 0 is passed to pg_dump: {header}"
+            "compress = 0 is honoured: {header}"
         );
     }
     env.assert_no_ing();
@@ -530,5 +530,199 @@ fn run_starts_the_largest_groups_first() {
         &order[..3],
         &["public.large", "public.medium", "public.small"],
         "{report:#}"
+    );
+}
+
+/// A stand-in for the test server's pg_dump that appends each command line it is given to a
+/// log (one line each) and runs the real one. Returns (the stand-in, its log).
+fn recording_pg_dump(env: &Env) -> (PathBuf, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let log = env.path().join("pg_dump.log");
+    let path = env.path().join("recording_pg_dump");
+    fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$*\" >> '{}'\nexec '{}' \"$@\"\n",
+            log.display(),
+            server().bin("pg_dump").display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    (path, log)
+}
+
+/// The command lines in a [`recording_pg_dump`] log that dump tables (`--table`): a group's
+/// own pg_dump.
+fn group_pg_dumps(log: &Path) -> Vec<String> {
+    fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("--table"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The report's group dumps (kind `tables`).
+fn table_entries(report: &Value) -> Vec<&Value> {
+    report["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| g["kind"] == "tables")
+        .collect()
+}
+
+/// Without `engine` anywhere in the configuration, every group is written by the native
+/// engine: the report says `engine: native` (no fallback), no pg_dump is run for a group
+/// (the only pg_dump dumps the schema), and the files restore.
+#[test]
+fn run_without_engine_writes_natively() {
+    let db = fresh_db("run_default_engine");
+    shop(&db);
+    let env = Env::new();
+    let (pg_dump, log) = recording_pg_dump(&env);
+    let config = env
+        .config_for(&db)
+        .backup("pg_dump", &ts(pg_dump.to_str().unwrap()))
+        .extra(&shop_groups(&db))
+        .toml();
+    assert!(
+        !config.lines().any(|l| l.trim_start().starts_with("engine")),
+        "{config}"
+    );
+    env.write_config(&config);
+    env.run(&["run"]).expect_code(0);
+    let report = env.report();
+    let run_id = check_report_shape(&report, &env, "ok");
+    let groups = table_entries(&report);
+    assert_eq!(
+        groups.len(),
+        4,
+        "orders, audit, public.misc, public.empty_t: {report:#}"
+    );
+    for g in &groups {
+        assert_eq!(g["status"], "ok", "{g:#}");
+        assert_eq!(g["engine"], "native", "{g:#}");
+        assert!(g["fallback"].is_null(), "{g:#}");
+    }
+    let dumped = fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        dumped.contains("pg_groupdump/_schema"),
+        "the schema dump is a pg_dump: {dumped}"
+    );
+    assert_eq!(group_pg_dumps(&log), Vec::<String>::new(), "{dumped}");
+    let file = expected_dump_path(&env.dir, &db.name, "orders", &run_id);
+    assert_eq!(checked_file(report_group(&report, "orders")), file);
+    restore_and_compare(
+        &db,
+        &file,
+        &[],
+        &[("public", "orders"), ("public", "order_items")],
+    );
+}
+
+/// `engine = "pg_dump"` still writes every group with a pg_dump of its own: the report says
+/// `engine: pg_dump` (no fallback), and one `pg_dump --table …` ran per group, under the
+/// group's application_name.
+#[test]
+fn engine_pg_dump_writes_each_group_with_pg_dump() {
+    let db = fresh_db("run_pg_dump_engine");
+    shop(&db);
+    let env = Env::new();
+    let (pg_dump, log) = recording_pg_dump(&env);
+    env.config_for(&db)
+        .backup("engine", &ts("pg_dump"))
+        .backup("pg_dump", &ts(pg_dump.to_str().unwrap()))
+        .extra(&shop_groups(&db))
+        .write(&env);
+    env.run(&["run"]).expect_code(0);
+    let report = env.report();
+    let run_id = check_report_shape(&report, &env, "ok");
+    let groups = table_entries(&report);
+    assert_eq!(
+        groups.len(),
+        4,
+        "orders, audit, public.misc, public.empty_t: {report:#}"
+    );
+    let dumps = group_pg_dumps(&log);
+    assert_eq!(
+        dumps.len(),
+        groups.len(),
+        "one pg_dump per group: {dumps:#?}"
+    );
+    for g in &groups {
+        assert_eq!(g["status"], "ok", "{g:#}");
+        assert_eq!(g["engine"], "pg_dump", "{g:#}");
+        assert!(g["fallback"].is_null(), "{g:#}");
+        let app = format!(
+            "application_name='pg_groupdump/{}'",
+            g["group"].as_str().unwrap()
+        );
+        assert_eq!(
+            dumps.iter().filter(|l| l.contains(&app)).count(),
+            1,
+            "one pg_dump for {app}: {dumps:#?}"
+        );
+    }
+    let file = expected_dump_path(&env.dir, &db.name, "orders", &run_id);
+    assert_eq!(checked_file(report_group(&report, "orders")), file);
+    restore_and_compare(
+        &db,
+        &file,
+        &[],
+        &[("public", "orders"), ("public", "order_items")],
+    );
+}
+
+/// `[[group]] engine = "pg_dump"` under the default engine: that group alone gets a pg_dump of
+/// its own; the others are written natively.
+#[test]
+fn group_engine_pg_dump_overrides_the_native_default() {
+    let db = fresh_db("run_group_engine");
+    shop(&db);
+    let env = Env::new();
+    let (pg_dump, log) = recording_pg_dump(&env);
+    let groups = shop_groups(&db).replace(
+        "schemas = [\"audit\"]\n",
+        "schemas = [\"audit\"]\nengine = \"pg_dump\"\n",
+    );
+    assert!(groups.contains("engine = \"pg_dump\""), "{groups}");
+    env.config_for(&db)
+        .backup("pg_dump", &ts(pg_dump.to_str().unwrap()))
+        .extra(&groups)
+        .write(&env);
+    env.run(&["run"]).expect_code(0);
+    let report = env.report();
+    let run_id = check_report_shape(&report, &env, "ok");
+    let entries = table_entries(&report);
+    assert_eq!(
+        entries.len(),
+        4,
+        "orders, audit, public.misc, public.empty_t: {report:#}"
+    );
+    for g in &entries {
+        let want = if g["group"] == "audit" {
+            "pg_dump"
+        } else {
+            "native"
+        };
+        assert_eq!(g["status"], "ok", "{g:#}");
+        assert_eq!(g["engine"], want, "{g:#}");
+        assert!(g["fallback"].is_null(), "{g:#}");
+    }
+    let dumps = group_pg_dumps(&log);
+    assert_eq!(dumps.len(), 1, "one group pg_dump, audit's: {dumps:#?}");
+    assert!(
+        dumps[0].contains("application_name='pg_groupdump/audit'"),
+        "{dumps:#?}"
+    );
+    let file = expected_dump_path(&env.dir, &db.name, "audit", &run_id);
+    assert_eq!(checked_file(report_group(&report, "audit")), file);
+    restore_and_compare(
+        &db,
+        &file,
+        &["audit"],
+        &[("audit", "log"), ("audit", "log2")],
     );
 }

@@ -19,7 +19,9 @@ fn a_native_group_waiting_for_its_schema_archive_holds_up_no_other_job() {
     );
     let env = Env::new();
     let d = ts(&db.name);
+    // pg_dump groups (small, held) and one native group (big).
     env.config_for(&db)
+        .backup("engine", ts("pg_dump").as_str())
         .backup("jobs", "2")
         .backup("lock_wait_timeout", ts("1s").as_str())
         .backup("lock_retries", "6")

@@ -360,7 +360,7 @@ impl Locker {
         let sql = format!(
             "BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60) AS {marker};"
         );
-        let mut c = psql_command(&db.name, &sql);
+        let mut c = db.server().psql_command(&db.name, &sql);
         let locker = Locker {
             child: c.spawn().expect("spawn psql"),
             db: db.clone(),
@@ -376,15 +376,17 @@ impl Drop for Locker {
         let _ = self.child.kill();
         let _ = self.child.wait();
         // Ignoring failure: a panic in Drop would abort.
-        let _ = psql_command(
-            &self.db.name,
-            &format!(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                 WHERE query LIKE {} AND pid <> pg_backend_pid()",
-                ql(&format!("%{}%", self.marker))
-            ),
-        )
-        .status();
+        let s = self.db.server();
+        let _ = s
+            .psql_command(
+                &self.db.name,
+                &format!(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE query LIKE {} AND pid <> pg_backend_pid()",
+                    ql(&format!("%{}%", self.marker))
+                ),
+            )
+            .status();
     }
 }
 

@@ -1,5 +1,7 @@
 //! Test harness: one real PostgreSQL server per test process, a fresh database per test,
 //! a temporary workspace per test, and helpers to run `pg_groupdump` and inspect its output.
+//! The version matrix (tests/it/matrix.rs) adds one server per PostgreSQL major version of
+//! `PG_MATRIX` ([`server_of`]), started on first use too.
 
 #![allow(dead_code)]
 
@@ -25,8 +27,11 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(180);
 // Server
 // ---------------------------------------------------------------------------------------------
 
+#[derive(Debug)]
 pub struct Server {
     pub bindir: PathBuf,
+    /// The major version of its binaries (and so of the server).
+    pub major: u32,
     pub port: u16,
     /// Temp dir holding the data directory, the unix socket and the server log.
     pub root: PathBuf,
@@ -76,6 +81,118 @@ fn free_port() -> u16 {
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// The major version of `bindir/prog` (`prog --version` prints "prog (PostgreSQL) 15.18 …").
+pub fn bin_major(bindir: &Path, prog: &str) -> u32 {
+    let path = bindir.join(prog);
+    let out = Command::new(&path)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()));
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .nth(2)
+        .and_then(|v| v.split('.').next())
+        .and_then(|m| m.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "{} --version printed {text:?} ({})",
+                path.display(),
+                out.status
+            )
+        })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The version matrix: a server per PostgreSQL major version
+// ---------------------------------------------------------------------------------------------
+
+/// One version of `PG_MATRIX`: its binaries, and its server once started.
+struct MatrixVersion {
+    bindir: PathBuf,
+    server: OnceLock<Server>,
+}
+
+static MATRIX: OnceLock<BTreeMap<u32, MatrixVersion>> = OnceLock::new();
+
+/// `PG_MATRIX`, parsed: `"14=/…/bin 15=/usr/lib/postgresql/15/bin …"` (scripts/test.sh exports
+/// it, see scripts/lib/pgversions.sh).
+fn matrix() -> &'static BTreeMap<u32, MatrixVersion> {
+    MATRIX.get_or_init(|| {
+        let value = std::env::var("PG_MATRIX").unwrap_or_default();
+        let mut versions = BTreeMap::new();
+        for word in value.split_whitespace() {
+            let (major, bindir) = word
+                .split_once('=')
+                .and_then(|(m, d)| Some((m.parse::<u32>().ok()?, d)))
+                .unwrap_or_else(|| panic!("PG_MATRIX={value:?}: {word:?} is not MAJOR=BINDIR"));
+            versions.insert(
+                major,
+                MatrixVersion {
+                    bindir: PathBuf::from(bindir),
+                    server: OnceLock::new(),
+                },
+            );
+        }
+        versions
+    })
+}
+
+fn matrix_version(major: u32) -> &'static MatrixVersion {
+    matrix().get(&major).unwrap_or_else(|| {
+        panic!(
+            "PostgreSQL {major} is not in PG_MATRIX ({:?}): the version-matrix tests need \
+             PostgreSQL 14 to 18; run scripts/test.sh (it fetches them, see \
+             scripts/lib/pgversions.sh) or export PG_MATRIX=\"14=/path/to/14/bin 15=… 18=…\"",
+            std::env::var("PG_MATRIX").unwrap_or_default()
+        )
+    })
+}
+
+/// The bin directory of PostgreSQL `major` (server and client programs) in `PG_MATRIX`;
+/// panics if it has none, or if its programs are another version.
+pub fn matrix_bindir(major: u32) -> &'static Path {
+    let v = matrix_version(major);
+    let found = bin_major(&v.bindir, "pg_dump");
+    assert_eq!(
+        found,
+        major,
+        "PG_MATRIX gives {} for PostgreSQL {major}, but its pg_dump is {found}",
+        v.bindir.display()
+    );
+    &v.bindir
+}
+
+/// The server of PostgreSQL `major` from `PG_MATRIX`, started on first use and stopped at
+/// process exit (like [`server`], which it is when `PG_BINDIR` is that version's bin dir).
+/// Panics if `PG_MATRIX` lacks the version.
+pub fn server_of(major: u32) -> &'static Server {
+    let bindir = matrix_bindir(major);
+    let v = matrix_version(major);
+    if fs::canonicalize(bindir).ok() == fs::canonicalize(pg_bindir()).ok() {
+        return server();
+    }
+    v.server.get_or_init(|| {
+        static AT_EXIT: std::sync::Once = std::sync::Once::new();
+        AT_EXIT.call_once(|| {
+            // SAFETY: registering a plain extern "C" function with no captured state.
+            unsafe {
+                libc::atexit(stop_matrix_servers);
+            }
+        });
+        start_cluster(bindir.to_path_buf(), &format!("pg_groupdump-pg{major}-"))
+    })
+}
+
+extern "C" fn stop_matrix_servers() {
+    for v in MATRIX.get().into_iter().flat_map(|m| m.values()) {
+        if let Some(s) = v.server.get() {
+            let _ = s.stop("immediate");
+            let _ = fs::remove_dir_all(&s.root);
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -192,7 +309,7 @@ fn check(what: &str, out: std::process::Output) {
 }
 
 fn start_server() -> Server {
-    let server = start_cluster("pg_groupdump-it-");
+    let server = start_cluster(pg_bindir(), "pg_groupdump-it-");
     // SAFETY: registering a plain extern "C" function with no captured state.
     unsafe {
         libc::atexit(stop_server);
@@ -204,10 +321,10 @@ fn start_server() -> Server {
 /// every other role is trusted. Created (NOLOGIN) on every server the harness starts.
 pub const PASSWORD_ROLE: &str = "pwauth";
 
-/// initdb (trust, plus the [`PASSWORD_ROLE`] line in pg_hba.conf) and start a server on a
-/// free port, in a new temp dir named `prefix…`.
-fn start_cluster(prefix: &str) -> Server {
-    let bindir = pg_bindir();
+/// initdb (trust, plus the [`PASSWORD_ROLE`] line in pg_hba.conf) and start a server of the
+/// binaries in `bindir` on a free port, in a new temp dir named `prefix…`.
+fn start_cluster(bindir: PathBuf, prefix: &str) -> Server {
+    let major = bin_major(&bindir, "postgres");
     let as_postgres = is_root();
     let root = tempfile::Builder::new()
         .prefix(prefix)
@@ -258,6 +375,7 @@ fn start_cluster(prefix: &str) -> Server {
         if out.status.success() {
             let server = Server {
                 bindir,
+                major,
                 port,
                 root,
                 datadir,
@@ -400,7 +518,7 @@ pub struct PrivateServer(Server);
 
 /// Starts a [`PrivateServer`].
 pub fn private_server() -> PrivateServer {
-    PrivateServer(start_cluster("pg_groupdump-priv-"))
+    PrivateServer(start_cluster(pg_bindir(), "pg_groupdump-priv-"))
 }
 
 impl std::ops::Deref for PrivateServer {
@@ -474,22 +592,22 @@ pub fn qt(schema: &str, table: &str) -> String {
     format!("{}.{}", qi(schema), qi(table))
 }
 
+/// A database of a test, on the shared [`server`] or on a server of the version matrix.
 #[derive(Clone, Debug)]
 pub struct TestDb {
     pub name: String,
+    /// Its server; None: the shared one (not started for a database that is only named).
+    on: Option<&'static Server>,
 }
 
 /// A new, empty, uniquely named database.
 pub fn fresh_db(hint: &str) -> TestDb {
-    create_db_named(&unique_name(hint))
+    server().fresh_db(hint)
 }
 
 /// A new, empty database with exactly this name (make it unique!).
 pub fn create_db_named(name: &str) -> TestDb {
-    psql("postgres", &format!("CREATE DATABASE {}", qi(name)));
-    TestDb {
-        name: name.to_owned(),
-    }
+    server().create_db_named(name)
 }
 
 fn psql_cmd(db: &str) -> Command {
@@ -500,20 +618,74 @@ fn psql_cmd(db: &str) -> Command {
 /// for sessions a test runs beside pg_groupdump (a lock holder, a DDL statement) and waits
 /// for or kills itself.
 pub fn psql_command(db: &str, sql: &str) -> Command {
-    let s = server();
-    let mut c = Command::new(s.bin("psql"));
-    c.args(["-X", "-q", "-h", "127.0.0.1", "-U", "postgres"])
-        .arg("-p")
-        .arg(s.port.to_string())
-        .arg("-d")
-        .arg(conninfo_db(db))
-        .arg("-c")
-        .arg(sql)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    clean_pg_env(&mut c);
-    c
+    server().psql_command(db, sql)
+}
+
+impl Server {
+    /// A new, empty, uniquely named database on this server.
+    pub fn fresh_db(&'static self, hint: &str) -> TestDb {
+        self.create_db_named(&unique_name(hint))
+    }
+
+    /// A new, empty database with exactly this name on this server (make it unique!).
+    pub fn create_db_named(&'static self, name: &str) -> TestDb {
+        self.psql("postgres", &format!("CREATE DATABASE {}", qi(name)));
+        self.db_named(name)
+    }
+
+    /// A handle for an existing database of this server.
+    pub fn db_named(&'static self, name: &str) -> TestDb {
+        TestDb {
+            name: name.to_owned(),
+            on: Some(self),
+        }
+    }
+
+    /// A new database copied from the database `template` of this server (which nobody may be
+    /// connected to).
+    pub fn copy_of(&'static self, template: &str, hint: &str) -> TestDb {
+        let name = unique_name(hint);
+        self.psql(
+            "postgres",
+            &format!("CREATE DATABASE {} TEMPLATE {}", qi(&name), qi(template)),
+        );
+        self.db_named(&name)
+    }
+
+    /// Whether this server has a database of this name.
+    pub fn database_exists(&self, name: &str) -> bool {
+        !self
+            .query(
+                "postgres",
+                &format!("SELECT 1 FROM pg_database WHERE datname = {}", ql(name)),
+            )
+            .is_empty()
+    }
+
+    /// `psql -c SQL` on database `db` of this server (see [`psql_command`]).
+    pub fn psql_command(&self, db: &str, sql: &str) -> Command {
+        let mut c = self.client(&self.bindir, "psql");
+        c.args(["-X", "-q", "-d"])
+            .arg(conninfo_db(db))
+            .arg("-c")
+            .arg(sql)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        c
+    }
+
+    /// Client program `prog` of the PostgreSQL in `bindir` (this server's own, or another
+    /// version's), connecting to this server as postgres over TCP (`-h -p -U` given; add
+    /// `-d`).
+    pub fn client(&self, bindir: &Path, prog: &str) -> Command {
+        let mut c = Command::new(bindir.join(prog));
+        c.args(["-h", "127.0.0.1", "-U", "postgres"])
+            .arg("-p")
+            .arg(self.port.to_string());
+        clean_pg_env(&mut c);
+        c
+    }
 }
 
 /// `dbname='...'`: a database name for `-d` that is never taken for a connection string.
@@ -568,12 +740,26 @@ pub fn psql(db: &str, sql: &str) {
 }
 
 impl TestDb {
+    /// A database name for configurations refused before any connection: no server is
+    /// started for it (its [`TestDb::server`] is the shared one).
+    pub fn offline(name: &str) -> TestDb {
+        TestDb {
+            name: name.to_owned(),
+            on: None,
+        }
+    }
+
+    /// The server the database is on.
+    pub fn server(&self) -> &'static Server {
+        self.on.unwrap_or_else(server)
+    }
+
     pub fn sql(&self, sql: &str) {
-        psql(&self.name, sql)
+        self.server().psql(&self.name, sql)
     }
 
     pub fn query(&self, sql: &str) -> Vec<Vec<String>> {
-        query_rows(&self.name, sql)
+        self.server().query(&self.name, sql)
     }
 
     /// First column of the first row.
@@ -583,9 +769,9 @@ impl TestDb {
         rows[0][0].clone()
     }
 
-    /// Another fresh database (e.g. a restore target).
+    /// Another fresh database on the same server (e.g. a restore target).
     pub fn another(&self, hint: &str) -> TestDb {
-        fresh_db(hint)
+        self.server().fresh_db(hint)
     }
 
     /// Checksum and count of all rows of a table.
@@ -633,10 +819,6 @@ impl TestDb {
 
 /// Run one query, returning rows of text fields (unit/record separator characters on the
 /// wire, so values with newlines survive).
-fn query_rows(db: &str, sql: &str) -> Vec<Vec<String>> {
-    query_rows_with(psql_cmd(db), db, sql)
-}
-
 fn query_rows_with(mut c: Command, db: &str, sql: &str) -> Vec<Vec<String>> {
     c.args(["-A", "-t", "-F", "\u{1f}", "-R", "\u{1e}"]);
     let out = run_with_stdin(c, sql);
@@ -724,11 +906,12 @@ impl Env {
 
     /// Default config for `db` (see [`Config`]) plus `extra`; written to the config file.
     pub fn cfg(&self, db: &TestDb, extra: &str) {
-        self.write_config(&Config::new(self, &db.name).extra(extra).toml());
+        self.write_config(&self.config_for(db).extra(extra).toml());
     }
 
+    /// Default config for `db`, on its server (see [`Config::on`]).
     pub fn config_for(&self, db: &TestDb) -> Config {
-        Config::new(self, &db.name)
+        Config::on(self, db.server(), &db.name)
     }
 
     /// Run `pg_groupdump -c <config> <args>`.
@@ -902,7 +1085,8 @@ pub fn ta(items: &[&str]) -> String {
 
 /// Config builder. Defaults: `[connection]` host 127.0.0.1, the test server's port, user
 /// postgres; `[backup]` dir = the workspace backup dir, `databases = [db]`, `globals = false`,
-/// `pg_dump` = the test server's pg_dump. Values are raw TOML.
+/// `pg_dump` = the test server's pg_dump (for a server of the version matrix also its
+/// `pg_restore`, see [`Config::on`]). Values are raw TOML.
 pub struct Config {
     connection: BTreeMap<String, String>,
     backup: BTreeMap<String, String>,
@@ -911,7 +1095,13 @@ pub struct Config {
 
 impl Config {
     pub fn new(env: &Env, db: &str) -> Config {
-        let s = server();
+        Config::on(env, server(), db)
+    }
+
+    /// The config for database `db` of server `s`: its port and its pg_dump; for a server
+    /// other than the shared [`server`] (one of [`server_of`]), its pg_restore too, so that
+    /// `verify` and `restore` use that version's.
+    pub fn on(env: &Env, s: &Server, db: &str) -> Config {
         let mut connection = BTreeMap::new();
         connection.insert("host".into(), ts("127.0.0.1"));
         connection.insert("port".into(), s.port.to_string());
@@ -921,11 +1111,25 @@ impl Config {
         backup.insert("databases".into(), ta(&[db]));
         backup.insert("globals".into(), "false".into());
         backup.insert("pg_dump".into(), ts(s.bin("pg_dump").to_str().unwrap()));
-        Config {
+        let config = Config {
             connection,
             backup,
             extra: String::new(),
+        };
+        if SERVER.get().is_some_and(|shared| std::ptr::eq(shared, s)) {
+            config
+        } else {
+            config.clients(&s.bindir)
         }
+    }
+
+    /// `pg_dump` and `pg_restore` from `bindir` (e.g. a newer PostgreSQL's than the server's).
+    pub fn clients(self, bindir: &Path) -> Self {
+        self.backup("pg_dump", &ts(bindir.join("pg_dump").to_str().unwrap()))
+            .backup(
+                "pg_restore",
+                &ts(bindir.join("pg_restore").to_str().unwrap()),
+            )
     }
 
     /// Like [`Config::new`], without the test server (port 5432, `pg_dump` from PATH): for
@@ -1105,7 +1309,13 @@ const TOC_DESCS: &[&str] = &[
 
 /// `pg_restore -l FILE`, parsed (comment lines dropped).
 pub fn toc(file: &Path) -> Vec<TocEntry> {
-    let out = Command::new(server().bin("pg_restore"))
+    toc_with(&server().bin("pg_restore"), file)
+}
+
+/// `pg_restore -l FILE` by the given pg_restore (one that reads the archive's version),
+/// parsed.
+pub fn toc_with(pg_restore: &Path, file: &Path) -> Vec<TocEntry> {
+    let out = Command::new(pg_restore)
         .arg("-l")
         .arg(file)
         .output()
@@ -1191,17 +1401,13 @@ pub fn assert_dump_tables(file: &Path, db: &TestDb, tables: &[(&str, &str)], onl
     }
 }
 
-/// `pg_restore -d <target> FILE` (exit status must be 0).
+/// `pg_restore -d <target> FILE` by the target server's pg_restore (exit status must be 0).
 pub fn restore(file: &Path, target: &TestDb) {
-    let s = server();
-    let mut c = Command::new(s.bin("pg_restore"));
-    c.args(["--exit-on-error", "-h", "127.0.0.1"])
-        .arg("-p")
-        .arg(s.port.to_string())
-        .args(["-U", "postgres", "-d"])
+    let s = target.server();
+    let mut c = s.client(&s.bindir, "pg_restore");
+    c.args(["--exit-on-error", "-d"])
         .arg(conninfo_db(&target.name))
         .arg(file);
-    clean_pg_env(&mut c);
     let out = c.output().expect("run pg_restore");
     assert!(
         out.status.success(),
@@ -1382,41 +1588,25 @@ pub fn report_group<'a>(report: &'a Value, name: &str) -> &'a Value {
 
 /// A new database copied from the database `template` (which nobody may be connected to).
 pub fn copy_of(template: &str, hint: &str) -> TestDb {
-    let name = unique_name(hint);
-    psql(
-        "postgres",
-        &format!("CREATE DATABASE {} TEMPLATE {}", qi(&name), qi(template)),
-    );
-    db_named(&name)
+    server().copy_of(template, hint)
 }
 
 /// A database handle for an existing database (e.g. one `restore --target` created).
 pub fn db_named(name: &str) -> TestDb {
-    TestDb {
-        name: name.to_owned(),
-    }
+    server().db_named(name)
 }
 
 /// Whether a database of this name exists.
 pub fn database_exists(name: &str) -> bool {
-    !query_rows(
-        "postgres",
-        &format!("SELECT 1 FROM pg_database WHERE datname = {}", ql(name)),
-    )
-    .is_empty()
+    server().database_exists(name)
 }
 
-/// `pg_dump --schema-only` of `db`, without the `\restrict` / `\unrestrict` lines (their key
-/// differs on every dump).
+/// `pg_dump --schema-only` of `db` (by its server's pg_dump), without the `\restrict` /
+/// `\unrestrict` lines (their key differs on every dump).
 pub fn schema_only_dump(db: &TestDb) -> String {
-    let s = server();
-    let mut c = Command::new(s.bin("pg_dump"));
-    c.args(["--schema-only", "-h", "127.0.0.1", "-U", "postgres"])
-        .arg("-p")
-        .arg(s.port.to_string())
-        .arg("-d")
-        .arg(conninfo_db(&db.name));
-    clean_pg_env(&mut c);
+    let s = db.server();
+    let mut c = s.client(&s.bindir, "pg_dump");
+    c.arg("--schema-only").arg("-d").arg(conninfo_db(&db.name));
     let out = c.output().expect("run pg_dump --schema-only");
     check(&format!("pg_dump --schema-only {}", db.name), out.clone());
     String::from_utf8(out.stdout)
@@ -1450,14 +1640,9 @@ impl Load {
         use std::io::BufRead;
         use std::sync::atomic::{AtomicBool, AtomicU64};
         use std::sync::{Arc, Mutex};
-        let s = server();
-        let mut c = Command::new(s.bin("psql"));
-        c.args(["-X", "-h", "127.0.0.1", "-U", "postgres"])
-            .arg("-p")
-            .arg(s.port.to_string())
-            .arg("-d")
-            .arg(conninfo_db(&db.name));
-        clean_pg_env(&mut c);
+        let s = db.server();
+        let mut c = s.client(&s.bindir, "psql");
+        c.arg("-X").arg("-d").arg(conninfo_db(&db.name));
         c.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -1647,28 +1832,60 @@ pub fn assert_next_run_sweeps(
 pub const PREREQ: &str = include_str!("../data/native_prereq.sql");
 /// Tables, their dependents and their rows, run after [`PREREQ`].
 pub const CORPUS: &str = include_str!("../data/native_corpus.sql");
+/// What PostgreSQL 17 and later add to [`CORPUS`] (a table access method on a partitioned
+/// table).
+pub const CORPUS_PG17: &str = include_str!("../data/native_corpus_pg17.sql");
+/// What PostgreSQL 18 and later add to [`CORPUS`] (named NOT NULL constraints, virtual
+/// generated columns).
+pub const CORPUS_PG18: &str = include_str!("../data/native_corpus_pg18.sql");
 
-/// The two cluster-wide roles the corpus refers to, unique to one test.
+/// The corpus for a server of PostgreSQL `major`: [`CORPUS`] and the additions of the versions
+/// up to it, in order.
+pub fn corpus_for(major: u32) -> String {
+    let mut sql = CORPUS.to_owned();
+    for (since, more) in [(17, CORPUS_PG17), (18, CORPUS_PG18)] {
+        if major >= since {
+            sql.push('\n');
+            sql.push_str(more);
+        }
+    }
+    sql
+}
+
+/// The two cluster-wide roles the corpus refers to, unique to one test, on one server.
 pub struct Roles {
     pub reader: String,
     pub owner: String,
+    pub server: &'static Server,
 }
 
 impl Roles {
+    /// The roles on the shared [`server`].
     pub fn create() -> Roles {
+        Roles::create_on(server())
+    }
+
+    /// The roles on server `s`.
+    pub fn create_on(s: &'static Server) -> Roles {
         let roles = Roles {
             reader: unique_name("oracle_reader"),
             owner: unique_name("oracle_owner"),
+            server: s,
         };
-        psql(
+        roles.also_on(s);
+        roles
+    }
+
+    /// Creates the same roles on server `s` too (e.g. the server restore targets are on).
+    pub fn also_on(&self, s: &Server) {
+        s.psql(
             "postgres",
             &format!(
                 "CREATE ROLE {} NOLOGIN; CREATE ROLE {} NOLOGIN;",
-                qi(&roles.reader),
-                qi(&roles.owner)
+                qi(&self.reader),
+                qi(&self.owner)
             ),
         );
-        roles
     }
 
     /// `sql` with the role placeholders filled in.
@@ -1679,17 +1896,23 @@ impl Roles {
 
     /// A fresh database holding the prerequisites only: the template of the restore targets.
     pub fn prepared_db(&self, hint: &str) -> TestDb {
-        let db = fresh_db(hint);
+        self.prepared_db_on(self.server, hint)
+    }
+
+    /// [`Roles::prepared_db`] on server `s` (which has the roles, see [`Roles::also_on`]).
+    pub fn prepared_db_on(&self, s: &'static Server, hint: &str) -> TestDb {
+        let db = s.fresh_db(hint);
         db.sql(&self.fill(PREREQ));
         db
     }
 }
 
 impl Roles {
-    /// A fresh database holding the prerequisites and the corpus.
+    /// A fresh database holding the prerequisites and the corpus of its server's version
+    /// ([`corpus_for`]).
     pub fn corpus_db(&self, hint: &str) -> TestDb {
         let db = self.prepared_db(hint);
-        db.sql(&self.fill(CORPUS));
+        db.sql(&self.fill(&corpus_for(self.server.major)));
         db
     }
 }

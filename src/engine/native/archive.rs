@@ -560,6 +560,78 @@ const CREATED_FIELDS: [&str; 7] = [
     "creation tm_isdst",
 ];
 
+/// One entry's data, read back from an archive's bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataBlock {
+    pub dump_id: i32,
+    /// The data, decompressed.
+    pub data: Vec<u8>,
+    /// How many length-prefixed chunks it was stored in.
+    pub chunks: usize,
+}
+
+/// Reads the data block that starts at byte `pos` of `archive` (an entry's
+/// [`DataState::At`]) and decompresses it per the archive's `compression`.
+pub fn read_data_block(
+    archive: &[u8],
+    pos: u64,
+    compression: Compression,
+) -> Result<DataBlock, ArchiveError> {
+    let mut r = archive
+        .get(usize::try_from(pos).unwrap_or(usize::MAX)..)
+        .ok_or_else(|| {
+            malformed(format!(
+                "no data block at byte {pos}: the archive is shorter"
+            ))
+        })?;
+    let mut input = Input {
+        r: &mut r,
+        version: V1_14,
+        pos,
+        at: format!("data block at byte {pos}"),
+    };
+    let kind = input.byte("block type")?;
+    if kind != BLK_DATA {
+        return Err(input.bad("block type", &format!("{kind} is not a data block (1)")));
+    }
+    let dump_id = input.int("dump id")?;
+    let mut stored = Vec::new();
+    let mut chunks = 0;
+    loop {
+        let len = input.int("chunk length")?;
+        let Ok(len) = usize::try_from(len) else {
+            return Err(input.bad("chunk length", &format!("{len} is negative")));
+        };
+        if len == 0 {
+            break;
+        }
+        let start = stored.len();
+        stored.resize(start + len, 0);
+        input.bytes(&mut stored[start..], "chunk")?;
+        chunks += 1;
+    }
+    let mut data = Vec::new();
+    let decoded = match compression {
+        Compression::None => {
+            data = stored;
+            Ok(0)
+        }
+        Compression::Gzip(_) => flate2::read::ZlibDecoder::new(&stored[..]).read_to_end(&mut data),
+        Compression::Lz4(_) => {
+            lz4_flex::frame::FrameDecoder::new(&stored[..]).read_to_end(&mut data)
+        }
+        Compression::Zstd(_) => {
+            zstd::stream::read::Decoder::new(&stored[..]).and_then(|mut d| d.read_to_end(&mut data))
+        }
+    };
+    decoded.map_err(|e| malformed(format!("data of dump id {dump_id}: {compression}: {e}")))?;
+    Ok(DataBlock {
+        dump_id,
+        data,
+        chunks,
+    })
+}
+
 // ---------------------------------------------------------------------------------------------
 // Serializing
 
@@ -1047,7 +1119,11 @@ mod tests {
     use std::path::PathBuf;
     use std::process::Command;
 
-    use flate2::read::ZlibDecoder;
+    /// (dump id, data, chunks) of the data block at `pos`.
+    fn read_block(archive: &[u8], pos: u64, compression: Compression) -> (i32, Vec<u8>, usize) {
+        let b = read_data_block(archive, pos, compression).unwrap();
+        (b.dump_id, b.data, b.chunks)
+    }
 
     fn s(v: &str) -> Option<Text> {
         Some(Text::from(v))
@@ -1171,50 +1247,6 @@ mod tests {
             text.extend_from_slice(format!("{i}\tnom {x:016x} é日本\\t\n").as_bytes());
         }
         text
-    }
-
-    /// Reads the data block at `pos` by hand: (dump id, uncompressed bytes, chunk count).
-    fn read_block(archive: &[u8], pos: u64, compression: Compression) -> (i32, Vec<u8>, usize) {
-        let mut p = pos as usize;
-        let int = |p: &mut usize| {
-            let b = &archive[*p..*p + 5];
-            *p += 5;
-            let v = i32::from_le_bytes([b[1], b[2], b[3], b[4]]);
-            if b[0] == 1 {
-                -v
-            } else {
-                v
-            }
-        };
-        assert_eq!(archive[p], BLK_DATA, "block type at {pos}");
-        p += 1;
-        let id = int(&mut p);
-        let mut stored = Vec::new();
-        let mut chunks = 0;
-        loop {
-            let len = int(&mut p);
-            assert!(len >= 0);
-            if len == 0 {
-                break;
-            }
-            stored.extend_from_slice(&archive[p..p + len as usize]);
-            p += len as usize;
-            chunks += 1;
-        }
-        let mut raw = Vec::new();
-        match compression {
-            Compression::None => raw = stored,
-            Compression::Gzip(_) => {
-                ZlibDecoder::new(&stored[..]).read_to_end(&mut raw).unwrap();
-            }
-            Compression::Lz4(_) => {
-                lz4_flex::frame::FrameDecoder::new(&stored[..])
-                    .read_to_end(&mut raw)
-                    .unwrap();
-            }
-            Compression::Zstd(_) => raw = zstd::decode_all(&stored[..]).unwrap(),
-        }
-        (id, raw, chunks)
     }
 
     fn write_sample(

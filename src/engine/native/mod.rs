@@ -383,8 +383,15 @@ impl Native {
                     return toc;
                 }
                 Err(e) if a.outcome.is_retryable() && self.shared.shutdown.borrow().is_none() => {
+                    let delay = self.shared.retry_delay * number;
+                    tracing::warn!(
+                        "{}: the schema archive for the native engine: attempt {number} of {}: {e}; retrying in {}",
+                        crate::text::printable(database),
+                        1 + self.shared.lock_retries,
+                        humantime::format_duration(delay)
+                    );
                     last = e.to_string();
-                    tokio::time::sleep(self.shared.retry_delay * number).await;
+                    tokio::time::sleep(delay).await;
                 }
                 Err(e) => {
                     last = e.to_string();

@@ -554,10 +554,15 @@ mod tests {
         recorded
             .index_owners
             .insert(("app".into(), "b_1_x_idx".into()), 201);
+        toc_of(archive::V1_14, entries, recorded)
+    }
+
+    /// A SchemaToc of these entries, in an archive of `version`.
+    fn toc_of(version: (u8, u8, u8), entries: Vec<Entry>, recorded: Recorded) -> SchemaToc {
         SchemaToc::new(
             Toc {
                 header: archive::Header {
-                    version: archive::V1_14,
+                    version,
                     int_size: 4,
                     off_size: 8,
                     format: 1,
@@ -666,24 +671,7 @@ mod tests {
         ] {
             recorded.owners.insert((cat, oid), owner);
         }
-        let toc = SchemaToc::new(
-            Toc {
-                header: archive::Header {
-                    version: archive::V1_16,
-                    int_size: 4,
-                    off_size: 8,
-                    format: 1,
-                    compression: crate::compression::Compression::Gzip(None),
-                    created: [0; 7],
-                    database: None,
-                    server_version: None,
-                    pg_dump_version: None,
-                },
-                entries,
-            },
-            recorded,
-        )
-        .unwrap();
+        let toc = toc_of(archive::V1_16, entries, recorded);
         assert_eq!(ids(&toc.select(&[100]).unwrap()), [1, 10, 15, 40, 47]);
         assert_eq!(ids(&toc.select(&[200]).unwrap()), [1, 20, 25, 41, 48]);
     }

@@ -109,6 +109,7 @@ mod tests {
         };
         let code = |status, signal, group| report(status, signal, group).outcome().code();
         assert_eq!(code("ok", None, "ok"), 0);
+        assert_eq!(code("ok", None, "gone"), 0);
         assert_eq!(code("failed", None, "failed"), 1);
         assert_eq!(code("interrupted", Some("SIGINT"), "ok"), 130);
         assert_eq!(code("interrupted", Some("SIGTERM"), "failed"), 143);

@@ -58,6 +58,9 @@ pub fn write(path: &Path, report: Option<&RunReport>, exit_code: i32) -> std::io
                 st.last_success = Some(parse_time(&g.finished_at).unwrap_or(now));
                 st.last_size = g.bytes.map(|b| b as f64);
                 st.consecutive_failures = 0.0;
+            } else if g.status == Status::Gone {
+                // Dropped, not failing: no new dump, and no failure to alert on.
+                st.consecutive_failures = 0.0;
             } else {
                 st.consecutive_failures += 1.0;
             }
@@ -146,12 +149,14 @@ fn render(
         );
         let _ = writeln!(s, "# TYPE pg_groupdump_run_dumps gauge");
         let failed = r.failed();
+        let gone = r.groups.iter().filter(|g| g.status == Status::Gone).count();
         let _ = writeln!(
             s,
             "pg_groupdump_run_dumps{{status=\"ok\"}} {}",
-            r.groups.len() - failed
+            r.groups.len() - failed - gone
         );
         let _ = writeln!(s, "pg_groupdump_run_dumps{{status=\"failed\"}} {failed}");
+        let _ = writeln!(s, "pg_groupdump_run_dumps{{status=\"gone\"}} {gone}");
     }
     s
 }
@@ -239,6 +244,41 @@ fn parse_labels(s: &str) -> Option<(BTreeMap<String, String>, &str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A run whose group `g` ended with `status`.
+    fn report(status: &str) -> RunReport {
+        serde_json::from_value(serde_json::json!({
+            "run_id": "20260301T120000Z", "started_at": "", "finished_at": "",
+            "status": "ok", "host": "", "server": "", "dir": "", "config": "",
+            "pg_dump_version": "",
+            "groups": [{
+                "kind": "tables", "database": "d", "group": "g", "tables": [],
+                "status": status, "file": null, "bytes": null, "sha256": null,
+                "started_at": "", "finished_at": "", "duration_ms": 0, "error": null
+            }]
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_group_whose_tables_are_gone_is_no_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.prom");
+        let key = ("d".to_string(), "g".to_string(), "tables".to_string());
+        write(&p, Some(&report("failed")), 1).unwrap();
+        assert_eq!(read_previous(&p)[&key].consecutive_failures, 1.0);
+        write(&p, Some(&report("gone")), 0).unwrap();
+        assert_eq!(read_previous(&p)[&key].consecutive_failures, 0.0);
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(
+            text.contains("pg_groupdump_run_dumps{status=\"gone\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pg_groupdump_run_dumps{status=\"ok\"} 0"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn state_survives_a_round_trip() {

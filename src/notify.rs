@@ -342,6 +342,8 @@ fn write_failed_group(b: &mut String, g: &GroupReport) {
             Outcome::Yielded => "yielded to a waiting session",
             Outcome::ConnectionLost => "lost its connection to the server",
             Outcome::Interrupted => "interrupted",
+            Outcome::TableChanged => "a table was dropped or renamed as it was locked",
+            Outcome::Gone => "every table was dropped",
             Outcome::Failed => "failed",
         };
         let _ = writeln!(
@@ -768,6 +770,7 @@ mod tests {
             prune: None,
             notification: None,
             signal: None,
+            new_since_plan: Vec::new(),
         }
     }
 

@@ -35,6 +35,10 @@ pub struct DatabasePlan {
     /// See [`DatabaseCatalog::schemas_with_own_data`].
     #[serde(skip)]
     pub schemas_with_own_data: std::collections::BTreeSet<String>,
+    /// The oid of every table the catalog had when the plan was made: a table not among
+    /// them at the end of a run was created during it ([`new_since_plan`]).
+    #[serde(skip)]
+    pub known_oids: HashSet<u32>,
 }
 
 impl DatabasePlan {
@@ -128,7 +132,7 @@ impl ExcludeMatcher {
         ExcludeMatcher { patterns, matched }
     }
 
-    fn is_excluded(&mut self, name: &str) -> bool {
+    pub fn is_excluded(&mut self, name: &str) -> bool {
         let mut hit = false;
         for (i, (_, m)) in self.patterns.iter().enumerate() {
             if m.is_match(name) {
@@ -495,8 +499,69 @@ impl<'a> Resolver<'a> {
                 .map(|t| (t.schema.clone(), t.name.clone()))
                 .collect(),
             schemas_with_own_data: self.catalog.schemas_with_own_data.clone(),
+            known_oids: self.catalog.tables.iter().map(|t| t.oid).collect(),
         }
     }
+}
+
+/// A table created after the plan, found by a run's last pass over the catalog.
+#[derive(Debug, Clone)]
+pub struct NewTable {
+    pub table: Table,
+    /// Its partitions at every level, when it is partitioned: they come with it.
+    pub descendants: Vec<Table>,
+    /// Whether the run dumps it at its end, on its own: it would be an ungrouped table of
+    /// its own (`[ungrouped] mode = "table"`, no group's `tables` or `schemas` claims it, no
+    /// `exclude` pattern matches it, not a partition).
+    pub dump_alone: bool,
+}
+
+/// The tables of `catalog` (read at the end of a run) that `plan` did not know, in catalog
+/// order. A plan is made once per run; the next run plans these like any other table.
+pub fn new_since_plan(
+    config: &Config,
+    plan: &DatabasePlan,
+    catalog: &DatabaseCatalog,
+) -> Vec<NewTable> {
+    let by_oid = catalog.by_oid();
+    let children = catalog.children();
+    let mut excludes = ExcludeMatcher::new(&config.ungrouped.exclude);
+    let groups: Vec<&GroupConfig> = config
+        .groups
+        .iter()
+        .filter(|g| g.database == plan.database)
+        .collect();
+    let claimed = |t: &Table| {
+        groups.iter().any(|g| {
+            g.schemas.contains(&t.schema)
+                || g.tables
+                    .iter()
+                    .any(|r| r.table == t.name && r.schema.as_ref().is_none_or(|s| s == &t.schema))
+        })
+    };
+    let mut out = Vec::new();
+    for t in &catalog.tables {
+        if plan.known_oids.contains(&t.oid) || t.extension_member {
+            continue;
+        }
+        let partition = t.partition_parent.is_some_and(|p| by_oid.contains_key(&p));
+        let mut descendants = Vec::new();
+        let mut next: Vec<u32> = children.get(&t.oid).cloned().unwrap_or_default();
+        while let Some(o) = next.pop() {
+            descendants.push(by_oid[&o].clone());
+            next.extend(children.get(&o).into_iter().flatten());
+        }
+        let dump_alone = config.ungrouped.mode == UngroupedMode::Table
+            && !partition
+            && !claimed(t)
+            && !excludes.is_excluded(&t.display());
+        out.push(NewTable {
+            table: t.clone(),
+            descendants,
+            dump_alone,
+        });
+    }
+    out
 }
 
 /// The name of the group a claim key ("group[3].tables[0]") belongs to.

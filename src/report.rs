@@ -83,6 +83,37 @@ pub enum Status {
     Failed,
     /// The run was stopped by SIGINT or SIGTERM (run status only).
     Interrupted,
+    /// Every table of the group was dropped after the plan: nothing to dump, nothing failed
+    /// (a group's status only).
+    Gone,
+}
+
+/// What happened to a planned table before its group was dumped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Change {
+    /// Dropped: left out of the group's archive.
+    Gone,
+    /// Renamed or moved to another schema: dumped under its new name.
+    Renamed,
+    /// Not planned: a partition attached to a partitioned table of the group after the
+    /// plan, dumped with it (`table` is its name then).
+    Attached,
+}
+
+/// A planned table that was dropped or renamed before its group was dumped (matched by oid),
+/// or a partition that joined the group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableChange {
+    /// Its name in the plan (`schema.table`).
+    pub table: String,
+    pub oid: u32,
+    pub change: Change,
+    /// Its name when the group was dumped (renamed only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub now: Option<String>,
+    /// When the change was found (RFC 3339).
+    pub found_at: String,
 }
 
 /// One dump of a run.
@@ -124,6 +155,9 @@ pub struct GroupReport {
     /// Why the native engine handed this group to pg_dump.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<String>,
+    /// Planned tables dropped or renamed before the dump; `tables` names what was dumped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub table_changes: Vec<TableChange>,
 }
 
 impl GroupReport {
@@ -156,6 +190,7 @@ impl GroupReport {
             row_counts: None,
             engine: None,
             fallback: None,
+            table_changes: Vec::new(),
         }
     }
 }
@@ -173,16 +208,24 @@ pub enum Outcome {
     ConnectionLost,
     /// Stopped by SIGINT or SIGTERM.
     Interrupted,
+    /// A table was dropped or renamed between reading the catalog and locking it.
+    TableChanged,
+    /// Every table of the group was dropped: nothing to dump.
+    Gone,
     /// Anything else.
     Failed,
 }
 
 impl Outcome {
-    /// Lock trouble and lost connections are worth another attempt later in the run.
+    /// Lock trouble, lost connections and tables that changed under the attempt are worth
+    /// another attempt later in the run.
     pub fn is_retryable(self) -> bool {
         matches!(
             self,
-            Outcome::LockTimeout | Outcome::Yielded | Outcome::ConnectionLost
+            Outcome::LockTimeout
+                | Outcome::Yielded
+                | Outcome::ConnectionLost
+                | Outcome::TableChanged
         )
     }
 }
@@ -253,6 +296,21 @@ pub struct RunReport {
     /// The signal that stopped the run ("SIGINT", "SIGTERM"), when `status` is `interrupted`.
     #[serde(default)]
     pub signal: Option<String>,
+    /// Tables created while the run dumped, found by its last pass over the catalog.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub new_since_plan: Vec<NewTable>,
+}
+
+/// A table created after the run's plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewTable {
+    pub database: String,
+    /// `schema.table`.
+    pub table: String,
+    pub oid: u32,
+    /// Dumped at the end of the run, as an ungrouped table of its own (the group of that
+    /// name in the report); otherwise the next run dumps it.
+    pub dumped: bool,
 }
 
 /// The outcome of mailing a run's summary.
@@ -309,13 +367,22 @@ impl RunReport {
                 g.error.as_deref().unwrap_or("").replace('\n', "\n    ")
             );
         }
+        let gone = self
+            .groups
+            .iter()
+            .filter(|g| g.status == Status::Gone)
+            .count();
         let _ = writeln!(
             s,
-            "run {}: {} of {} dumps ok, {} failed, {} written; report {}",
+            "run {}: {} of {} dumps ok, {} failed, {}{} written; report {}",
             self.run_id,
-            self.groups.len() - self.failed(),
+            self.groups.len() - self.failed() - gone,
             self.groups.len(),
             self.failed(),
+            match gone {
+                0 => String::new(),
+                n => format!("{n} gone (every table dropped), "),
+            },
             crate::text::human_bytes(self.bytes()),
             report_path
         );

@@ -734,6 +734,8 @@ fn groups_of_run(config: &Config, database: &str, run_id: &str) -> Vec<(String, 
             .groups
             .iter()
             .filter(|g| g.kind == Kind::Tables && g.database.as_deref() == Some(database))
+            // Every table dropped before its dump: nothing of it to restore, nothing missing.
+            .filter(|g| g.status != Status::Gone)
             .map(|g| {
                 let file = (g.status == Status::Ok)
                     .then(|| store::dump_path(root, database, &g.group, run_id))

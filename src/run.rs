@@ -181,9 +181,46 @@ pub async fn run(config: &Config, opts: &RunOptions) -> Result<(RunReport, PathB
     let jobs = make_jobs(config, opts, &s.planned, &s.root, &s.run_id);
     // The display outlives the scheduler: its final line stays below the last log lines.
     let progress = Arc::new(Progress::new(jobs.len() as u64, opts.progress));
-    let ctx = context(config, &s, &shutdown, &jobs, progress.clone(), opts.jobs);
-    let mut group_reports = schedule(Arc::new(ctx), jobs, &shutdown).await;
+    let ctx = Arc::new(context(
+        config,
+        &s,
+        &shutdown,
+        &jobs,
+        progress.clone(),
+        opts.jobs,
+    ));
+    let mut group_reports = schedule(ctx.clone(), jobs, &shutdown).await;
+    let new_since_plan = match shutdown.borrow().is_none() && opts.groups.is_empty() {
+        true => new_since_plan(config, &s).await,
+        false => Vec::new(),
+    };
+    let late: Vec<Job> = new_since_plan
+        .iter()
+        .filter(|(_, n)| n.dump_alone)
+        .map(|(db, n)| new_table_job(config, &s, db, n))
+        .collect();
+    if !late.is_empty() {
+        group_reports.extend(schedule(ctx, late, &shutdown).await);
+    }
     group_reports.extend(unreadable_reports(&s.planned));
+    // A new partition attached to a group's partitioned table was dumped with it.
+    let dumped: HashSet<(Option<&str>, u32)> = group_reports
+        .iter()
+        .filter(|g| g.status == Status::Ok)
+        .flat_map(|g| {
+            let db = g.database.as_deref();
+            g.table_oids.iter().flatten().map(move |o| (db, *o))
+        })
+        .collect();
+    let new_since_plan: Vec<crate::report::NewTable> = new_since_plan
+        .iter()
+        .map(|(db, n)| crate::report::NewTable {
+            database: db.clone(),
+            table: n.table.display(),
+            oid: n.table.oid,
+            dumped: dumped.contains(&(Some(db.as_str()), n.table.oid)),
+        })
+        .collect();
 
     // Prune under the same lock; a group whose dump failed in this run loses nothing.
     let interrupted = *shutdown.borrow();
@@ -211,6 +248,7 @@ pub async fn run(config: &Config, opts: &RunOptions) -> Result<(RunReport, PathB
         prune,
         notification: None,
         signal: interrupted.map(|s| signal_name(s).to_string()),
+        new_since_plan,
     };
     let report_path = opts
         .report
@@ -441,6 +479,74 @@ async fn schedule(
     results.into_iter().map(|(_, r)| r).collect()
 }
 
+/// One more pass over the catalog of each planned database, after every planned dump: the
+/// tables created during the run, logged. A database whose catalog cannot be read now is
+/// logged and passed over.
+async fn new_since_plan(config: &Config, s: &Started) -> Vec<(String, plan::NewTable)> {
+    let mut out = Vec::new();
+    for db in &s.planned.plan.databases {
+        let cat = async {
+            let c = s
+                .planned
+                .conn
+                .connect(&db.database, &application_name("catalog"))
+                .await?;
+            Ok::<_, anyhow::Error>(catalog::read_database(&c, &db.database).await?)
+        }
+        .await;
+        let cat = match cat {
+            Ok(cat) => cat,
+            Err(e) => {
+                tracing::warn!(
+                    "{}: cannot look for tables created during the run: {e:#}",
+                    crate::text::printable(&db.database)
+                );
+                continue;
+            }
+        };
+        for n in plan::new_since_plan(config, db, &cat) {
+            tracing::warn!(
+                "{}: table {} is new since the plan; {}",
+                crate::text::printable(&db.database),
+                crate::text::printable(&n.table.display()),
+                if n.dump_alone {
+                    "dumped on its own at the end of the run"
+                } else {
+                    "the next run dumps it"
+                }
+            );
+            out.push((db.database.clone(), n));
+        }
+    }
+    out
+}
+
+/// The job of a table created during the run, dumped on its own as an ungrouped table.
+fn new_table_job(config: &Config, s: &Started, database: &str, n: &plan::NewTable) -> Job {
+    let b = &config.backup;
+    let tables: Vec<&catalog::Table> = std::iter::once(&n.table).chain(&n.descendants).collect();
+    let group = n.table.display();
+    Job {
+        kind: Kind::Tables,
+        path: store::dump_path(&s.root, database, &group, &s.run_id),
+        database: Some(database.to_string()),
+        tables: tables.iter().map(|t| t.display()).collect(),
+        table_oids: tables.iter().map(|t| t.oid).collect(),
+        contents: Contents::Tables(
+            tables
+                .iter()
+                .map(|t| (t.schema.clone(), t.name.clone()))
+                .collect(),
+        ),
+        group,
+        lock_wait_timeout: b.lock_wait_timeout,
+        yield_after: b.yield_after,
+        engine: b.engine,
+        compression: b.compression,
+        changes: Vec::new(),
+    }
+}
+
 /// A failed schema entry for each database whose catalog could not be read.
 fn unreadable_reports(planned: &Planned) -> Vec<GroupReport> {
     planned
@@ -507,6 +613,7 @@ fn make_jobs(
             yield_after: None,
             engine: Engine::PgDump,
             compression: b.compression,
+            changes: Vec::new(),
         });
     }
     let mut groups: Vec<GroupPlan> = planned
@@ -544,6 +651,7 @@ fn make_jobs(
                 yield_after: b.yield_after,
                 engine: Engine::PgDump,
                 compression: b.compression,
+                changes: Vec::new(),
             });
         }
     }
@@ -569,6 +677,7 @@ fn make_jobs(
             group: g.group,
             engine,
             compression: own.and_then(|c| c.compression).unwrap_or(b.compression),
+            changes: Vec::new(),
         });
     }
     jobs
@@ -637,7 +746,7 @@ async fn run_job(ctx: &Ctx, mut job: Job, first: Option<OwnedSemaphorePermit>) -
         ctx.progress.finished(
             shown,
             !retry,
-            result.is_ok(),
+            matches!(result, Ok(_) | Err(engine::AttemptError::Gone)),
             result.as_ref().map(|f| f.bytes).unwrap_or(0),
         );
         report.attempts.push(attempt);
@@ -661,6 +770,10 @@ async fn run_job(ctx: &Ctx, mut job: Job, first: Option<OwnedSemaphorePermit>) -
                     }
                 }
             }
+            Err(engine::AttemptError::Gone) => {
+                gone(&mut report, &job);
+                break;
+            }
             Err(e) => {
                 let error = if report.attempts.len() > 1 {
                     format!(
@@ -677,6 +790,9 @@ async fn run_job(ctx: &Ctx, mut job: Job, first: Option<OwnedSemaphorePermit>) -
             }
         }
     }
+    // What was dumped, under the names it had then; what changed since the plan.
+    report.tables = job.tables.clone();
+    report.table_changes = job.changes.clone();
     report.finished_at = now_rfc3339();
     report.duration_ms = started.elapsed().as_millis() as u64;
     let result = match report.status {
@@ -685,6 +801,15 @@ async fn run_job(ctx: &Ctx, mut job: Job, first: Option<OwnedSemaphorePermit>) -
     };
     ctx.engines.finished(&job, result).await;
     report
+}
+
+/// Records a group whose every table was dropped after the plan: no file, no failure.
+fn gone(report: &mut GroupReport, job: &Job) {
+    tracing::warn!(
+        "{}: every table of the group was dropped after the plan; nothing to dump",
+        job.label()
+    );
+    report.status = Status::Gone;
 }
 
 /// Records a job the run was stopped before it started (or restarted).

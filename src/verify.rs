@@ -54,10 +54,11 @@ pub async fn verify(config: &Config, opts: &VerifyOptions) -> Result<Outcome, Fa
             g.group
         );
         if g.status != Status::Ok {
-            crate::say!(
-                "skip {}: the dump failed in this run",
-                crate::text::printable(&label)
-            );
+            let why = match g.status {
+                Status::Gone => "every table of the group was dropped before its dump",
+                _ => "the dump failed in this run",
+            };
+            crate::say!("skip {}: {why}", crate::text::printable(&label));
             continue;
         }
         checked += 1;

@@ -10,6 +10,8 @@ mod archive;
 mod config_errors;
 #[path = "it/consistency.rs"]
 mod consistency;
+#[path = "it/ddl_storm.rs"]
+mod ddl_storm;
 #[path = "it/email.rs"]
 mod email;
 #[path = "it/failure.rs"]

@@ -45,6 +45,9 @@ pub struct Job {
     pub engine: Engine,
     /// How its archive's data is compressed.
     pub compression: crate::compression::Compression,
+    /// Planned tables found dropped or renamed by an attempt ([`super::follow`]); `tables`,
+    /// `table_oids` and `contents` then name the tables as they are now.
+    pub changes: Vec<crate::report::TableChange>,
 }
 
 impl Job {
@@ -101,6 +104,13 @@ pub enum AttemptError {
     /// Yielded to DDL, or stopped by a signal.
     #[error("{0}")]
     Cancelled(Cancel),
+    /// A table was dropped or renamed between resolving its name and locking it: the next
+    /// attempt resolves the names again.
+    #[error("{0}")]
+    TableChanged(String),
+    /// Every table of the group was dropped after the plan: there is nothing to dump.
+    #[error("every table of the group was dropped after the plan")]
+    Gone,
     /// Anything else: retrying will not mend it.
     #[error("{0}")]
     Other(String),
@@ -138,6 +148,8 @@ impl AttemptError {
             AttemptError::ConnectionLost(_) => Outcome::ConnectionLost,
             AttemptError::Cancelled(Cancel::Yield(_)) => Outcome::Yielded,
             AttemptError::Cancelled(Cancel::Signal(_)) => Outcome::Interrupted,
+            AttemptError::TableChanged(_) => Outcome::TableChanged,
+            AttemptError::Gone => Outcome::Gone,
             AttemptError::DiskFull { .. } | AttemptError::Other(_) => Outcome::Failed,
         }
     }

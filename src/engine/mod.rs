@@ -18,6 +18,7 @@
 //! [`Engines::attempt`]. An archive version or a compression method is the native engine's
 //! business alone ([`native::archive`]).
 
+pub mod follow;
 pub mod job;
 pub mod native;
 pub mod pg_dump;

@@ -125,6 +125,25 @@ impl Snapshots {
         Ok(counts)
     }
 
+    /// What `oids` are called now (the latest catalog), on an idle session of `database`.
+    pub async fn resolve(
+        &self,
+        database: &str,
+        oids: &[u32],
+    ) -> Result<super::follow::Names, SnapshotError> {
+        let client = match self.idle.take(database) {
+            Some(c) => c,
+            None => {
+                self.conn
+                    .connect(database, &application_name("snapshot"))
+                    .await?
+            }
+        };
+        let names = super::follow::resolve(&client, oids).await?;
+        self.idle.give(database, client);
+        Ok(names)
+    }
+
     /// Ends the transaction and keeps the session for the next group of its database.
     pub async fn release(&self, exported: Exported) {
         if exported.client.batch_execute("COMMIT").await.is_ok() {

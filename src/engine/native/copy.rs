@@ -33,6 +33,14 @@ pub enum NativeError {
     /// The server's answer was not what the query promises.
     #[error("{0}")]
     Unexpected(&'static str),
+    /// A table was dropped or renamed between resolving its name and locking it (the LOCK
+    /// found no relation of that name, or the snapshot shows the name no longer ours):
+    /// resolve the names again.
+    #[error("{0}")]
+    Changed(String),
+    /// Every table of the group was dropped after the plan.
+    #[error("every table of the group was dropped after the plan")]
+    Gone,
 }
 
 /// What a native dump produced.
@@ -168,11 +176,20 @@ async fn lock_and_check(
     };
     let oids: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&req.table_oids];
     let ((locked, lock_wait), rows) = tokio::join!(locking, c.query(&session.group_query, &oids));
-    locked?;
+    if let Err(e) = locked {
+        return Err(match e.code() {
+            Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+                NativeError::Changed(crate::text::pg_error_text(&e))
+            }
+            _ => e.into(),
+        });
+    }
     let rows = rows?;
+    // The names were resolved just before the LOCK. A table dropped, or renamed and its name
+    // taken by another, in between: the name we locked is not the group's table any more.
     let Some(first) = rows.first() else {
-        return Err(NativeError::Fallback(
-            "the group's tables were dropped after the schema archive was taken".into(),
+        return Err(NativeError::Changed(
+            "the group's tables were dropped as they were locked".into(),
         ));
     };
     let snapshot = SnapshotInfo {
@@ -199,9 +216,19 @@ async fn lock_and_check(
         now.insert(oid, current);
     }
     if now.len() != req.table_oids.len() {
-        return Err(NativeError::Fallback(
-            "a table of the group was dropped after the schema archive was taken".into(),
+        return Err(NativeError::Changed(
+            "a table of the group was dropped as it was locked".into(),
         ));
+    }
+    // ATTACH PARTITION does not conflict with our locks on the partitioned table: a partition
+    // attached after the names were resolved belongs in the group as its snapshot sees it.
+    if now.values().any(|t| t.relkind == "p") {
+        let tree = crate::engine::follow::resolve(c, req.table_oids).await?;
+        if tree.keys().any(|o| !now.contains_key(o)) {
+            return Err(NativeError::Changed(
+                "a partition was attached to a table of the group as it was locked".into(),
+            ));
+        }
     }
     Ok((snapshot, lock_wait, now))
 }

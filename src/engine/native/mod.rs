@@ -239,11 +239,12 @@ impl Native {
     /// file need not keep the next group waiting.
     pub async fn attempt(
         &self,
-        job: &Job,
+        job: &mut Job,
         number: u32,
         permit: &mut Option<OwnedSemaphorePermit>,
     ) -> NativeTry {
-        let database = job.database.as_deref().expect("a group has a database");
+        let database = job.database.clone().expect("a group has a database");
+        let database = database.as_str();
         let toc = match self.schema_toc(database).await {
             Ok(t) => t,
             Err(why) => return NativeTry::Fallback { why, quiet: true },
@@ -262,7 +263,7 @@ impl Native {
 
     async fn dump(
         &self,
-        job: &Job,
+        job: &mut Job,
         database: &str,
         toc: &SchemaToc,
         a: &mut Attempt,
@@ -278,16 +279,8 @@ impl Native {
         };
         let mut watch = self.shared.monitor.watch_pid(session.pid, job.yield_after);
         let cancel = self.shared.cancelled(Some(watch.yielded()));
-        let req = copy::Request {
-            group: &job.group,
-            table_oids: &job.table_oids,
-            lock_wait_timeout: job.lock_wait_timeout,
-            compression: job.compression,
-            out: &partial,
-            final_path: &job.path,
-        };
         let dumped = tokio::select! {
-            r = copy::dump_group(&session, toc, &req) => Ok(r),
+            r = follow_and_dump(&session, toc, job, &partial) => Ok(r),
             c = cancel => Err(c),
         };
         let observed = watch.finish();
@@ -365,7 +358,7 @@ impl Native {
         // In the backup directory itself: no directory appears for a dump the run does not
         // keep.
         let slot = TocSlot::new(database);
-        let job = Job {
+        let mut job = Job {
             kind: Kind::Schema,
             database: Some(database.to_string()),
             group: store::SCHEMA_GROUP.into(),
@@ -377,10 +370,11 @@ impl Native {
             yield_after: self.yield_after,
             engine: Engine::PgDump,
             compression: crate::compression::Compression::default(),
+            changes: Vec::new(),
         };
         let mut last = String::new();
         for number in 1..=1 + self.shared.lock_retries {
-            let (a, result) = self.pg_dump.attempt(&job, number, Some(&*slot)).await;
+            let (a, result) = self.pg_dump.attempt(&mut job, number, Some(&*slot)).await;
             match result {
                 Ok(_) => {
                     let toc = load_toc(job.path.clone(), slot.take_recorded()).await;
@@ -411,6 +405,62 @@ impl Native {
         );
         Err(format!("the schema-only dump failed: {last}"))
     }
+}
+
+/// Times a group's names are resolved again within one attempt when a table is dropped or
+/// renamed as it is locked; then the attempt ends, to be retried later in the run.
+const RESOLVE_TRIES: u32 = 3;
+
+/// Dumps the group's tables under the names they have now ([`crate::engine::follow`]):
+/// resolves the oids' names right before the locks, and again when the locked names turn
+/// out not to be the group's tables any more. A table renamed since the schema archive was
+/// taken falls back to pg_dump: the archive's entries carry the old name.
+async fn follow_and_dump(
+    session: &session::NativeSession,
+    toc: &SchemaToc,
+    job: &mut Job,
+    partial: &std::path::Path,
+) -> Result<copy::Dumped, NativeError> {
+    let mut last = String::new();
+    for _ in 0..RESOLVE_TRIES {
+        let names = crate::engine::follow::resolve(&session.client, &job.table_oids).await?;
+        if job.follow(&names).is_err() {
+            return Err(NativeError::Gone);
+        }
+        if let Some(why) = renamed_since_schema(toc, job) {
+            return Err(NativeError::Fallback(why));
+        }
+        let req = copy::Request {
+            group: &job.group,
+            table_oids: &job.table_oids,
+            lock_wait_timeout: job.lock_wait_timeout,
+            compression: job.compression,
+            out: partial,
+            final_path: &job.path,
+        };
+        match copy::dump_group(session, toc, &req).await {
+            Err(NativeError::Changed(why)) => last = why,
+            other => return other,
+        }
+    }
+    Err(NativeError::Changed(last))
+}
+
+/// Why the schema archive's entries no longer name a table of the job, if they do not.
+fn renamed_since_schema(toc: &SchemaToc, job: &Job) -> Option<String> {
+    let Contents::Tables(pairs) = &job.contents else {
+        return None;
+    };
+    job.table_oids.iter().zip(pairs).find_map(|(oid, now)| {
+        let then = toc.name(*oid)?;
+        (then != now).then(|| {
+            format!(
+                "{} was renamed to {} after the schema archive was taken",
+                crate::text::display_name(&then.0, &then.1),
+                crate::text::display_name(&now.0, &now.1)
+            )
+        })
+    })
 }
 
 /// Reads a schema archive's TOC for the native engine.
@@ -449,6 +499,8 @@ fn server_error(job: &Job, e: &tokio_postgres::Error) -> AttemptError {
 fn native_error(job: &Job, e: NativeError) -> AttemptError {
     match e {
         NativeError::Server(e) => server_error(job, &e),
+        NativeError::Changed(why) => AttemptError::TableChanged(why),
+        NativeError::Gone => AttemptError::Gone,
         other => AttemptError::Other(other.to_string()),
     }
 }

@@ -3,8 +3,17 @@
 //! run's lock monitor. After a group's dump, its rows are counted in the same snapshot.
 //!
 //! A child's failure is known only by its exit status and what it printed: this module is
-//! the one place that reads pg_dump's stderr to tell a lock timeout or a lost connection
-//! from other failures.
+//! the one place that reads pg_dump's stderr to tell a lock timeout, a lost connection or a
+//! table that vanished under it from other failures.
+//!
+//! Groups follow their tables by oid ([`crate::engine::follow`]). pg_dump takes names, and
+//! matches `-t` against the catalog as its snapshot sees it, then locks each table by name —
+//! later, in the latest catalog. So the names are resolved in the exported snapshot itself
+//! (what pg_dump will match), and after a successful dump they are resolved again outside
+//! it: a table renamed between the snapshot and pg_dump's lock may have left its name to
+//! another table, which pg_dump then locked instead; such a dump is discarded and the group
+//! tried again. A table dropped in that window makes pg_dump fail (`relation … does not
+//! exist`): also tried again, with the names resolved anew.
 
 mod child;
 
@@ -57,7 +66,7 @@ impl PgDump {
     /// `in_snapshot`, that work runs in the dump's snapshot while the child runs.
     pub async fn attempt(
         &self,
-        job: &Job,
+        job: &mut Job,
         number: u32,
         in_snapshot: Option<&dyn InSnapshot>,
     ) -> (Attempt, Result<store::Finished, AttemptError>) {
@@ -68,11 +77,15 @@ impl PgDump {
 
     async fn dump(
         &self,
-        job: &Job,
+        job: &mut Job,
         a: &mut Attempt,
         in_snapshot: Option<&dyn InSnapshot>,
     ) -> Result<store::Finished, AttemptError> {
-        let database = job.database.as_deref().unwrap_or(&self.maintenance);
+        let database = job
+            .database
+            .clone()
+            .unwrap_or_else(|| self.maintenance.clone());
+        let database = database.as_str();
         let app = application_name(&job.group);
         let partial = create_partial(job)?;
         // Globals take no table locks: nothing to watch.
@@ -84,6 +97,14 @@ impl PgDump {
             _ => self.export(job, database).await,
         };
         a.snapshot = exported.as_ref().map(|e| e.info.clone());
+        if let (Some(e), Kind::Tables) = (&exported, job.kind) {
+            if let Err(err) = follow_in_snapshot(job, e).await {
+                let e = exported.expect("matched above");
+                self.snapshots.release(e).await;
+                remove_quietly(&partial);
+                return Err(err);
+            }
+        }
         let req = child::DumpRequest {
             kind: &job.contents,
             compression: job.compression,
@@ -125,7 +146,10 @@ impl PgDump {
         let outcome = match child {
             Ok(Ok(warnings)) => {
                 a.warnings = (!warnings.is_empty()).then_some(warnings);
-                commit(&partial, job).await
+                match self.confirm_names(job, database).await {
+                    Ok(()) => commit(&partial, job).await,
+                    Err(e) => Err(e),
+                }
             }
             Err(cancel) => {
                 self.shared
@@ -189,6 +213,45 @@ impl PgDump {
     }
 }
 
+impl PgDump {
+    /// After a group's pg_dump: whether each name it was given still belongs to the group's
+    /// table (pg_dump held its lock by that name until it exited, so a name that moved to
+    /// another table means pg_dump may have dumped that one). A table dropped since is no
+    /// reason to doubt the dump.
+    async fn confirm_names(&self, job: &Job, database: &str) -> Result<(), AttemptError> {
+        let Contents::Tables(pairs) = &job.contents else {
+            return Ok(());
+        };
+        let now = match self.snapshots.resolve(database, &job.table_oids).await {
+            Ok(now) => now,
+            Err(e) => return Err(AttemptError::ConnectionLost(e.to_string())),
+        };
+        let moved = job.table_oids.iter().zip(pairs).find_map(|(oid, was)| {
+            let is = now.get(oid)?;
+            (is != was).then(|| {
+                format!(
+                    "{} was renamed to {} as pg_dump locked it by name",
+                    crate::text::display_name(&was.0, &was.1),
+                    crate::text::display_name(&is.0, &is.1)
+                )
+            })
+        });
+        match moved {
+            Some(why) => Err(AttemptError::TableChanged(why)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Makes the job's tables those its oids are in the exported snapshot — the catalog pg_dump
+/// will match `-t` against.
+async fn follow_in_snapshot(job: &mut Job, e: &Exported) -> Result<(), AttemptError> {
+    let names = crate::engine::follow::resolve(e.client(), &job.table_oids)
+        .await
+        .map_err(|err| AttemptError::ConnectionLost(crate::text::pg_error_text(&err)))?;
+    job.follow(&names)
+}
+
 /// fsyncs and renames the finished `.ing` on a blocking thread.
 async fn commit(partial: &std::path::Path, job: &Job) -> Result<store::Finished, AttemptError> {
     let (p, f) = (partial.to_path_buf(), job.path.clone());
@@ -210,6 +273,8 @@ fn classify(job: &Job, partial: &std::path::Path, e: ChildError) -> AttemptError
     };
     if is_lock_failure(&text) {
         AttemptError::lock_timeout(job, text)
+    } else if is_table_change(&text) {
+        AttemptError::TableChanged(text)
     } else if is_connection_failure(&text) {
         AttemptError::ConnectionLost(text)
     } else if text.contains("No space left on device") {
@@ -227,6 +292,17 @@ fn is_lock_failure(stderr: &str) -> bool {
     stderr.contains("could not obtain lock")
         || stderr.contains("lock timeout")
         || (stderr.contains("statement timeout") && stderr.contains("LOCK TABLE"))
+}
+
+/// Whether pg_dump failed because a table was dropped or renamed between its catalog read
+/// and its lock (or its reading of the table's definition): another attempt, with a catalog
+/// read anew, will not meet it. The schema dump of a database under DDL fails so; without
+/// retrying it the native engine would be lost for the whole database.
+fn is_table_change(stderr: &str) -> bool {
+    (stderr.contains("relation") && stderr.contains("does not exist"))
+        || stderr.contains("could not open relation with OID")
+        || stderr.contains("cache lookup failed")
+        || stderr.contains("no matching tables were found")
 }
 
 /// Whether a failure was the connection going away or being refused (a server restart, a
@@ -273,6 +349,26 @@ mod tests {
             "pg_dump: error: could not obtain lock on relation \"t\""
         ));
         assert!(!is_lock_failure(
+            "pg_dump: error: permission denied for table t"
+        ));
+    }
+
+    #[test]
+    fn tables_that_vanished_under_pg_dump_are_recognised() {
+        for stderr in [
+            "pg_dump: error: query failed: ERROR:  relation \"public.test_7\" does not exist\n\
+             pg_dump: detail: Query was: LOCK TABLE public.test_7 IN ACCESS SHARE MODE",
+            "pg_dump: error: query failed: ERROR:  could not open relation with OID 16421",
+            "pg_dump: error: query failed: ERROR:  cache lookup failed for relation 16421",
+            "pg_dump: error: no matching tables were found for pattern \"public.t\"",
+        ] {
+            assert!(is_table_change(stderr), "{stderr}");
+            assert!(!is_lock_failure(stderr), "{stderr}");
+        }
+        assert!(!is_table_change(
+            "pg_dump: error: connection to server failed: FATAL:  database \"x\" does not exist"
+        ));
+        assert!(!is_table_change(
             "pg_dump: error: permission denied for table t"
         ));
     }

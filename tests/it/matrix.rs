@@ -105,7 +105,7 @@ fn check_run(
                 .get(&g.name)
                 .unwrap_or_else(|| panic!("group {} is not in the report: {report:#}", g.name));
             assert_eq!(entry["status"], "ok", "group {}: {entry:#}", g.name);
-            check_engine_field("native", &g.name, entry);
+            check_engine_field(pg.engine, &g.name, entry);
             let file = checked_file(entry);
             let z = group_z
                 .iter()
@@ -373,16 +373,98 @@ fn version(major: u32) {
                 compressed_run(&pg, &o.src, &o.groups, c, per_group)
             });
         }
+        if major >= 16 {
+            // The pg_dump engine honours the same setting, in pg_dump's own spelling.
+            let with_pg_dump = Setup {
+                engine: "pg_dump",
+                ..native_on(major)
+            };
+            failures.check(
+                &format!("PostgreSQL {major}: compression \"zstd:5\", engine pg_dump"),
+                || compressed_run(&with_pg_dump, &o.src, &o.groups, "zstd:5", &[]),
+            );
+        }
         if major < 16 {
             failures.check(&format!("PostgreSQL {major}: compression \"zstd\""), || {
                 zstd_refused(&pg, &o.src, &o.groups)
             });
         }
+        failures.check(&format!("PostgreSQL {major}: statistics"), || {
+            statistics(major)
+        });
     }
     failures.check(&format!("PostgreSQL {major}: lock timeout"), || {
         lock_timeout(&pg)
     });
     failures.assert_none();
+}
+
+/// `[backup] statistics = true`: from 18, both engines' archives carry the planner
+/// statistics of their tables and indexes, so a restored table has them without ANALYZE;
+/// before 18 the setting is a configuration error naming the pg_dump and its version.
+fn statistics(major: u32) {
+    let db = server_of(major).fresh_db("matrix_stats");
+    db.sql(
+        "CREATE TABLE s (id int PRIMARY KEY, v text);
+         INSERT INTO s SELECT g, 'v' || (g % 7) FROM generate_series(1, 5000) g;
+         CREATE INDEX s_v ON s (v);
+         ANALYZE s;",
+    );
+    let stats = |d: &TestDb| {
+        d.query(
+            "SELECT c.relname, c.reltuples::bigint,
+                    (SELECT count(*) FROM pg_stats WHERE tablename = 's')
+               FROM pg_class c WHERE c.relname IN ('s', 's_pkey', 's_v') ORDER BY 1",
+        )
+    };
+    for engine in ["native", "pg_dump"] {
+        let env = Env::new();
+        env.config_for(&db)
+            .backup("engine", &ts(engine))
+            .backup("statistics", "true")
+            .extra(&format!(
+                "{}[ungrouped]\nmode = \"skip\"\n",
+                group_cfg(&db.name, "gs", &["public.s"])
+            ))
+            .write(&env);
+        let out = env.run(&["run"]);
+        if major < 18 {
+            assert_eq!(out.code, 2, "{engine}: statistics before 18:\n{out:?}");
+            assert!(
+                out.stderr.contains("backup.statistics")
+                    && out.stderr.contains(&format!("is version {major}")),
+                "{engine}: the error names the key and the pg_dump's version:\n{out:?}"
+            );
+            assert!(env.files().is_empty(), "{engine}: {:?}", env.files());
+            continue;
+        }
+        assert_eq!(out.code, 0, "{engine}: the run:\n{out:?}");
+        let report = env.report();
+        let entry = report_group(&report, "gs");
+        assert_eq!(entry["engine"], engine, "{entry:#}");
+        let listed = Command::new(matrix_bindir(major).join("pg_restore"))
+            .arg("-l")
+            .arg(checked_file(entry))
+            .output()
+            .expect("pg_restore -l");
+        let listed = String::from_utf8_lossy(&listed.stdout);
+        for name in ["s", "s_pkey", "s_v"] {
+            assert!(
+                listed
+                    .lines()
+                    .any(|l| l.contains(&format!("STATISTICS DATA public {name} "))),
+                "{engine}: the archive lists the statistics of {name}:\n{listed}"
+            );
+        }
+        let target = server_of(major).fresh_db("matrix_stats_r");
+        let out = env.run(&["restore", "--group", "gs", "--target", &target.name]);
+        assert_eq!(out.code, 0, "{engine}: restore:\n{out:?}");
+        assert_eq!(
+            stats(&target),
+            stats(&db),
+            "{engine}: statistics after restore"
+        );
+    }
 }
 
 #[test]

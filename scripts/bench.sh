@@ -7,6 +7,8 @@
 #   scripts/bench.sh                                  # the default run (S8 at scale 0.2, S1000, S10000 sampled)
 #   scripts/bench.sh --workloads s8 --scale 1 --reps 5
 #   scripts/bench.sh --workloads s1000 --contenders groupdump-tables,pg_dump-fd
+#   scripts/bench.sh --workloads s8,s1000 --compression gzip,zstd   # each contender with each method
+#   PG_BINDIR=/path/to/postgresql-18/bin scripts/bench.sh ...       # another PostgreSQL (server and pg_dump)
 #   scripts/bench.sh --help                           # every option (of examples/bench)
 #
 # Builds the release binary and the benchmark (examples/bench), starts a throwaway PostgreSQL
@@ -17,7 +19,10 @@
 #
 # Environment:
 #   BENCH_OUT=DIR   also write DIR/bench.md (the result tables) and DIR/bench.json (every run)
-#   PG_BINDIR       PostgreSQL bin dir to use (default: highest /usr/lib/postgresql/*/bin)
+#   PG_BINDIR       PostgreSQL bin dir to use, for the server and pg_dump (default: highest
+#                   /usr/lib/postgresql/*/bin); any build with initdb, pg_ctl, postgres, pg_isready
+#                   and pg_dump, e.g. an unpacked binary distribution: run as root, it must be
+#                   readable and executable by the `postgres` user (chmod -R a+rX)
 #   TMPDIR          where the server's data and the dumps go (S8 at scale 1 needs ≈ 4 GB)
 #
 # Run as root (the server then runs as `postgres`) or as any user (the server runs as that user):
@@ -52,6 +57,16 @@ mkdir "$WORK/bin"
 cp "$TARGET/release/pg_groupdump" "$TARGET/release/examples/bench" "$WORK/bin/"
 
 pg_ensure_installed
+for tool in initdb pg_ctl postgres pg_isready pg_dump; do
+    [[ -x "$PG_BINDIR/$tool" ]] || { echo "bench.sh: no $tool in $PG_BINDIR" >&2; exit 1; }
+done
+# As root the server runs as `postgres` (pg.sh), which must be able to run these binaries and
+# read their lib/ and share/ (an unpacked distribution can be closed to other users).
+pg_ensure_user
+if [[ "$(id -u)" -eq 0 ]] && ! _pg_as_owner / "$PG_BINDIR/postgres" --version >/dev/null 2>&1; then
+    echo "bench.sh: user ${PG_RUN_USER:-postgres} cannot run $PG_BINDIR/postgres (chmod -R a+rX the installation)" >&2
+    exit 1
+fi
 # One session must be able to lock 10 000 tables (pg_dump of S10000): the shared lock table
 # holds max_locks_per_transaction × max_connections locks. No autovacuum: the workloads are
 # vacuumed and analyzed once after loading, and nothing changes them afterwards.

@@ -103,6 +103,15 @@ struct Args {
     /// `engine`: each contender sets its own.
     #[arg(long, value_name = "TOML")]
     backup_set: Vec<String>,
+    /// Compression of every contender, in pg_dump's `-Z` spelling (`gzip`, `gzip:6`, `zstd`,
+    /// `zstd:3`, `lz4`, `none`): `compression = "SPEC"` in every pg_groupdump configuration,
+    /// `--compress=SPEC` for every pg_dump (zstd and lz4 need pg_dump 16; before 16 gzip:N is
+    /// passed as N, none as 0). Several, comma-separated: each contender runs once per
+    /// method, all of them in turn in the same rounds, one table per workload and method, its
+    /// ratios against `pg_dump -Fd` at the same method. Default: nobody is told anything
+    /// (gzip at zlib's default level, pg_dump's default and pg_groupdump's).
+    #[arg(long, value_delimiter = ',', value_name = "SPEC")]
+    compression: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum, Serialize)]
@@ -154,6 +163,8 @@ impl Kind {
 /// A contender ready to run on one workload.
 struct Contender {
     kind: Kind,
+    /// `--compression`'s method this contender runs with (None: nobody is told).
+    compression: Option<String>,
     label: String,
     /// (tables dumped, tables in the workload) when sampled.
     sample: Option<(usize, usize)>,
@@ -181,6 +192,8 @@ struct Ctx {
     user: String,
     bin: PathBuf,
     pg_dump: PathBuf,
+    /// pg_dump's major version (from `pg_dump --version`).
+    pg_dump_major: u32,
     work: PathBuf,
     pg: tokio_postgres::Config,
 }
@@ -189,12 +202,17 @@ struct Ctx {
 struct RunResult {
     workload: &'static str,
     contender: Kind,
+    compression: Option<String>,
     label: String,
     rep: usize,
     sample: Option<(usize, usize)>,
     #[serde(flatten)]
     measured: measure::Measured,
+    /// What the backends that ended during the run used, plus the io workers' (below).
     server_cpu_s: Option<f64>,
+    /// CPU the server's io workers (PostgreSQL 18, `io_method = worker`: they read data files
+    /// for the backends) used during the run; included in `server_cpu_s`.
+    io_worker_cpu_s: Option<f64>,
     /// CPU the lock poller's backend used during the run.
     poll_cpu_s: Option<f64>,
     /// pg_groupdump: first table dump's start to the last one's end, from its run report.
@@ -261,6 +279,20 @@ fn real_main(mut args: Args) -> anyhow::Result<()> {
     if args.reps == 0 {
         bail!("--reps must be at least 1");
     }
+    let pg_dump_version = command_output(Command::new(&pg_dump).arg("--version"));
+    let pg_dump_major = pg_dump_major(&pg_dump_version)
+        .with_context(|| format!("{}: no version in {pg_dump_version:?}", pg_dump.display()))?;
+    for spec in &args.compression {
+        pg_dump_compress(spec, pg_dump_major)?;
+    }
+    if !args.compression.is_empty()
+        && args
+            .backup_set
+            .iter()
+            .any(|l| l.trim_start().starts_with("compress"))
+    {
+        bail!("--backup-set: give the compression with --compression (it sets pg_dump's too)");
+    }
     if args
         .backup_set
         .iter()
@@ -300,6 +332,7 @@ fn real_main(mut args: Args) -> anyhow::Result<()> {
         user,
         bin,
         pg_dump,
+        pg_dump_major,
         work,
         pg,
     };
@@ -331,6 +364,7 @@ fn real_main(mut args: Args) -> anyhow::Result<()> {
             Duration::from_millis(ctx.args.poll_ms),
         )?;
         let postmaster = rt.block_on(postmaster_pid(&ctx.pg))?;
+        let io_workers = measure::io_workers(postmaster);
         let info = format!(
             "{} tables, {} (pg_total_relation_size)",
             names.len(),
@@ -345,10 +379,11 @@ fn real_main(mut args: Args) -> anyhow::Result<()> {
                 if c.kind == Kind::GroupdumpStub && rep > 0 {
                     continue;
                 }
-                let r = run_one(&ctx, w, c, rep + 1, &watch, postmaster)?;
+                let r = run_one(&ctx, w, c, rep + 1, &watch, postmaster, &io_workers)?;
                 eprintln!(
-                    "bench: {} rep {} {:<45} wall {:>7.2}s cpu {:>6.2}s (itself {:.2}s) srv {:>6.2}s rss {:>7} ({}) out {:>9} lock {:.2}s {} ({} tables; w/o schema dump {:.2}s {}, {} tables; {} polls, {:.1} ms, {:.2}s CPU){}",
+                    "bench: {}{} rep {} {:<45} wall {:>7.2}s cpu {:>6.2}s (itself {:.2}s) srv {:>6.2}s rss {:>7} ({}) out {:>9} lock {:.2}s {} ({} tables; w/o schema dump {:.2}s {}, {} tables; {} polls, {:.1} ms, {:.2}s CPU){}",
                     w.name(),
+                    c.compression.as_deref().map(|z| format!(" [{z}]")).unwrap_or_default(),
                     rep + 1,
                     c.label,
                     r.measured.wall_s,
@@ -380,9 +415,14 @@ fn real_main(mut args: Args) -> anyhow::Result<()> {
     md.push_str(&details);
     md.push('\n');
     for (w, contenders, info) in &contenders_by_workload {
-        md.push_str(&table(&ctx, *w, info, contenders, &results));
+        for z in compressions(&ctx.args) {
+            let these: Vec<&Contender> = contenders.iter().filter(|c| c.compression == z).collect();
+            md.push_str(&table(&ctx, *w, info, z.as_deref(), &these, &results));
+        }
     }
-    md.push_str(&growth(&contenders_by_workload, &results));
+    for z in compressions(&ctx.args) {
+        md.push_str(&growth(&contenders_by_workload, z.as_deref(), &results));
+    }
     println!("{md}");
     if let Some(p) = &ctx.args.markdown {
         fs::write(p, &md).with_context(|| format!("writing {}", p.display()))?;
@@ -392,6 +432,45 @@ fn real_main(mut args: Args) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", p.display()))?;
     }
     Ok(())
+}
+
+/// The compressions contenders run with: each `--compression`, or one run where nobody is
+/// told anything (None).
+fn compressions(a: &Args) -> Vec<Option<String>> {
+    if a.compression.is_empty() {
+        vec![None]
+    } else {
+        a.compression.iter().cloned().map(Some).collect()
+    }
+}
+
+/// The major version in `pg_dump (PostgreSQL) 18.6` or `pg_dump (PostgreSQL) 15.18 (Debian …)`.
+fn pg_dump_major(version: &str) -> Option<u32> {
+    let v = version.split(") ").nth(1)?;
+    v.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+/// pg_dump's `--compress` value for a `--compression` SPEC (None: pg_dump's default, which
+/// is what gzip means before pg_dump 16).
+fn pg_dump_compress(spec: &str, major: u32) -> anyhow::Result<Option<String>> {
+    let (method, level) = match spec.split_once(':') {
+        Some((m, l)) => (m, Some(l.strip_prefix("level=").unwrap_or(l))),
+        None => (spec, None),
+    };
+    if !matches!(method, "gzip" | "zstd" | "lz4" | "none")
+        || level.is_some_and(|l| l.parse::<u32>().is_err())
+    {
+        bail!("--compression {spec:?}: write gzip, gzip:N, zstd, zstd:N, lz4, lz4:N or none");
+    }
+    if major >= 16 {
+        return Ok(Some(spec.to_string()));
+    }
+    match (method, level) {
+        ("gzip", None) => Ok(None),
+        ("gzip", Some(l)) => Ok(Some(l.to_string())),
+        ("none", None) => Ok(Some("0".into())),
+        _ => bail!("--compression {spec:?}: pg_dump {major} knows gzip (a level 1-9) and none only; zstd and lz4 need pg_dump 16"),
+    }
 }
 
 fn which(name: &str) -> Option<PathBuf> {
@@ -438,6 +517,17 @@ async fn details(ctx: &Ctx) -> anyhow::Result<String> {
     ] {
         let v: String = c.query_one(&format!("SHOW {s}"), &[]).await?.get(0);
         settings.push(format!("{s}={v}"));
+    }
+    // Defaults that matter for reading data since PostgreSQL 18 (data checksums on, reads by
+    // io workers); io_method is unknown before 18.
+    for s in ["data_checksums", "io_method", "io_workers"] {
+        let v: Option<String> = c
+            .query_one("SELECT pg_catalog.current_setting($1, true)", &[&s])
+            .await?
+            .get(0);
+        if let Some(v) = v {
+            settings.push(format!("{s}={v}"));
+        }
     }
     let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let mem = meminfo
@@ -518,6 +608,22 @@ async fn details(ctx: &Ctx) -> anyhow::Result<String> {
             a.backup_set.join("`, `")
         )?;
     }
+    if !a.compression.is_empty() {
+        let pg_dump: Vec<String> = a
+            .compression
+            .iter()
+            .map(|z| match pg_dump_compress(z, ctx.pg_dump_major) {
+                Ok(Some(arg)) => format!("`--compress={arg}`"),
+                _ => "no `--compress`".into(),
+            })
+            .collect();
+        writeln!(
+            s,
+            "- compression: {} — every contender runs with each, in the same rounds (pg_groupdump `compression = \"…\"`; pg_dump {})",
+            a.compression.iter().map(|z| format!("`{z}`")).collect::<Vec<_>>().join(", "),
+            pg_dump.join(", ")
+        )?;
+    }
     writeln!(s, "- {} runs of each contender, in turn; jobs = {} (pg_groupdump `jobs`, pg_dump `-j`); S8 scale {}; lock polls every {} ms", a.reps, a.jobs, a.scale, a.poll_ms)?;
     Ok(s)
 }
@@ -534,94 +640,132 @@ fn prepare(ctx: &Ctx, w: Workload, names: &HashMap<u32, String>) -> anyhow::Resu
     let sample: Vec<String> = (0..n).map(|i| all[i * total / n].clone()).collect();
     let mut out = Vec::new();
     for &kind in &a.contenders {
-        // The native contenders are never sampled: they are what must hold up on every table.
-        let per_table = matches!(kind, Kind::Loop | Kind::GroupdumpTables);
-        let above = if kind == Kind::Loop {
-            a.loop_sample_above
-        } else {
-            a.sample_above
-        };
-        let sampled = per_table && !a.full && total > above;
-        if sampled && n == 0 {
-            eprintln!(
-                "bench: {}: skipping {kind:?} (--sample 0 on more than {above} tables)",
-                w.name(),
-            );
-            continue;
-        }
-        let sample_info = sampled.then_some((sample.len(), total));
-        let list = if sampled {
-            sample.clone()
-        } else if kind == Kind::Loop {
-            all.clone()
-        } else {
-            Vec::new()
-        };
-        let name = format!("{kind:?}").to_lowercase();
-        let mut c = Contender {
-            kind,
-            label: String::new(),
-            sample: sample_info,
-            config: None,
-            list,
-            list_file: None,
-            groups: 0,
-            tables: total,
-        };
-        match kind {
-            Kind::GroupdumpTables
-            | Kind::GroupdumpGroups
-            | Kind::GroupdumpNativeTables
-            | Kind::GroupdumpNativeGroups
-            | Kind::GroupdumpStub => {
-                let groups = if kind.few_groups() {
-                    w.few_groups(a.scale)
-                } else {
-                    Vec::new()
-                };
-                let engine = if kind.is_native() {
-                    "native"
-                } else {
-                    "pg_dump"
-                };
-                c.groups = if kind.few_groups() {
-                    groups.len()
-                } else {
-                    total
-                };
-                c.label = match kind {
-                    Kind::GroupdumpStub => {
-                        "probe: pg_groupdump, every table its own group, stub pg_dump".into()
-                    }
-                    _ if kind.few_groups() => {
-                        format!("pg_groupdump ({engine} engine), {} groups", groups.len())
-                    }
-                    _ => format!("pg_groupdump ({engine} engine), every table its own group"),
-                };
-                let pg_dump = if kind == Kind::GroupdumpStub {
-                    stub_pg_dump(ctx)?
-                } else {
-                    ctx.pg_dump.clone()
-                };
-                let path = dir.join(format!("{name}.toml"));
-                fs::write(
-                    &path,
-                    groupdump_config(ctx, w, &out_dir(ctx, w, kind), &pg_dump, engine, &groups),
-                )?;
-                c.config = Some(path);
-            }
-            Kind::DumpDir => c.label = format!("pg_dump -Fd -j {}", a.jobs),
-            Kind::DumpCustom => c.label = "pg_dump -Fc".into(),
-            Kind::Loop => {
-                c.label = "per-table loop: pg_dump -Fc -t, one by one".into();
-                let path = dir.join("loop.tables");
-                fs::write(&path, c.list.join("\n") + "\n")?;
-                c.list_file = Some(path);
+        for z in compressions(a) {
+            if let Some(c) = prepare_one(ctx, w, &dir, kind, z, &all, &sample)? {
+                out.push(c);
             }
         }
-        out.push(c);
     }
     Ok(out)
+}
+
+/// One contender at one compression (None when it is skipped on this workload).
+fn prepare_one(
+    ctx: &Ctx,
+    w: Workload,
+    dir: &Path,
+    kind: Kind,
+    compression: Option<String>,
+    all: &[String],
+    sample: &[String],
+) -> anyhow::Result<Option<Contender>> {
+    let a = &ctx.args;
+    let total = all.len();
+    let n = sample.len();
+    // The native contenders are never sampled: they are what must hold up on every table.
+    let per_table = matches!(kind, Kind::Loop | Kind::GroupdumpTables);
+    let above = if kind == Kind::Loop {
+        a.loop_sample_above
+    } else {
+        a.sample_above
+    };
+    let sampled = per_table && !a.full && total > above;
+    if sampled && n == 0 {
+        eprintln!(
+            "bench: {}: skipping {kind:?} (--sample 0 on more than {above} tables)",
+            w.name(),
+        );
+        return Ok(None);
+    }
+    let sample_info = sampled.then_some((sample.len(), total));
+    let list = if sampled {
+        sample.to_vec()
+    } else if kind == Kind::Loop {
+        all.to_vec()
+    } else {
+        Vec::new()
+    };
+    let name = file_stem(kind, compression.as_deref());
+    let mut c = Contender {
+        kind,
+        compression,
+        label: String::new(),
+        sample: sample_info,
+        config: None,
+        list,
+        list_file: None,
+        groups: 0,
+        tables: total,
+    };
+    match kind {
+        Kind::GroupdumpTables
+        | Kind::GroupdumpGroups
+        | Kind::GroupdumpNativeTables
+        | Kind::GroupdumpNativeGroups
+        | Kind::GroupdumpStub => {
+            let groups = if kind.few_groups() {
+                w.few_groups(a.scale)
+            } else {
+                Vec::new()
+            };
+            let engine = if kind.is_native() {
+                "native"
+            } else {
+                "pg_dump"
+            };
+            c.groups = if kind.few_groups() {
+                groups.len()
+            } else {
+                total
+            };
+            c.label = match kind {
+                Kind::GroupdumpStub => {
+                    "probe: pg_groupdump, every table its own group, stub pg_dump".into()
+                }
+                _ if kind.few_groups() => {
+                    format!("pg_groupdump ({engine} engine), {} groups", groups.len())
+                }
+                _ => format!("pg_groupdump ({engine} engine), every table its own group"),
+            };
+            let pg_dump = if kind == Kind::GroupdumpStub {
+                stub_pg_dump(ctx)?
+            } else {
+                ctx.pg_dump.clone()
+            };
+            let path = dir.join(format!("{name}.toml"));
+            fs::write(
+                &path,
+                groupdump_config(
+                    ctx,
+                    w,
+                    &out_dir(ctx, w, &c),
+                    &pg_dump,
+                    engine,
+                    c.compression.as_deref(),
+                    &groups,
+                ),
+            )?;
+            c.config = Some(path);
+        }
+        Kind::DumpDir => c.label = format!("pg_dump -Fd -j {}", a.jobs),
+        Kind::DumpCustom => c.label = "pg_dump -Fc".into(),
+        Kind::Loop => {
+            c.label = "per-table loop: pg_dump -Fc -t, one by one".into();
+            let path = dir.join(format!("{name}.tables"));
+            fs::write(&path, c.list.join("\n") + "\n")?;
+            c.list_file = Some(path);
+        }
+    }
+    Ok(Some(c))
+}
+
+/// A contender's name in file names: `groupdumpnativetables`, `loop-zstd_3`, ...
+fn file_stem(kind: Kind, compression: Option<&str>) -> String {
+    let kind = format!("{kind:?}").to_lowercase();
+    match compression {
+        Some(z) => format!("{kind}-{}", z.replace([':', '='], "_")),
+        None => kind,
+    }
 }
 
 /// A stand-in for pg_dump that answers `--version` like the real one and otherwise writes an
@@ -651,6 +795,7 @@ fn groupdump_config(
     out: &Path,
     pg_dump: &Path,
     engine: &str,
+    compression: Option<&str>,
     groups: &[(String, Vec<String>)],
 ) -> String {
     let a = &ctx.args;
@@ -671,6 +816,9 @@ fn groupdump_config(
         "# like pg_dump, which does not dump roles; the schema dump stays (users get it)"
     );
     let _ = writeln!(s, "globals = false");
+    if let Some(z) = compression {
+        let _ = writeln!(s, "compression = {}", toml_str(z));
+    }
     for line in &a.backup_set {
         let _ = writeln!(s, "{line}");
     }
@@ -686,14 +834,23 @@ fn groupdump_config(
     s
 }
 
-fn out_dir(ctx: &Ctx, w: Workload, kind: Kind) -> PathBuf {
-    ctx.work
-        .join(w.database())
-        .join(format!("out-{}", format!("{kind:?}").to_lowercase()))
+fn out_dir(ctx: &Ctx, w: Workload, c: &Contender) -> PathBuf {
+    ctx.work.join(w.database()).join(format!(
+        "out-{}",
+        file_stem(c.kind, c.compression.as_deref())
+    ))
 }
 
 fn command(ctx: &Ctx, w: Workload, c: &Contender, out: &Path) -> Command {
     let a = &ctx.args;
+    // pg_dump's --compress (checked in real_main); pg_groupdump has it in its configuration.
+    let compress: Vec<String> = c
+        .compression
+        .as_deref()
+        .and_then(|z| pg_dump_compress(z, ctx.pg_dump_major).ok().flatten())
+        .map(|z| format!("--compress={z}"))
+        .into_iter()
+        .collect();
     let mut cmd;
     match c.kind {
         Kind::GroupdumpTables
@@ -716,6 +873,7 @@ fn command(ctx: &Ctx, w: Workload, c: &Contender, out: &Path) -> Command {
             cmd.arg("-Fd")
                 .arg("-j")
                 .arg(a.jobs.to_string())
+                .args(&compress)
                 .arg("-f")
                 .arg(out.join("dump"))
                 .arg("-d")
@@ -724,19 +882,22 @@ fn command(ctx: &Ctx, w: Workload, c: &Contender, out: &Path) -> Command {
         Kind::DumpCustom => {
             cmd = Command::new(&ctx.pg_dump);
             cmd.arg("-Fc")
+                .args(&compress)
                 .arg("-f")
                 .arg(out.join(format!("{}.dump", w.database())))
                 .arg("-d")
                 .arg(w.database());
         }
         Kind::Loop => {
+            // "$4" is the --compress option or nothing.
             cmd = Command::new("bash");
             cmd.arg("-c")
-                .arg(r#"set -e; while IFS= read -r t; do "$0" -Fc -t "$t" -f "$1/$t.dump" -d "$2"; done < "$3""#)
+                .arg(r#"set -e; while IFS= read -r t; do "$0" -Fc ${4:+"$4"} -t "$t" -f "$1/$t.dump" -d "$2"; done < "$3""#)
                 .arg(&ctx.pg_dump)
                 .arg(out)
                 .arg(w.database())
-                .arg(c.list_file.as_ref().expect("list file"));
+                .arg(c.list_file.as_ref().expect("list file"))
+                .args(&compress);
         }
     }
     cmd.env("PGHOST", &ctx.host)
@@ -752,8 +913,9 @@ fn run_one(
     rep: usize,
     watch: &locks::LockWatch,
     postmaster: i32,
+    io_workers: &[i32],
 ) -> anyhow::Result<RunResult> {
-    let out = out_dir(ctx, w, c.kind);
+    let out = out_dir(ctx, w, c);
     if out.exists() {
         fs::remove_dir_all(&out)?;
     }
@@ -766,6 +928,7 @@ fn run_one(
     std::thread::sleep(Duration::from_millis(200));
     let load_before = load_average();
     let cpu0 = measure::reaped_children_cpu_s(postmaster);
+    let io0 = measure::processes_cpu_s(io_workers);
     let poll0 = watch.backend_pid().and_then(measure::process_cpu_s);
     watch.begin();
     let measured = measure::run(&mut cmd, &log).with_context(|| format!("running {}", c.label))?;
@@ -773,6 +936,7 @@ fn run_one(
     // Let the server reap the backends of the contender's sessions.
     std::thread::sleep(Duration::from_millis(300));
     let cpu1 = measure::reaped_children_cpu_s(postmaster);
+    let io1 = measure::processes_cpu_s(io_workers);
     let poll1 = watch.backend_pid().and_then(measure::process_cpu_s);
     let (dump_span_s, schema_dump_s) = measure::report_spans(&out);
     let (output_bytes, output_files, report_bytes) = measure::output_size(&out);
@@ -792,11 +956,15 @@ fn run_one(
     Ok(RunResult {
         workload: w.name(),
         contender: c.kind,
+        compression: c.compression.clone(),
         label: c.label.clone(),
         rep,
         sample: c.sample,
         measured,
-        server_cpu_s: cpu0.zip(cpu1).map(|(a, b)| b - a),
+        server_cpu_s: cpu0
+            .zip(cpu1)
+            .map(|(a, b)| b - a + io1.unwrap_or(0.0) - io0.unwrap_or(0.0)),
+        io_worker_cpu_s: io0.zip(io1).map(|(a, b)| b - a),
         poll_cpu_s: poll0.zip(poll1).map(|(a, b)| b - a),
         dump_span_s,
         schema_dump_s,
@@ -908,6 +1076,7 @@ fn summarize(results: &[RunResult], w: Workload, c: &Contender) -> Option<Summar
     let all: Vec<&RunResult> = results
         .iter()
         .filter(|r| r.workload == w.name() && r.contender == c.kind)
+        .filter(|r| r.compression == c.compression)
         .collect();
     let ok: Vec<&RunResult> = all.iter().copied().filter(|r| r.error.is_none()).collect();
     if all.is_empty() {
@@ -962,11 +1131,21 @@ fn table(
     ctx: &Ctx,
     w: Workload,
     info: &str,
-    contenders: &[Contender],
+    compression: Option<&str>,
+    contenders: &[&Contender],
     results: &[RunResult],
 ) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "### {} — {info}\n", w.name());
+    match compression {
+        Some(z) => {
+            let _ = writeln!(s, "### {}, compression {z} — {info}\n", w.name());
+        }
+        None => {
+            let _ = writeln!(s, "### {} — {info}\n", w.name());
+        }
+    }
+    // The runs of this table: its workload, its compression.
+    let mine = |r: &&RunResult| r.workload == w.name() && r.compression.as_deref() == compression;
     let _ = writeln!(
         s,
         "| contender | wall s (median) | min–max | × {} | CPU s (client) | of which itself | CPU s (server) | RSS MB (itself) | output MB | longest lock s | lock ÷ wall | longest lock w/o schema dump s |",
@@ -1041,7 +1220,8 @@ fn table(
             let seen = median(
                 results
                     .iter()
-                    .filter(|r| r.workload == w.name() && r.contender == c.kind)
+                    .filter(mine)
+                    .filter(|r| r.contender == c.kind)
                     .filter(|r| r.error.is_none())
                     .map(|r| r.locks.tables_seen_data as f64)
                     .collect(),
@@ -1069,14 +1249,25 @@ fn table(
     if contenders.iter().any(|c| c.kind == Kind::GroupdumpStub) {
         notes.push("The probe is no contender: pg_groupdump with every table its own group and a stub that writes an empty file in place of pg_dump, so what it measures is pg_groupdump's own cost per group (planning, snapshot, lock monitor, child process, file, report) and its memory with that many groups.".into());
     }
+    let io_max = results
+        .iter()
+        .filter(mine)
+        .filter_map(|r| r.io_worker_cpu_s)
+        .fold(f64::NAN, f64::max);
+    if io_max > 0.0 {
+        notes.push(format!(
+            "*CPU s (server)* includes the server's io workers (`io_method = worker`, PostgreSQL 18's default: they read the data files into shared buffers for the backends; long-lived, so their CPU is read from `/proc` before and after each run): at most {} s in any run.",
+            fmt_s(io_max)
+        ));
+    }
     let poll_max = results
         .iter()
-        .filter(|r| r.workload == w.name())
+        .filter(mine)
         .filter_map(|r| Some(r.poll_cpu_s? / r.measured.wall_s))
         .fold(0.0f64, f64::max);
     let loads: Vec<f64> = results
         .iter()
-        .filter(|r| r.workload == w.name())
+        .filter(mine)
         .filter_map(|r| r.load_before)
         .collect();
     notes.push(format!(
@@ -1092,7 +1283,11 @@ fn table(
     s
 }
 
-fn growth(done: &[(Workload, Vec<Contender>, String)], results: &[RunResult]) -> String {
+fn growth(
+    done: &[(Workload, Vec<Contender>, String)],
+    compression: Option<&str>,
+    results: &[RunResult],
+) -> String {
     let find = |w: Workload| done.iter().find(|(x, _, _)| *x == w);
     let (Some((_, small, _)), Some((_, big, _))) = (find(Workload::S1000), find(Workload::S10000))
     else {
@@ -1101,12 +1296,21 @@ fn growth(done: &[(Workload, Vec<Contender>, String)], results: &[RunResult]) ->
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "### Growth from S1000 to S10000 (10× the tables, the same 1 million rows)\n"
+        "### Growth from S1000 to S10000 (10× the tables, the same 1 million rows){}\n",
+        compression
+            .map(|z| format!(", compression {z}"))
+            .unwrap_or_default()
     );
     let _ = writeln!(s, "| contender | wall s S1000 | wall s S10000 | growth | ms per table S1000 | ms per table S10000 | CPU growth (client) | CPU growth (server) |");
     let _ = writeln!(s, "|---|--:|--:|--:|--:|--:|--:|--:|");
-    for c in small {
-        let Some(b) = big.iter().find(|b| b.kind == c.kind) else {
+    for c in small
+        .iter()
+        .filter(|c| c.compression.as_deref() == compression)
+    {
+        let Some(b) = big
+            .iter()
+            .find(|b| b.kind == c.kind && b.compression == c.compression)
+        else {
             continue;
         };
         let (Some(m1), Some(m2)) = (
@@ -1150,6 +1354,7 @@ mod tests {
     fn contender(groups: usize) -> Contender {
         Contender {
             kind: Kind::GroupdumpNativeTables,
+            compression: None,
             label: "native".into(),
             sample: None,
             config: None,
@@ -1167,6 +1372,25 @@ mod tests {
             format!(r#"{{"run_id": "x", "groups": [{{"kind": "schema", "group": "_schema"}}, {groups}]}}"#),
         )
         .unwrap();
+    }
+
+    #[test]
+    fn pg_dump_versions_and_compress_options() {
+        assert_eq!(pg_dump_major("pg_dump (PostgreSQL) 18.6"), Some(18));
+        assert_eq!(
+            pg_dump_major("pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"),
+            Some(15)
+        );
+        assert_eq!(pg_dump_major(""), None);
+        let z = |spec: &str, major| pg_dump_compress(spec, major).map_err(|e| e.to_string());
+        assert_eq!(z("zstd", 18).unwrap().as_deref(), Some("zstd"));
+        assert_eq!(z("gzip:6", 16).unwrap().as_deref(), Some("gzip:6"));
+        assert_eq!(z("gzip", 15).unwrap(), None);
+        assert_eq!(z("gzip:6", 15).unwrap().as_deref(), Some("6"));
+        assert_eq!(z("none", 14).unwrap().as_deref(), Some("0"));
+        assert!(z("zstd", 15).unwrap_err().contains("need pg_dump 16"));
+        assert!(z("brotli", 18).is_err());
+        assert!(z("zstd:x", 18).is_err());
     }
 
     #[test]

@@ -330,3 +330,24 @@ pub fn tail(path: &Path, n: usize) -> String {
     let s = String::from_utf8_lossy(&b[b.len().saturating_sub(n)..]).to_string();
     s.trim().to_string()
 }
+
+/// The server's io workers (PostgreSQL 18 with `io_method = worker`): the postmaster's
+/// children whose process title says `io worker`. None before 18.
+pub fn io_workers(postmaster: i32) -> Vec<i32> {
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| parent_pid(pid) == Some(postmaster))
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("io worker"))
+        })
+        .collect()
+}
+
+/// CPU seconds the processes have used so far, together (None if one of them is gone).
+pub fn processes_cpu_s(pids: &[i32]) -> Option<f64> {
+    pids.iter().map(|&p| process_cpu_s(p)).sum()
+}

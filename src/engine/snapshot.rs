@@ -56,16 +56,20 @@ impl Snapshots {
         }
     }
 
+    /// An idle session of `database`, or a new one.
+    async fn session(&self, database: &str) -> Result<Client, SnapshotError> {
+        match self.idle.take(database) {
+            Some(c) => Ok(c),
+            None => Ok(self
+                .conn
+                .connect(database, &application_name("snapshot"))
+                .await?),
+        }
+    }
+
     /// Opens a transaction on `database` and exports its snapshot.
     pub async fn export(&self, database: &str) -> Result<Exported, SnapshotError> {
-        let client = match self.idle.take(database) {
-            Some(c) => c,
-            None => {
-                self.conn
-                    .connect(database, &application_name("snapshot"))
-                    .await?
-            }
-        };
+        let client = self.session(database).await?;
         let run = async {
             client
                 .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -131,14 +135,7 @@ impl Snapshots {
         database: &str,
         oids: &[u32],
     ) -> Result<super::follow::Names, SnapshotError> {
-        let client = match self.idle.take(database) {
-            Some(c) => c,
-            None => {
-                self.conn
-                    .connect(database, &application_name("snapshot"))
-                    .await?
-            }
-        };
+        let client = self.session(database).await?;
         let names = super::follow::resolve(&client, oids).await?;
         self.idle.give(database, client);
         Ok(names)

@@ -592,15 +592,7 @@ fn run_without_engine_writes_natively() {
         "{config}"
     );
     env.write_config(&config);
-    env.run(&["run"]).expect_code(0);
-    let report = env.report();
-    let run_id = check_report_shape(&report, &env, "ok");
-    let groups = table_entries(&report);
-    assert_eq!(
-        groups.len(),
-        4,
-        "orders, audit, public.misc, public.empty_t: {report:#}"
-    );
+    let (report, run_id, groups) = shop_run(&env);
     for g in &groups {
         assert_eq!(g["status"], "ok", "{g:#}");
         assert_eq!(g["engine"], "native", "{g:#}");
@@ -612,14 +604,45 @@ fn run_without_engine_writes_natively() {
         "the schema dump is a pg_dump: {dumped}"
     );
     assert_eq!(group_pg_dumps(&log), Vec::<String>::new(), "{dumped}");
-    let file = expected_dump_path(&env.dir, &db.name, "orders", &run_id);
-    assert_eq!(checked_file(report_group(&report, "orders")), file);
-    restore_and_compare(
+    restores_from_its_file(
         &db,
-        &file,
+        &env,
+        &report,
+        &run_id,
+        "orders",
         &[],
         &[("public", "orders"), ("public", "order_items")],
     );
+}
+
+/// Runs the shop's groups (exit 0): the report (its shape checked), its run id, and its four
+/// table entries (orders, audit, public.misc, public.empty_t).
+fn shop_run(env: &Env) -> (Value, String, Vec<Value>) {
+    env.run(&["run"]).expect_code(0);
+    let report = env.report();
+    let run_id = check_report_shape(&report, env, "ok");
+    let entries: Vec<Value> = table_entries(&report).into_iter().cloned().collect();
+    assert_eq!(
+        entries.len(),
+        4,
+        "orders, audit, public.misc, public.empty_t: {report:#}"
+    );
+    (report, run_id, entries)
+}
+
+/// `group`'s file is where the naming rules put it and restores `tables` (after `schemas`).
+fn restores_from_its_file(
+    db: &TestDb,
+    env: &Env,
+    report: &Value,
+    run_id: &str,
+    group: &str,
+    schemas: &[&str],
+    tables: &[(&str, &str)],
+) {
+    let file = expected_dump_path(&env.dir, &db.name, group, run_id);
+    assert_eq!(checked_file(report_group(report, group)), file);
+    restore_and_compare(db, &file, schemas, tables);
 }
 
 /// `engine = "pg_dump"` still writes every group with a pg_dump of its own: the report says
@@ -636,15 +659,7 @@ fn engine_pg_dump_writes_each_group_with_pg_dump() {
         .backup("pg_dump", &ts(pg_dump.to_str().unwrap()))
         .extra(&shop_groups(&db))
         .write(&env);
-    env.run(&["run"]).expect_code(0);
-    let report = env.report();
-    let run_id = check_report_shape(&report, &env, "ok");
-    let groups = table_entries(&report);
-    assert_eq!(
-        groups.len(),
-        4,
-        "orders, audit, public.misc, public.empty_t: {report:#}"
-    );
+    let (report, run_id, groups) = shop_run(&env);
     let dumps = group_pg_dumps(&log);
     assert_eq!(
         dumps.len(),
@@ -665,11 +680,12 @@ fn engine_pg_dump_writes_each_group_with_pg_dump() {
             "one pg_dump for {app}: {dumps:#?}"
         );
     }
-    let file = expected_dump_path(&env.dir, &db.name, "orders", &run_id);
-    assert_eq!(checked_file(report_group(&report, "orders")), file);
-    restore_and_compare(
+    restores_from_its_file(
         &db,
-        &file,
+        &env,
+        &report,
+        &run_id,
+        "orders",
         &[],
         &[("public", "orders"), ("public", "order_items")],
     );
@@ -692,15 +708,7 @@ fn group_engine_pg_dump_overrides_the_native_default() {
         .backup("pg_dump", &ts(pg_dump.to_str().unwrap()))
         .extra(&groups)
         .write(&env);
-    env.run(&["run"]).expect_code(0);
-    let report = env.report();
-    let run_id = check_report_shape(&report, &env, "ok");
-    let entries = table_entries(&report);
-    assert_eq!(
-        entries.len(),
-        4,
-        "orders, audit, public.misc, public.empty_t: {report:#}"
-    );
+    let (report, run_id, entries) = shop_run(&env);
     for g in &entries {
         let want = if g["group"] == "audit" {
             "pg_dump"
@@ -717,11 +725,12 @@ fn group_engine_pg_dump_overrides_the_native_default() {
         dumps[0].contains("application_name='pg_groupdump/audit'"),
         "{dumps:#?}"
     );
-    let file = expected_dump_path(&env.dir, &db.name, "audit", &run_id);
-    assert_eq!(checked_file(report_group(&report, "audit")), file);
-    restore_and_compare(
+    restores_from_its_file(
         &db,
-        &file,
+        &env,
+        &report,
+        &run_id,
+        "audit",
         &["audit"],
         &[("audit", "log"), ("audit", "log2")],
     );

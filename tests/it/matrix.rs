@@ -62,18 +62,7 @@ fn archive_version(major: u32) -> &'static str {
 /// The header lines of `pg_restore -l` (";     Key: value"), without those that differ
 /// between two dumps of the same tables (creation time, number of entries).
 fn archive_header(pg_restore: &Path, file: &Path) -> Vec<String> {
-    let out = Command::new(pg_restore)
-        .arg("-l")
-        .arg(file)
-        .output()
-        .expect("run pg_restore -l");
-    assert!(
-        out.status.success(),
-        "pg_restore -l {} failed: {}",
-        file.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
+    pg_restore_list(pg_restore, file)
         .lines()
         .filter_map(|l| l.strip_prefix(";     "))
         .filter(|l| !l.starts_with("TOC Entries:"))
@@ -442,12 +431,10 @@ fn statistics(major: u32) {
         let report = env.report();
         let entry = report_group(&report, "gs");
         assert_eq!(entry["engine"], engine, "{entry:#}");
-        let listed = Command::new(matrix_bindir(major).join("pg_restore"))
-            .arg("-l")
-            .arg(checked_file(entry))
-            .output()
-            .expect("pg_restore -l");
-        let listed = String::from_utf8_lossy(&listed.stdout);
+        let listed = pg_restore_list(
+            &matrix_bindir(major).join("pg_restore"),
+            &checked_file(entry),
+        );
         for name in ["s", "s_pkey", "s_v"] {
             assert!(
                 listed

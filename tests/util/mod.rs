@@ -1312,9 +1312,8 @@ pub fn toc(file: &Path) -> Vec<TocEntry> {
     toc_with(&server().bin("pg_restore"), file)
 }
 
-/// `pg_restore -l FILE` by the given pg_restore (one that reads the archive's version),
-/// parsed.
-pub fn toc_with(pg_restore: &Path, file: &Path) -> Vec<TocEntry> {
+/// The text of `pg_restore -l FILE` by the given pg_restore; panics unless it succeeds.
+pub fn pg_restore_list(pg_restore: &Path, file: &Path) -> String {
     let out = Command::new(pg_restore)
         .arg("-l")
         .arg(file)
@@ -1326,7 +1325,13 @@ pub fn toc_with(pg_restore: &Path, file: &Path) -> Vec<TocEntry> {
         file.display(),
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = String::from_utf8_lossy(&out.stdout);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `pg_restore -l FILE` by the given pg_restore (one that reads the archive's version),
+/// parsed.
+pub fn toc_with(pg_restore: &Path, file: &Path) -> Vec<TocEntry> {
+    let text = pg_restore_list(pg_restore, file);
     let mut entries = Vec::new();
     for line in text.lines() {
         if line.starts_with(';') || line.trim().is_empty() {

@@ -46,8 +46,6 @@ use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-use flate2::write::ZlibEncoder;
-
 use crate::compression::Compression;
 
 /// Section of entries outside the pre-data/data/post-data split (`SECTION_NONE`).
@@ -618,7 +616,13 @@ pub fn read_data_block(
         }
         Compression::Gzip(_) => flate2::read::ZlibDecoder::new(&stored[..]).read_to_end(&mut data),
         Compression::Lz4(_) => {
-            lz4_flex::frame::FrameDecoder::new(&stored[..]).read_to_end(&mut data)
+            // Frame after frame, as pg_restore reads them.
+            let mut rest = &stored[..];
+            let mut read = Ok(0);
+            while !rest.is_empty() && read.is_ok() {
+                read = lz4_flex::frame::FrameDecoder::new(&mut rest).read_to_end(&mut data);
+            }
+            read
         }
         Compression::Zstd(_) => {
             zstd::stream::read::Decoder::new(&stored[..]).and_then(|mut d| d.read_to_end(&mut data))
@@ -862,78 +866,125 @@ struct Block {
     index: usize,
     /// Uncompressed bytes so far.
     raw: u64,
-    enc: Encoder,
+    /// Uncompressed bytes not yet compressed (less than a piece).
+    pending: Vec<u8>,
+    /// Compressed bytes waiting to fill a chunk.
+    out: Vec<u8>,
+    /// Pieces written so far.
+    pieces: usize,
+    /// Adler-32 of the uncompressed bytes so far (gzip).
+    adler: u32,
+    /// A piece ended the compressed stream (gzip's final deflate block is written).
+    ended: bool,
 }
 
-/// A data block's compressor; compressed bytes collect in its Vec until they fill a chunk.
-enum Encoder {
-    /// No compression: raw bytes waiting to fill a chunk.
-    Raw(Vec<u8>),
-    Zlib(ZlibEncoder<Vec<u8>>),
-    Lz4(Box<lz4_flex::frame::FrameEncoder<Vec<u8>>>),
-    Zstd(zstd::stream::Encoder<'static, Vec<u8>>),
+/// Uncompressed bytes compressed as one [`Piece`]: the unit of compression on several
+/// threads, small enough that pieces in flight cost little memory, large enough that
+/// compressing pieces on their own costs little ratio.
+pub const PIECE_SIZE: usize = 1 << 20;
+
+/// A part of a data block's data compressed on its own, so that the parts of one block can be
+/// compressed on several threads — or come from several sessions — and still join into the
+/// stream `pg_restore` reads:
+///
+/// - gzip: raw deflate ending in a sync flush (byte-aligned, not final), so pieces join into
+///   one deflate stream; the block adds the zlib header, a final empty deflate block when no
+///   piece was the last, and the Adler-32 of the whole data, combined from the pieces'.
+/// - zstd: one frame. pg_restore's zstd reader drops the rest of a chunk after a frame ends,
+///   so every frame ends at the end of a chunk.
+/// - lz4: one frame; pg_restore's reader goes on to the next frame.
+/// - none: the bytes.
+pub struct Piece {
+    bytes: Vec<u8>,
+    raw: u64,
+    adler: u32,
+    last: bool,
 }
 
-impl Encoder {
-    fn new(compression: Compression) -> io::Result<Encoder> {
-        let buf = Vec::with_capacity(CHUNK_SIZE);
-        Ok(match compression {
-            Compression::None => Encoder::Raw(buf),
-            Compression::Gzip(level) => Encoder::Zlib(ZlibEncoder::new(
-                buf,
-                level.map_or(flate2::Compression::default(), flate2::Compression::new),
-            )),
-            Compression::Lz4(level) => {
+impl Piece {
+    /// Compresses `data`. With `last`, a gzip piece ends the deflate stream (nothing may
+    /// follow it in its block).
+    pub fn compress(compression: Compression, data: &[u8], last: bool) -> io::Result<Piece> {
+        let bytes = match compression {
+            Compression::None => data.to_vec(),
+            Compression::Gzip(level) => deflate(data, level, last)?,
+            Compression::Lz4(_) => {
                 let mut info = lz4_flex::frame::FrameInfo::new();
                 // Blocks link to their predecessors, as liblz4's default; level is liblz4's
                 // notion (lz4_flex compresses at its one level, which restores the same).
                 info.block_mode = lz4_flex::frame::BlockMode::Linked;
-                let _ = level;
-                Encoder::Lz4(Box::new(lz4_flex::frame::FrameEncoder::with_frame_info(
-                    info, buf,
-                )))
+                let mut z = lz4_flex::frame::FrameEncoder::with_frame_info(
+                    info,
+                    Vec::with_capacity(data.len() / 2 + 64),
+                );
+                z.write_all(data)?;
+                z.finish().map_err(io::Error::other)?
             }
-            Compression::Zstd(level) => Encoder::Zstd(zstd::stream::Encoder::new(
-                buf,
-                level.unwrap_or(zstd::DEFAULT_COMPRESSION_LEVEL),
-            )?),
+            Compression::Zstd(level) => {
+                zstd::bulk::compress(data, level.unwrap_or(zstd::DEFAULT_COMPRESSION_LEVEL))?
+            }
+        };
+        let adler = match compression {
+            Compression::Gzip(_) => zlib_rs::adler32::adler32(1, data),
+            _ => 1,
+        };
+        Ok(Piece {
+            bytes,
+            raw: data.len() as u64,
+            adler,
+            last,
         })
     }
 
-    /// Takes `data`; returns the bytes ready to go out once they fill a chunk.
-    fn write(&mut self, data: &[u8]) -> io::Result<&mut Vec<u8>> {
-        Ok(match self {
-            Encoder::Raw(buf) => {
-                buf.extend_from_slice(data);
-                buf
-            }
-            Encoder::Zlib(z) => {
-                z.write_all(data)?;
-                z.get_mut()
-            }
-            Encoder::Lz4(z) => {
-                z.write_all(data)?;
-                z.get_mut()
-            }
-            Encoder::Zstd(z) => {
-                z.write_all(data)?;
-                z.get_mut()
-            }
-        })
-    }
-
-    /// Ends the stream; returns what is left to write.
-    fn finish(self) -> Result<Vec<u8>, ArchiveError> {
-        Ok(match self {
-            Encoder::Raw(buf) => buf,
-            Encoder::Zlib(z) => z.finish()?,
-            Encoder::Lz4(z) => z
-                .finish()
-                .map_err(|e| malformed(format!("lz4 frame: {e}")))?,
-            Encoder::Zstd(z) => z.finish()?,
-        })
+    /// Uncompressed bytes in the piece.
+    pub fn raw_len(&self) -> u64 {
+        self.raw
     }
 }
+
+/// Raw deflate of `data` at `level`: ending the stream when `last`, else ending in a sync
+/// flush so that more deflate data can follow.
+fn deflate(data: &[u8], level: Option<u32>, last: bool) -> io::Result<Vec<u8>> {
+    use flate2::{Compress, FlushCompress, Status};
+    let level = level.map_or(flate2::Compression::default(), flate2::Compression::new);
+    let mut z = Compress::new(level, false);
+    let flush = if last {
+        FlushCompress::Finish
+    } else {
+        FlushCompress::Sync
+    };
+    let mut out = Vec::with_capacity(data.len() + data.len() / 1000 + 64);
+    loop {
+        let from = usize::try_from(z.total_in()).expect("within data");
+        let status = z
+            .compress_vec(&data[from..], &mut out, flush)
+            .map_err(io::Error::other)?;
+        let consumed = z.total_in() == data.len() as u64;
+        let room = out.len() < out.capacity();
+        match status {
+            Status::StreamEnd => break,
+            Status::Ok | Status::BufError if !last && consumed && room => break,
+            _ => out.reserve(out.capacity().max(64 * 1024)),
+        }
+    }
+    Ok(out)
+}
+
+/// The zlib header pg_dump's zlib writes at `level` (deflate, 32K window, level hint).
+fn zlib_header(compression: Compression) -> [u8; 2] {
+    let Compression::Gzip(level) = compression else {
+        return [0x78, 0x9c];
+    };
+    match level {
+        Some(0..=1) => [0x78, 0x01],
+        Some(2..=5) => [0x78, 0x5e],
+        None | Some(6) => [0x78, 0x9c],
+        Some(_) => [0x78, 0xda],
+    }
+}
+
+/// A final, empty deflate block (fixed Huffman codes, just the end-of-block code).
+const DEFLATE_END: [u8; 2] = [0x03, 0x00];
 
 impl<W: Write + Seek> ArchiveWriter<W> {
     /// Starts an archive in `out`: writes the header and the TOC with every data position
@@ -1012,39 +1063,112 @@ impl<W: Write + Seek> ArchiveWriter<W> {
         self.entries[index].data = DataState::At(self.sink.pos);
         self.sink.put(&[BLK_DATA])?;
         self.sink.int(dump_id)?;
-        let enc = Encoder::new(self.compression)?;
-        self.open = Some(Block { index, raw: 0, enc });
+        self.open = Some(Block {
+            index,
+            raw: 0,
+            pending: Vec::new(),
+            out: Vec::with_capacity(CHUNK_SIZE),
+            pieces: 0,
+            adler: 1,
+            ended: false,
+        });
         Ok(())
     }
 
     /// Appends uncompressed data (e.g. `COPY` text) to the open block: compressed per the
-    /// header's compression and written as length-prefixed chunks of about 64 KiB (small
-    /// writes are collected, never one chunk each). For a `TABLE DATA` entry, the rows in the
-    /// format of its `copyStmt` and then [`COPY_END`], as `pg_dump` stores them.
+    /// header's compression, in pieces of [`PIECE_SIZE`], and written as length-prefixed
+    /// chunks of about 64 KiB (small writes are collected, never one chunk each). For a
+    /// `TABLE DATA` entry, the rows in the format of its `copyStmt` and then [`COPY_END`], as
+    /// `pg_dump` stores them.
     pub fn write_data(&mut self, bytes: &[u8]) -> Result<(), ArchiveError> {
-        let Some(block) = &mut self.open else {
+        let compression = self.compression;
+        if self.open.is_none() {
             return Err(malformed("write_data with no data block started"));
-        };
-        block.raw += bytes.len() as u64;
-        // Piece by piece, so one large write cannot pile up its whole output in memory.
-        for piece in bytes.chunks(CHUNK_SIZE) {
-            let ready = block.enc.write(piece)?;
-            if ready.len() >= CHUNK_SIZE {
-                self.sink.chunk(ready)?;
-                ready.clear();
+        }
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let block = self.open.as_mut().expect("checked above");
+            let take = (PIECE_SIZE - block.pending.len()).min(rest.len());
+            block.pending.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if block.pending.len() == PIECE_SIZE {
+                let piece = Piece::compress(compression, &block.pending, false)?;
+                block.pending.clear();
+                self.put_piece(piece)?;
             }
         }
         Ok(())
     }
 
-    /// Ends the open block: flushes the compressor and writes the 0 terminator. Returns the
-    /// uncompressed byte count of the block.
+    /// Appends a piece compressed elsewhere (with the header's compression) to the open
+    /// block, after the data written so far.
+    pub fn write_piece(&mut self, piece: Piece) -> Result<(), ArchiveError> {
+        let compression = self.compression;
+        let Some(block) = &mut self.open else {
+            return Err(malformed("write_piece with no data block started"));
+        };
+        if !block.pending.is_empty() {
+            let before = Piece::compress(compression, &block.pending, false)?;
+            block.pending.clear();
+            self.put_piece(before)?;
+        }
+        self.put_piece(piece)
+    }
+
+    fn put_piece(&mut self, piece: Piece) -> Result<(), ArchiveError> {
+        let gzip = matches!(self.compression, Compression::Gzip(_));
+        let Some(block) = &mut self.open else {
+            return Err(malformed("no data block started"));
+        };
+        if block.ended {
+            return Err(malformed(format!(
+                "data after the end of the compressed stream of {}",
+                entry_name(&self.entries[block.index])
+            )));
+        }
+        if gzip {
+            if block.pieces == 0 {
+                block.out.extend_from_slice(&zlib_header(self.compression));
+            }
+            block.adler = zlib_rs::adler32::adler32_combine(block.adler, piece.adler, piece.raw);
+            block.ended = piece.last;
+        }
+        block.pieces += 1;
+        block.raw += piece.raw;
+        block.out.extend_from_slice(&piece.bytes);
+        let frame_ends = matches!(self.compression, Compression::Zstd(_));
+        while block.out.len() >= CHUNK_SIZE || (frame_ends && !block.out.is_empty()) {
+            let n = block.out.len().min(CHUNK_SIZE);
+            self.sink.chunk(&block.out[..n])?;
+            block.out.drain(..n);
+        }
+        Ok(())
+    }
+
+    /// Ends the open block: compresses what is left, ends the compressed stream and writes
+    /// the 0 terminator. Returns the uncompressed byte count of the block.
     pub fn end_data(&mut self) -> Result<u64, ArchiveError> {
-        let Some(block) = self.open.take() else {
+        let compression = self.compression;
+        let Some(block) = &mut self.open else {
             return Err(malformed("end_data with no data block started"));
         };
-        let rest = block.enc.finish()?;
-        for piece in rest.chunks(CHUNK_SIZE) {
+        // The last piece ends the stream; an empty block still has one (an empty stream),
+        // except without compression, where it is no bytes at all.
+        let pending = std::mem::take(&mut block.pending);
+        let empty_raw = matches!(compression, Compression::None) && block.pieces == 0;
+        if !pending.is_empty() || (block.pieces == 0 && !empty_raw) {
+            let piece = Piece::compress(compression, &pending, true)?;
+            self.put_piece(piece)?;
+        }
+        let block = self.open.take().expect("open above");
+        let mut out = block.out;
+        if matches!(compression, Compression::Gzip(_)) {
+            if !block.ended {
+                out.extend_from_slice(&DEFLATE_END);
+            }
+            out.extend_from_slice(&block.adler.to_be_bytes());
+        }
+        for piece in out.chunks(CHUNK_SIZE) {
             self.sink.chunk(piece)?;
         }
         self.sink.int(0)?;
@@ -1240,7 +1364,8 @@ mod tests {
     fn big_copy_text() -> Vec<u8> {
         let mut text = Vec::new();
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        for i in 0..20_000 {
+        // Over two pieces' worth: the block is compressed in several.
+        for i in 0..50_000 {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
@@ -1275,8 +1400,21 @@ mod tests {
         w.begin_data(6).unwrap();
         w.write_data(u_data).unwrap();
         assert_eq!(w.end_data().unwrap(), u_data.len() as u64);
+        // t's data: written, then pieces compressed elsewhere (of uneven sizes, as the ranges
+        // of a split table come), then written again.
         w.begin_data(4).unwrap();
-        for p in t_data.chunks(piece) {
+        let (a, rest) = t_data.split_at(t_data.len() / 3);
+        let (b, c) = rest.split_at(rest.len() / 2);
+        for p in a.chunks(piece) {
+            w.write_data(p).unwrap();
+        }
+        let (b1, b2) = b.split_at(b.len().div_ceil(3));
+        for part in [b1, b2] {
+            let compressed = Piece::compress(compression, part, false).unwrap();
+            assert_eq!(compressed.raw_len(), part.len() as u64);
+            w.write_piece(compressed).unwrap();
+        }
+        for p in c.chunks(piece) {
             w.write_data(p).unwrap();
         }
         assert_eq!(w.end_data().unwrap(), t_data.len() as u64);
@@ -1320,13 +1458,24 @@ mod tests {
                 assert_eq!((id, &raw[..], u_chunks), (6, u_data, 1));
                 let (id, raw, chunks) = read_block(&bytes, t_pos, compression);
                 assert_eq!(id, 4);
-                assert!(raw == t_data, "data of dump id 4 differs");
+                assert!(
+                    raw == t_data,
+                    "data of dump id 4 differs ({compression}: {} of {} bytes)",
+                    raw.len(),
+                    t_data.len()
+                );
                 let stored = if compression == Compression::None {
                     t_data.len()
                 } else {
                     bytes.len() - t_pos as usize
                 };
-                let most = stored.div_ceil(CHUNK_SIZE) + 1;
+                // A zstd frame (one per piece) ends its chunk; t's data is in 4 pieces or so.
+                let frames = if matches!(compression, Compression::Zstd(_)) {
+                    t_data.len().div_ceil(PIECE_SIZE) + 2
+                } else {
+                    0
+                };
+                let most = stored.div_ceil(CHUNK_SIZE) + 1 + frames;
                 assert!(
                     chunks >= 1 && chunks <= most,
                     "{version:?} {compression}, pieces of {piece}: {chunks} chunks for {stored} bytes"
@@ -1504,18 +1653,44 @@ mod tests {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// Every pg_restore the tests are given: PG_BINDIR's (or the newest installed) and those
+    /// of PG_MATRIX ("14=BINDIR 15=BINDIR ...").
+    fn every_pg_restore() -> Vec<PathBuf> {
+        let mut all: Vec<PathBuf> = pg_program("pg_restore").into_iter().collect();
+        for spec in std::env::var("PG_MATRIX")
+            .unwrap_or_default()
+            .split_whitespace()
+        {
+            if let Some((_, dir)) = spec.split_once('=') {
+                let p = PathBuf::from(dir).join("pg_restore");
+                if !all.contains(&p) {
+                    all.push(p);
+                }
+            }
+        }
+        all
+    }
+
     #[test]
     fn stock_pg_restore_reads_written_archives() {
-        let pg_restore = pg_program("pg_restore").expect(
+        let all = every_pg_restore();
+        assert!(
+            !all.is_empty(),
             "this test needs pg_restore: set PG_BINDIR, or install PostgreSQL under \
-             /usr/lib/postgresql (scripts/test.sh does)",
+             /usr/lib/postgresql (scripts/test.sh does)"
         );
+        for pg_restore in all {
+            stock_pg_restore_reads(&pg_restore);
+        }
+    }
+
+    fn stock_pg_restore_reads(pg_restore: &Path) {
         let dir = tempfile::tempdir().unwrap();
         // COPY text as pg_dump stores it: the rows, then COPY_END.
         let mut t_data = big_copy_text();
         t_data.extend_from_slice(COPY_END);
         let u_data = "x\n\\N\n日本\n\\.\n\n\n".as_bytes();
-        let version = run(Command::new(&pg_restore).arg("--version"));
+        let version = run(Command::new(pg_restore).arg("--version"));
         let major: u32 = version
             .split_whitespace()
             .nth(2)
@@ -1539,7 +1714,7 @@ mod tests {
                 write_versioned(version, compression, &t_data, u_data, 1000),
             )
             .unwrap();
-            let list = run(Command::new(&pg_restore).arg("-l").arg(&path));
+            let list = run(Command::new(pg_restore).arg("-l").arg(&path));
             let entries: Vec<&str> = list.lines().filter(|l| !l.starts_with(';')).collect();
             assert_eq!(
                 entries,
@@ -1558,7 +1733,7 @@ mod tests {
                 list.contains(&format!(";     Compression: {level}\n")),
                 "{list}"
             );
-            let sql = run(Command::new(&pg_restore).arg("-f").arg("-").arg(&path));
+            let sql = run(Command::new(pg_restore).arg("-f").arg("-").arg(&path));
             let t_copy = format!(
                 "COPY app.t (id, \"名前\") FROM stdin;\n{}",
                 String::from_utf8(t_data.clone()).unwrap()
@@ -1570,7 +1745,7 @@ mod tests {
             );
             assert!(sql.contains("\"名前\" text -- é 日本 🐘"), "{sql}");
             // A restore list of one data entry finds it through its position.
-            let one = run(Command::new(&pg_restore)
+            let one = run(Command::new(pg_restore)
                 .args(["-f", "-", "-L"])
                 .arg({
                     let l = dir.path().join("only-u.list");

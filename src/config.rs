@@ -117,6 +117,7 @@ struct RawBackup {
     count_rows: Option<bool>,
     pg_restore: Option<PathBuf>,
     engine: Option<String>,
+    split_above: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -252,6 +253,9 @@ pub struct BackupConfig {
     pub pg_restore: Option<PathBuf>,
     /// How group dumps are written (default `native`; `pg_dump` for a pg_dump child per group).
     pub engine: Engine,
+    /// A table at least this large (its heap) is copied by several sessions at once, each a
+    /// range of its blocks, in the group's snapshot (native engine, `jobs` > 1). `None`: never.
+    pub split_above: Option<u64>,
 }
 
 /// How a group's archive is produced.
@@ -509,6 +513,16 @@ fn check_backup(path: &Path, b: Option<RawBackup>) -> Result<BackupConfig, Confi
         None => Engine::default(),
         Some(s) => Engine::parse(&s).map_err(|e| ConfigError::at(path, "backup.engine", e))?,
     };
+    let split_above = match b.split_above.as_deref().map(str::trim) {
+        None => Some(DEFAULT_SPLIT_ABOVE),
+        Some("off") => None,
+        Some(s) => Some(parse_size(s).filter(|n| *n > 0).ok_or_else(|| {
+            err(
+                "backup.split_above",
+                format!("{s:?} is not a size such as \"64MB\" or \"2GB\", or \"off\""),
+            )
+        })?),
+    };
     Ok(BackupConfig {
         dir,
         jobs,
@@ -529,6 +543,7 @@ fn check_backup(path: &Path, b: Option<RawBackup>) -> Result<BackupConfig, Confi
         count_rows: b.count_rows.unwrap_or(true),
         pg_restore: b.pg_restore,
         engine,
+        split_above,
     })
 }
 
@@ -707,6 +722,26 @@ fn check_metrics(path: &Path, raw: Option<RawMetrics>) -> Result<Option<PathBuf>
 }
 
 /// Parses a humantime duration ("6s", "1m 30s", "500ms").
+/// The default `backup.split_above`: a table that takes about a second or more to copy.
+pub const DEFAULT_SPLIT_ABOVE: u64 = 64 << 20;
+
+/// A size as PostgreSQL writes them: a number of bytes, or with a unit `B`, `kB`, `MB`, `GB`
+/// or `TB` (powers of 1024; case and a space before the unit do not matter).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let n: u64 = s[..digits].parse().ok()?;
+    let shift = match s[digits..].trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "kb" => 10,
+        "mb" => 20,
+        "gb" => 30,
+        "tb" => 40,
+        _ => return None,
+    };
+    n.checked_mul(1 << shift)
+}
+
 pub fn parse_duration(s: &str) -> Option<Duration> {
     humantime::parse_duration(s.trim()).ok()
 }
@@ -861,6 +896,25 @@ mod tests {
 
     fn cfg(text: &str) -> Result<Config, ConfigError> {
         parse(Path::new("groups.toml"), text)
+    }
+
+    #[test]
+    fn split_above_takes_sizes_and_off() {
+        let with = |v: &str| cfg(&format!("[backup]\ndir = \"/b\"\nsplit_above = {v}\n"));
+        assert_eq!(
+            cfg("[backup]\ndir = \"/b\"\n").unwrap().backup.split_above,
+            Some(DEFAULT_SPLIT_ABOVE)
+        );
+        assert_eq!(with("\"2GB\"").unwrap().backup.split_above, Some(2 << 30));
+        assert_eq!(
+            with("\"512 kB\"").unwrap().backup.split_above,
+            Some(512 << 10)
+        );
+        assert_eq!(with("\"off\"").unwrap().backup.split_above, None);
+        for bad in ["\"0\"", "\"12 parsecs\"", "\"-1MB\""] {
+            let e = with(bad).unwrap_err().to_string();
+            assert!(e.contains("backup.split_above"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -247,6 +247,9 @@ pub struct Attempt {
     pub yielded_to: Option<Session>,
     pub lock_wait_ms: u64,
     pub snapshot: Option<SnapshotInfo>,
+    /// Tables copied by several sessions at once (`backup.split_above`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub split: Vec<SplitTable>,
     #[serde(skip)]
     pub warnings: Option<String>,
     #[serde(skip)]
@@ -266,10 +269,19 @@ impl Attempt {
             yielded_to: None,
             lock_wait_ms: 0,
             snapshot: None,
+            split: Vec::new(),
             warnings: None,
             row_counts: None,
         }
     }
+}
+
+/// A table copied by several sessions, each a range of its blocks, in the group's snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SplitTable {
+    pub table: String,
+    pub sessions: usize,
+    pub ranges: usize,
 }
 
 /// The whole run.

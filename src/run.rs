@@ -119,6 +119,8 @@ pub async fn build_plan(
 struct Ctx {
     engines: Engines,
     permits: Arc<Semaphore>,
+    /// How many permits there are (`jobs`).
+    slots: usize,
     lock_retries: u32,
     retry_delay: Duration,
     /// Set to the signal number once SIGINT or SIGTERM arrives.
@@ -396,6 +398,8 @@ fn context(
             maintenance.clone(),
             s.planned.server_version_num,
         ),
+        slots: Arc::new(Semaphore::new(slots.max(1))),
+        jobs: slots.max(1),
         shutdown: shutdown.clone(),
         lock_retries: b.lock_retries,
         retry_delay: b.retry_delay,
@@ -407,14 +411,16 @@ fn context(
         jobs: slots,
         count_rows: b.count_rows,
         statistics: b.statistics,
+        split_above: b.split_above,
         root: s.root.clone(),
         run_id: s.run_id.clone(),
         lock_wait_timeout: b.lock_wait_timeout,
         yield_after: b.yield_after,
     };
     Ctx {
+        permits: shared.slots.clone(),
+        slots: shared.jobs,
         engines: Engines::new(settings, shared, jobs),
-        permits: Arc::new(Semaphore::new(slots.max(1))),
         lock_retries: b.lock_retries,
         retry_delay: b.retry_delay,
         shutdown: shutdown.clone(),
@@ -460,7 +466,7 @@ async fn schedule(
         };
         let (i, job) = pending.remove(next).expect("found above");
         let first = tokio::select! {
-            p = ctx.permits.clone().acquire_owned() => Some(p.expect("semaphore is never closed")),
+            p = ctx.permits.clone().acquire_many_owned(job.slots(ctx.slots)) => Some(p.expect("semaphore is never closed")),
             _ = stopped(shutdown.clone()) => None,
         };
         let ctx = ctx.clone();
@@ -544,6 +550,7 @@ fn new_table_job(config: &Config, s: &Started, database: &str, n: &plan::NewTabl
         engine: b.engine,
         compression: b.compression,
         changes: Vec::new(),
+        split: Vec::new(),
     }
 }
 
@@ -614,6 +621,7 @@ fn make_jobs(
             engine: Engine::PgDump,
             compression: b.compression,
             changes: Vec::new(),
+            split: Vec::new(),
         });
     }
     let mut groups: Vec<GroupPlan> = planned
@@ -652,12 +660,23 @@ fn make_jobs(
                 engine: Engine::PgDump,
                 compression: b.compression,
                 changes: Vec::new(),
+                split: Vec::new(),
             });
         }
     }
     for g in groups {
         let engine = engine(&g);
         let own = own(&g);
+        // Only the native engine splits a table, and only with a slot to spare.
+        let split = match b.split_above {
+            Some(above) if engine == Engine::Native && b.jobs > 1 => g
+                .tables
+                .iter()
+                .filter(|t| u64::try_from(t.bytes).unwrap_or(0) >= above)
+                .map(|t| t.oid)
+                .collect(),
+            _ => Vec::new(),
+        };
         jobs.push(Job {
             kind: Kind::Tables,
             path: store::dump_path(root, &g.database, &g.group, run_id),
@@ -678,6 +697,7 @@ fn make_jobs(
             engine,
             compression: own.and_then(|c| c.compression).unwrap_or(b.compression),
             changes: Vec::new(),
+            split,
         });
     }
     jobs
@@ -715,7 +735,7 @@ async fn run_job(ctx: &Ctx, mut job: Job, first: Option<OwnedSemaphorePermit>) -
         let slot = match first.take() {
             Some(given) => given,
             None => tokio::select! {
-                p = ctx.permits.clone().acquire_owned() => Some(p.expect("semaphore is never closed")),
+                p = ctx.permits.clone().acquire_many_owned(job.slots(ctx.slots)) => Some(p.expect("semaphore is never closed")),
                 _ = stopped(ctx.shutdown.clone()) => None,
             },
         };

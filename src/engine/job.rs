@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{oneshot, watch};
+use std::sync::Arc;
+
+use tokio::sync::{oneshot, watch, Semaphore};
 
 use crate::config::Engine;
 use crate::locks::{Monitor, Observed};
@@ -48,9 +50,22 @@ pub struct Job {
     /// Planned tables found dropped or renamed by an attempt ([`super::follow`]); `tables`,
     /// `table_oids` and `contents` then name the tables as they are now.
     pub changes: Vec<crate::report::TableChange>,
+    /// Tables the plan expects to be copied by several sessions at once (estimated at least
+    /// `backup.split_above`): the job then takes every slot, for a session each.
+    pub split: Vec<u32>,
 }
 
 impl Job {
+    /// The slots (of `jobs`) an attempt takes: one, or all of them for a job with a table
+    /// to split.
+    pub fn slots(&self, jobs: usize) -> u32 {
+        if self.split.is_empty() {
+            1
+        } else {
+            u32::try_from(jobs.max(1)).unwrap_or(1)
+        }
+    }
+
     /// `database/group`, printable, for logs.
     pub fn label(&self) -> String {
         crate::text::printable(&format!(
@@ -168,6 +183,11 @@ pub struct Tried {
 /// What every engine of a run shares.
 pub struct Shared {
     pub monitor: Monitor,
+    /// The run's slots (`jobs`): an attempt holds one or more; the native engine takes
+    /// spare ones for the sessions of a split table.
+    pub slots: Arc<Semaphore>,
+    /// How many slots there are.
+    pub jobs: usize,
     /// Set to the signal number once SIGINT or SIGTERM arrives.
     pub shutdown: watch::Receiver<Option<i32>>,
     pub lock_retries: u32,
@@ -300,6 +320,8 @@ pub struct Settings {
     pub count_rows: bool,
     /// Archives carry planner statistics (`backup.statistics`).
     pub statistics: bool,
+    /// Tables of at least this heap size are split (`backup.split_above`).
+    pub split_above: Option<u64>,
     pub root: PathBuf,
     pub run_id: String,
     /// The run's defaults, for the schema dumps the native engine takes itself.

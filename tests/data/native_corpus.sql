@@ -7,7 +7,7 @@
 --                                                          dropped column, other owner
 --   events  app.events (+ its three partitions)            partitioned, partitioned index + PK
 --   inherit app.vehicles, app.cars                         inheritance parent + child
---   big     app.big                                        200 000 rows, many compressed chunks
+--   big     app.big                                        300 000 rows, many compressed chunks, split
 --   misc    app.empty_one, app.no_columns, app.scratchpad  no rows, no columns, unlogged
 -- and every other table ungrouped (each its own group). app.standalone_seq belongs to no
 -- group; the publication and the extended statistics object are not tables.
@@ -148,7 +148,14 @@ INSERT INTO app.events VALUES
   (3, '2024-12-31', NULL, NULL), (4, '1999-01-01', 'old', '{"\u00e9": "\\\\"}');
 INSERT INTO app.vehicles VALUES (1, 'bike');
 INSERT INTO app.cars VALUES (2, 'car', 4), (3, 'trike', 3);
-INSERT INTO app.big SELECT g, left(md5(g::text), 12) FROM generate_series(1, 200000) g;
+INSERT INTO app.big SELECT g, left(md5(g::text), 12) FROM generate_series(1, 300000) g;
+-- Every tenth row updated (its new version goes after the full pages: physical order is no
+-- longer key order), and every 5000th made large enough to be TOASTed out of line.
+UPDATE app.big SET v = v || '+' WHERE id % 10 = 0;
+UPDATE app.big SET v = (SELECT string_agg(md5((id * 1000 + i)::text), '') FROM generate_series(1, 300) i)
+ WHERE id % 5000 = 1;
+-- Its size known to the plan (as autovacuum would have it): the group takes every slot.
+ANALYZE app.big;
 INSERT INTO "My Schema.v2"."Mixed.Case*""T""" VALUES
   ('"quoted"', 1, ARRAY['a,b', NULL, 'c"d', 'NULL', ''], '{{1,2},{3,NULL}}', '{"K": true}'),
   (NULL, NULL, NULL, NULL, NULL);

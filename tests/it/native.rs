@@ -4,7 +4,9 @@
 //! objects a table brings along in `pg_dump -t` (sequences, defaults, constraints, indexes,
 //! triggers, rules, RLS, policies, comments, ACLs, partitions, inheritance) and data that is
 //! hard to COPY (tabs, backslashes, `\N`, CR/LF, multi-byte text, bytea, arrays, no columns,
-//! 200 000 rows).
+//! 300 000 rows in an order that is not the key's, some TOASTed). The run has `split_above`
+//! low enough that `app.big` is copied by several sessions: its rows must come out in the
+//! same (physical) order as `pg_dump`'s.
 //!
 //! Per group, the engine's archive and the reference archive (taken right after the run from
 //! the unchanged database) are each restored with `pg_restore --exit-on-error` into a fresh
@@ -38,7 +40,7 @@ use serde_json::Value;
 use crate::util::*;
 
 /// Rows of `app.big`, the group whose data spans many compressed chunks.
-const BIG_ROWS: u64 = 200_000;
+const BIG_ROWS: u64 = 300_000;
 
 // ---------------------------------------------------------------------------------------------
 // The corpus and its groups
@@ -253,6 +255,7 @@ impl Setup {
             .clients(&self.clients)
             .backup("jobs", "4")
             .backup("engine", &ts(self.engine))
+            .backup("split_above", "\"1MB\"")
             .extra(&groups_toml(src, groups, group_keys))
     }
 }
@@ -558,9 +561,10 @@ pub(crate) fn oracle_on(pg: &Setup) -> Oracled {
     if !std::ptr::eq(pg.targets, pg.server) {
         roles.also_on(pg.targets);
     }
-    // Restore targets: per group two, the whole database two, `-j 2` one, `-f -` one. Creating
-    // databases is slow, so they are made while the corpus loads and the run goes.
-    let targets = 2 * (configured_groups(major).len() + UNGROUPED.len()) + 4;
+    // Restore targets: per group two, the whole database two, `-j 2` and `-f -` one each for
+    // two groups. Creating databases is slow, so they are made while the corpus loads and the
+    // run goes.
+    let targets = 2 * (configured_groups(major).len() + UNGROUPED.len()) + 6;
     let template = roles.prepared_db_on(pg.targets, "oracle_template");
     let src = if std::ptr::eq(pg.targets, pg.server) {
         pg.server.copy_of(&template.name, "oracle_src")
@@ -679,10 +683,20 @@ pub(crate) fn oracle_on(pg: &Setup) -> Oracled {
                 assert_rows_as_source(&what, &source, &e, &a.group.tables);
                 if name == "big" {
                     check_big(&src, &e, &a.engine);
+                    assert_same_text(
+                        &format!("{what}: the COPY rows, in stored order"),
+                        &a.engine.display().to_string(),
+                        &copy_rows(&restore_script(pg, &a.engine)),
+                        &a.reference.display().to_string(),
+                        &copy_rows(&restore_script(pg, &a.reference)),
+                    );
+                    if engine == "native" {
+                        check_split(&entries[name]);
+                    }
                 }
             });
             // The engine's archive also restores in parallel, and as an SQL script.
-            if restored && name == "orders" {
+            if restored && (name == "orders" || name == "big") {
                 failures.check(&what, || {
                     let j = target();
                     restore_with(pg, &a.engine, &j, &["-j", "2"]);
@@ -724,6 +738,40 @@ pub(crate) fn check_engine_field(engine: &str, group: &str, entry: &Value) {
     );
 }
 
+/// The COPY blocks of an SQL script, rows in the order stored.
+fn copy_rows(script: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in script.lines() {
+        if line.starts_with("COPY ") && line.ends_with(" FROM stdin;") {
+            inside = true;
+        }
+        if inside {
+            out.push_str(line);
+            out.push('\n');
+        }
+        if line == "\\." {
+            inside = false;
+        }
+    }
+    out
+}
+
+/// The big group's report entry: app.big was copied by several sessions, in several ranges.
+fn check_split(entry: &Value) {
+    let split = &entry["attempts"]
+        .as_array()
+        .and_then(|a| a.last())
+        .expect("an attempt")["split"];
+    assert_eq!(split[0]["table"], "app.big", "the split tables: {entry:#}");
+    let sessions = split[0]["sessions"].as_u64().unwrap_or(0);
+    let ranges = split[0]["ranges"].as_u64().unwrap_or(0);
+    assert!(
+        sessions >= 2 && ranges >= sessions,
+        "app.big: {sessions} sessions, {ranges} ranges: {entry:#}"
+    );
+}
+
 /// The big group: all rows back, in a file large enough to be many compressed chunks.
 fn check_big(src: &TestDb, target: &TestDb, file: &Path) {
     let q = "SELECT count(*), md5(string_agg(b::text, E'\\n' ORDER BY id)) FROM app.big b";
@@ -742,7 +790,7 @@ fn check_big(src: &TestDb, target: &TestDb, file: &Path) {
     let bytes = std::fs::metadata(file).unwrap().len();
     assert!(
         bytes > 1 << 20,
-        "{} holds 200 000 rows in only {bytes} bytes",
+        "{} holds 300 000 rows in only {bytes} bytes",
         file.display()
     );
 }

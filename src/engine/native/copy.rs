@@ -38,6 +38,9 @@ pub enum NativeError {
     /// resolve the names again.
     #[error("{0}")]
     Changed(String),
+    /// Another session for a split table could not be had.
+    #[error(transparent)]
+    Session(super::session::SessionError),
     /// Every table of the group was dropped after the plan.
     #[error("every table of the group was dropped after the plan")]
     Gone,
@@ -50,6 +53,8 @@ pub struct Dumped {
     pub lock_wait: Duration,
     /// Rows per table, in the order of the request's tables.
     pub row_counts: Vec<i64>,
+    /// Tables copied by several sessions: (oid, sessions, ranges).
+    pub split: Vec<(u32, usize, usize)>,
     /// The file, to be completed ([`Output::complete`]) once the session is given back.
     pub file: Output,
 }
@@ -65,6 +70,22 @@ pub struct Request<'a> {
     pub out: &'a Path,
     /// Its name once complete.
     pub final_path: &'a Path,
+    /// Which tables may be copied by several sessions, and with how many.
+    pub split: Split<'a>,
+}
+
+/// Tables copied by several sessions at once ([`super::split`]).
+pub struct Split<'a> {
+    /// Tables of at least this heap size are split (`backup.split_above`).
+    pub above: Option<u64>,
+    /// Slots the attempt holds: sessions it may use without taking more.
+    pub held: usize,
+    /// The run's slots, for spare ones, and how many there are.
+    pub slots: &'a std::sync::Arc<tokio::sync::Semaphore>,
+    pub jobs: usize,
+    /// Where the other sessions come from.
+    pub pool: &'a super::session::Sessions,
+    pub database: &'a str,
 }
 
 /// Dumps a group on `session`. On error the session's transaction is rolled back when
@@ -100,6 +121,9 @@ struct Current {
     /// columns.
     columns: Option<String>,
     columns_db: Option<Vec<u8>>,
+    /// Blocks and bytes of its heap.
+    blocks: i64,
+    bytes: i64,
 }
 
 /// `"schema"."name"` of a table or sequence as the schema snapshot named it, UTF-8.
@@ -130,8 +154,29 @@ async fn dump_in_transaction(
         entries,
     });
     let mut counts = HashMap::new();
+    let mut exported = None;
+    let mut split = Vec::new();
     for copy in &copies {
-        let rows = copy_table(session, copy, &mut out).await?;
+        let table = &now[&copy.oid];
+        let rows = match super::split::prepare(&req.split, copy, table.blocks, table.bytes) {
+            Some(prepared) => {
+                let copying = super::split::Copying {
+                    session,
+                    copy,
+                    quoted: &table.quoted,
+                    compression: req.compression,
+                    lock_wait_timeout: req.lock_wait_timeout,
+                    group: req.group,
+                };
+                let ranges = prepared.ranges.len();
+                let (rows, sessions) =
+                    super::split::copy(&copying, &req.split, prepared, &mut exported, &mut out)
+                        .await?;
+                split.push((copy.oid, sessions, ranges));
+                rows
+            }
+            None => copy_table(session, copy, &mut out).await?,
+        };
         counts.insert(copy.oid, rows);
     }
     Ok(Dumped {
@@ -142,6 +187,7 @@ async fn dump_in_transaction(
             .iter()
             .map(|o| counts.get(o).copied().unwrap_or(0))
             .collect(),
+        split,
         file: out,
     })
 }
@@ -212,6 +258,8 @@ async fn lock_and_check(
             columns: row.get(3),
             quoted_db: row.get(7),
             columns_db: row.get(8),
+            blocks: row.get(9),
+            bytes: row.get(10),
         };
         now.insert(oid, current);
     }
@@ -268,11 +316,15 @@ async fn sequence_values(
     Ok(values)
 }
 
-/// One table's COPY: which table, the TABLE DATA entry it fills, the statement.
-struct Copy {
-    oid: u32,
-    dump_id: i32,
+/// One table's COPY: which table, the TABLE DATA entry it fills, the statement; and, for
+/// copying it in ranges, `SELECT <columns> FROM ONLY <table>` (`None` for a table without
+/// columns) and the COPY options.
+pub(super) struct Copy {
+    pub(super) oid: u32,
+    pub(super) dump_id: i32,
     sql: String,
+    pub(super) select: Option<String>,
+    pub(super) encoding: String,
 }
 
 /// The archive's entries — the group's share of the schema, then data, then sequences — and
@@ -336,6 +388,11 @@ fn group_entries(
             oid: *oid,
             dump_id: next_id,
             sql,
+            select: table
+                .columns
+                .as_ref()
+                .map(|cols| format!("SELECT {cols} FROM ONLY {quoted}")),
+            encoding: encoding.clone(),
         });
     }
     data_entries.sort_by(|a, b| (&a.namespace, &a.tag).cmp(&(&b.namespace, &b.tag)));

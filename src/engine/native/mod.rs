@@ -31,7 +31,9 @@
 
 pub mod archive;
 pub mod copy;
+pub mod pieces;
 pub mod session;
+pub mod split;
 pub mod toc;
 pub mod writer;
 
@@ -132,6 +134,7 @@ pub struct Native {
     run_id: String,
     lock_wait_timeout: Duration,
     yield_after: Option<Duration>,
+    split_above: Option<u64>,
 }
 
 /// Why an attempt did not finish natively.
@@ -185,6 +188,7 @@ impl Native {
             run_id: settings.run_id.clone(),
             lock_wait_timeout: settings.lock_wait_timeout,
             yield_after: settings.yield_after,
+            split_above: settings.split_above,
         }
     }
 
@@ -279,8 +283,16 @@ impl Native {
         };
         let mut watch = self.shared.monitor.watch_pid(session.pid, job.yield_after);
         let cancel = self.shared.cancelled(Some(watch.yielded()));
+        let split = copy::Split {
+            above: self.split_above,
+            held: permit.as_ref().map_or(1, |p| p.num_permits()),
+            slots: &self.shared.slots,
+            jobs: self.shared.jobs,
+            pool: &self.sessions,
+            database,
+        };
         let dumped = tokio::select! {
-            r = follow_and_dump(&session, toc, job, &partial) => Ok(r),
+            r = follow_and_dump(&session, toc, job, &partial, split) => Ok(r),
             c = cancel => Err(c),
         };
         let observed = watch.finish();
@@ -308,6 +320,18 @@ impl Native {
                 a.snapshot = Some(d.snapshot);
                 a.lock_wait_ms = d.lock_wait.as_millis() as u64;
                 a.row_counts = Some(job.tables.iter().cloned().zip(d.row_counts).collect());
+                a.split = d
+                    .split
+                    .iter()
+                    .filter_map(|(oid, sessions, ranges)| {
+                        let i = job.table_oids.iter().position(|o| o == oid)?;
+                        Some(crate::report::SplitTable {
+                            table: job.tables[i].clone(),
+                            sessions: *sessions,
+                            ranges: *ranges,
+                        })
+                    })
+                    .collect();
                 d.file
                     .complete(writing)
                     .await
@@ -371,6 +395,7 @@ impl Native {
             engine: Engine::PgDump,
             compression: crate::compression::Compression::default(),
             changes: Vec::new(),
+            split: Vec::new(),
         };
         let mut last = String::new();
         for number in 1..=1 + self.shared.lock_retries {
@@ -420,6 +445,7 @@ async fn follow_and_dump(
     toc: &SchemaToc,
     job: &mut Job,
     partial: &std::path::Path,
+    split: copy::Split<'_>,
 ) -> Result<copy::Dumped, NativeError> {
     let mut last = String::new();
     for _ in 0..RESOLVE_TRIES {
@@ -437,6 +463,7 @@ async fn follow_and_dump(
             compression: job.compression,
             out: partial,
             final_path: &job.path,
+            split: copy::Split { ..split },
         };
         match copy::dump_group(session, toc, &req).await {
             Err(NativeError::Changed(why)) => last = why,
@@ -501,6 +528,7 @@ fn native_error(job: &Job, e: NativeError) -> AttemptError {
         NativeError::Server(e) => server_error(job, &e),
         NativeError::Changed(why) => AttemptError::TableChanged(why),
         NativeError::Gone => AttemptError::Gone,
+        NativeError::Session(e) => session_error(job, e),
         other => AttemptError::Other(other.to_string()),
     }
 }

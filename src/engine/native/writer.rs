@@ -7,7 +7,8 @@
 use std::io::BufWriter;
 use std::path::PathBuf;
 
-use super::archive::{self, ArchiveError, ArchiveWriter, Entry};
+use super::archive::{self, ArchiveError, ArchiveWriter, Entry, PIECE_SIZE};
+use super::pieces::{self, InFlight, Pending};
 use crate::store;
 
 /// A group whose data fits in this much memory is written in one go after its transaction;
@@ -70,6 +71,8 @@ pub(super) enum Chunk {
     /// The data of the entry with this dump id begins.
     Begin(i32),
     Data(bytes::Bytes),
+    /// A piece of that entry's data, compressed elsewhere (a range of a split table).
+    Piece(Pending),
     /// That entry's data ends.
     End,
     /// Every entry is written: finish the file.
@@ -89,11 +92,11 @@ pub struct Output {
     target: Option<Target>,
     spool: Vec<Chunk>,
     spooled: usize,
-    stream: Option<(tokio::sync::mpsc::Sender<Chunk>, Pending)>,
+    stream: Option<(tokio::sync::mpsc::Sender<Chunk>, Completing)>,
 }
 
 /// A group's archive being completed on a blocking thread: written, fsynced, renamed.
-type Pending = tokio::task::JoinHandle<Result<store::Finished, WriteError>>;
+type Completing = tokio::task::JoinHandle<Result<store::Finished, WriteError>>;
 
 impl Output {
     pub(super) fn new(target: Target) -> Output {
@@ -111,8 +114,11 @@ impl Output {
             let _ = tx.send(chunk).await;
             return;
         }
-        if let Chunk::Data(b) = &chunk {
-            self.spooled += b.len();
+        match &chunk {
+            Chunk::Data(b) => self.spooled += b.len(),
+            // Its compressed bytes are not known yet: count it as large as it may be.
+            Chunk::Piece(_) => self.spooled += PIECE_SIZE,
+            _ => {}
         }
         self.spool.push(chunk);
         if self.spooled > SPOOL {
@@ -184,13 +190,45 @@ fn write_archive(t: Target, mut source: Source) -> Result<store::Finished, Write
             path: path.clone(),
             source,
         })?;
+    let compression = t.header.compression;
     let mut w = ArchiveWriter::new(BufWriter::with_capacity(1 << 16, file), t.header, t.entries)
         .map_err(io)?;
+    // The open block's data not yet handed to the compression threads, and the pieces they
+    // are compressing, in order. A small block is compressed here, in one piece.
+    let mut raw: Vec<u8> = Vec::new();
+    let mut inflight = InFlight::default();
+    let put = |w: &mut ArchiveWriter<_>, p: Pending| -> Result<(), ArchiveError> {
+        w.write_piece(p.wait()?)
+    };
     loop {
         match source.next() {
             Some(Chunk::Begin(id)) => w.begin_data(id).map_err(io)?,
-            Some(Chunk::Data(b)) => w.write_data(&b).map_err(io)?,
+            Some(Chunk::Data(b)) => {
+                raw.extend_from_slice(&b);
+                if raw.len() >= PIECE_SIZE {
+                    let p = pieces::compress(compression, std::mem::take(&mut raw));
+                    for done in inflight.push(p) {
+                        put(&mut w, done).map_err(io)?;
+                    }
+                }
+            }
+            Some(Chunk::Piece(p)) => {
+                if !raw.is_empty() {
+                    let before = pieces::compress(compression, std::mem::take(&mut raw));
+                    for done in inflight.push(before) {
+                        put(&mut w, done).map_err(io)?;
+                    }
+                }
+                for done in inflight.push(p) {
+                    put(&mut w, done).map_err(io)?;
+                }
+            }
             Some(Chunk::End) => {
+                for done in inflight.drain() {
+                    put(&mut w, done).map_err(io)?;
+                }
+                w.write_data(&raw).map_err(io)?;
+                raw.clear();
                 w.end_data().map_err(io)?;
             }
             Some(Chunk::Finish) => break,

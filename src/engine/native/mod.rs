@@ -125,7 +125,7 @@ pub struct Native {
     shared: Arc<Shared>,
     pg_dump: Arc<PgDump>,
     sessions: Sessions,
-    /// Native files being written and fsynced at once.
+    /// Native files being written and fsynced at once ([`writer::FINISHING`]).
     finishing: Arc<Semaphore>,
     tocs: HashMap<String, TocSource>,
     /// Bumped whenever a schema TOC is published.
@@ -181,7 +181,7 @@ impl Native {
             shared,
             pg_dump,
             sessions: Sessions::new(settings.conn.clone(), settings.jobs),
-            finishing: Arc::new(Semaphore::new((2 * settings.jobs).max(4))),
+            finishing: Arc::new(Semaphore::new(writer::FINISHING)),
             tocs,
             published: watch::channel(0).0,
             root: settings.root.clone(),
@@ -313,7 +313,7 @@ impl Native {
                 let writing = self
                     .finishing
                     .clone()
-                    .acquire_owned()
+                    .acquire_many_owned(d.file.weight())
                     .await
                     .expect("never closed");
                 drop(permit.take());

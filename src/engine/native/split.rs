@@ -129,10 +129,23 @@ pub(super) async fn copy(
             exported.insert(row.get::<_, String>(0)).clone()
         }
     };
-    let helpers = futures_util::future::try_join_all(
-        (0..prepared.helpers).map(|_| helper(c, split, &snapshot)),
-    )
-    .await?;
+    let mut helpers = Vec::new();
+    let tried =
+        futures_util::future::join_all((0..prepared.helpers).map(|_| helper(c, split, &snapshot)))
+            .await;
+    for h in tried {
+        match h {
+            Ok(h) => helpers.push(h),
+            // No session to be had (connection limit, server busy): copy with fewer.
+            Err(NativeError::Session(e)) => tracing::warn!(
+                "{}: copying {} with one session fewer: {e}",
+                crate::text::printable(c.group),
+                crate::text::printable(c.quoted)
+            ),
+            // A lock timeout (a DDL queued behind the group's lock) ends the attempt.
+            Err(e) => return Err(e),
+        }
+    }
     out.put(Chunk::Begin(c.copy.dump_id)).await;
     let queue = Queue::default();
     let clients = std::iter::once(&c.session.client).chain(helpers.iter().map(|h| &h.client));

@@ -15,6 +15,12 @@ use crate::store;
 /// a larger one streams to a writer thread as it is copied.
 const SPOOL: usize = 4 * 1024 * 1024;
 
+/// Files being completed at once, weighed by [`Output::weight`]: up to 64 small files,
+/// fsynced side by side so that the file system commits their syncs together (one fsync
+/// at a time costs milliseconds each on many disks: with thousands of small groups that
+/// was the run's time), with at most 64 MiB of spooled data waiting in memory.
+pub const FINISHING: usize = 64;
+
 /// Why a group's archive could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -130,6 +136,16 @@ impl Output {
                 let _ = tx.send(c).await;
             }
             self.stream = Some((tx, writer));
+        }
+    }
+
+    /// The share of [`FINISHING`] completing this file takes: one, and one more per MiB of
+    /// data held in memory.
+    pub fn weight(&self) -> u32 {
+        if self.stream.is_some() {
+            1
+        } else {
+            1 + u32::try_from(self.spooled >> 20).unwrap_or(0)
         }
     }
 

@@ -89,6 +89,19 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Per group, its newest good dump (run, age, size, engine), how many are kept, and its
+    /// last failed attempt when newer; configured groups with no dump at all.
+    List {
+        /// Only this group (repeatable).
+        #[arg(short, long = "group", value_name = "NAME")]
+        groups: Vec<String>,
+        /// Only this database (repeatable).
+        #[arg(short, long = "database", value_name = "DB")]
+        databases: Vec<String>,
+        /// Print the listing as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Send a test mail with the [email] settings and print the server's reply.
     EmailTest,
     /// Check a run's dumps against its report: files, sizes, sha256, tables; with --restore,
@@ -172,6 +185,14 @@ async fn run_command(
             backup(config, &opts).await
         }
         Command::Prune { dry_run, json } => prune(config, dry_run, json).await,
+        Command::List {
+            groups,
+            databases,
+            json,
+        } => {
+            let filter = crate::list::Filter { databases, groups };
+            crate::list::command(config, &filter, json)
+        }
         Command::Verify(opts) => crate::verify::verify(config, &opts).await,
         Command::Restore(opts) => crate::restore::restore(config, &opts).await,
         Command::EmailTest => email_test(config).await,

@@ -18,6 +18,7 @@ pub mod connect;
 pub mod engine;
 pub mod exit;
 pub mod failure;
+pub mod list;
 pub mod locks;
 pub mod metrics;
 pub mod notify;

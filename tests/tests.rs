@@ -20,6 +20,8 @@ mod failure;
 mod faults;
 #[path = "it/layout.rs"]
 mod layout;
+#[path = "it/list.rs"]
+mod list;
 #[path = "it/locks.rs"]
 mod locks;
 #[path = "it/matrix.rs"]

@@ -520,6 +520,29 @@ fn check_filter(
     Ok(())
 }
 
+/// A point in time as `restore --at` takes it: RFC 3339 (`2026-03-01T12:00:00Z`,
+/// `2026-03-01T13:00:00+01:00`), or `YYYY-MM-DD HH:MM[:SS]` in the local time zone (`TZ`).
+pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s.trim()) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let naive = ["%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M"]
+        .iter()
+        .find_map(|f| chrono::NaiveDateTime::parse_from_str(s.trim(), f).ok())
+        .ok_or_else(|| {
+            format!(
+                "{s:?} is not a time: give RFC 3339 (2026-03-01T12:00:00Z) or \
+                 \"YYYY-MM-DD HH:MM[:SS]\" in the local time zone"
+            )
+        })?;
+    use chrono::TimeZone as _;
+    chrono::Local
+        .from_local_datetime(&naive)
+        .earliest()
+        .map(|t| t.with_timezone(&Utc))
+        .ok_or_else(|| format!("{s:?} does not exist in the local time zone (a clock change)"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -531,5 +554,21 @@ mod tests {
         assert_eq!(short_age(61), "1m");
         assert_eq!(short_age(3 * 3600 + 5 * 60), "3h 05m");
         assert_eq!(short_age(2 * 86400 + 4 * 3600 + 59), "2d 04h");
+    }
+
+    #[test]
+    fn times_in_rfc3339_or_local() {
+        let utc = parse_time("2026-03-01T12:00:00Z").unwrap();
+        assert_eq!(parse_time("2026-03-01T13:00:00+01:00").unwrap(), utc);
+        let local = parse_time("2026-03-01 12:00").unwrap();
+        assert_eq!(parse_time("2026-03-01 12:00:00").unwrap(), local);
+        use chrono::TimeZone as _;
+        let want = chrono::Local
+            .with_ymd_and_hms(2026, 3, 1, 12, 0, 0)
+            .unwrap();
+        assert_eq!(local, want.with_timezone(&Utc));
+        for bad in ["yesterday", "2026-03-01", "2026-13-01 12:00", ""] {
+            assert!(parse_time(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -38,6 +38,8 @@ mod ops;
 mod plan;
 #[path = "it/prune.rs"]
 mod prune;
+#[path = "it/restore_at.rs"]
+mod restore_at;
 #[path = "it/run.rs"]
 mod run;
 #[path = "it/scheduler.rs"]

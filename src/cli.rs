@@ -64,7 +64,15 @@ pub enum Command {
         /// Print the plan as JSON on stdout.
         #[arg(long)]
         json: bool,
+        /// Instead, propose groups from the live databases: tables tied by foreign keys,
+        /// inheritance or views, as [[group]] blocks to paste, and the foreign keys the
+        /// configuration dumps apart today.
+        #[arg(long)]
+        suggest_groups: bool,
     },
+    /// Write a starter groups.toml for a database (connection from PGHOST, PGPORT, PGUSER…),
+    /// with the groups `plan --suggest-groups` would propose. Never overwrites a file.
+    Init(crate::suggest::InitOptions),
     /// Dump every selected group.
     Run {
         /// Dumps running at once (overrides backup.jobs).
@@ -136,6 +144,15 @@ pub async fn dispatch(cli: Cli) -> Outcome {
             print_bytes(&out);
             return Outcome::Ok;
         }
+        Command::Init(opts) => {
+            return match crate::suggest::init(opts).await {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    crate::say!("pg_groupdump: init: {e}");
+                    e.outcome()
+                }
+            };
+        }
         Command::Man => {
             let cmd = <Cli as clap::CommandFactory>::command();
             let mut out = Vec::new();
@@ -168,7 +185,11 @@ async fn run_command(
     progress: bool,
 ) -> Result<Outcome, Failure> {
     match command {
-        Command::Plan { json } => plan(config, json).await,
+        Command::Plan {
+            json,
+            suggest_groups: true,
+        } => crate::suggest::command(config, json).await,
+        Command::Plan { json, .. } => plan(config, json).await,
         Command::Run {
             jobs,
             groups,
@@ -196,7 +217,9 @@ async fn run_command(
         Command::Verify(opts) => crate::verify::verify(config, &opts).await,
         Command::Restore(opts) => crate::restore::restore(config, &opts).await,
         Command::EmailTest => email_test(config).await,
-        Command::Completions { .. } | Command::Man => unreachable!("handled by dispatch"),
+        Command::Completions { .. } | Command::Man | Command::Init(_) => {
+            unreachable!("handled by dispatch")
+        }
     }
 }
 

@@ -30,6 +30,7 @@ pub mod restore;
 pub mod run;
 pub mod runlock;
 pub mod store;
+pub mod suggest;
 pub mod text;
 pub mod tools;
 pub mod verify;

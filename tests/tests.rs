@@ -48,6 +48,8 @@ mod scheduler;
 mod smoke;
 #[path = "it/startup.rs"]
 mod startup;
+#[path = "it/suggest.rs"]
+mod suggest;
 #[path = "it/tls.rs"]
 mod tls;
 #[path = "it/verify.rs"]

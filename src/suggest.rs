@@ -468,7 +468,7 @@ pub struct InitOptions {
     #[arg(short, long, value_name = "FILE", default_value = "groups.toml")]
     pub output: PathBuf,
     /// The backup directory the file names.
-    #[arg(long, value_name = "DIR", default_value = "/var/lib/pg_groupdump")]
+    #[arg(long, value_name = "DIR", default_value = "/var/backups/postgresql")]
     pub dir: PathBuf,
 }
 

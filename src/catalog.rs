@@ -285,9 +285,7 @@ pub async fn read_ties(client: &Client, database: &str) -> Result<Vec<Tie>, Cata
           ORDER BY 2, 3, 4"
     );
     let rows = client.query(&sql, &[]).await.map_err(&e)?;
-    // view oid → (its name, the relations it reads: (oid, is a table)).
-    let mut views: std::collections::BTreeMap<u32, (String, Vec<(u32, bool)>)> =
-        std::collections::BTreeMap::new();
+    let mut views = ViewReads::new();
     for r in &rows {
         let (schema, name): (String, String) = (r.get(1), r.get(2));
         views
@@ -308,11 +306,11 @@ pub async fn read_ties(client: &Client, database: &str) -> Result<Vec<Tie>, Cata
     Ok(ties)
 }
 
+/// View oid → (its name, the relations it reads: (oid, whether it is a table)).
+type ViewReads = std::collections::BTreeMap<u32, (String, Vec<(u32, bool)>)>;
+
 /// The tables a view reads, through the views it reads.
-fn tables_read_by(
-    views: &std::collections::BTreeMap<u32, (String, Vec<(u32, bool)>)>,
-    view: u32,
-) -> std::collections::BTreeSet<u32> {
+fn tables_read_by(views: &ViewReads, view: u32) -> std::collections::BTreeSet<u32> {
     let mut tables = std::collections::BTreeSet::new();
     let mut seen = std::collections::BTreeSet::from([view]);
     let mut todo = vec![view];

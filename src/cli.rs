@@ -212,7 +212,10 @@ async fn run_command(
             json,
         } => {
             let filter = crate::list::Filter { databases, groups };
-            crate::list::command(config, &filter, json)
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || crate::list::command(&config, &filter, json))
+                .await
+                .unwrap_or_else(|e| Err(Failure::Start(anyhow::anyhow!("list panicked: {e}"))))
         }
         Command::Verify(opts) => crate::verify::verify(config, &opts).await,
         Command::Restore(opts) => crate::restore::restore(config, &opts).await,

@@ -348,11 +348,11 @@ fn group_listing(
     }
 }
 
-/// The newest failed dump of every group in the reports: (run id, finished at, error).
-#[allow(clippy::type_complexity)]
-fn failures(
-    reports: &BTreeMap<String, RunReport>,
-) -> BTreeMap<(GroupKind, String, String), (String, String, Option<String>)> {
+/// (kind, database, group) → its newest failed dump: (run id, finished at, error).
+type Failures = BTreeMap<(GroupKind, String, String), (String, String, Option<String>)>;
+
+/// The newest failed dump of every group in the reports.
+fn failures(reports: &BTreeMap<String, RunReport>) -> Failures {
     let mut out = BTreeMap::new();
     // Oldest run first, so the newest failure is the one left.
     for (run_id, report) in reports {
@@ -435,8 +435,7 @@ pub fn render_text(groups: &[GroupListing]) -> String {
     out
 }
 
-/// A group's name as the table shows it: `(schema)` for schema dumps, a mark for groups no
-/// longer configured is left to `configured` in the JSON.
+/// A group's name as the table shows it (`(schema)` for a database's schema dumps).
 fn shown_group(g: &GroupListing) -> String {
     match g.kind {
         GroupKind::Schema => "(schema)".to_string(),

@@ -20,6 +20,7 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::prune::{self, GroupFiles};
 use crate::report::{GroupKind, Kind, RunReport, Status};
+use crate::store;
 
 /// A complete dump of a group.
 #[derive(Debug, Clone)]
@@ -75,8 +76,14 @@ impl Inventory {
 }
 
 /// The inventory of what a store holds: its group directories (tables and schema ones; the
-/// others are left out) and its run reports.
-pub fn inventory(files: Vec<GroupFiles>, reports: BTreeMap<String, RunReport>) -> Inventory {
+/// others are left out) and its run reports. `known` (database, group) names give a directory
+/// whose name was shortened (see `store`) the name of the group it belongs to.
+pub fn inventory(
+    mut files: Vec<GroupFiles>,
+    reports: BTreeMap<String, RunReport>,
+    known: &[(String, String)],
+) -> Inventory {
+    name_shortened(&mut files, known);
     let mut groups = Vec::new();
     for g in files {
         let kind = g.id.kind;
@@ -120,6 +127,21 @@ pub fn inventory(files: Vec<GroupFiles>, reports: BTreeMap<String, RunReport>) -
     }
 }
 
+/// Names a shortened group directory after the group of `known` whose dumps go there.
+fn name_shortened(files: &mut [GroupFiles], known: &[(String, String)]) {
+    for g in files.iter_mut().filter(|g| !g.id.name_known) {
+        let dir_of = |db: &str, name: &str| store::dump_dir(Path::new(""), db, name);
+        if let Some((db, name)) = known
+            .iter()
+            .find(|(db, name)| dir_of(db, name).to_str() == Some(g.id.dir.as_str()))
+        {
+            g.id.database = Some(db.clone());
+            g.id.group = name.clone();
+            g.id.name_known = true;
+        }
+    }
+}
+
 /// The entry of a group's (or the schema's) dump in a run's report.
 fn report_entry<'a>(
     reports: &'a BTreeMap<String, RunReport>,
@@ -139,8 +161,9 @@ fn report_entry<'a>(
         .find(|e| e.kind == kind && e.database.as_deref() == Some(database) && e.group == group)
 }
 
-/// The inventory of the local backup directory `root` (nothing when it does not exist).
-pub fn local(root: &Path) -> Inventory {
+/// The inventory of the local backup directory `root` (nothing when it does not exist);
+/// `known` as for [`inventory`].
+pub fn local(root: &Path, known: &[(String, String)]) -> Inventory {
     let root = match root.canonicalize() {
         Ok(r) => r,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Inventory::default(),
@@ -171,7 +194,7 @@ pub fn local(root: &Path) -> Inventory {
             Err(e) => errors.push(e),
         }
     }
-    let mut inv = inventory(scan.groups, reports);
+    let mut inv = inventory(scan.groups, reports, known);
     inv.errors = errors;
     inv
 }
@@ -449,7 +472,7 @@ pub fn command(
     filter: &Filter,
     json: bool,
 ) -> Result<crate::exit::Outcome, crate::failure::Failure> {
-    let inv = local(&config.backup.dir);
+    let inv = local(&config.backup.dir, &configured_names(config));
     let now = Utc::now();
     let groups = listing(&inv, config, filter, now);
     check_filter(config, filter, &inv, &groups)?;
@@ -474,6 +497,15 @@ pub fn command(
         crate::say!("pg_groupdump: list: {e}");
     }
     Ok(crate::exit::Outcome::Ok)
+}
+
+/// The (database, group) of every `[[group]]`.
+pub fn configured_names(config: &Config) -> Vec<(String, String)> {
+    config
+        .groups
+        .iter()
+        .map(|g| (g.database.clone(), g.name.clone()))
+        .collect()
 }
 
 /// A `--group` or `--database` that names nothing the store or the configuration knows is a
@@ -553,6 +585,26 @@ mod tests {
         assert_eq!(short_age(61), "1m");
         assert_eq!(short_age(3 * 3600 + 5 * 60), "3h 05m");
         assert_eq!(short_age(2 * 86400 + 4 * 3600 + 59), "2d 04h");
+    }
+
+    #[test]
+    fn a_shortened_directory_takes_its_groups_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let long = "g".repeat(300);
+        let run = "20260301T120000Z";
+        let file = store::dump_path(dir.path(), "shop", &long, run);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, b"x").unwrap();
+        let inv = local(dir.path(), &[]);
+        assert!(!inv.groups[0].name_known);
+        assert!(inv.group(GroupKind::Tables, "shop", &long).is_none());
+        let known = [("shop".to_string(), long.clone())];
+        let inv = local(dir.path(), &known);
+        let h = inv.group(GroupKind::Tables, "shop", &long).unwrap();
+        assert!(h.name_known);
+        assert_eq!(h.dumps[0].run_id, run);
+        // Its time comes from the run id when there is no report.
+        assert_eq!(h.dumps[0].time, parse_time("2026-03-01T12:00:00Z").unwrap());
     }
 
     #[test]

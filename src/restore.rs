@@ -690,7 +690,7 @@ fn find_group_dump_at(
     group: &str,
     at: DateTime<Utc>,
 ) -> Result<(String, PathBuf), Failure> {
-    let inv = crate::list::local(root);
+    let inv = crate::list::local(root, &[(database.to_string(), group.to_string())]);
     let history = inv.group(GroupKind::Tables, database, group);
     let Some(dump) = history.and_then(|h| h.at(at)) else {
         return Err(Failure::Usage(format!(
@@ -730,7 +730,7 @@ async fn restore_database_at(
     database: &str,
 ) -> Result<Outcome, Failure> {
     let root = &config.backup.dir;
-    let inv = crate::list::local(root);
+    let inv = crate::list::local(root, &crate::list::configured_names(config));
     let schema_history = inv.group(GroupKind::Schema, database, store::SCHEMA_GROUP);
     let Some(schema) = schema_history.and_then(|h| h.at(at)) else {
         return Err(Failure::Usage(format!(

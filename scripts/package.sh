@@ -139,6 +139,8 @@ EOF
 chmod 0755 "$pkg/DEBIAN/postinst"
 
 mkdir -p "$OUT"
+# gzip, not dpkg-deb's default xz: a few seconds instead of minutes on a busy machine, for a
+# package about a third larger.
 deb=$OUT/pg_groupdump_${version}_${arch}.deb
-dpkg-deb --root-owner-group -Zxz --build "$pkg" "$deb" >&2
+dpkg-deb --root-owner-group -Zgzip -z9 --build "$pkg" "$deb" >&2
 echo "$deb"

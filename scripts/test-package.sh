@@ -32,7 +32,7 @@ start=$SECONDS
 deb=$(scripts/package.sh "$work/out" | tail -n 1)
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
 [[ "$(basename "$deb")" == "pg_groupdump_${version}_amd64.deb" ]] || fail "package named $deb"
-echo "test-package.sh: built $deb ($(du -h "$deb" | cut -f1))"
+echo "test-package.sh: built $deb ($(du -h "$deb" | cut -f1), ${SECONDS}s)"
 
 # A root with nothing but an empty dpkg database (and, when asked, a postgres user).
 new_root() {
@@ -73,6 +73,7 @@ for f in usr/bin/pg_groupdump usr/share/man/man1/pg_groupdump.1.gz \
     [[ -s "$r/$f" ]] || fail "$f missing or empty"
 done
 
+echo "test-package.sh: installed into $r, ${SECONDS}s"
 bin=$r/usr/bin/pg_groupdump
 "$bin" --version | grep -qx "pg_groupdump $version" || fail "--version: $("$bin" --version 2>&1)"
 "$bin" man | grep -q '^\.TH pg_groupdump 1' || fail "pg_groupdump man prints no manual page"
@@ -101,6 +102,7 @@ verify=$(cd "$r/lib/systemd/system" && SYSTEMD_LOG_LEVEL=warning systemd-analyze
 [[ -z "$verify" ]] || fail "systemd-analyze verify:
 $verify"
 
+echo "test-package.sh: units verified, ${SECONDS}s"
 backup=$r/var/backups/postgresql
 [[ -d "$backup" ]] || fail "the postinst made no $backup"
 [[ "$(stat -c '%u:%g %a' "$backup")" == "4711:4712 700" ]] ||

@@ -4,7 +4,9 @@
 #   cargo fmt --check
 #   cargo clippy --all-targets --locked -- -D warnings
 #   cargo test --locked [ARGS...]
-# All three run even if an earlier one fails; the exit status is non-zero if
+# and, on a full run (no arguments), scripts/test-package.sh: the Debian
+# package built from the release binary and installed into fresh roots.
+# All of them run even if an earlier one fails; the exit status is non-zero if
 # any failed.  Extra arguments are passed to `cargo test`
 # (e.g. `scripts/test.sh -- --nocapture`, `scripts/test.sh --test tests`).
 #
@@ -22,7 +24,7 @@
 #     servers as.
 #   - Debian packages for the tools the tests run: tmux (the progress display
 #     on a terminal), openssl (test certificates), systemd (systemd-analyze
-#     verify of the example units).
+#     verify of the example units), dpkg-deb and binutils (the Debian package).
 #   - python3's aiosmtpd module (the test SMTP server), with pip, else
 #     Debian's python3-aiosmtpd.
 # A prerequisite that cannot be installed fails the script: no test is meant
@@ -98,13 +100,13 @@ apt_install() {
 
 # Tools the tests run, with the Debian package that has each.
 missing=()
-for tool_pkg in tmux:tmux openssl:openssl systemd-analyze:systemd; do
+for tool_pkg in tmux:tmux openssl:openssl systemd-analyze:systemd dpkg-deb:dpkg objdump:binutils; do
     command -v "${tool_pkg%%:*}" >/dev/null 2>&1 || missing+=("${tool_pkg#*:}")
 done
 if ((${#missing[@]} > 0)); then
     apt_install "${missing[@]}"
 fi
-for tool in tmux openssl systemd-analyze; do
+for tool in tmux openssl systemd-analyze dpkg-deb objdump; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool is still not on PATH after installing it"
 done
 
@@ -183,6 +185,7 @@ run cargo clippy --all-targets --locked -- -D warnings
 run cargo_test "$@"
 if (($# == 0)); then
     run no_silent_skip
+    run scripts/test-package.sh
 fi
 
 echo

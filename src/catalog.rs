@@ -240,3 +240,88 @@ async fn read_schemas_with_own_data(
         .map(|r| r.get(0))
         .collect())
 }
+
+/// What ties tables together besides a foreign key (see [`read_ties`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tie {
+    /// `child` inherits from `parent` (table inheritance, not partitioning).
+    Inherits { child: u32, parent: u32 },
+    /// A view or materialized view reading several tables (directly or through other views).
+    View { name: String, tables: Vec<u32> },
+}
+
+/// Table inheritance (partitions left out: they come with their partitioned table) and views
+/// (and materialized views) that read two tables or more, through other views too — from
+/// `pg_inherits`, and `pg_depend` on `pg_rewrite`. Catalogs only, like everything here.
+pub async fn read_ties(client: &Client, database: &str) -> Result<Vec<Tie>, CatalogError> {
+    let e = cat_err(database);
+    let mut ties: Vec<Tie> = client
+        .query(
+            "SELECT i.inhrelid, i.inhparent FROM pg_catalog.pg_inherits i
+               JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
+              WHERE NOT c.relispartition AND c.relkind IN ('r', 'p')
+              ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .map_err(&e)?
+        .iter()
+        .map(|r| Tie::Inherits {
+            child: r.get(0),
+            parent: r.get(1),
+        })
+        .collect();
+    let sql = format!(
+        "SELECT v.oid, n.nspname::text, v.relname::text, d.refobjid, t.relkind IN ('r', 'p')
+           FROM pg_catalog.pg_rewrite r
+           JOIN pg_catalog.pg_class v ON v.oid = r.ev_class
+           JOIN pg_catalog.pg_namespace n ON n.oid = v.relnamespace
+           JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass
+                AND d.objid = r.oid AND d.refclassid = 'pg_catalog.pg_class'::regclass
+                AND d.refobjid <> v.oid
+           JOIN pg_catalog.pg_class t ON t.oid = d.refobjid
+          WHERE v.relkind IN ('v', 'm') AND t.relkind IN ('r', 'p', 'v', 'm')
+            AND {SYSTEM_SCHEMA_FILTER}
+          ORDER BY 2, 3, 4"
+    );
+    let rows = client.query(&sql, &[]).await.map_err(&e)?;
+    let mut views = ViewReads::new();
+    for r in &rows {
+        let (schema, name): (String, String) = (r.get(1), r.get(2));
+        views
+            .entry(r.get(0))
+            .or_insert_with(|| (crate::text::display_name(&schema, &name), Vec::new()))
+            .1
+            .push((r.get(3), r.get(4)));
+    }
+    for (oid, (name, _)) in &views {
+        let tables = tables_read_by(&views, *oid);
+        if tables.len() >= 2 {
+            ties.push(Tie::View {
+                name: name.clone(),
+                tables: tables.into_iter().collect(),
+            });
+        }
+    }
+    Ok(ties)
+}
+
+/// View oid → (its name, the relations it reads: (oid, whether it is a table)).
+type ViewReads = std::collections::BTreeMap<u32, (String, Vec<(u32, bool)>)>;
+
+/// The tables a view reads, through the views it reads.
+fn tables_read_by(views: &ViewReads, view: u32) -> std::collections::BTreeSet<u32> {
+    let mut tables = std::collections::BTreeSet::new();
+    let mut seen = std::collections::BTreeSet::from([view]);
+    let mut todo = vec![view];
+    while let Some(v) = todo.pop() {
+        for (oid, is_table) in views.get(&v).map(|(_, r)| r.as_slice()).unwrap_or(&[]) {
+            if *is_table {
+                tables.insert(*oid);
+            } else if seen.insert(*oid) {
+                todo.push(*oid);
+            }
+        }
+    }
+    tables
+}

@@ -64,7 +64,15 @@ pub enum Command {
         /// Print the plan as JSON on stdout.
         #[arg(long)]
         json: bool,
+        /// Instead, propose groups from the live databases: tables tied by foreign keys,
+        /// inheritance or views, as [[group]] blocks to paste, and the foreign keys the
+        /// configuration dumps apart today.
+        #[arg(long)]
+        suggest_groups: bool,
     },
+    /// Write a starter groups.toml for a database (connection from PGHOST, PGPORT, PGUSER…),
+    /// with the groups `plan --suggest-groups` would propose. Never overwrites a file.
+    Init(crate::suggest::InitOptions),
     /// Dump every selected group.
     Run {
         /// Dumps running at once (overrides backup.jobs).
@@ -86,6 +94,19 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
         /// Print the decisions as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Per group, its newest good dump (run, age, size, engine), how many are kept, and its
+    /// last failed attempt when newer; configured groups with no dump at all.
+    List {
+        /// Only this group (repeatable).
+        #[arg(short, long = "group", value_name = "NAME")]
+        groups: Vec<String>,
+        /// Only this database (repeatable).
+        #[arg(short, long = "database", value_name = "DB")]
+        databases: Vec<String>,
+        /// Print the listing as JSON on stdout.
         #[arg(long)]
         json: bool,
     },
@@ -123,6 +144,15 @@ pub async fn dispatch(cli: Cli) -> Outcome {
             print_bytes(&out);
             return Outcome::Ok;
         }
+        Command::Init(opts) => {
+            return match crate::suggest::init(opts).await {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    crate::say!("pg_groupdump: init: {e}");
+                    e.outcome()
+                }
+            };
+        }
         Command::Man => {
             let cmd = <Cli as clap::CommandFactory>::command();
             let mut out = Vec::new();
@@ -155,7 +185,11 @@ async fn run_command(
     progress: bool,
 ) -> Result<Outcome, Failure> {
     match command {
-        Command::Plan { json } => plan(config, json).await,
+        Command::Plan {
+            json,
+            suggest_groups: true,
+        } => crate::suggest::command(config, json).await,
+        Command::Plan { json, .. } => plan(config, json).await,
         Command::Run {
             jobs,
             groups,
@@ -172,10 +206,23 @@ async fn run_command(
             backup(config, &opts).await
         }
         Command::Prune { dry_run, json } => prune(config, dry_run, json).await,
+        Command::List {
+            groups,
+            databases,
+            json,
+        } => {
+            let filter = crate::list::Filter { databases, groups };
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || crate::list::command(&config, &filter, json))
+                .await
+                .unwrap_or_else(|e| Err(Failure::Start(anyhow::anyhow!("list panicked: {e}"))))
+        }
         Command::Verify(opts) => crate::verify::verify(config, &opts).await,
         Command::Restore(opts) => crate::restore::restore(config, &opts).await,
         Command::EmailTest => email_test(config).await,
-        Command::Completions { .. } | Command::Man => unreachable!("handled by dispatch"),
+        Command::Completions { .. } | Command::Man | Command::Init(_) => {
+            unreachable!("handled by dispatch")
+        }
     }
 }
 

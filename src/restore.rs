@@ -12,13 +12,14 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
+use chrono::{DateTime, Utc};
 use tokio::process::Command;
 
 use crate::config::Config;
 use crate::connect::{application_name, ConnParams};
 use crate::exit::Outcome;
 use crate::failure::Failure;
-use crate::report::{Kind, RunReport, Status};
+use crate::report::{GroupKind, Kind, RunReport, Status};
 use crate::store;
 use crate::text::quote_ident;
 
@@ -496,6 +497,11 @@ pub struct RestoreOptions {
     /// The run to restore from (default for --group: its newest dump).
     #[arg(long, value_name = "ID")]
     pub run: Option<String>,
+    /// Each group's newest dump taken at or before TIME: RFC 3339 (2026-03-01T03:00:00Z) or
+    /// "YYYY-MM-DD HH:MM[:SS]" in the local time zone. With --database and no --group, the
+    /// whole database.
+    #[arg(long, value_name = "TIME", conflicts_with = "run")]
+    pub at: Option<String>,
     /// Database to restore into (created if missing).
     #[arg(long, value_name = "DB")]
     pub target: String,
@@ -510,13 +516,22 @@ pub struct RestoreOptions {
 /// `pg_groupdump restore`: one group (`--group`), or a whole database from one run (`--run`
 /// with `--database`).
 pub async fn restore(config: &Config, opts: &RestoreOptions) -> Result<Outcome, Failure> {
+    let at = opts
+        .at
+        .as_deref()
+        .map(crate::list::parse_time)
+        .transpose()
+        .map_err(|e| Failure::Usage(format!("--at: {e}")))?;
     let restorer = Restorer::new(config, opts)?;
     if let Some(group) = &opts.group {
-        return restore_group(config, opts, &restorer, group).await;
+        return restore_group(config, opts, &restorer, group, at).await;
+    }
+    if let (Some(at), Some(database)) = (at, &opts.database) {
+        return restore_database_at(config, &restorer, at, database).await;
     }
     let (Some(run_id), Some(database)) = (&opts.run, &opts.database) else {
         return Err(Failure::Usage(
-            "restore needs --group NAME, or --run ID with --database DB for a whole database"
+            "restore needs --group NAME, or --run ID (or --at TIME) with --database DB for a whole database"
                 .into(),
         ));
     };
@@ -592,13 +607,17 @@ async fn restore_group(
     opts: &RestoreOptions,
     restorer: &Restorer<'_>,
     group: &str,
+    at: Option<DateTime<Utc>>,
 ) -> Result<Outcome, Failure> {
     let root = &config.backup.dir;
     let database = match &opts.database {
         Some(d) => d.clone(),
         None => the_database_with_group(root, group)?,
     };
-    let (dump_run, file) = find_group_dump(root, &database, group, opts.run.as_deref())?;
+    let (dump_run, file) = match at {
+        Some(at) => find_group_dump_at(root, &database, group, at)?,
+        None => find_group_dump(root, &database, group, opts.run.as_deref())?,
+    };
     let created = restorer.create_target().await?;
     if created || database_is_empty(&restorer.conn, restorer.target).await? {
         if let Some(schema) = schema_archive_for(root, &database, &dump_run) {
@@ -663,8 +682,139 @@ fn find_group_dump(
     })
 }
 
+/// `restore --group --at`: the group's newest dump taken at or before `at` (its snapshot's
+/// time, or its run's start when the report does not say): (its run id, its path).
+fn find_group_dump_at(
+    root: &Path,
+    database: &str,
+    group: &str,
+    at: DateTime<Utc>,
+) -> Result<(String, PathBuf), Failure> {
+    let inv = crate::list::local(root, &[(database.to_string(), group.to_string())]);
+    let history = inv.group(GroupKind::Tables, database, group);
+    let Some(dump) = history.and_then(|h| h.at(at)) else {
+        return Err(Failure::Usage(format!(
+            "no dump of group {group:?} of database {database:?} taken at or before {} in {}{}",
+            shown_time(at),
+            root.display(),
+            oldest_note(history)
+        )));
+    };
+    crate::say!(
+        "group {group}: the dump of run {} (snapshot taken {})",
+        dump.run_id,
+        shown_time(dump.time)
+    );
+    Ok((dump.run_id.clone(), root.join(&dump.rel)))
+}
+
+/// "; its oldest dump is from …", when the group has dumps (all of them too new).
+fn oldest_note(history: Option<&crate::list::History>) -> String {
+    history
+        .and_then(|h| h.dumps.last())
+        .map(|d| format!("; its oldest dump was taken {}", shown_time(d.time)))
+        .unwrap_or_default()
+}
+
+fn shown_time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// `restore --at --database`: a whole database from each group's newest dump taken at or
+/// before `at`, and the schema dump taken at or before it; says how far apart the chosen
+/// groups' snapshots are. The groups are those on disk and those of the schema dump's run.
+async fn restore_database_at(
+    config: &Config,
+    restorer: &Restorer<'_>,
+    at: DateTime<Utc>,
+    database: &str,
+) -> Result<Outcome, Failure> {
+    let root = &config.backup.dir;
+    let inv = crate::list::local(root, &crate::list::configured_names(config));
+    let schema_history = inv.group(GroupKind::Schema, database, store::SCHEMA_GROUP);
+    let Some(schema) = schema_history.and_then(|h| h.at(at)) else {
+        return Err(Failure::Usage(format!(
+            "no schema dump of database {database:?} taken at or before {} in {}{}",
+            shown_time(at),
+            root.display(),
+            oldest_note(schema_history)
+        )));
+    };
+    let mut names: BTreeSet<String> = inv
+        .groups
+        .iter()
+        .filter(|h| h.kind == GroupKind::Tables && h.database == database)
+        .map(|h| h.group.clone())
+        .collect();
+    if let Some(report) = inv.reports.get(&schema.run_id) {
+        names.extend(
+            report
+                .groups
+                .iter()
+                .filter(|g| g.kind == Kind::Tables && g.database.as_deref() == Some(database))
+                .filter(|g| g.status != Status::Gone)
+                .map(|g| g.group.clone()),
+        );
+    }
+    let chosen: Vec<(String, Option<&crate::list::Stored>)> = names
+        .into_iter()
+        .map(|g| {
+            let d = inv
+                .group(GroupKind::Tables, database, &g)
+                .and_then(|h| h.at(at));
+            (g, d)
+        })
+        .collect();
+    say_spread(&chosen, schema);
+    let groups: Vec<(String, Option<PathBuf>)> = chosen
+        .iter()
+        .map(|(g, d)| (g.clone(), d.map(|d| root.join(&d.rel))))
+        .collect();
+    let missing = format!("no dump taken at or before {}", shown_time(at));
+    let from = format!("the dumps taken at or before {}", shown_time(at));
+    rebuild(
+        restorer,
+        database,
+        &root.join(&schema.rel),
+        &groups,
+        &missing,
+        &from,
+    )
+    .await
+}
+
+/// Prints which dump each group restores from, and how far apart the chosen snapshots are.
+fn say_spread(chosen: &[(String, Option<&crate::list::Stored>)], schema: &crate::list::Stored) {
+    crate::say!(
+        "schema: the dump of run {} (taken {})",
+        schema.run_id,
+        shown_time(schema.time)
+    );
+    for (g, d) in chosen {
+        if let Some(d) = d {
+            crate::say!(
+                "group {g}: the dump of run {} (snapshot taken {})",
+                d.run_id,
+                shown_time(d.time)
+            );
+        }
+    }
+    let found = chosen.iter().filter_map(|(g, d)| Some((g, (*d)?)));
+    let earliest = found.clone().min_by_key(|(_, d)| d.time);
+    let latest = found.max_by_key(|(_, d)| d.time);
+    if let (Some((ge, e)), Some((gl, l))) = (earliest, latest) {
+        let spread = (l.time - e.time).num_seconds();
+        crate::say!(
+            "the chosen groups' snapshots are {} apart: earliest group {ge} ({}), latest group {gl} ({})",
+            crate::list::short_age(spread),
+            shown_time(e.time),
+            shown_time(l.time)
+        );
+    }
+}
+
 /// `restore --run --database`: a whole database from one run, in the order described in the
-/// module documentation. Every step is tried; each one that fails counts as a problem.
+/// module documentation.
 async fn restore_database(
     config: &Config,
     restorer: &Restorer<'_>,
@@ -680,14 +830,36 @@ async fn restore_database(
         )));
     }
     let groups = groups_of_run(config, database, run_id);
+    let missing = format!("no successful dump in run {run_id}");
+    rebuild(
+        restorer,
+        database,
+        &schema,
+        &groups,
+        &missing,
+        &format!("run {run_id}"),
+    )
+    .await
+}
+
+/// Rebuilds a database from a schema archive and its groups' dumps (`None`: the group has
+/// none, said with `missing`): every step is tried; each one that fails counts as a problem.
+async fn rebuild(
+    restorer: &Restorer<'_>,
+    database: &str,
+    schema: &Path,
+    groups: &[(String, Option<PathBuf>)],
+    missing: &str,
+    from: &str,
+) -> Result<Outcome, Failure> {
     restorer.create_target().await?;
     let section = |s: &str| -> Vec<std::ffi::OsString> {
-        vec![format!("--section={s}").into(), schema.clone().into()]
+        vec![format!("--section={s}").into(), schema.into()]
     };
     let mut failures = restorer
         .step("schema (pre-data)", &section("pre-data"))
         .await?;
-    for (group, file) in &groups {
+    for (group, file) in groups {
         match file {
             Some(f) => {
                 let args = ["--data-only".into(), f.clone().into()];
@@ -695,9 +867,7 @@ async fn restore_database(
             }
             None => {
                 failures += 1;
-                crate::say!(
-                    "group {group}: no successful dump in run {run_id}; its tables stay empty"
-                );
+                crate::say!("group {group}: {missing}; its tables stay empty");
             }
         }
     }
@@ -708,7 +878,7 @@ async fn restore_database(
         .step("schema (post-data)", &section("post-data"))
         .await?;
     crate::say!(
-        "restored database {database} from run {run_id} into {}: {} groups{}",
+        "restored database {database} from {from} into {}: {} groups{}",
         restorer.target,
         groups.len(),
         if failures > 0 {

@@ -20,6 +20,8 @@ mod failure;
 mod faults;
 #[path = "it/layout.rs"]
 mod layout;
+#[path = "it/list.rs"]
+mod list;
 #[path = "it/locks.rs"]
 mod locks;
 #[path = "it/matrix.rs"]
@@ -36,6 +38,8 @@ mod ops;
 mod plan;
 #[path = "it/prune.rs"]
 mod prune;
+#[path = "it/restore_at.rs"]
+mod restore_at;
 #[path = "it/run.rs"]
 mod run;
 #[path = "it/scheduler.rs"]
@@ -44,6 +48,8 @@ mod scheduler;
 mod smoke;
 #[path = "it/startup.rs"]
 mod startup;
+#[path = "it/suggest.rs"]
+mod suggest;
 #[path = "it/tls.rs"]
 mod tls;
 #[path = "it/verify.rs"]

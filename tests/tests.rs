@@ -38,6 +38,8 @@ mod plan;
 mod prune;
 #[path = "it/run.rs"]
 mod run;
+#[path = "it/s3.rs"]
+mod s3;
 #[path = "it/scheduler.rs"]
 mod scheduler;
 #[path = "it/smoke.rs"]

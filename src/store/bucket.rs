@@ -61,6 +61,10 @@ pub enum BucketError {
     },
 }
 
+/// Uploads at once: each holds a part in memory (`part_size`), however many groups finish
+/// while others are still going up.
+const UPLOADS_AT_ONCE: usize = 4;
+
 /// An upload started and not yet completed or aborted.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 struct Pending {
@@ -90,6 +94,7 @@ pub struct Bucket {
     cfg: StorageConfig,
     root: PathBuf,
     pending: Mutex<BTreeSet<Pending>>,
+    uploads: tokio::sync::Semaphore,
 }
 
 impl Bucket {
@@ -124,6 +129,7 @@ impl Bucket {
             cfg: cfg.clone(),
             root: root.to_path_buf(),
             pending: Mutex::new(BTreeSet::new()),
+            uploads: tokio::sync::Semaphore::new(UPLOADS_AT_ONCE),
         })
     }
 
@@ -193,6 +199,7 @@ impl Bucket {
     /// only complete and checked. Without `keep_local`, the local file is removed once up.
     pub async fn upload(&self, local: &Path, sha256: &str) -> Result<Uploaded, BucketError> {
         let key = self.key_of(local)?;
+        let _turn = self.uploads.acquire().await.expect("never closed");
         let fail = |message: String| BucketError::Upload {
             url: self.cfg.url.clone(),
             key: key.to_string(),

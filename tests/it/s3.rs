@@ -138,6 +138,23 @@ fn s3_run_uploads_every_dump_and_verify_and_restore_read_the_bucket() {
     for t in ["orders", "order_items"] {
         assert_same_rows(&db, &target, "public", t);
     }
+
+    // A whole database from the run, from the bucket.
+    let whole = unique_name("s3_up_whole");
+    let out = env.run(&[
+        "restore",
+        "--run",
+        &run_id,
+        "--database",
+        &db.name,
+        "--target",
+        &whole,
+    ]);
+    out.expect_code(0);
+    let whole = db_named(&whole);
+    for t in ["customers", "orders", "order_items"] {
+        assert_same_rows(&db, &whole, "public", t);
+    }
     assert!(env.files().iter().all(|p| !p.starts_with(".from-bucket")));
 }
 
@@ -350,4 +367,43 @@ fn s3_run_killed_mid_upload_leaves_no_object_and_the_next_run_aborts_its_upload(
             .count(),
         1
     );
+}
+
+#[test]
+fn s3_storage_errors_name_the_key() {
+    let env = Env::new();
+    for (storage, key, needle) in [
+        ("endpoint = \"x\"", "storage.url", "is required"),
+        ("url = \"gs://b/p\"", "storage.url", "only s3://"),
+        (
+            "url = \"s3://Bad_Bucket/p\"",
+            "storage.url",
+            "not a bucket name",
+        ),
+        (
+            "url = \"s3://backups/p\"\nendpoint = \"ftp://h\"",
+            "storage.endpoint",
+            "https://",
+        ),
+        (
+            "url = \"s3://backups/p\"\npart_size = \"1MiB\"",
+            "storage.part_size",
+            "between 5MiB and 5GiB",
+        ),
+        (
+            "url = \"s3://backups/p\"\ncredentials_file = \"creds\"",
+            "storage.credentials_file",
+            "absolute",
+        ),
+        (
+            "url = \"s3://backups/p\"\nsecret_key = \"x\"",
+            "secret_key",
+            "unknown field",
+        ),
+    ] {
+        Config::offline(&env, "db")
+            .extra(&format!("[storage]\n{storage}"))
+            .write(&env);
+        config_error(&env, &[key, needle]);
+    }
 }

@@ -72,6 +72,10 @@ fn s3_run_uploads_every_dump_and_verify_and_restore_read_the_bucket() {
     let out = env.run(&["run"]);
     out.expect_code(0);
     assert_no_secret(&out);
+    assert!(
+        out.stderr.contains("plain http"),
+        "an http:// endpoint is warned about: {out:?}"
+    );
     // Nothing kept locally but the state of the uploads and the lock.
     let local: Vec<PathBuf> = env
         .files()

@@ -65,6 +65,42 @@ pub enum BucketError {
 /// while others are still going up.
 const UPLOADS_AT_ONCE: usize = 4;
 
+/// Parts of one upload in flight at once.
+const PARTS_AT_ONCE: usize = 2;
+
+/// The parts of an upload being sent, in order, and those sent. Parts still in flight when it
+/// is dropped (an upload that failed) are cancelled.
+#[derive(Default)]
+struct Flight {
+    sending: std::collections::VecDeque<tokio::task::JoinHandle<object_store::Result<PartId>>>,
+    sent: Vec<PartId>,
+}
+
+impl Flight {
+    /// Waits for the oldest part in flight.
+    async fn land_one(&mut self) -> Result<(), String> {
+        let Some(part) = self.sending.pop_front() else {
+            return Ok(());
+        };
+        match part.await {
+            Ok(Ok(id)) => {
+                self.sent.push(id);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(describe(&e)),
+            Err(e) => Err(format!("the part's task failed: {e}")),
+        }
+    }
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        for part in &self.sending {
+            part.abort();
+        }
+    }
+}
+
 /// An upload started and not yet completed or aborted.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 struct Pending {
@@ -251,12 +287,12 @@ impl Bucket {
         })
     }
 
-    /// Sends the file in parts, hashing it again on the way: the bytes that went up must be
-    /// the committed file's.
+    /// Sends the file in parts ([`PARTS_AT_ONCE`] in flight while the next is read), hashing
+    /// it again on the way: the bytes that went up must be the committed file's.
     async fn send_parts(
         &self,
         key: &Key,
-        id: &String,
+        id: &str,
         local: &Path,
         sha256: &str,
     ) -> Result<(Vec<PartId>, u64), BucketError> {
@@ -264,48 +300,49 @@ impl Bucket {
             path: local.to_path_buf(),
             source,
         };
+        let fail = |message: String| BucketError::Upload {
+            url: self.cfg.url.clone(),
+            key: key.to_string(),
+            message,
+        };
         let mut file = tokio::fs::File::open(local).await.map_err(io)?;
         let mut hash = Sha256::new();
-        let mut parts = Vec::new();
+        let mut flight = Flight::default();
         let mut bytes = 0u64;
-        loop {
+        for index in 0.. {
             let mut buf = Vec::with_capacity(self.cfg.part_size as usize);
             let n = (&mut file)
                 .take(self.cfg.part_size)
                 .read_to_end(&mut buf)
                 .await
                 .map_err(io)?;
-            if n == 0 && !parts.is_empty() {
+            if n == 0 && index > 0 {
                 break;
             }
             hash.update(&buf);
             bytes += n as u64;
-            let part = self
-                .s3
-                .put_part(key, id, parts.len(), PutPayload::from(buf))
-                .await
-                .map_err(|e| BucketError::Upload {
-                    url: self.cfg.url.clone(),
-                    key: key.to_string(),
-                    message: describe(&e),
-                })?;
-            parts.push(part);
+            let (s3, key, id) = (self.s3.clone(), key.clone(), id.to_string());
+            flight.sending.push_back(tokio::spawn(async move {
+                s3.put_part(&key, &id, index, PutPayload::from(buf)).await
+            }));
+            if flight.sending.len() >= PARTS_AT_ONCE {
+                flight.land_one().await.map_err(fail)?;
+            }
             if (n as u64) < self.cfg.part_size {
                 break;
             }
         }
+        while !flight.sending.is_empty() {
+            flight.land_one().await.map_err(fail)?;
+        }
         let got = hex::encode(hash.finalize());
         if got != sha256 {
-            return Err(BucketError::Upload {
-                url: self.cfg.url.clone(),
-                key: key.to_string(),
-                message: format!(
-                    "{} changed after it was written (sha256 {got}, expected {sha256})",
-                    local.display()
-                ),
-            });
+            return Err(fail(format!(
+                "{} changed after it was written (sha256 {got}, expected {sha256})",
+                local.display()
+            )));
         }
-        Ok((parts, bytes))
+        Ok((std::mem::take(&mut flight.sent), bytes))
     }
 
     /// Changes the set of pending uploads and writes it to the state file.
@@ -387,7 +424,14 @@ impl Bucket {
         if let Some(parent) = to.parent() {
             super::create_dir_all(parent).map_err(io)?;
         }
-        let mut file = tokio::fs::File::create(to).await.map_err(io)?;
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(to)
+            .await
+            .map_err(io)?;
         let mut stream = got.into_stream();
         let mut bytes = 0u64;
         while let Some(chunk) = stream.next().await {

@@ -20,6 +20,9 @@
 #     $PG_GROUPDUMP_CACHE/postgresql/<version> (default /var/cache/pg_groupdump as root);
 #     PG_MATRIX ("14=BINDIR 15=BINDIR ...", 15 being PG_BINDIR) is exported for the
 #     harness.  See scripts/lib/pgversions.sh.
+#   - s3s-fs, the S3 server of the [storage] tests (tests/it/s3.rs): cargo install
+#     once, cached in $PG_GROUPDUMP_CACHE/s3s-fs; PG_GROUPDUMP_S3S_FS is exported for
+#     the harness.  See scripts/lib/s3server.sh.
 #   - as root: the unprivileged `postgres` system user the harness runs the
 #     servers as.
 #   - Debian packages for the tools the tests run: tmux (the progress display
@@ -47,6 +50,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 . "$ROOT/scripts/lib/pg.sh"
 # shellcheck source-path=SCRIPTDIR source=lib/pgversions.sh
 . "$ROOT/scripts/lib/pgversions.sh"
+# shellcheck source-path=SCRIPTDIR source=lib/s3server.sh
+. "$ROOT/scripts/lib/s3server.sh"
 cd "$ROOT"
 
 die() {
@@ -66,6 +71,7 @@ pg_ensure_installed
 pg_ensure_user
 export PG_BINDIR
 pg_matrix_ensure || die "could not provide the PostgreSQL versions of the matrix tests (see above)"
+s3_ensure_installed || die "could not provide s3s-fs, the S3 server of the [storage] tests (see above)"
 
 as_root() {
     if [[ "$(id -u)" -eq 0 ]]; then

@@ -24,11 +24,13 @@ use crate::compression::Compression;
 
 pub(crate) mod email;
 mod retention;
+mod storage;
 
 pub use email::{
     is_loopback, EmailConfig, On, PasswordSource, TlsMode, DEFAULT_SUBJECT_PREFIX, DEFAULT_TIMEOUT,
 };
 pub use retention::{GroupRetention, RetentionConfig, DEFAULT_KEEP_MIN};
+pub use storage::StorageConfig;
 
 /// An error in the configuration file, with the place it was found.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +75,7 @@ struct RawConfig {
     email: Option<email::RawEmail>,
     retention: Option<retention::RawRetention>,
     metrics: Option<RawMetrics>,
+    storage: Option<storage::RawStorage>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -163,6 +166,8 @@ pub struct Config {
     pub retention: Option<RetentionConfig>,
     /// `[metrics] textfile`: where the Prometheus metrics of each run are written.
     pub metrics_textfile: Option<PathBuf>,
+    /// `[storage]`: the bucket every finished dump is uploaded to. `None`: local files only.
+    pub storage: Option<StorageConfig>,
 }
 
 /// `[connection]`: every value is optional; what is missing comes from the libpq environment.
@@ -398,6 +403,10 @@ fn check(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
     };
     retention::check_overrides(path, &groups, retention.as_ref())?;
     let metrics_textfile = check_metrics(path, raw.metrics)?;
+    let storage = match raw.storage {
+        Some(s) => Some(storage::check(path, s)?),
+        None => None,
+    };
     Ok(Config {
         path: path.to_path_buf(),
         connection,
@@ -407,6 +416,7 @@ fn check(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
         email,
         retention,
         metrics_textfile,
+        storage,
     })
 }
 

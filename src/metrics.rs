@@ -143,6 +143,11 @@ fn render(
             "Bytes written by the last run's successful dumps.",
             r.bytes() as f64,
         );
+        run(
+            "pg_groupdump_run_uploaded_bytes",
+            "Bytes the last run uploaded to [storage].",
+            r.uploaded_bytes() as f64,
+        );
         let _ = writeln!(
             s,
             "# HELP pg_groupdump_run_dumps Dumps of the last run by outcome."

@@ -48,6 +48,7 @@ use chrono::{DateTime, Utc};
 
 use crate::config::{Config, ConfigError, GroupConfig, GroupRetention, RetentionConfig};
 use crate::report::{Action, FileSummary, GroupKind, GroupSummary, Ignored, PruneSummary, Rule};
+use crate::store::bucket::{Bucket, Object};
 use crate::store::{self, DirName, FileKind, StoredFile};
 
 // ---------------------------------------------------------------------------------------------
@@ -432,6 +433,18 @@ fn execute(
     dry_run: bool,
     summary: &mut PruneSummary,
 ) {
+    let mut delete = |d: &Dump| remove_checked(root, d).map_err(|e| e.to_string());
+    execute_with(shown_root, plans, dry_run, summary, &mut delete);
+}
+
+/// [`execute`] with the deleting left to `delete` (a file's or an object's).
+fn execute_with(
+    shown_root: &Path,
+    plans: Vec<GroupPlan>,
+    dry_run: bool,
+    summary: &mut PruneSummary,
+    delete: &mut dyn FnMut(&Dump) -> Result<u64, String>,
+) {
     for p in plans {
         let mut g = GroupSummary {
             kind: p.id.kind,
@@ -471,7 +484,7 @@ fn execute(
                     g.deleted_files += 1;
                     g.freed_bytes += f.bytes;
                 }
-                Action::Delete => match remove_checked(root, &d.dump) {
+                Action::Delete => match delete(&d.dump) {
                     Ok(bytes) => {
                         tracing::debug!("deleted {}", f.file);
                         f.deleted = true;
@@ -483,7 +496,7 @@ fn execute(
                         let msg = format!("cannot delete {}: {e}", f.file);
                         tracing::warn!("{msg}");
                         summary.errors.push(msg);
-                        f.error = Some(e.to_string());
+                        f.error = Some(e);
                         // Still there: counted as kept.
                         g.kept_files += 1;
                     }
@@ -553,15 +566,26 @@ pub fn prune_at(
     let scan = scan(&root);
     summary.errors.extend(scan.errors);
     summary.ignored = scan.ignored;
+    let plans = plan(&inputs(config, retention, protect, scan.groups), now);
+    execute(&root, &shown_root, plans, dry_run, &mut summary);
+    summary.groups.sort_by_key(order);
+    summary
+}
 
+/// The planner's input: each group directory with its policy and protection.
+fn inputs(
+    config: &Config,
+    retention: &RetentionConfig,
+    protect: &HashSet<GroupKey>,
+    groups: Vec<GroupFiles>,
+) -> Vec<GroupInput> {
     let configured: HashMap<String, &GroupConfig> = config
         .groups
         .iter()
         .filter_map(|g| Some((key_dir(&(Some(g.database.clone()), g.name.clone()))?, g)))
         .collect();
     let protected: HashSet<String> = protect.iter().filter_map(key_dir).collect();
-    let inputs: Vec<GroupInput> = scan
-        .groups
+    groups
         .into_iter()
         .map(|g| {
             let mut id = g.id;
@@ -583,23 +607,108 @@ pub fn prune_at(
                 dumps: g.dumps,
             }
         })
-        .collect();
-    let plans = plan(&inputs, now);
-    execute(&root, &shown_root, plans, dry_run, &mut summary);
+        .collect()
+}
+
+/// The group directories of the objects in `[storage]`'s bucket, sorted like [`scan`]'s
+/// (objects that are not pg_groupdump's files are ignored).
+fn scan_bucket(objects: Vec<Object>) -> Scan {
+    let mut out = Scan::default();
+    let mut groups: BTreeMap<String, GroupFiles> = BTreeMap::new();
+    for o in objects {
+        let recognised =
+            store::parse_path(&o.relative).and_then(|f| Some((group_id(&o.relative, &f)?, f)));
+        let Some((id, file)) = recognised else {
+            out.ignored.push(Ignored {
+                path: o.relative.display().to_string(),
+                reason: "not an object pg_groupdump writes (by place and name)".into(),
+            });
+            continue;
+        };
+        let g = groups.entry(id.dir.clone()).or_insert_with(|| GroupFiles {
+            id,
+            dumps: Vec::new(),
+        });
+        g.dumps.push(Dump {
+            rel: o.relative,
+            run_id: file.run_id.as_str().to_string(),
+            time: file.run_id.time(),
+            partial: file.partial,
+            bytes: o.size,
+            ino: None,
+        });
+    }
+    out.groups = groups.into_values().collect();
+    out
+}
+
+/// [`prune_at`] for the bucket of `[storage]`: the same planner and rules on the objects under
+/// its prefix. Runs on a blocking thread of the runtime (it waits for the bucket's requests).
+pub fn prune_bucket_at(
+    config: &Config,
+    retention: &RetentionConfig,
+    protect: &HashSet<GroupKey>,
+    dry_run: bool,
+    now: DateTime<Utc>,
+    bucket: &Bucket,
+) -> PruneSummary {
+    let rt = tokio::runtime::Handle::current();
+    let mut summary = PruneSummary {
+        dry_run,
+        dir: bucket.url().to_string(),
+        now: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        ..PruneSummary::default()
+    };
+    let objects = match rt.block_on(bucket.list()) {
+        Ok(o) => o,
+        Err(e) => {
+            summary.errors.push(e.to_string());
+            return summary;
+        }
+    };
+    let scan = scan_bucket(objects);
+    summary.ignored = scan.ignored;
+    let plans = plan(&inputs(config, retention, protect, scan.groups), now);
+    let mut delete = |d: &Dump| {
+        rt.block_on(bucket.delete(&d.rel))
+            .map(|()| d.bytes)
+            .map_err(|e| e.to_string())
+    };
+    let shown = PathBuf::from(bucket.url());
+    execute_with(&shown, plans, dry_run, &mut summary, &mut delete);
     summary.groups.sort_by_key(order);
     summary
+}
+
+/// Adds the bucket's prune summary to the backup directory's.
+fn merge(into: &mut PruneSummary, other: PruneSummary) {
+    into.kept_files += other.kept_files;
+    into.deleted_files += other.deleted_files;
+    into.freed_bytes += other.freed_bytes;
+    into.groups.extend(other.groups);
+    into.errors.extend(other.errors);
+    into.ignored.extend(other.ignored);
 }
 
 /// Prunes `config.backup.dir` by the retention rules. The caller holds the run lock (so `.ing`
 /// files are leftovers, not dumps being written). Groups in `protect` (their dump failed in
 /// this run) lose nothing. The summary lists, per group, the files deleted (not those kept).
+/// With `bucket` (`[storage]`), the bucket is pruned by the same rules too.
 pub fn prune(
     config: &Config,
     retention: &RetentionConfig,
     protect: &HashSet<GroupKey>,
     dry_run: bool,
+    bucket: Option<&Bucket>,
 ) -> PruneSummary {
-    let mut s = prune_at(config, retention, protect, dry_run, Utc::now());
+    let now = Utc::now();
+    let mut s = prune_at(config, retention, protect, dry_run, now);
+    if let Some(b) = bucket {
+        merge(
+            &mut s,
+            prune_bucket_at(config, retention, protect, dry_run, now, b),
+        );
+    }
     for g in &mut s.groups {
         g.kept.clear();
     }
@@ -736,7 +845,17 @@ pub fn command(
     } else {
         None
     };
-    let summary = prune_at(config, retention, &HashSet::new(), dry_run, Utc::now());
+    let now = Utc::now();
+    let mut summary = prune_at(config, retention, &HashSet::new(), dry_run, now);
+    if let Some(storage) = &config.storage {
+        let bucket =
+            Bucket::open(storage, dir).map_err(|e| crate::failure::Failure::Start(e.into()))?;
+        let none = HashSet::new();
+        merge(
+            &mut summary,
+            prune_bucket_at(config, retention, &none, dry_run, now, &bucket),
+        );
+    }
     if json {
         println!(
             "{}",

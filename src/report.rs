@@ -158,6 +158,12 @@ pub struct GroupReport {
     /// Planned tables dropped or renamed before the dump; `tables` names what was dumped.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub table_changes: Vec<TableChange>,
+    /// With `[storage]`: the object the dump was uploaded to (`s3://bucket/key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
+    /// With `[storage]`: bytes uploaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uploaded_bytes: Option<u64>,
 }
 
 impl GroupReport {
@@ -191,6 +197,8 @@ impl GroupReport {
             engine: None,
             fallback: None,
             table_changes: Vec::new(),
+            object: None,
+            uploaded_bytes: None,
         }
     }
 }
@@ -364,6 +372,11 @@ impl RunReport {
     /// Bytes written by successful dumps.
     pub fn bytes(&self) -> u64 {
         self.groups.iter().filter_map(|g| g.bytes).sum()
+    }
+
+    /// Bytes uploaded to `[storage]` by the run.
+    pub fn uploaded_bytes(&self) -> u64 {
+        self.groups.iter().filter_map(|g| g.uploaded_bytes).sum()
     }
 
     /// The human summary for stderr.

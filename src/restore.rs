@@ -522,6 +522,16 @@ pub async fn restore(config: &Config, opts: &RestoreOptions) -> Result<Outcome, 
         .map(crate::list::parse_time)
         .transpose()
         .map_err(|e| Failure::Usage(format!("--at: {e}")))?;
+    // With [storage], the dumps are read from the bucket.
+    let want = store::bucket::Want {
+        run: opts.run.as_deref(),
+        database: opts.database.as_deref(),
+        group: opts.group.as_deref(),
+    };
+    let mirror = store::bucket::Mirror::fetch(config, want, false)
+        .await
+        .map_err(|e| Failure::Start(e.into()))?;
+    let config = mirror.as_ref().map_or(config, |m| &m.config);
     let restorer = Restorer::new(config, opts)?;
     if let Some(group) = &opts.group {
         return restore_group(config, opts, &restorer, group, at).await;

@@ -31,6 +31,7 @@ use crate::progress::Progress;
 use crate::report::{now_rfc3339, Attempt, GroupReport, Kind, Outcome, RunReport, Status};
 use crate::runlock::RunLock;
 use crate::store;
+use crate::store::bucket::Bucket;
 use crate::tools::{self, Tools};
 
 /// Options of `pg_groupdump run` beyond the configuration.
@@ -126,6 +127,8 @@ struct Ctx {
     /// Set to the signal number once SIGINT or SIGTERM arrives.
     shutdown: watch::Receiver<Option<i32>>,
     progress: Arc<Progress>,
+    /// `[storage]`: where each finished dump is uploaded.
+    bucket: Option<Arc<Bucket>>,
 }
 
 /// Listens for SIGINT and SIGTERM (stop: no new dump starts, running ones are cancelled) and
@@ -170,6 +173,7 @@ struct Started {
     tools: Tools,
     root: PathBuf,
     run_id: String,
+    bucket: Option<Arc<Bucket>>,
     /// Held until the run ends.
     _lock: RunLock,
 }
@@ -227,7 +231,7 @@ pub async fn run(config: &Config, opts: &RunOptions) -> Result<(RunReport, PathB
     // Prune under the same lock; a group whose dump failed in this run loses nothing.
     let interrupted = *shutdown.borrow();
     let prune = match interrupted {
-        None => prune_after(config, &group_reports).await,
+        None => prune_after(config, &group_reports, s.bucket.clone()).await,
         Some(_) => None,
     };
     let failed = group_reports.iter().any(|g| g.status == Status::Failed);
@@ -262,6 +266,12 @@ pub async fn run(config: &Config, opts: &RunOptions) -> Result<(RunReport, PathB
             anyhow::anyhow!("cannot write the run report {}: {e}", report_path.display()),
             Box::new(report),
         ));
+    }
+    if let (Some(bucket), true) = (&s.bucket, report_path.starts_with(&s.root)) {
+        let (_, sha256) = store::hash_file(&report_path).unwrap_or_default();
+        if let Err(e) = bucket.upload(&report_path, &sha256).await {
+            return Err(Failure::Report(e.into(), Box::new(report)));
+        }
     }
     tracing::info!(
         "run {} finished in {:.1}s",
@@ -318,6 +328,7 @@ async fn start(config: &Config, opts: &RunOptions) -> Result<Started, Failure> {
     for p in store::sweep_partials(&root) {
         tracing::info!("removed {}, left by an interrupted run", p.display());
     }
+    let bucket = open_bucket(config, &root).await?;
     let run_id = new_run_id(lock.previous_run_id()).await;
     lock.record(Some(&run_id)).map_err(|e| {
         Failure::Start(anyhow::anyhow!(
@@ -336,8 +347,30 @@ async fn start(config: &Config, opts: &RunOptions) -> Result<Started, Failure> {
         tools,
         root,
         run_id,
+        bucket,
         _lock: lock,
     })
+}
+
+/// Opens `[storage]`'s bucket, checks that it can be listed (credentials, bucket name,
+/// endpoint) and aborts the uploads a killed run left.
+async fn open_bucket(config: &Config, root: &Path) -> Result<Option<Arc<Bucket>>, Failure> {
+    let Some(cfg) = &config.storage else {
+        return Ok(None);
+    };
+    if cfg.insecure {
+        tracing::warn!(
+            "storage.endpoint {}: plain http, the dumps and the requests travel unencrypted",
+            cfg.endpoint.as_deref().unwrap_or_default()
+        );
+    }
+    let start = |e: store::bucket::BucketError| Failure::Start(e.into());
+    let bucket = Bucket::open(cfg, root).map_err(start)?;
+    bucket.check().await.map_err(start)?;
+    for key in bucket.abort_stale().await.map_err(start)? {
+        tracing::info!("aborted the upload of {key}, left by an interrupted run");
+    }
+    Ok(Some(Arc::new(bucket)))
 }
 
 /// What the configuration asks of pg_dump's version: statistics need pg_dump 18, compression
@@ -425,6 +458,7 @@ fn context(
         retry_delay: b.retry_delay,
         shutdown: shutdown.clone(),
         progress,
+        bucket: s.bucket.clone(),
     }
 }
 
@@ -581,6 +615,7 @@ fn unreadable_reports(planned: &Planned) -> Vec<GroupReport> {
 async fn prune_after(
     config: &Config,
     reports: &[GroupReport],
+    bucket: Option<Arc<Bucket>>,
 ) -> Option<crate::report::PruneSummary> {
     let r = config.retention.as_ref().filter(|r| r.prune_after_run)?;
     let protect: HashSet<crate::prune::GroupKey> = reports
@@ -589,9 +624,11 @@ async fn prune_after(
         .map(|g| (g.database.clone(), g.group.clone()))
         .collect();
     let (config, r) = (config.clone(), r.clone());
-    tokio::task::spawn_blocking(move || crate::prune::prune(&config, &r, &protect, false))
-        .await
-        .ok()
+    tokio::task::spawn_blocking(move || {
+        crate::prune::prune(&config, &r, &protect, false, bucket.as_deref())
+    })
+    .await
+    .ok()
 }
 
 /// The run's work list: globals, then each database's schema, then the groups, largest first.
@@ -820,7 +857,33 @@ async fn run_job(ctx: &Ctx, mut job: Job, first: Option<OwnedSemaphorePermit>) -
         _ => Err(report.error.as_deref().unwrap_or("unknown error")),
     };
     ctx.engines.finished(&job, result).await;
+    // After the engines had the file (the native engine reads the schema dump's).
+    if let (Some(bucket), Status::Ok) = (&ctx.bucket, report.status) {
+        upload(bucket, &mut report, &job).await;
+    }
     report
+}
+
+/// Uploads a job's committed file; a failed upload fails the job, its local file kept.
+async fn upload(bucket: &Bucket, report: &mut GroupReport, job: &Job) {
+    let sha256 = report.sha256.clone().unwrap_or_default();
+    match bucket.upload(&job.path, &sha256).await {
+        Ok(up) => {
+            tracing::info!(
+                "uploaded {} ({})",
+                up.url,
+                crate::text::human_bytes(up.bytes)
+            );
+            report.object = Some(up.url);
+            report.uploaded_bytes = Some(up.bytes);
+        }
+        Err(e) => {
+            let error = format!("{e} (the local file {} is kept)", job.path.display());
+            tracing::error!("FAILED {}: {error}", job.label());
+            report.status = Status::Failed;
+            report.error = Some(error);
+        }
+    }
 }
 
 /// Records a group whose every table was dropped after the plan: no file, no failure.

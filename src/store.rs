@@ -21,6 +21,8 @@
 //! `NAME`, and the directory is fsynced; a file with the final name is therefore always
 //! complete, even after a crash or power loss.
 
+pub mod bucket;
+
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};

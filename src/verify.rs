@@ -33,7 +33,26 @@ pub struct VerifyOptions {
 
 /// `pg_groupdump verify`; `SomeFailed` when anything does not match.
 pub async fn verify(config: &Config, opts: &VerifyOptions) -> Result<Outcome, Failure> {
-    let (report, report_path) = load_report(config, opts.run.as_deref(), opts.report.as_deref())?;
+    let want = crate::store::bucket::Want {
+        run: opts.run.as_deref(),
+        ..Default::default()
+    };
+    let mirror = crate::store::bucket::Mirror::fetch(config, want, opts.report.is_none())
+        .await
+        .map_err(|e| Failure::Start(e.into()))?;
+    let config = mirror.as_ref().map_or(config, |m| &m.config);
+    let (mut report, report_path) =
+        load_report(config, opts.run.as_deref(), opts.report.as_deref())?;
+    if let Some(m) = &mirror {
+        // The report names the files where the run wrote them; their copies are here.
+        let root = PathBuf::from(&report.dir);
+        for g in &mut report.groups {
+            g.file = g
+                .file
+                .take()
+                .map(|f| m.local(&root, Path::new(&f)).display().to_string());
+        }
+    }
     let pg_restore = pg_restore_path(config)?;
     let conn = if opts.restore {
         Some(ConnParams::resolve(&config.connection).map_err(|e| Failure::Start(e.into()))?)

@@ -42,6 +42,8 @@ mod prune;
 mod restore_at;
 #[path = "it/run.rs"]
 mod run;
+#[path = "it/s3.rs"]
+mod s3;
 #[path = "it/scheduler.rs"]
 mod scheduler;
 #[path = "it/smoke.rs"]

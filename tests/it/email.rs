@@ -878,3 +878,44 @@ fn email_config_errors_name_the_key() {
     config_error(&env, &["email.to"]);
     assert!(env.dumps().is_empty());
 }
+
+#[test]
+fn s3_a_failed_upload_is_mailed_with_the_store_error() {
+    let s3 = crate::util::s3::S3::start();
+    let db = fresh_db("mail_s3");
+    db.sql("CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 100) g;");
+    let env = Env::new();
+    let smtp = Smtp::start(&env, SmtpOpts::default());
+    // A file where the database's "directory" of keys would go: the bucket can be listed and
+    // the report uploaded, but no object can be completed below it.
+    let blocker = s3.object("m", Path::new(&encode_component(&db.name)));
+    fs::create_dir_all(blocker.parent().unwrap()).unwrap();
+    fs::write(&blocker, b"in the way").unwrap();
+    env.config_for(&db)
+        .backup("schema", "false")
+        .extra(&format!(
+            "[[group]]\nname = \"g\"\ndatabase = {}\ntables = [\"public.t\"]",
+            ts(&db.name)
+        ))
+        .extra(&email_table(smtp.port, "tls = \"none\""))
+        .extra(&s3.storage(&env, "m", None, ""))
+        .write(&env);
+    let out = env.run(&["run"]);
+    out.expect_code(1);
+    let report = env.report();
+    let g = report_group(&report, "g");
+    assert_eq!(g["status"], "failed", "{g:#}");
+    let error = g["error"].as_str().unwrap();
+    assert!(
+        error.contains("upload of") && error.contains("s3://backups/m"),
+        "{error}"
+    );
+    // The local file is kept, and is the dump the report describes.
+    let file = PathBuf::from(g["file"].as_str().unwrap());
+    assert_eq!(sha256_hex(&file), g["sha256"].as_str().unwrap());
+    let text = body(&smtp.only_message());
+    for want in ["upload of", "s3://backups/m", "the local file"] {
+        assert!(text.contains(want), "{want:?} not in the mail:\n{text}");
+    }
+    assert!(!text.contains(crate::util::s3::SECRET_KEY));
+}

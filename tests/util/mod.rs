@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod faults;
+pub mod s3;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;

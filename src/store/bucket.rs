@@ -1,0 +1,623 @@
+//! The bucket of `[storage]`: finished dumps uploaded under the same names as under
+//! `backup.dir`, listed, read back and deleted by key.
+//!
+//! An object appears under its final key only complete: every file goes up as a multipart
+//! upload, completed after its last part went up and its bytes were hashed again and found
+//! equal to the SHA-256 of the committed file. An upload that fails is aborted. The id of
+//! every upload started is recorded first in a small state file in `backup.dir`
+//! ([`PENDING_FILE`], written atomically), so that the next run aborts what a killed run left,
+//! whether or not the server can list multipart uploads.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use object_store::aws::{AmazonS3, AmazonS3Builder, AwsCredential};
+use object_store::multipart::{MultipartStore, PartId};
+use object_store::path::Path as Key;
+use object_store::{BackoffConfig, ObjectStore, PutPayload, RetryConfig, StaticCredentialProvider};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::config::StorageConfig;
+
+/// The state file of the uploads started and not yet completed or aborted.
+pub const PENDING_FILE: &str = ".pg_groupdump.uploads";
+
+/// Why the bucket could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum BucketError {
+    #[error("storage.credentials_file {}: {message}", path.display())]
+    Credentials { path: PathBuf, message: String },
+    #[error("storage.url {url}: {message}")]
+    Open { url: String, message: String },
+    #[error("{path} is not below backup.dir, or not a valid object key", path = path.display())]
+    Key { path: PathBuf },
+    #[error("cannot read {}: {source}", path.display())]
+    Local {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("upload of {key} to {url} failed: {message}")]
+    Upload {
+        url: String,
+        key: String,
+        message: String,
+    },
+    #[error("storage.url {url}: {key}: {message}")]
+    Object {
+        url: String,
+        key: String,
+        message: String,
+    },
+    #[error("cannot record the pending uploads in {}: {source}", path.display())]
+    State {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Uploads at once: each holds a part in memory (`part_size`), however many groups finish
+/// while others are still going up.
+const UPLOADS_AT_ONCE: usize = 4;
+
+/// Parts of one upload in flight at once.
+const PARTS_AT_ONCE: usize = 2;
+
+/// The parts of an upload being sent, in order, and those sent. Parts still in flight when it
+/// is dropped (an upload that failed) are cancelled.
+#[derive(Default)]
+struct Flight {
+    sending: std::collections::VecDeque<tokio::task::JoinHandle<object_store::Result<PartId>>>,
+    sent: Vec<PartId>,
+}
+
+impl Flight {
+    /// Waits for the oldest part in flight.
+    async fn land_one(&mut self) -> Result<(), String> {
+        let Some(part) = self.sending.pop_front() else {
+            return Ok(());
+        };
+        match part.await {
+            Ok(Ok(id)) => {
+                self.sent.push(id);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(describe(&e)),
+            Err(e) => Err(format!("the part's task failed: {e}")),
+        }
+    }
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        for part in &self.sending {
+            part.abort();
+        }
+    }
+}
+
+/// An upload started and not yet completed or aborted.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+struct Pending {
+    key: String,
+    id: String,
+}
+
+/// An object in the bucket, by its path relative to the prefix (the same as below
+/// `backup.dir`).
+#[derive(Debug, Clone)]
+pub struct Object {
+    pub relative: PathBuf,
+    pub size: u64,
+}
+
+/// What went up.
+#[derive(Debug, Clone)]
+pub struct Uploaded {
+    /// `s3://bucket/key`.
+    pub url: String,
+    pub bytes: u64,
+}
+
+/// The bucket, and where the local copies live.
+pub struct Bucket {
+    s3: Arc<AmazonS3>,
+    cfg: StorageConfig,
+    root: PathBuf,
+    pending: Mutex<BTreeSet<Pending>>,
+    uploads: tokio::sync::Semaphore,
+}
+
+impl Bucket {
+    /// Opens the bucket of `cfg` for the backup directory `root` (nothing is sent yet).
+    pub fn open(cfg: &StorageConfig, root: &Path) -> Result<Bucket, BucketError> {
+        let mut b = AmazonS3Builder::from_env()
+            .with_bucket_name(&cfg.bucket)
+            .with_region(&cfg.region)
+            .with_virtual_hosted_style_request(!cfg.path_style)
+            .with_retry(RetryConfig {
+                backoff: BackoffConfig {
+                    init_backoff: Duration::from_millis(200),
+                    max_backoff: Duration::from_secs(5),
+                    base: 2.0,
+                },
+                max_retries: 3,
+                retry_timeout: Duration::from_secs(30),
+            });
+        if let Some(e) = &cfg.endpoint {
+            b = b.with_endpoint(e).with_allow_http(cfg.insecure);
+        }
+        if let Some(file) = &cfg.credentials_file {
+            let c = read_credentials(file, &cfg.profile)?;
+            b = b.with_credentials(Arc::new(StaticCredentialProvider::new(c)));
+        }
+        let s3 = b.build().map_err(|e| BucketError::Open {
+            url: cfg.url.clone(),
+            message: describe(&e),
+        })?;
+        Ok(Bucket {
+            s3: Arc::new(s3),
+            cfg: cfg.clone(),
+            root: root.to_path_buf(),
+            pending: Mutex::new(BTreeSet::new()),
+            uploads: tokio::sync::Semaphore::new(UPLOADS_AT_ONCE),
+        })
+    }
+
+    /// `storage.url`, for messages.
+    pub fn url(&self) -> &str {
+        &self.cfg.url
+    }
+
+    /// Whether local copies are kept once uploaded.
+    pub fn keep_local(&self) -> bool {
+        self.cfg.keep_local
+    }
+
+    /// Lists one page under the prefix: the credentials and the bucket work.
+    pub async fn check(&self) -> Result<(), BucketError> {
+        let prefix = self.prefix();
+        let mut list = self.s3.list(prefix.as_ref());
+        match list.next().await {
+            Some(Err(source)) => Err(self.object_error(&self.cfg.prefix, source)),
+            _ => Ok(()),
+        }
+    }
+
+    fn prefix(&self) -> Option<Key> {
+        (!self.cfg.prefix.is_empty())
+            .then(|| Key::parse(&self.cfg.prefix).ok())
+            .flatten()
+    }
+
+    fn object_error(&self, key: &str, e: object_store::Error) -> BucketError {
+        BucketError::Object {
+            url: self.cfg.url.clone(),
+            key: key.to_string(),
+            message: describe(&e),
+        }
+    }
+
+    /// The key of a path relative to the prefix.
+    fn key_of_relative(&self, relative: &Path) -> Result<Key, BucketError> {
+        let bad = || BucketError::Key {
+            path: relative.to_path_buf(),
+        };
+        let rel = relative.to_str().ok_or_else(bad)?;
+        let full = match self.cfg.prefix.as_str() {
+            "" => rel.to_string(),
+            p => format!("{p}/{rel}"),
+        };
+        Key::parse(full).map_err(|_| bad())
+    }
+
+    /// The key of a file below `backup.dir`.
+    fn key_of(&self, local: &Path) -> Result<Key, BucketError> {
+        let rel = local
+            .strip_prefix(&self.root)
+            .map_err(|_| BucketError::Key {
+                path: local.to_path_buf(),
+            })?;
+        self.key_of_relative(rel)
+    }
+
+    /// `s3://bucket/key`.
+    fn url_of(&self, key: &Key) -> String {
+        format!("s3://{}/{key}", self.cfg.bucket)
+    }
+
+    /// Uploads a committed file whose SHA-256 is `sha256`; the object appears under its key
+    /// only complete and checked. Without `keep_local`, the local file is removed once up.
+    pub async fn upload(&self, local: &Path, sha256: &str) -> Result<Uploaded, BucketError> {
+        let key = self.key_of(local)?;
+        let _turn = self.uploads.acquire().await.expect("never closed");
+        let fail = |message: String| BucketError::Upload {
+            url: self.cfg.url.clone(),
+            key: key.to_string(),
+            message,
+        };
+        let id = self
+            .s3
+            .create_multipart(&key)
+            .await
+            .map_err(|e| fail(describe(&e)))?;
+        let pending = Pending {
+            key: key.to_string(),
+            id: id.clone(),
+        };
+        self.record(|p| {
+            p.insert(pending.clone());
+        })?;
+        let sent = self.send_parts(&key, &id, local, sha256).await;
+        let result = match sent {
+            Ok((parts, bytes)) => match self.s3.complete_multipart(&key, &id, parts).await {
+                Ok(_) => Ok(bytes),
+                Err(e) => Err(fail(describe(&e))),
+            },
+            Err(e) => Err(e),
+        };
+        let forget = |p: &mut BTreeSet<Pending>| {
+            p.remove(&pending);
+        };
+        let bytes = match result {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                // An abort that fails too stays recorded: the next run retries it.
+                if self.s3.abort_multipart(&key, &id).await.is_ok() {
+                    self.record(forget)?;
+                }
+                return Err(e);
+            }
+        };
+        self.record(forget)?;
+        if !self.cfg.keep_local {
+            std::fs::remove_file(local).map_err(|source| BucketError::Local {
+                path: local.to_path_buf(),
+                source,
+            })?;
+        }
+        Ok(Uploaded {
+            url: self.url_of(&key),
+            bytes,
+        })
+    }
+
+    /// Sends the file in parts ([`PARTS_AT_ONCE`] in flight while the next is read), hashing
+    /// it again on the way: the bytes that went up must be the committed file's.
+    async fn send_parts(
+        &self,
+        key: &Key,
+        id: &str,
+        local: &Path,
+        sha256: &str,
+    ) -> Result<(Vec<PartId>, u64), BucketError> {
+        let io = |source| BucketError::Local {
+            path: local.to_path_buf(),
+            source,
+        };
+        let fail = |message: String| BucketError::Upload {
+            url: self.cfg.url.clone(),
+            key: key.to_string(),
+            message,
+        };
+        let mut file = tokio::fs::File::open(local).await.map_err(io)?;
+        let mut hash = Sha256::new();
+        let mut flight = Flight::default();
+        let mut bytes = 0u64;
+        for index in 0.. {
+            let mut buf = Vec::with_capacity(self.cfg.part_size as usize);
+            let n = (&mut file)
+                .take(self.cfg.part_size)
+                .read_to_end(&mut buf)
+                .await
+                .map_err(io)?;
+            if n == 0 && index > 0 {
+                break;
+            }
+            hash.update(&buf);
+            bytes += n as u64;
+            let (s3, key, id) = (self.s3.clone(), key.clone(), id.to_string());
+            flight.sending.push_back(tokio::spawn(async move {
+                s3.put_part(&key, &id, index, PutPayload::from(buf)).await
+            }));
+            if flight.sending.len() >= PARTS_AT_ONCE {
+                flight.land_one().await.map_err(fail)?;
+            }
+            if (n as u64) < self.cfg.part_size {
+                break;
+            }
+        }
+        while !flight.sending.is_empty() {
+            flight.land_one().await.map_err(fail)?;
+        }
+        let got = hex::encode(hash.finalize());
+        if got != sha256 {
+            return Err(fail(format!(
+                "{} changed after it was written (sha256 {got}, expected {sha256})",
+                local.display()
+            )));
+        }
+        Ok((std::mem::take(&mut flight.sent), bytes))
+    }
+
+    /// Changes the set of pending uploads and writes it to the state file.
+    fn record(&self, change: impl FnOnce(&mut BTreeSet<Pending>)) -> Result<(), BucketError> {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        change(&mut p);
+        let json = serde_json::to_vec(&*p).expect("serializes");
+        let path = self.root.join(PENDING_FILE);
+        super::write_atomic(&path, &json).map_err(|source| BucketError::State { path, source })
+    }
+
+    /// Aborts the uploads a killed run left (read from the state file); returns their keys.
+    /// An abort that fails stays recorded for the next run.
+    pub async fn abort_stale(&self) -> Result<Vec<String>, BucketError> {
+        let path = self.root.join(PENDING_FILE);
+        let stale: BTreeSet<Pending> = match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).unwrap_or_default(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
+            Err(source) => return Err(BucketError::State { path, source }),
+        };
+        let mut aborted = Vec::new();
+        let mut left = BTreeSet::new();
+        for p in stale {
+            let key = Key::parse(&p.key);
+            match key {
+                Ok(k) if self.s3.abort_multipart(&k, &p.id).await.is_ok() => {
+                    aborted.push(p.key.clone())
+                }
+                Ok(_) => {
+                    left.insert(p);
+                }
+                Err(_) => {}
+            }
+        }
+        self.record(|p| *p = left)?;
+        Ok(aborted)
+    }
+
+    /// Every object under the prefix, by its path relative to the prefix.
+    pub async fn list(&self) -> Result<Vec<Object>, BucketError> {
+        let prefix = self.prefix();
+        let mut stream = self.s3.list(prefix.as_ref());
+        let mut out = Vec::new();
+        while let Some(meta) = stream.next().await {
+            let meta = meta.map_err(|e| self.object_error(&self.cfg.prefix, e))?;
+            let key = meta.location.as_ref();
+            let rel = match self.cfg.prefix.as_str() {
+                "" => Some(key),
+                p => key.strip_prefix(p).and_then(|k| k.strip_prefix('/')),
+            };
+            if let Some(rel) = rel {
+                out.push(Object {
+                    relative: PathBuf::from(rel),
+                    size: meta.size,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes the object at `relative`.
+    pub async fn delete(&self, relative: &Path) -> Result<(), BucketError> {
+        let key = self.key_of_relative(relative)?;
+        self.s3
+            .delete(&key)
+            .await
+            .map_err(|e| self.object_error(key.as_ref(), e))
+    }
+
+    /// Downloads the object at `relative` to `to` (created with the file mode), streamed.
+    pub async fn download(&self, relative: &Path, to: &Path) -> Result<u64, BucketError> {
+        let key = self.key_of_relative(relative)?;
+        let err = |e| self.object_error(key.as_ref(), e);
+        let io = |source| BucketError::Local {
+            path: to.to_path_buf(),
+            source,
+        };
+        let got = self.s3.get(&key).await.map_err(err)?;
+        if let Some(parent) = to.parent() {
+            super::create_dir_all(parent).map_err(io)?;
+        }
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(to)
+            .await
+            .map_err(io)?;
+        let mut stream = got.into_stream();
+        let mut bytes = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(err)?;
+            bytes += chunk.len() as u64;
+            file.write_all(&chunk).await.map_err(io)?;
+        }
+        file.sync_all().await.map_err(io)?;
+        Ok(bytes)
+    }
+}
+
+/// An object store error in one line: what was tried (its first line, without the URL's
+/// query) and the root cause, without the repetitions of the error chain.
+fn describe(e: &object_store::Error) -> String {
+    let mut root: &dyn std::error::Error = e;
+    while let Some(next) = root.source() {
+        root = next;
+    }
+    let root = root.to_string();
+    let what = match e {
+        object_store::Error::NotFound { .. } => "not found",
+        object_store::Error::PermissionDenied { .. }
+        | object_store::Error::Unauthenticated { .. } => "access denied",
+        _ => "request failed",
+    };
+    let code = ["<Code>", "<Message>"]
+        .iter()
+        .filter_map(|tag| {
+            let start = root.find(tag)? + tag.len();
+            let end = root[start..].find('<')? + start;
+            Some(root[start..end].to_string())
+        })
+        .collect::<Vec<_>>();
+    match root.find(": <?xml") {
+        Some(i) if !code.is_empty() => format!("{what}: {} ({})", &root[..i], code.join(": ")),
+        _ => format!("{what}: {root}"),
+    }
+}
+
+/// The key id and secret of `profile` in a file in the AWS shared-credentials format
+/// (`[profile]`, `aws_access_key_id = …`, `aws_secret_access_key = …`, optional
+/// `aws_session_token`). The file must not be readable by others.
+fn read_credentials(path: &Path, profile: &str) -> Result<AwsCredential, BucketError> {
+    use std::os::unix::fs::PermissionsExt;
+    let fail = |message: String| BucketError::Credentials {
+        path: path.to_path_buf(),
+        message,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(fail(
+            "is readable by group or others; chmod 600 it".to_string(),
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    let (mut key_id, mut secret_key, mut token) = (None, None, None);
+    let mut section = String::new();
+    for line in text.lines().map(str::trim) {
+        if let Some(s) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = s.trim().trim_start_matches("profile ").to_string();
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
+        if section != profile {
+            continue;
+        }
+        let v = Some(v.trim().to_string());
+        match k.trim() {
+            "aws_access_key_id" => key_id = v,
+            "aws_secret_access_key" => secret_key = v,
+            "aws_session_token" => token = v,
+            _ => {}
+        }
+    }
+    match (key_id, secret_key) {
+        (Some(key_id), Some(secret_key)) => Ok(AwsCredential {
+            key_id,
+            secret_key,
+            token,
+        }),
+        _ => Err(fail(format!(
+            "no aws_access_key_id and aws_secret_access_key in profile [{profile}]"
+        ))),
+    }
+}
+
+/// Which objects [`Mirror::fetch`] copies: those of one run, database or group (each `None`:
+/// any). The schema dumps of the selected databases come with a group, and a run's report
+/// with the run.
+#[derive(Debug, Clone, Default)]
+pub struct Want<'a> {
+    pub run: Option<&'a str>,
+    pub database: Option<&'a str>,
+    pub group: Option<&'a str>,
+}
+
+impl Want<'_> {
+    fn wants(&self, f: &super::StoredFile) -> bool {
+        use super::{DirName, FileKind};
+        let named = |d: &DirName, want: &str| matches!(d, DirName::Name(n) if n == want);
+        let run = self.run.is_none_or(|r| f.run_id.as_str() == r);
+        let database = match (&f.database, self.database) {
+            (_, None) => true,
+            (Some(d), Some(w)) => named(d, w),
+            (None, Some(_)) => f.kind == FileKind::Report,
+        };
+        let group = match self.group {
+            None => true,
+            Some(g) => named(&f.group, g) || f.kind == FileKind::Schema,
+        };
+        run && database && group && !f.partial
+    }
+}
+
+/// The objects of a selection copied from the bucket into a private directory laid out like
+/// `backup.dir`, for `verify` and `restore` (pg_restore needs to seek in an archive); removed
+/// when dropped.
+pub struct Mirror {
+    /// The configuration with `backup.dir` set to the copy.
+    pub config: crate::config::Config,
+    dir: PathBuf,
+}
+
+impl Mirror {
+    /// With `[storage]`, copies the wanted objects (of the newest run in the bucket when
+    /// `want.run` is `None` and `newest` is set) and returns the mirror; `None` without
+    /// `[storage]`.
+    pub async fn fetch(
+        config: &crate::config::Config,
+        want: Want<'_>,
+        newest: bool,
+    ) -> Result<Option<Mirror>, BucketError> {
+        let Some(cfg) = &config.storage else {
+            return Ok(None);
+        };
+        let bucket = Bucket::open(cfg, &config.backup.dir)?;
+        let objects = bucket.list().await?;
+        let parsed: Vec<(Object, super::StoredFile)> = objects
+            .into_iter()
+            .filter_map(|o| Some((super::parse_path(&o.relative)?, o)))
+            .map(|(f, o)| (o, f))
+            .collect();
+        let newest_run = parsed
+            .iter()
+            .filter(|(_, f)| f.kind == super::FileKind::Report)
+            .map(|(_, f)| f.run_id.as_str().to_string())
+            .max();
+        let run = match (want.run, newest) {
+            (None, true) => newest_run.as_deref(),
+            (r, _) => r,
+        };
+        let want = Want { run, ..want };
+        let dir = config
+            .backup
+            .dir
+            .join(format!(".from-bucket.{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        super::create_dir_all(&dir).map_err(|source| BucketError::Local {
+            path: dir.clone(),
+            source,
+        })?;
+        let mut mirror = Mirror {
+            config: config.clone(),
+            dir: dir.clone(),
+        };
+        mirror.config.backup.dir = dir.clone();
+        for (o, _) in parsed.iter().filter(|(_, f)| want.wants(f)) {
+            bucket.download(&o.relative, &dir.join(&o.relative)).await?;
+        }
+        Ok(Some(mirror))
+    }
+
+    /// Where the copy of `file`, a path below `original_root`, is.
+    pub fn local(&self, original_root: &Path, file: &Path) -> PathBuf {
+        match file.strip_prefix(original_root) {
+            Ok(rel) => self.dir.join(rel),
+            Err(_) => file.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for Mirror {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

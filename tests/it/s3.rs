@@ -1,0 +1,413 @@
+//! `[storage]`: every dump uploaded to an S3 bucket (a real S3 server, s3s-fs, on loopback),
+//! atomically, under the names it has below `backup.dir`; verify, restore and prune reading
+//! the bucket; uploads that fail, wrong credentials, a run killed mid-upload.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::util::s3::*;
+use crate::util::*;
+
+/// `orders` (two tables) and `customers`, grouped.
+fn shop_db(hint: &str) -> TestDb {
+    let db = fresh_db(hint);
+    db.sql(
+        "CREATE TABLE customers (id int PRIMARY KEY, name text);
+         INSERT INTO customers SELECT g, 'c' || g FROM generate_series(1, 300) g;
+         CREATE TABLE orders (id int PRIMARY KEY, customer int);
+         INSERT INTO orders SELECT g, g % 300 + 1 FROM generate_series(1, 2000) g;
+         CREATE TABLE order_items (order_id int REFERENCES orders (id), qty int);
+         INSERT INTO order_items SELECT g % 2000 + 1, g FROM generate_series(1, 5000) g;",
+    );
+    db
+}
+
+fn shop_groups(db: &TestDb) -> String {
+    format!(
+        "[[group]]\nname = \"orders\"\ndatabase = {d}\ntables = [\"public.orders\", \"public.order_items\"]\n\n\
+         [[group]]\nname = \"customers\"\ndatabase = {d}\ntables = [\"public.customers\"]\n",
+        d = ts(&db.name)
+    )
+}
+
+fn sha256_of(path: &Path) -> String {
+    sha256_hex(path)
+}
+
+/// The path of a report entry's file relative to the backup directory.
+fn relative(env: &Env, g: &Value) -> PathBuf {
+    let file = PathBuf::from(g["file"].as_str().expect("file"));
+    file.strip_prefix(&env.dir)
+        .expect("below dir")
+        .to_path_buf()
+}
+
+fn assert_no_secret(out: &Output) {
+    assert!(
+        !out.stdout.contains(SECRET_KEY) && !out.stderr.contains(SECRET_KEY),
+        "the secret key was printed:\n{out:?}"
+    );
+}
+
+#[test]
+fn s3_run_uploads_every_dump_and_verify_and_restore_read_the_bucket() {
+    let s3 = S3::start();
+    let db = shop_db("s3_up");
+    let env = Env::new();
+    let metrics = env.path().join("m.prom");
+    let storage = s3.storage(&env, "host1/pg", None, "keep_local = false");
+    env.config_for(&db)
+        .backup("schema", "true")
+        .extra(&shop_groups(&db))
+        .extra(&format!(
+            "[metrics]\ntextfile = {}",
+            ts(metrics.to_str().unwrap())
+        ))
+        .extra(&storage)
+        .write(&env);
+    let out = env.run(&["run"]);
+    out.expect_code(0);
+    assert_no_secret(&out);
+    assert!(
+        out.stderr.contains("plain http"),
+        "an http:// endpoint is warned about: {out:?}"
+    );
+    // Nothing kept locally but the state of the uploads and the lock.
+    let local: Vec<PathBuf> = env
+        .files()
+        .into_iter()
+        .filter(|p| !p.to_string_lossy().starts_with(".pg_groupdump."))
+        .collect();
+    assert!(local.is_empty(), "local files left: {local:?}");
+    let objects = s3.objects("host1/pg");
+    let run_id = objects
+        .iter()
+        .find(|p| p.starts_with("reports"))
+        .and_then(|p| p.file_stem())
+        .expect("a report in the bucket")
+        .to_string_lossy()
+        .into_owned();
+    let report =
+        read_json(&s3.object("host1/pg", &PathBuf::from(format!("reports/{run_id}.json"))));
+    let groups = report["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 3, "{report:#}");
+    let mut uploaded = 0;
+    for g in groups {
+        assert_eq!(g["status"], "ok", "{g:#}");
+        let rel = relative(&env, g);
+        assert!(objects.contains(&rel), "{rel:?} not in {objects:?}");
+        let object = s3.object("host1/pg", &rel);
+        assert_eq!(sha256_of(&object), g["sha256"].as_str().unwrap(), "{rel:?}");
+        assert_eq!(
+            g["object"].as_str().unwrap(),
+            format!("s3://{BUCKET}/host1/pg/{}", rel.display())
+        );
+        assert_eq!(g["uploaded_bytes"], g["bytes"]);
+        uploaded += g["bytes"].as_u64().unwrap();
+    }
+    assert_eq!(objects.len(), 4, "three dumps and the report: {objects:?}");
+    assert!(s3.open_uploads().is_empty(), "{:?}", s3.open_uploads());
+    let prom = fs::read_to_string(&metrics).unwrap();
+    assert!(
+        prom.contains(&format!("pg_groupdump_run_uploaded_bytes {uploaded}")),
+        "{prom}"
+    );
+
+    // verify --restore reads the bucket (nothing is left locally).
+    let out = env.run(&["verify", "--restore"]);
+    out.expect_code(0);
+    assert!(out.stderr.contains("3 dumps checked, 0 bad"), "{out:?}");
+
+    // A bad object in the bucket is found.
+    let orders = relative(&env, report_group(&report, "orders"));
+    let obj = s3.object("host1/pg", &orders);
+    let good = fs::read(&obj).unwrap();
+    let mut bad = good.clone();
+    let n = bad.len();
+    bad[n - 10] ^= 0xff;
+    fs::write(&obj, &bad).unwrap();
+    env.run(&["verify"]).expect_code(1);
+    fs::write(&obj, &good).unwrap();
+
+    // restore of one group from the bucket into a new database.
+    let target = unique_name("s3_up_target");
+    let out = env.run(&["restore", "--group", "orders", "--target", &target]);
+    out.expect_code(0);
+    let target = db_named(&target);
+    // The foreign key to customers cannot be restored without it; the rows are there.
+    for t in ["orders", "order_items"] {
+        assert_same_rows(&db, &target, "public", t);
+    }
+
+    // A whole database from the run, from the bucket.
+    let whole = unique_name("s3_up_whole");
+    let out = env.run(&[
+        "restore",
+        "--run",
+        &run_id,
+        "--database",
+        &db.name,
+        "--target",
+        &whole,
+    ]);
+    out.expect_code(0);
+    let whole = db_named(&whole);
+    for t in ["customers", "orders", "order_items"] {
+        assert_same_rows(&db, &whole, "public", t);
+    }
+    assert!(env.files().iter().all(|p| !p.starts_with(".from-bucket")));
+}
+
+#[test]
+fn s3_prune_deletes_old_objects_by_the_same_rules() {
+    let s3 = S3::start();
+    let db = shop_db("s3_prune");
+    let env = Env::new();
+    let storage = s3.storage(&env, "p", None, "");
+    env.config_for(&db)
+        .extra(&shop_groups(&db))
+        .extra("[retention]\nmax_age = \"7d\"\nkeep_min = 1\nprune_after_run = false")
+        .extra(&storage)
+        .write(&env);
+    let report = env.run_ok(&[]);
+    let orders = relative(&env, report_group(&report, "orders"));
+    let dir = orders.parent().unwrap().to_path_buf();
+    let name = orders.file_name().unwrap().to_string_lossy().into_owned();
+    let run_id = report["run_id"].as_str().unwrap();
+    // Older dumps of the group in the bucket, one ten days old and one a day old, and an
+    // object that is not ours.
+    let old = |days: i64| {
+        (chrono::Utc::now() - chrono::Duration::days(days))
+            .format("%Y%m%dT%H%M%SZ")
+            .to_string()
+    };
+    let (ten, one) = (old(10), old(1));
+    for id in [&ten, &one] {
+        let p = s3.object("p", &dir.join(name.replace(run_id, id)));
+        fs::copy(s3.object("p", &orders), &p).unwrap();
+    }
+    let notes = s3.object("p", &dir.join("notes.txt"));
+    fs::write(&notes, b"keep me").unwrap();
+    // The local copies of the old dumps are not there: the bucket is pruned on its own terms.
+    let out = env.run(&["prune", "--json"]);
+    out.expect_code(0);
+    let objects = s3.objects("p");
+    let has = |id: &str| objects.contains(&dir.join(name.replace(run_id, id)));
+    assert!(
+        !has(&ten),
+        "the 10-day-old dump is still there: {objects:?}"
+    );
+    assert!(has(&one) && has(run_id), "{objects:?}");
+    assert!(notes.exists());
+    let json = out.json();
+    assert!(
+        json["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["deleted_files"] == 1 && g["dir"] == dir.to_str().unwrap()),
+        "{json:#}"
+    );
+}
+
+#[test]
+fn s3_wrong_credentials_end_the_run_before_any_dump_with_exit_3() {
+    let s3 = S3::start();
+    let db = shop_db("s3_creds");
+    let env = Env::new();
+    let storage = s3.storage(&env, "x", Some("wrong-secret-key"), "");
+    env.config_for(&db)
+        .extra(&shop_groups(&db))
+        .extra(&storage)
+        .write(&env);
+    let out = env.run(&["run"]);
+    out.expect_code(3);
+    assert_no_secret(&out);
+    assert!(!out.stderr.contains("wrong-secret-key"), "{out:?}");
+    assert!(
+        out.stderr.contains("storage.url s3://backups/x"),
+        "the error names the storage: {out:?}"
+    );
+    assert!(env.dumps().is_empty(), "{:?}", env.files());
+    assert!(s3.objects("x").is_empty());
+}
+
+/// A database whose one group's archive is about 40 MB (random text, no compression): its
+/// upload takes several parts of 5 MiB, long enough to be caught.
+fn big_db(hint: &str) -> TestDb {
+    let db = fresh_db(hint);
+    db.sql(
+        "CREATE TABLE big AS SELECT g AS id,
+           md5(random()::text) || md5(random()::text) || md5(random()::text) AS a
+         FROM generate_series(1, 400000) g;
+         CREATE TABLE small AS SELECT g AS id FROM generate_series(1, 10) g;",
+    );
+    db
+}
+
+fn big_config(env: &Env, db: &TestDb, s3: &S3, prefix: &str, extra: &str) {
+    let groups = format!(
+        "[[group]]\nname = \"big\"\ndatabase = {d}\ntables = [\"public.big\"]\n\n\
+         [[group]]\nname = \"small\"\ndatabase = {d}\ntables = [\"public.small\"]\n",
+        d = ts(&db.name)
+    );
+    let storage = s3.storage(env, prefix, None, &format!("part_size = \"5MiB\"\n{extra}"));
+    env.config_for(db)
+        .backup("compression", &ts("none"))
+        .backup("jobs", "1")
+        .extra(&groups)
+        .extra(&storage)
+        .write(env);
+}
+
+/// Starts `pg_groupdump run` in the background.
+fn spawn_run(env: &Env) -> std::process::Child {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pg_groupdump"));
+    c.arg("-c")
+        .arg(&env.config)
+        .arg("run")
+        .current_dir(env.path());
+    clean_pg_env(&mut c);
+    c.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn pg_groupdump")
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig} {pid}");
+}
+
+#[test]
+fn s3_server_gone_mid_upload_fails_the_group_and_keeps_its_local_file() {
+    let mut s3 = S3::start();
+    let db = big_db("s3_gone");
+    let env = Env::new();
+    big_config(&env, &db, &s3, "g", "keep_local = false");
+    let run = spawn_run(&env);
+    wait_until(
+        "the big group's upload starts",
+        Duration::from_secs(120),
+        || {
+            fs::read_to_string(env.dir.join(".pg_groupdump.uploads"))
+                .is_ok_and(|s| s.contains("/big/"))
+        },
+    );
+    s3.kill();
+    let out = run.wait_with_output().unwrap();
+    // Its report could not go up either; it is kept locally.
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let report = env.newest_report();
+    let big = report_group(&report, "big");
+    assert_eq!(big["status"], "failed", "{big:#}");
+    let error = big["error"].as_str().unwrap();
+    assert!(
+        error.contains("upload of") && error.contains("the local file"),
+        "{error}"
+    );
+    // The local file is kept, complete.
+    let file = PathBuf::from(big["file"].as_str().unwrap());
+    assert_eq!(sha256_of(&file), big["sha256"].as_str().unwrap());
+    // No object under the final key.
+    s3.restart();
+    let rel = relative(&env, big);
+    assert!(!s3.object("g", &rel).exists(), "{:?}", s3.objects("g"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains(SECRET_KEY));
+}
+
+#[test]
+fn s3_run_killed_mid_upload_leaves_no_object_and_the_next_run_aborts_its_upload() {
+    let s3 = S3::start();
+    let db = big_db("s3_kill");
+    let env = Env::new();
+    big_config(&env, &db, &s3, "k", "");
+    let run = spawn_run(&env);
+    let pid = run.id();
+    // Caught while the big group's parts go up: the server held still, the run killed.
+    wait_until(
+        "the big group's upload starts",
+        Duration::from_secs(120),
+        || {
+            fs::read_to_string(env.dir.join(".pg_groupdump.uploads"))
+                .is_ok_and(|s| s.contains("/big/"))
+        },
+    );
+    s3.freeze();
+    signal(pid, "KILL");
+    let _ = run.wait_with_output();
+    s3.thaw();
+    let stale = s3.open_uploads();
+    assert!(!stale.is_empty(), "no upload left open by the killed run");
+    let big_dir = PathBuf::from(encode_component(&db.name)).join("big");
+    assert!(
+        s3.objects("k").iter().all(|p| !p.starts_with(&big_dir)),
+        "an object of the killed run: {:?}",
+        s3.objects("k")
+    );
+    // The next run aborts it, then uploads its own.
+    let out = env.run(&["run"]);
+    out.expect_code(0);
+    assert!(out.stderr.contains("aborted the upload of"), "{out:?}");
+    assert!(s3.open_uploads().is_empty(), "{:?}", s3.open_uploads());
+    let report = env.newest_report();
+    let big = report_group(&report, "big");
+    let object = s3.object("k", &relative(&env, big));
+    assert_eq!(sha256_of(&object), big["sha256"].as_str().unwrap());
+    assert_eq!(
+        s3.objects("k")
+            .iter()
+            .filter(|p| p.starts_with(&big_dir))
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn s3_storage_errors_name_the_key() {
+    let env = Env::new();
+    for (storage, key, needle) in [
+        ("endpoint = \"x\"", "storage.url", "is required"),
+        ("url = \"gs://b/p\"", "storage.url", "only s3://"),
+        (
+            "url = \"s3://Bad_Bucket/p\"",
+            "storage.url",
+            "not a bucket name",
+        ),
+        (
+            "url = \"s3://backups/p\"\nendpoint = \"ftp://h\"",
+            "storage.endpoint",
+            "https://",
+        ),
+        (
+            "url = \"s3://backups/p\"\npart_size = \"1MiB\"",
+            "storage.part_size",
+            "between 5MiB and 5GiB",
+        ),
+        (
+            "url = \"s3://backups/p\"\ncredentials_file = \"creds\"",
+            "storage.credentials_file",
+            "absolute",
+        ),
+        (
+            "url = \"s3://backups/p\"\nsecret_key = \"x\"",
+            "secret_key",
+            "unknown field",
+        ),
+    ] {
+        Config::offline(&env, "db")
+            .extra(&format!("[storage]\n{storage}"))
+            .write(&env);
+        config_error(&env, &[key, needle]);
+    }
+}

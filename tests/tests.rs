@@ -42,6 +42,8 @@ mod run;
 mod scheduler;
 #[path = "it/smoke.rs"]
 mod smoke;
+#[path = "it/split.rs"]
+mod split;
 #[path = "it/startup.rs"]
 mod startup;
 #[path = "it/tls.rs"]

@@ -48,6 +48,8 @@ mod s3;
 mod scheduler;
 #[path = "it/smoke.rs"]
 mod smoke;
+#[path = "it/split.rs"]
+mod split;
 #[path = "it/startup.rs"]
 mod startup;
 #[path = "it/suggest.rs"]

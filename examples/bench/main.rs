@@ -367,7 +367,7 @@ fn real_main(mut args: Args) -> anyhow::Result<()> {
     {
         bail!("--backup-set: groupdump-nosplit sets its own `split_above` (\"off\"); leave it out of --contenders to set another");
     }
-    if !(args.big_gb > 0.0) {
+    if args.big_gb.is_nan() || args.big_gb <= 0.0 {
         bail!("--big-gb must be more than 0");
     }
     let (work, _tmp) = match &args.work_dir {
@@ -829,9 +829,8 @@ fn prepare_one(
                     w,
                     &out_dir(ctx, w, &c),
                     &pg_dump,
-                    engine,
+                    kind,
                     c.compression.as_deref(),
-                    (kind == Kind::GroupdumpNativeNosplit).then_some("off"),
                     &groups,
                 ),
             )?;
@@ -888,12 +887,18 @@ fn groupdump_config(
     w: Workload,
     out: &Path,
     pg_dump: &Path,
-    engine: &str,
+    kind: Kind,
     compression: Option<&str>,
-    split_above: Option<&str>,
     groups: &[(String, Vec<String>)],
 ) -> String {
     let a = &ctx.args;
+    let engine = if kind.is_native() {
+        "native"
+    } else {
+        "pg_dump"
+    };
+    // Only groupdump-nosplit: the others split at the default.
+    let split_above = (kind == Kind::GroupdumpNativeNosplit).then_some("off");
     let mut s = String::new();
     let _ = writeln!(s, "# written by the benchmark (examples/bench)");
     let _ = writeln!(s, "[connection]");

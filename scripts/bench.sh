@@ -8,6 +8,8 @@
 #   scripts/bench.sh --workloads s8 --scale 1 --reps 5
 #   scripts/bench.sh --workloads s1000 --contenders groupdump-tables,pg_dump-fd
 #   scripts/bench.sh --workloads s8,s1000 --compression gzip,zstd   # each contender with each method
+#   scripts/bench.sh --workloads big1 --big-gb 2 --reps 3   # one 2 GB table: lock window split ÷ one session
+#   scripts/bench.sh --workloads big1 --jobs 8              # the table split across 8 sessions (pg_dump -j 8)
 #   PG_BINDIR=/path/to/postgresql-18/bin scripts/bench.sh ...       # another PostgreSQL (server and pg_dump)
 #   scripts/bench.sh --help                           # every option (of examples/bench)
 #
@@ -23,7 +25,8 @@
 #                   /usr/lib/postgresql/*/bin); any build with initdb, pg_ctl, postgres, pg_isready
 #                   and pg_dump, e.g. an unpacked binary distribution: run as root, it must be
 #                   readable and executable by the `postgres` user (chmod -R a+rX)
-#   TMPDIR          where the server's data and the dumps go (S8 at scale 1 needs ≈ 4 GB)
+#   TMPDIR          where the server's data and the dumps go (S8 at scale 1 needs ≈ 4 GB, big1
+#                   about 3 × --big-gb: the table, its WAL, a dump)
 #
 # Run as root (the server then runs as `postgres`) or as any user (the server runs as that user):
 # the benchmark reads the server's processes in /proc to measure the CPU its backends use.

@@ -4,8 +4,8 @@
 //!
 //! Usually started by `scripts/bench.sh`, which builds everything and runs this against a
 //! throwaway PostgreSQL; it can also be pointed at any server it may create databases on
-//! (`bench_s8`, `bench_s1000`, `bench_s10000`, dropped and recreated when they do not hold the
-//! expected workload): see `--help`.
+//! (`bench_s8`, `bench_s1000`, `bench_s10000`, `bench_big1`, dropped and recreated when they do
+//! not hold the expected workload): see `--help`.
 
 mod locks;
 mod measure;
@@ -22,7 +22,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
 use serde::Serialize;
 
-use workload::Workload;
+use workload::{Sizes, Workload};
 
 /// Benchmark pg_groupdump (engines pg_dump and native) against pg_dump -Fd -j N, pg_dump -Fc
 /// and the per-table loop.
@@ -33,15 +33,15 @@ use workload::Workload;
 #[derive(Parser, Debug)]
 #[command(name = "bench")]
 struct Args {
-    /// Workloads to run, in this order.
+    /// Workloads to run, in this order (big1: one table of --big-gb, not in the default run).
     #[arg(long, value_delimiter = ',', default_value = "s8,s1000,s10000")]
     workloads: Vec<Workload>,
-    /// Contenders to run.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "groupdump-tables,groupdump-groups,groupdump-native-tables,groupdump-native-groups,pg_dump-fd,pg_dump-fc,loop,groupdump-stub"
-    )]
+    /// Contenders to run, on every workload. Default: on S8, S1000 and S10000
+    /// groupdump-tables, groupdump-groups, groupdump-native-tables, groupdump-native-groups,
+    /// pg_dump-fd, pg_dump-fc, loop and groupdump-stub; on big1 groupdump-native-tables (the
+    /// table split across the sessions), groupdump-nosplit, pg_dump-fd and loop (there one
+    /// `pg_dump -Fc -t`).
+    #[arg(long, value_delimiter = ',')]
     contenders: Vec<Kind>,
     /// Runs of each contender (in turn: every contender once, then again, ...).
     #[arg(long, default_value_t = 3)]
@@ -49,6 +49,9 @@ struct Args {
     /// Scale factor of S8 (1 = 2, 1.5, 1, 3, 4, 1, 1 and 5 million rows).
     #[arg(long, default_value_t = 0.2)]
     scale: f64,
+    /// Size of big1's one table in GB (of heap: 14 million rows of S8's shape a GB).
+    #[arg(long, default_value_t = 2.0)]
+    big_gb: f64,
     /// pg_groupdump's `jobs` and pg_dump's `-j`.
     #[arg(long, default_value_t = 2)]
     jobs: usize,
@@ -129,6 +132,10 @@ enum Kind {
     /// pg_groupdump, engine "native", with a few groups (as groupdump-groups).
     #[value(name = "groupdump-native-groups")]
     GroupdumpNativeGroups,
+    /// As groupdump-native-tables with `split_above = "off"`: every table copied by one
+    /// session, however big.
+    #[value(name = "groupdump-nosplit")]
+    GroupdumpNativeNosplit,
     /// pg_dump -Fd -j N of the whole database.
     #[value(name = "pg_dump-fd")]
     DumpDir,
@@ -150,8 +157,32 @@ impl Kind {
     fn is_native(self) -> bool {
         matches!(
             self,
-            Kind::GroupdumpNativeTables | Kind::GroupdumpNativeGroups
+            Kind::GroupdumpNativeTables
+                | Kind::GroupdumpNativeGroups
+                | Kind::GroupdumpNativeNosplit
         )
+    }
+
+    /// The contenders run on a workload when --contenders is not given.
+    fn defaults(w: Workload) -> Vec<Kind> {
+        match w {
+            Workload::Big1 => vec![
+                Kind::GroupdumpNativeTables,
+                Kind::GroupdumpNativeNosplit,
+                Kind::DumpDir,
+                Kind::Loop,
+            ],
+            _ => vec![
+                Kind::GroupdumpTables,
+                Kind::GroupdumpGroups,
+                Kind::GroupdumpNativeTables,
+                Kind::GroupdumpNativeGroups,
+                Kind::DumpDir,
+                Kind::DumpCustom,
+                Kind::Loop,
+                Kind::GroupdumpStub,
+            ],
+        }
     }
 
     /// The "few groups" layout rather than every table its own group.
@@ -198,6 +229,28 @@ struct Ctx {
     pg: tokio_postgres::Config,
 }
 
+impl Ctx {
+    fn sizes(&self) -> Sizes {
+        Sizes {
+            scale: self.args.scale,
+            big_gb: self.args.big_gb,
+        }
+    }
+
+    /// The contenders on workload `w`: --contenders, else that workload's defaults.
+    fn contenders(&self, w: Workload) -> Vec<Kind> {
+        contenders_for(&self.args, w)
+    }
+}
+
+fn contenders_for(a: &Args, w: Workload) -> Vec<Kind> {
+    if a.contenders.is_empty() {
+        Kind::defaults(w)
+    } else {
+        a.contenders.clone()
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 struct RunResult {
     workload: &'static str,
@@ -222,6 +275,9 @@ struct RunResult {
     /// Native contenders: table groups their run report shows dumped by the native engine
     /// (a run in which any group was not is an error of the whole benchmark).
     native_groups: Option<usize>,
+    /// Native contenders: (tables, most sessions on one) the run report shows copied by
+    /// several sessions (`backup.split_above`).
+    split: Option<(usize, u64)>,
     /// The machine's 1-minute load average when the run started (other work on the machine).
     load_before: Option<f64>,
     output_bytes: u64,
@@ -300,6 +356,20 @@ fn real_main(mut args: Args) -> anyhow::Result<()> {
     {
         bail!("--backup-set: each pg_groupdump contender sets its own `engine` (groupdump-native-* are the native engine)");
     }
+    if args
+        .backup_set
+        .iter()
+        .any(|l| l.trim_start().starts_with("split_above"))
+        && args
+            .workloads
+            .iter()
+            .any(|&w| contenders_for(&args, w).contains(&Kind::GroupdumpNativeNosplit))
+    {
+        bail!("--backup-set: groupdump-nosplit sets its own `split_above` (\"off\"); leave it out of --contenders to set another");
+    }
+    if args.big_gb.is_nan() || args.big_gb <= 0.0 {
+        bail!("--big-gb must be more than 0");
+    }
     let (work, _tmp) = match &args.work_dir {
         Some(d) => {
             fs::create_dir_all(d)?;
@@ -345,12 +415,7 @@ fn real_main(mut args: Args) -> anyhow::Result<()> {
     let mut results: Vec<RunResult> = Vec::new();
     let mut contenders_by_workload: Vec<(Workload, Vec<Contender>, String)> = Vec::new();
     for &w in &ctx.args.workloads {
-        rt.block_on(workload::ensure(
-            &ctx.pg,
-            w,
-            ctx.args.scale,
-            ctx.args.recreate,
-        ))?;
+        rt.block_on(workload::ensure(&ctx.pg, w, ctx.sizes(), ctx.args.recreate))?;
         let (db_oid, names, size) = rt.block_on(workload::tables(&ctx.pg, w))?;
         let contenders = prepare(&ctx, w, &names)?;
         let watch = locks::LockWatch::start(
@@ -624,7 +689,19 @@ async fn details(ctx: &Ctx) -> anyhow::Result<String> {
             pg_dump.join(", ")
         )?;
     }
-    writeln!(s, "- {} runs of each contender, in turn; jobs = {} (pg_groupdump `jobs`, pg_dump `-j`); S8 scale {}; lock polls every {} ms", a.reps, a.jobs, a.scale, a.poll_ms)?;
+    writeln!(
+        s,
+        "- {} runs of each contender, in turn; jobs = {} (pg_groupdump `jobs`, pg_dump `-j`); S8 scale {}{}; lock polls every {} ms",
+        a.reps,
+        a.jobs,
+        a.scale,
+        if a.workloads.contains(&Workload::Big1) {
+            format!("; big1 {} GB", a.big_gb)
+        } else {
+            String::new()
+        },
+        a.poll_ms
+    )?;
     Ok(s)
 }
 
@@ -639,7 +716,7 @@ fn prepare(ctx: &Ctx, w: Workload, names: &HashMap<u32, String>) -> anyhow::Resu
     let n = a.sample.min(total);
     let sample: Vec<String> = (0..n).map(|i| all[i * total / n].clone()).collect();
     let mut out = Vec::new();
-    for &kind in &a.contenders {
+    for kind in ctx.contenders(w) {
         for z in compressions(a) {
             if let Some(c) = prepare_one(ctx, w, &dir, kind, z, &all, &sample)? {
                 out.push(c);
@@ -702,9 +779,10 @@ fn prepare_one(
         | Kind::GroupdumpGroups
         | Kind::GroupdumpNativeTables
         | Kind::GroupdumpNativeGroups
+        | Kind::GroupdumpNativeNosplit
         | Kind::GroupdumpStub => {
             let groups = if kind.few_groups() {
-                w.few_groups(a.scale)
+                w.few_groups(ctx.sizes())
             } else {
                 Vec::new()
             };
@@ -725,6 +803,17 @@ fn prepare_one(
                 _ if kind.few_groups() => {
                     format!("pg_groupdump ({engine} engine), {} groups", groups.len())
                 }
+                Kind::GroupdumpNativeTables if w == Workload::Big1 => format!(
+                    "pg_groupdump (native engine), jobs = {}: the table split across the sessions",
+                    a.jobs
+                ),
+                Kind::GroupdumpNativeNosplit if w == Workload::Big1 => {
+                    "pg_groupdump (native engine), split_above = \"off\": one session".into()
+                }
+                Kind::GroupdumpNativeNosplit => {
+                    "pg_groupdump (native engine), every table its own group, split_above = \"off\""
+                        .into()
+                }
                 _ => format!("pg_groupdump ({engine} engine), every table its own group"),
             };
             let pg_dump = if kind == Kind::GroupdumpStub {
@@ -740,7 +829,7 @@ fn prepare_one(
                     w,
                     &out_dir(ctx, w, &c),
                     &pg_dump,
-                    engine,
+                    kind,
                     c.compression.as_deref(),
                     &groups,
                 ),
@@ -750,7 +839,11 @@ fn prepare_one(
         Kind::DumpDir => c.label = format!("pg_dump -Fd -j {}", a.jobs),
         Kind::DumpCustom => c.label = "pg_dump -Fc".into(),
         Kind::Loop => {
-            c.label = "per-table loop: pg_dump -Fc -t, one by one".into();
+            c.label = if total == 1 {
+                format!("pg_dump -Fc -t {} (the per-table loop: one table)", all[0])
+            } else {
+                "per-table loop: pg_dump -Fc -t, one by one".into()
+            };
             let path = dir.join(format!("{name}.tables"));
             fs::write(&path, c.list.join("\n") + "\n")?;
             c.list_file = Some(path);
@@ -794,11 +887,18 @@ fn groupdump_config(
     w: Workload,
     out: &Path,
     pg_dump: &Path,
-    engine: &str,
+    kind: Kind,
     compression: Option<&str>,
     groups: &[(String, Vec<String>)],
 ) -> String {
     let a = &ctx.args;
+    let engine = if kind.is_native() {
+        "native"
+    } else {
+        "pg_dump"
+    };
+    // Only groupdump-nosplit: the others split at the default.
+    let split_above = (kind == Kind::GroupdumpNativeNosplit).then_some("off");
     let mut s = String::new();
     let _ = writeln!(s, "# written by the benchmark (examples/bench)");
     let _ = writeln!(s, "[connection]");
@@ -818,6 +918,9 @@ fn groupdump_config(
     let _ = writeln!(s, "globals = false");
     if let Some(z) = compression {
         let _ = writeln!(s, "compression = {}", toml_str(z));
+    }
+    if let Some(v) = split_above {
+        let _ = writeln!(s, "split_above = {}", toml_str(v));
     }
     for line in &a.backup_set {
         let _ = writeln!(s, "{line}");
@@ -857,6 +960,7 @@ fn command(ctx: &Ctx, w: Workload, c: &Contender, out: &Path) -> Command {
         | Kind::GroupdumpGroups
         | Kind::GroupdumpNativeTables
         | Kind::GroupdumpNativeGroups
+        | Kind::GroupdumpNativeNosplit
         | Kind::GroupdumpStub => {
             cmd = Command::new(&ctx.bin);
             cmd.arg("-c")
@@ -940,10 +1044,11 @@ fn run_one(
     let poll1 = watch.backend_pid().and_then(measure::process_cpu_s);
     let (dump_span_s, schema_dump_s) = measure::report_spans(&out);
     let (output_bytes, output_files, report_bytes) = measure::output_size(&out);
-    let native_groups = if c.kind.is_native() {
-        Some(check_native(c, &out, measured.exit_code == 0)?)
+    let (native_groups, split) = if c.kind.is_native() {
+        let n = check_native(c, &out, measured.exit_code == 0)?;
+        (Some(n.groups), Some((n.split_tables, n.split_sessions)))
     } else {
-        None
+        (None, None)
     };
     let error = (measured.exit_code != 0).then(|| {
         format!(
@@ -969,6 +1074,7 @@ fn run_one(
         dump_span_s,
         schema_dump_s,
         native_groups,
+        split,
         load_before,
         output_bytes,
         output_files,
@@ -981,16 +1087,28 @@ fn run_one(
 /// A native contender's run must have dumped every group with the native engine: no group
 /// with another `engine`, none with a `fallback`, as many groups as planned (a failed run may
 /// have fewer; its failure is reported anyway). Anything else stops the benchmark: its figures
-/// would be pg_dump's under the native engine's name. Returns how many groups were checked.
-fn check_native(c: &Contender, out: &Path, succeeded: bool) -> anyhow::Result<usize> {
+/// would be pg_dump's under the native engine's name; so does a table split by
+/// groupdump-nosplit. Returns how many groups were checked and which tables were split.
+fn check_native(c: &Contender, out: &Path, succeeded: bool) -> anyhow::Result<NativeCheck> {
     let groups = match measure::report_groups(out) {
         Ok(g) => g,
         Err(e) if succeeded => bail!(
             "{}: cannot check which engine dumped the groups: {e}",
             c.label
         ),
-        Err(_) => return Ok(0),
+        Err(_) => return Ok(NativeCheck::default()),
     };
+    let split: Vec<u64> = groups
+        .iter()
+        .flat_map(|g| g.split.iter().copied())
+        .collect();
+    if c.kind == Kind::GroupdumpNativeNosplit && !split.is_empty() {
+        bail!(
+            "{}: split_above = \"off\", yet the run report shows {} tables copied by several sessions",
+            c.label,
+            split.len()
+        );
+    }
     let bad: Vec<String> = groups
         .iter()
         .filter(|g| g.engine.as_deref() != Some("native") || g.fallback.is_some())
@@ -1025,7 +1143,20 @@ fn check_native(c: &Contender, out: &Path, succeeded: bool) -> anyhow::Result<us
             c.groups
         );
     }
-    Ok(groups.len())
+    Ok(NativeCheck {
+        groups: groups.len(),
+        split_tables: split.len(),
+        split_sessions: split.iter().copied().max().unwrap_or(0),
+    })
+}
+
+/// What `check_native` found in a run report.
+#[derive(Debug, Default, PartialEq)]
+struct NativeCheck {
+    groups: usize,
+    /// Tables copied by several sessions, and the most sessions on one.
+    split_tables: usize,
+    split_sessions: u64,
 }
 
 /// The 1-minute load average.
@@ -1212,6 +1343,29 @@ fn table(
             m.bytes / 1048576.0,
         );
     }
+    // The split's point: how much shorter a table's lock is when several sessions copy it.
+    let summary = |k: Kind| {
+        contenders
+            .iter()
+            .find(|c| c.kind == k)
+            .and_then(|c| summarize(results, w, c))
+    };
+    if let (Some(split), Some(one)) = (
+        summary(Kind::GroupdumpNativeTables),
+        summary(Kind::GroupdumpNativeNosplit),
+    ) {
+        let _ = writeln!(
+            s,
+            "\n**lock window, jobs = {} split ÷ one session: {:.2}** ({} s ÷ {} s, the medians of *longest lock w/o schema dump*; wall {:.2}, {} s ÷ {} s)",
+            ctx.args.jobs,
+            split.lock_data / one.lock_data,
+            fmt_s(split.lock_data),
+            fmt_s(one.lock_data),
+            split.wall / one.wall,
+            fmt_s(split.wall),
+            fmt_s(one.wall),
+        );
+    }
     let native: Vec<String> = contenders
         .iter()
         .filter(|c| c.kind.is_native())
@@ -1226,8 +1380,15 @@ fn table(
                     .map(|r| r.locks.tables_seen_data as f64)
                     .collect(),
             );
+            // (tables, most sessions) copied by several sessions, the most in any run.
+            let (split_tables, split_sessions) = results
+                .iter()
+                .filter(mine)
+                .filter(|r| r.contender == c.kind)
+                .filter_map(|r| r.split)
+                .fold((0, 0), |(t, n), (t2, n2)| (t.max(t2), n.max(n2)));
             Some(format!(
-                "{} ({} groups; the lock poller saw {seen:.0} of the {} tables locked by their group's session{})",
+                "{} ({} groups; the lock poller saw {seen:.0} of the {} tables locked by their group's session{}; {})",
                 c.label,
                 m.native_groups.map_or("?".into(), |n| n.to_string()),
                 c.tables,
@@ -1235,6 +1396,11 @@ fn table(
                     ", the others' locks beginning and ending between two polls"
                 } else {
                     ""
+                },
+                if split_tables == 0 {
+                    "no table copied by several sessions".to_string()
+                } else {
+                    format!("{split_tables} tables copied by several sessions, up to {split_sessions} on one")
                 },
             ))
         })
@@ -1399,11 +1565,11 @@ mod tests {
         let d = t.path();
         // No report: an error for a run that succeeded, nothing to check for one that failed.
         assert!(check_native(&contender(1), d, true).is_err());
-        assert_eq!(check_native(&contender(1), d, false).unwrap(), 0);
+        assert_eq!(check_native(&contender(1), d, false).unwrap().groups, 0);
 
         let ok = r#"{"kind": "tables", "group": "a", "status": "ok", "engine": "native"}"#;
         report(d, ok);
-        assert_eq!(check_native(&contender(1), d, true).unwrap(), 1);
+        assert_eq!(check_native(&contender(1), d, true).unwrap().groups, 1);
         // Fewer groups than planned.
         assert!(check_native(&contender(2), d, true).is_err());
 
@@ -1424,5 +1590,25 @@ mod tests {
             // A failed run is checked as well.
             assert!(check_native(&contender(2), d, false).is_err());
         }
+
+        // A table split in the last attempt; none of that for groupdump-nosplit.
+        report(
+            d,
+            r#"{"kind": "tables", "group": "a", "status": "ok", "engine": "native", "attempts": [{"split": [{"table": "public.x", "sessions": 3, "ranges": 3}]}, {"split": [{"table": "public.big", "sessions": 2, "ranges": 2}]}]}"#,
+        );
+        assert_eq!(
+            check_native(&contender(1), d, true).unwrap(),
+            NativeCheck {
+                groups: 1,
+                split_tables: 1,
+                split_sessions: 2
+            }
+        );
+        let mut nosplit = contender(1);
+        nosplit.kind = Kind::GroupdumpNativeNosplit;
+        let e = check_native(&nosplit, d, true).unwrap_err().to_string();
+        assert!(e.contains("split_above"), "{e}");
+        report(d, ok);
+        assert_eq!(check_native(&nosplit, d, true).unwrap().split_tables, 0);
     }
 }

@@ -288,6 +288,9 @@ pub struct ReportedGroup {
     pub engine: Option<String>,
     /// Why the native engine handed the group to pg_dump.
     pub fallback: Option<String>,
+    /// The tables its last attempt copied with several sessions (`backup.split_above`): how
+    /// many sessions each.
+    pub split: Vec<u64>,
 }
 
 /// The table groups (kind "tables") of the newest run report under `dir/reports`, with the
@@ -320,6 +323,18 @@ pub fn report_groups(dir: &Path) -> Result<Vec<ReportedGroup>, String> {
                 Some(s) => s.to_string(),
                 None => f.to_string(),
             }),
+            split: g
+                .get("attempts")
+                .and_then(|a| a.as_array())
+                .and_then(|a| a.last())
+                .and_then(|a| a.get("split"))
+                .and_then(|s| s.as_array())
+                .map(|s| {
+                    s.iter()
+                        .filter_map(|t| t.get("sessions").and_then(|n| n.as_u64()))
+                        .collect()
+                })
+                .unwrap_or_default(),
         })
         .collect())
 }

@@ -2,7 +2,9 @@
 //!
 //! - S8: eight tables `(id int, info text, crt_time timestamp)` of md5 text with 2, 1.5, 1, 3,
 //!   4, 1, 1 and 5 million rows times the scale factor;
-//! - S1000: 1000 tables of 1000 rows; S10000: 10 000 tables of 100 rows (same shape).
+//! - S1000: 1000 tables of 1000 rows; S10000: 10 000 tables of 100 rows (same shape);
+//! - big1: one such table of about `--big-gb` GB (14 million rows a GB), one
+//!   `INSERT … SELECT … generate_series`.
 //!
 //! After loading, `VACUUM (FREEZE, ANALYZE)` and `CHECKPOINT`, so that no dump sets hint bits
 //! (writing pages) and pg_groupdump's size estimates are right.
@@ -19,10 +21,22 @@ pub enum Workload {
     S8,
     S1000,
     S10000,
+    Big1,
+}
+
+/// The sizes of the workloads that have one: S8's scale factor, big1's gigabytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Sizes {
+    pub scale: f64,
+    pub big_gb: f64,
 }
 
 /// Millions of rows of S8's tables at scale 1.
 const S8_MILLIONS: [f64; 8] = [2.0, 1.5, 1.0, 3.0, 4.0, 1.0, 1.0, 5.0];
+
+/// Rows of that shape in a GiB of heap: a tuple of 72 bytes (24 of header, the int, 33 of md5
+/// text, the timestamp aligned to 8) and its 4-byte line pointer, 107 to an 8 kB page.
+const BIG1_ROWS_PER_GB: f64 = 107.0 * 131072.0;
 
 impl Workload {
     pub fn name(self) -> &'static str {
@@ -30,6 +44,7 @@ impl Workload {
             Workload::S8 => "S8",
             Workload::S1000 => "S1000",
             Workload::S10000 => "S10000",
+            Workload::Big1 => "big1",
         }
     }
 
@@ -38,11 +53,13 @@ impl Workload {
             Workload::S8 => "bench_s8",
             Workload::S1000 => "bench_s1000",
             Workload::S10000 => "bench_s10000",
+            Workload::Big1 => "bench_big1",
         }
     }
 
     /// (table name, rows) of every table.
-    pub fn tables(self, scale: f64) -> Vec<(String, i64)> {
+    pub fn tables(self, sizes: Sizes) -> Vec<(String, i64)> {
+        let scale = sizes.scale;
         match self {
             Workload::S8 => S8_MILLIONS
                 .iter()
@@ -56,29 +73,33 @@ impl Workload {
                 .collect(),
             Workload::S1000 => (1..=1000).map(|i| (format!("t{i:04}"), 1000)).collect(),
             Workload::S10000 => (1..=10000).map(|i| (format!("t{i:05}"), 100)).collect(),
+            Workload::Big1 => vec![(
+                "big".into(),
+                ((sizes.big_gb * BIG1_ROWS_PER_GB).round() as i64).max(1),
+            )],
         }
     }
 
     /// What is recorded as the database's comment once it is complete.
-    pub fn description(self, scale: f64) -> String {
-        let t = self.tables(scale);
+    pub fn description(self, sizes: Sizes) -> String {
+        let t = self.tables(sizes);
         let rows: i64 = t.iter().map(|(_, r)| r).sum();
         format!(
             "pg_groupdump bench v1: {} tables, {} rows{}",
             t.len(),
             rows,
-            if self == Workload::S8 {
-                format!(", scale {scale}")
-            } else {
-                String::new()
+            match self {
+                Workload::S8 => format!(", scale {}", sizes.scale),
+                Workload::Big1 => format!(", {} GB", sizes.big_gb),
+                _ => String::new(),
             }
         )
     }
 
     /// The "few groups" layout: group name and its tables (schema-qualified).
-    pub fn few_groups(self, scale: f64) -> Vec<(String, Vec<String>)> {
+    pub fn few_groups(self, sizes: Sizes) -> Vec<(String, Vec<String>)> {
         let names: Vec<String> = self
-            .tables(scale)
+            .tables(sizes)
             .into_iter()
             .map(|(t, _)| format!("public.{t}"))
             .collect();
@@ -97,6 +118,8 @@ impl Workload {
                 )
             })
             .collect(),
+            // One table, one group.
+            Workload::Big1 => vec![("g1".to_string(), names)],
             _ => names
                 .chunks(names.len() / 10)
                 .enumerate()
@@ -125,11 +148,11 @@ pub async fn connect(config: &Config, db: &str) -> anyhow::Result<Client> {
 pub async fn ensure(
     config: &Config,
     w: Workload,
-    scale: f64,
+    sizes: Sizes,
     recreate: bool,
 ) -> anyhow::Result<()> {
     let admin = connect(config, "postgres").await?;
-    let want = w.description(scale);
+    let want = w.description(sizes);
     let have: Option<Option<String>> = admin
         .query_opt(
             "SELECT pg_catalog.shobj_description(oid, 'pg_database') FROM pg_catalog.pg_database WHERE datname = $1",
@@ -158,9 +181,9 @@ pub async fn ensure(
         .batch_execute(&format!("CREATE DATABASE {}", w.database()))
         .await?;
     let db = connect(config, w.database()).await?;
-    let tables = w.tables(scale);
+    let tables = w.tables(sizes);
     match w {
-        Workload::S8 => {
+        Workload::S8 | Workload::Big1 => {
             for (t, rows) in &tables {
                 db.batch_execute(&format!(
                     "CREATE TABLE public.{t} (id int, info text, crt_time timestamp);

@@ -207,26 +207,38 @@ impl Monitor {
         else {
             return Vec::new();
         };
-        let sql = format!(
-            "SELECT {SESSION_COLUMNS}, NULL::float8, string_agg(DISTINCT l.mode, ',')
-               FROM pg_catalog.pg_locks l
-               JOIN pg_catalog.pg_stat_activity b ON b.pid = l.pid
-              WHERE l.locktype = 'relation'
-                AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = $1)
-                AND l.relation = ANY($2)
-                AND l.mode = 'AccessExclusiveLock'
-                AND b.pid <> pg_catalog.pg_backend_pid()
-              GROUP BY {SESSION_GROUP}"
-        );
-        match c.query(&sql, &[&database, &table_oids]).await {
-            Ok(rows) => rows.iter().map(session_from_row).collect(),
-            Err(e) => {
-                tracing::debug!("blocker diagnosis: {}", crate::text::pg_error_text(&e));
-                Vec::new()
-            }
+        conflicting_on(&c, database, table_oids).await
+    }
+}
+
+/// Sessions holding or waiting for ACCESS EXCLUSIVE on any of these tables of `database`,
+/// asked on `c` (any session: pg_locks is not subject to its snapshot).
+pub async fn conflicting_on(
+    c: &tokio_postgres::Client,
+    database: &str,
+    table_oids: &[u32],
+) -> Vec<Session> {
+    let sql = format!(
+        "SELECT {SESSION_COLUMNS}, NULL::float8, string_agg(DISTINCT l.mode, ',')
+           FROM pg_catalog.pg_locks l
+           JOIN pg_catalog.pg_stat_activity b ON b.pid = l.pid
+          WHERE l.locktype = 'relation'
+            AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = $1)
+            AND l.relation = ANY($2)
+            AND l.mode = 'AccessExclusiveLock'
+            AND b.pid <> pg_catalog.pg_backend_pid()
+          GROUP BY {SESSION_GROUP}"
+    );
+    match c.query(&sql, &[&database, &table_oids]).await {
+        Ok(rows) => rows.iter().map(session_from_row).collect(),
+        Err(e) => {
+            tracing::debug!("blocker diagnosis: {}", crate::text::pg_error_text(&e));
+            Vec::new()
         }
     }
+}
 
+impl Monitor {
     /// Cancels the running statement of a backend of ours (its session stays usable).
     pub async fn cancel(&self, pid: i32) {
         self.signal_backend("pg_cancel_backend", pid).await;

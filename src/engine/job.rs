@@ -234,6 +234,10 @@ impl Shared {
         let AttemptError::LockTimeout { blockers, .. } = e else {
             return;
         };
+        if !blockers.is_empty() {
+            // Named where the timeout happened.
+            return;
+        }
         *blockers = if observed.blockers.is_empty() {
             let database = job.database.as_deref().unwrap_or_default();
             self.monitor

@@ -265,7 +265,14 @@ fn a_lock_timeout_in_a_split_session_fails_the_attempt() {
     let first = &g["attempts"][0];
     let err = first["error"].as_str().unwrap_or_default();
     assert!(err.contains("lock"), "the first attempt's error: {first:#}");
-    eprintln!("split lock timeout: {err}");
+    // The queued ALTER is named: seen while the group still held its lock.
+    let blockers = first["blockers"].as_array().cloned().unwrap_or_default();
+    assert!(
+        blockers.iter().any(|b| b["query"]
+            .as_str()
+            .is_some_and(|q| q.contains("ALTER TABLE b_big"))),
+        "the first attempt's blockers: {first:#}"
+    );
     assert!(first["split"].is_null(), "{first:#}");
     let split = split_of(g);
     let e = split_entry(&split, "b_big").unwrap_or_else(|| panic!("b_big not split: {g:#}"));

@@ -38,6 +38,13 @@ pub enum NativeError {
     /// resolve the names again.
     #[error("{0}")]
     Changed(String),
+    /// Another session of a split table timed out waiting for its lock; who was in the way,
+    /// seen while the group still held its locks.
+    #[error("{}", crate::text::pg_error_text(.error))]
+    SplitLockTimeout {
+        error: tokio_postgres::Error,
+        blockers: Vec<crate::report::Session>,
+    },
     /// Another session for a split table could not be had.
     #[error(transparent)]
     Session(super::session::SessionError),

@@ -529,6 +529,11 @@ fn native_error(job: &Job, e: NativeError) -> AttemptError {
         NativeError::Changed(why) => AttemptError::TableChanged(why),
         NativeError::Gone => AttemptError::Gone,
         NativeError::Session(e) => session_error(job, e),
+        NativeError::SplitLockTimeout { error, blockers } => AttemptError::LockTimeout {
+            timeout: job.lock_wait_timeout,
+            blockers,
+            detail: crate::text::pg_error_text(&error),
+        },
         other => AttemptError::Other(other.to_string()),
     }
 }

@@ -189,8 +189,19 @@ async fn helper(
         c.lock_wait_timeout.as_millis().max(1),
         c.quoted
     );
-    h.client.batch_execute(&sql).await?;
-    Ok(h)
+    match h.client.batch_execute(&sql).await {
+        Ok(()) => Ok(h),
+        // Behind a DDL queued behind the group's own lock: name it now, while it waits.
+        Err(error)
+            if error.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) =>
+        {
+            let blockers =
+                crate::locks::conflicting_on(&c.session.client, split.database, &[c.copy.oid])
+                    .await;
+            Err(NativeError::SplitLockTimeout { error, blockers })
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// What a session sends of one range.

@@ -5,7 +5,7 @@
 //! group directories a store holds (as [`prune::scan`] finds them) and the run reports read
 //! from it, and returns every group's complete dumps, newest first, each with the time its
 //! snapshot was taken and the engine that wrote it (from its run's report). [`local`] feeds
-//! it from the local backup directory. [`listing`] then adds what the configuration expects
+//! it from the local backup directory, [`everywhere`] from that and `[storage]`'s bucket. [`listing`] then adds what the configuration expects
 //! (configured groups with no dump at all) and the last failed attempt of each group.
 //!
 //! The JSON of `list --json` ([`Listing`]) is an interface for scripts: fields are only ever
@@ -161,32 +161,84 @@ fn report_entry<'a>(
         .find(|e| e.kind == kind && e.database.as_deref() == Some(database) && e.group == group)
 }
 
+/// What a store holds: its group directories and its run reports.
+#[derive(Default)]
+struct Holdings {
+    groups: Vec<GroupFiles>,
+    reports: BTreeMap<String, RunReport>,
+    errors: Vec<String>,
+}
+
+impl Holdings {
+    fn into_inventory(self, known: &[(String, String)]) -> Inventory {
+        let mut inv = inventory(self.groups, self.reports, known);
+        inv.errors = self.errors;
+        inv
+    }
+
+    /// Both stores' dumps of each group (one entry per file, wherever it is) and reports.
+    fn merge(mut self, other: Holdings) -> Holdings {
+        for g in other.groups {
+            match self.groups.iter_mut().find(|h| h.id.dir == g.id.dir) {
+                Some(h) => {
+                    for d in g.dumps {
+                        if !h.dumps.iter().any(|x| x.rel == d.rel) {
+                            h.dumps.push(d);
+                        }
+                    }
+                }
+                None => self.groups.push(g),
+            }
+        }
+        for (run, r) in other.reports {
+            self.reports.entry(run).or_insert(r);
+        }
+        self.errors.extend(other.errors);
+        self
+    }
+}
+
 /// The inventory of the local backup directory `root` (nothing when it does not exist);
 /// `known` as for [`inventory`].
 pub fn local(root: &Path, known: &[(String, String)]) -> Inventory {
+    local_holdings(root).into_inventory(known)
+}
+
+/// The inventory of the backup directory and, with `[storage]`, of the bucket too. Runs on a
+/// blocking thread of the runtime (it waits for the bucket's requests).
+pub fn everywhere(config: &Config, known: &[(String, String)]) -> Inventory {
+    let here = local_holdings(&config.backup.dir);
+    let Some(storage) = &config.storage else {
+        return here.into_inventory(known);
+    };
+    let there = match store::bucket::Bucket::open(storage, &config.backup.dir) {
+        Ok(bucket) => bucket_holdings(&bucket, &here.reports),
+        Err(e) => Holdings {
+            errors: vec![format!("{e}")],
+            ..Holdings::default()
+        },
+    };
+    here.merge(there).into_inventory(known)
+}
+
+fn local_holdings(root: &Path) -> Holdings {
     let root = match root.canonicalize() {
         Ok(r) => r,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Inventory::default(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Holdings::default(),
         Err(e) => {
-            return Inventory {
+            return Holdings {
                 errors: vec![format!(
                     "cannot resolve the backup directory {}: {e}",
                     root.display()
                 )],
-                ..Inventory::default()
+                ..Holdings::default()
             }
         }
     };
     let scan = prune::scan(&root);
     let mut errors = scan.errors;
     let mut reports = BTreeMap::new();
-    let report_files = scan
-        .groups
-        .iter()
-        .filter(|g| g.id.kind == GroupKind::Reports)
-        .flat_map(|g| &g.dumps)
-        .filter(|d| !d.partial);
-    for d in report_files {
+    for d in report_files(&scan.groups) {
         match read_report(&root.join(&d.rel)) {
             Ok(r) => {
                 reports.insert(d.run_id.clone(), r);
@@ -194,9 +246,61 @@ pub fn local(root: &Path, known: &[(String, String)]) -> Inventory {
             Err(e) => errors.push(e),
         }
     }
-    let mut inv = inventory(scan.groups, reports, known);
-    inv.errors = errors;
-    inv
+    Holdings {
+        groups: scan.groups,
+        reports,
+        errors,
+    }
+}
+
+/// The bucket's group directories, and the run reports in it that `have` does not hold
+/// (downloaded to a temporary file each, read and removed).
+fn bucket_holdings(bucket: &store::bucket::Bucket, have: &BTreeMap<String, RunReport>) -> Holdings {
+    let rt = tokio::runtime::Handle::current();
+    let objects = match rt.block_on(bucket.list()) {
+        Ok(o) => o,
+        Err(e) => {
+            return Holdings {
+                errors: vec![format!("{e}")],
+                ..Holdings::default()
+            }
+        }
+    };
+    let scan = prune::scan_bucket(objects);
+    let mut errors = scan.errors;
+    let mut reports = BTreeMap::new();
+    for d in report_files(&scan.groups).filter(|d| !have.contains_key(&d.run_id)) {
+        let tmp = std::env::temp_dir().join(format!(
+            "pg_groupdump-list-{}-{}.json",
+            std::process::id(),
+            d.run_id
+        ));
+        let read = rt
+            .block_on(bucket.download(&d.rel, &tmp))
+            .map_err(|e| format!("{e}"))
+            .and_then(|_| read_report(&tmp));
+        let _ = std::fs::remove_file(&tmp);
+        match read {
+            Ok(r) => {
+                reports.insert(d.run_id.clone(), r);
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    Holdings {
+        groups: scan.groups,
+        reports,
+        errors,
+    }
+}
+
+/// The complete run reports among `groups`.
+fn report_files(groups: &[GroupFiles]) -> impl Iterator<Item = &prune::Dump> {
+    groups
+        .iter()
+        .filter(|g| g.id.kind == GroupKind::Reports)
+        .flat_map(|g| &g.dumps)
+        .filter(|d| !d.partial)
 }
 
 fn read_report(path: &Path) -> Result<RunReport, String> {
@@ -472,7 +576,7 @@ pub fn command(
     filter: &Filter,
     json: bool,
 ) -> Result<crate::exit::Outcome, crate::failure::Failure> {
-    let inv = local(&config.backup.dir, &configured_names(config));
+    let inv = everywhere(config, &configured_names(config));
     let now = Utc::now();
     let groups = listing(&inv, config, filter, now);
     check_filter(config, filter, &inv, &groups)?;

@@ -612,7 +612,7 @@ fn inputs(
 
 /// The group directories of the objects in `[storage]`'s bucket, sorted like [`scan`]'s
 /// (objects that are not pg_groupdump's files are ignored).
-fn scan_bucket(objects: Vec<Object>) -> Scan {
+pub fn scan_bucket(objects: Vec<Object>) -> Scan {
     let mut out = Scan::default();
     let mut groups: BTreeMap<String, GroupFiles> = BTreeMap::new();
     for o in objects {

@@ -117,6 +117,25 @@ fn s3_run_uploads_every_dump_and_verify_and_restore_read_the_bucket() {
         "{prom}"
     );
 
+    // list sees the bucket's dumps (nothing is left locally), with their run's report.
+    let out = env.run(&["list", "--json"]);
+    out.expect_code(0);
+    let listing: Value = serde_json::from_str(&out.stdout).expect("list --json");
+    for name in ["orders", "customers"] {
+        let g = listing["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["group"] == name && g["kind"] == "tables")
+            .unwrap_or_else(|| panic!("{name} not listed: {listing:#}"));
+        let want = groups.iter().find(|r| r["group"] == name).unwrap();
+        assert_eq!(g["status"], "ok", "{g:#}");
+        assert_eq!(g["kept"], 1, "{g:#}");
+        assert_eq!(g["newest"]["run_id"], run_id.as_str(), "{g:#}");
+        assert_eq!(g["newest"]["bytes"], want["bytes"], "{g:#}");
+        assert_eq!(g["newest"]["engine"], "native", "{g:#}");
+    }
+
     // verify --restore reads the bucket (nothing is left locally).
     let out = env.run(&["verify", "--restore"]);
     out.expect_code(0);

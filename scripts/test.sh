@@ -5,7 +5,7 @@
 #   cargo clippy --all-targets --locked -- -D warnings
 #   cargo test --locked [ARGS...]
 # and, on a full run (no arguments), scripts/test-package.sh: the Debian
-# package built from the release binary and installed into fresh roots.
+# package, built from the debug binary the tests used, installed into fresh roots.
 # All of them run even if an earlier one fails; the exit status is non-zero if
 # any failed.  Extra arguments are passed to `cargo test`
 # (e.g. `scripts/test.sh -- --nocapture`, `scripts/test.sh --test tests`).
@@ -191,7 +191,9 @@ run cargo clippy --all-targets --locked -- -D warnings
 run cargo_test "$@"
 if (($# == 0)); then
     run no_silent_skip
-    run scripts/test-package.sh
+    # The binary the tests just built: what is checked is the package, not the optimizer
+    # (scripts/package.sh alone builds the release one).
+    PACKAGE_BINARY="${CARGO_TARGET_DIR:-$ROOT/target}/debug/pg_groupdump" run scripts/test-package.sh
 fi
 
 echo

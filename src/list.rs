@@ -170,6 +170,30 @@ struct Holdings {
 }
 
 impl Holdings {
+    /// A scan's groups, and the run reports `read` gives for its report files (`None`: not
+    /// wanted).
+    fn of(
+        scan: prune::Scan,
+        mut read: impl FnMut(&prune::Dump) -> Result<Option<RunReport>, String>,
+    ) -> Holdings {
+        let mut errors = scan.errors;
+        let mut reports = BTreeMap::new();
+        for d in report_files(&scan.groups) {
+            match read(d) {
+                Ok(Some(r)) => {
+                    reports.insert(d.run_id.clone(), r);
+                }
+                Ok(None) => {}
+                Err(e) => errors.push(e),
+            }
+        }
+        Holdings {
+            groups: scan.groups,
+            reports,
+            errors,
+        }
+    }
+
     fn into_inventory(self, known: &[(String, String)]) -> Inventory {
         let mut inv = inventory(self.groups, self.reports, known);
         inv.errors = self.errors;
@@ -235,22 +259,9 @@ fn local_holdings(root: &Path) -> Holdings {
             }
         }
     };
-    let scan = prune::scan(&root);
-    let mut errors = scan.errors;
-    let mut reports = BTreeMap::new();
-    for d in report_files(&scan.groups) {
-        match read_report(&root.join(&d.rel)) {
-            Ok(r) => {
-                reports.insert(d.run_id.clone(), r);
-            }
-            Err(e) => errors.push(e),
-        }
-    }
-    Holdings {
-        groups: scan.groups,
-        reports,
-        errors,
-    }
+    Holdings::of(prune::scan(&root), |d| {
+        read_report(&root.join(&d.rel)).map(Some)
+    })
 }
 
 /// The bucket's group directories, and the run reports in it that `have` does not hold
@@ -266,10 +277,10 @@ fn bucket_holdings(bucket: &store::bucket::Bucket, have: &BTreeMap<String, RunRe
             }
         }
     };
-    let scan = prune::scan_bucket(objects);
-    let mut errors = scan.errors;
-    let mut reports = BTreeMap::new();
-    for d in report_files(&scan.groups).filter(|d| !have.contains_key(&d.run_id)) {
+    Holdings::of(prune::scan_bucket(objects), |d| {
+        if have.contains_key(&d.run_id) {
+            return Ok(None);
+        }
         let tmp = std::env::temp_dir().join(format!(
             "pg_groupdump-list-{}-{}.json",
             std::process::id(),
@@ -280,18 +291,8 @@ fn bucket_holdings(bucket: &store::bucket::Bucket, have: &BTreeMap<String, RunRe
             .map_err(|e| format!("{e}"))
             .and_then(|_| read_report(&tmp));
         let _ = std::fs::remove_file(&tmp);
-        match read {
-            Ok(r) => {
-                reports.insert(d.run_id.clone(), r);
-            }
-            Err(e) => errors.push(e),
-        }
-    }
-    Holdings {
-        groups: scan.groups,
-        reports,
-        errors,
-    }
+        read.map(Some)
+    })
 }
 
 /// The complete run reports among `groups`.

@@ -125,7 +125,7 @@ pub struct Native {
     shared: Arc<Shared>,
     pg_dump: Arc<PgDump>,
     sessions: Sessions,
-    /// Native files being written and fsynced at once ([`writer::FINISHING`]).
+    /// Native files being written and fsynced at once ([`writer::FINISHING_PER_JOB`]).
     finishing: Arc<Semaphore>,
     tocs: HashMap<String, TocSource>,
     /// Bumped whenever a schema TOC is published.
@@ -181,7 +181,9 @@ impl Native {
             shared,
             pg_dump,
             sessions: Sessions::new(settings.conn.clone(), settings.jobs),
-            finishing: Arc::new(Semaphore::new(writer::FINISHING)),
+            finishing: Arc::new(Semaphore::new(
+                (writer::FINISHING_PER_JOB * settings.jobs).max(8),
+            )),
             tocs,
             published: watch::channel(0).0,
             root: settings.root.clone(),

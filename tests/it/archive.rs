@@ -113,7 +113,7 @@ fn pg_dump_archives_round_trip() {
     let roles = Roles::create();
     let db = roles.prepared_db("archive_pg_dump");
     // app.big with a tenth of its rows: its data blocks still span many chunks.
-    let all_rows = "FROM generate_series(1, 200000) g";
+    let all_rows = "FROM generate_series(1, 300000) g";
     assert!(CORPUS.contains(all_rows), "the corpus fills app.big so");
     db.sql(&roles.fill(&CORPUS.replace(all_rows, "FROM generate_series(1, 20000) g")));
     let dir = tempfile::tempdir().unwrap();

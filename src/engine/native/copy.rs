@@ -21,37 +21,7 @@ use crate::text::{
 /// Bytes of COPY data handed to the writer at a time.
 const BATCH: usize = 64 * 1024;
 
-/// Why a native dump did not produce an archive.
-#[derive(Debug, thiserror::Error)]
-pub enum NativeError {
-    /// The schema archive no longer describes the group: dump it with pg_dump instead.
-    #[error("{0}")]
-    Fallback(String),
-    /// The server said no (lock timeout, permission, lost connection...).
-    #[error("{}", crate::text::pg_error_text(.0))]
-    Server(#[from] tokio_postgres::Error),
-    /// The server's answer was not what the query promises.
-    #[error("{0}")]
-    Unexpected(&'static str),
-    /// A table was dropped or renamed between resolving its name and locking it (the LOCK
-    /// found no relation of that name, or the snapshot shows the name no longer ours):
-    /// resolve the names again.
-    #[error("{0}")]
-    Changed(String),
-    /// Another session of a split table timed out waiting for its lock; who was in the way,
-    /// seen while the group still held its locks.
-    #[error("{}", crate::text::pg_error_text(.error))]
-    SplitLockTimeout {
-        error: tokio_postgres::Error,
-        blockers: Vec<crate::report::Session>,
-    },
-    /// Another session for a split table could not be had.
-    #[error(transparent)]
-    Session(super::session::SessionError),
-    /// Every table of the group was dropped after the plan.
-    #[error("every table of the group was dropped after the plan")]
-    Gone,
-}
+pub use super::error::NativeError;
 
 /// What a native dump produced.
 pub struct Dumped {
@@ -78,21 +48,7 @@ pub struct Request<'a> {
     /// Its name once complete.
     pub final_path: &'a Path,
     /// Which tables may be copied by several sessions, and with how many.
-    pub split: Split<'a>,
-}
-
-/// Tables copied by several sessions at once ([`super::split`]).
-pub struct Split<'a> {
-    /// Tables of at least this heap size are split (`backup.split_above`).
-    pub above: Option<u64>,
-    /// Slots the attempt holds: sessions it may use without taking more.
-    pub held: usize,
-    /// The run's slots, for spare ones, and how many there are.
-    pub slots: &'a std::sync::Arc<tokio::sync::Semaphore>,
-    pub jobs: usize,
-    /// Where the other sessions come from.
-    pub pool: &'a super::session::Sessions,
-    pub database: &'a str,
+    pub split: super::split::Split<'a>,
 }
 
 /// Dumps a group on `session`. On error the session's transaction is rolled back when
@@ -165,11 +121,19 @@ async fn dump_in_transaction(
     let mut split = Vec::new();
     for copy in &copies {
         let table = &now[&copy.oid];
-        let rows = match super::split::prepare(&req.split, copy, table.blocks, table.bytes) {
+        let rows = match super::split::prepare(
+            &req.split,
+            copy.select.is_some(),
+            table.blocks,
+            table.bytes,
+        ) {
             Some(prepared) => {
                 let copying = super::split::Copying {
                     session,
-                    copy,
+                    oid: copy.oid,
+                    dump_id: copy.dump_id,
+                    select: copy.select.as_deref().unwrap_or_default(),
+                    encoding: &copy.encoding,
                     quoted: &table.quoted,
                     compression: req.compression,
                     lock_wait_timeout: req.lock_wait_timeout,

@@ -31,6 +31,7 @@
 
 pub mod archive;
 pub mod copy;
+pub mod error;
 pub mod pieces;
 pub mod session;
 pub mod split;
@@ -285,7 +286,7 @@ impl Native {
         };
         let mut watch = self.shared.monitor.watch_pid(session.pid, job.yield_after);
         let cancel = self.shared.cancelled(Some(watch.yielded()));
-        let split = copy::Split {
+        let split = split::Split {
             above: self.split_above,
             held: permit.as_ref().map_or(1, |p| p.num_permits()),
             slots: &self.shared.slots,
@@ -447,7 +448,7 @@ async fn follow_and_dump(
     toc: &SchemaToc,
     job: &mut Job,
     partial: &std::path::Path,
-    split: copy::Split<'_>,
+    split: split::Split<'_>,
 ) -> Result<copy::Dumped, NativeError> {
     let mut last = String::new();
     for _ in 0..RESOLVE_TRIES {
@@ -465,7 +466,7 @@ async fn follow_and_dump(
             compression: job.compression,
             out: partial,
             final_path: &job.path,
-            split: copy::Split { ..split },
+            split: split::Split { ..split },
         };
         match copy::dump_group(session, toc, &req).await {
             Err(NativeError::Changed(why)) => last = why,

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
 use tokio_postgres::Client;
 
 use super::archive::{self, PIECE_SIZE};
-use super::copy::{Copy, NativeError, Split};
+use super::error::NativeError;
 use super::pieces::{self, Pending};
 use super::session::NativeSession;
 use super::writer::{Chunk, Output};
@@ -33,6 +33,20 @@ use crate::text::quote_literal;
 const MIN_RANGE: i64 = 1024;
 /// The largest range (64 MiB of heap): ranges are what sessions balance their work by.
 const MAX_RANGE: i64 = 8192;
+
+/// Which tables are copied by several sessions at once, and by how many.
+pub struct Split<'a> {
+    /// Tables of at least this heap size are split (`backup.split_above`).
+    pub above: Option<u64>,
+    /// Slots the attempt holds: sessions it may use without taking more.
+    pub held: usize,
+    /// The run's slots, for spare ones, and how many there are.
+    pub slots: &'a std::sync::Arc<tokio::sync::Semaphore>,
+    pub jobs: usize,
+    /// Where the other sessions come from.
+    pub pool: &'a super::session::Sessions,
+    pub database: &'a str,
+}
 
 /// A range of blocks: from, and up to (excluded; `None` for the last: to the end).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,9 +66,14 @@ pub(super) struct Prepared {
 /// Whether `copy` is to be split, and how: a heap of at least `split_above`, columns to
 /// select, at least two ranges of blocks, and a session more than ours — a slot the attempt
 /// holds, or a spare one taken now (never waited for: the attempt holds its locks).
-pub(super) fn prepare(split: &Split<'_>, copy: &Copy, blocks: i64, bytes: i64) -> Option<Prepared> {
+pub(super) fn prepare(
+    split: &Split<'_>,
+    has_columns: bool,
+    blocks: i64,
+    bytes: i64,
+) -> Option<Prepared> {
     let above = split.above?;
-    if u64::try_from(bytes).unwrap_or(0) < above || copy.select.is_none() {
+    if u64::try_from(bytes).unwrap_or(0) < above || !has_columns {
         return None;
     }
     let ranges = cut(blocks, split.jobs);
@@ -98,7 +117,12 @@ fn cut(blocks: i64, sessions: usize) -> Vec<Range> {
 pub(super) struct Copying<'a> {
     /// The group's session: holds the group's locks and snapshot.
     pub session: &'a NativeSession,
-    pub copy: &'a Copy,
+    pub oid: u32,
+    /// Its TABLE DATA entry.
+    pub dump_id: i32,
+    /// `SELECT <columns> FROM ONLY <table>`, and the COPY options.
+    pub select: &'a str,
+    pub encoding: &'a str,
     /// `"schema"."name"`, to lock.
     pub quoted: &'a str,
     pub compression: Compression,
@@ -146,7 +170,7 @@ pub(super) async fn copy(
             Err(e) => return Err(e),
         }
     }
-    out.put(Chunk::Begin(c.copy.dump_id)).await;
+    out.put(Chunk::Begin(c.dump_id)).await;
     let queue = Queue::default();
     let clients = std::iter::once(&c.session.client).chain(helpers.iter().map(|h| &h.client));
     let workers =
@@ -196,8 +220,7 @@ async fn helper(
             if error.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) =>
         {
             let blockers =
-                crate::locks::conflicting_on(&c.session.client, split.database, &[c.copy.oid])
-                    .await;
+                crate::locks::conflicting_on(&c.session.client, split.database, &[c.oid]).await;
             Err(NativeError::SplitLockTimeout { error, blockers })
         }
         Err(e) => Err(e.into()),
@@ -254,7 +277,7 @@ async fn work(
     ranges: &[Range],
     queue: &Queue,
 ) -> Result<(), NativeError> {
-    let select = c.copy.select.as_deref().expect("split tables have columns");
+    let select = c.select;
     while let Some((i, tx)) = queue.take(ranges.len()) {
         let r = ranges[i];
         let mut sql = format!(
@@ -264,7 +287,7 @@ async fn work(
         if let Some(to) = r.to {
             sql.push_str(&format!(" AND ctid < '({to},0)'::pg_catalog.tid"));
         }
-        sql.push_str(&format!(") TO STDOUT{}", c.copy.encoding));
+        sql.push_str(&format!(") TO STDOUT{}", c.encoding));
         copy_range(client, &sql, c.compression, &tx).await?;
     }
     Ok(())

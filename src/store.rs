@@ -310,8 +310,33 @@ pub fn create_dir_all(path: &Path) -> io::Result<()> {
         .mode(mode)
         .create(path)?;
     // The umask may have taken bits away: the configured mode is what was asked for.
-    for dir in missing {
-        fs::set_permissions(&dir, fs::Permissions::from_mode(mode))?;
+    for dir in &missing {
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode))?;
+    }
+    new_dirs().extend(missing);
+    Ok(())
+}
+
+/// Directories this process created whose entry in their parent is not fsynced yet: the
+/// first file committed below one makes it durable ([`sync_dir_and_new_parents`]), off the
+/// path that creates it.
+fn new_dirs() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<PathBuf>> {
+    static NEW: std::sync::Mutex<std::collections::BTreeSet<PathBuf>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    NEW.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// fsyncs `dir` (after a rename in it) and, for each directory from `dir` up that this process
+/// created and has not made durable yet, its parent: a new file's name survives a crash only
+/// with the names of the directories it is in.
+pub fn sync_dir_and_new_parents(dir: &Path) -> io::Result<()> {
+    sync_dir(dir)?;
+    let mut d = dir.to_path_buf();
+    while new_dirs().contains(&d) {
+        let parent = d.parent().unwrap_or(Path::new(".")).to_path_buf();
+        sync_dir(&parent)?;
+        new_dirs().remove(&d);
+        d = parent;
     }
     Ok(())
 }
@@ -576,7 +601,7 @@ pub fn commit(partial: &Path, final_path: &Path) -> io::Result<Finished> {
         ));
     }
     fs::rename(partial, final_path)?;
-    sync_dir(final_path.parent().unwrap_or(Path::new(".")))?;
+    sync_dir_and_new_parents(final_path.parent().unwrap_or(Path::new(".")))?;
     Ok(Finished { bytes, sha256 })
 }
 
@@ -616,7 +641,7 @@ pub fn write_atomic_mode(path: &Path, data: &[u8], mode: u32) -> io::Result<()> 
         f.sync_all()?;
         drop(f);
         fs::rename(&partial, path)?;
-        sync_dir(path.parent().unwrap_or(Path::new(".")))
+        sync_dir_and_new_parents(path.parent().unwrap_or(Path::new(".")))
     })();
     if result.is_err() {
         let _ = fs::remove_file(&partial);
@@ -869,6 +894,22 @@ mod tests {
             }
         }
         assert!(shortened > 20, "only {shortened} shortened names tested");
+    }
+
+    #[test]
+    fn a_commit_makes_the_directories_it_created_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let fin = dir.path().join("db").join("group").join("x.dump");
+        let partial = create_partial(&fin).unwrap();
+        let (db, group) = (dir.path().join("db"), dir.path().join("db").join("group"));
+        assert!(new_dirs().contains(&db) && new_dirs().contains(&group));
+        fs::write(&partial, b"abc").unwrap();
+        commit(&partial, &fin).unwrap();
+        assert!(
+            !new_dirs().contains(&db) && !new_dirs().contains(&group),
+            "their parents were fsynced"
+        );
+        assert!(!new_dirs().contains(dir.path()), "it existed before");
     }
 
     #[test]

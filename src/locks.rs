@@ -209,6 +209,30 @@ impl Monitor {
         };
         conflicting_on(&c, database, table_oids).await
     }
+
+    /// Cancels the running statement of a backend of ours (its session stays usable).
+    pub async fn cancel(&self, pid: i32) {
+        self.signal_backend("pg_cancel_backend", pid).await;
+    }
+
+    /// Terminates a backend of ours (after a yield), so its locks go at once.
+    pub async fn terminate(&self, pid: i32) {
+        self.signal_backend("pg_terminate_backend", pid).await;
+    }
+
+    async fn signal_backend(&self, function: &str, pid: i32) {
+        let Ok(c) = self
+            .conn
+            .connect(&self.database, &application_name("monitor"))
+            .await
+        else {
+            return;
+        };
+        let sql = format!("SELECT pg_catalog.{function}($1)");
+        if let Err(e) = c.execute(&sql, &[&pid]).await {
+            tracing::debug!("{function}({pid}): {}", crate::text::pg_error_text(&e));
+        }
+    }
 }
 
 /// Sessions holding or waiting for ACCESS EXCLUSIVE on any of these tables of `database`,
@@ -234,32 +258,6 @@ pub async fn conflicting_on(
         Err(e) => {
             tracing::debug!("blocker diagnosis: {}", crate::text::pg_error_text(&e));
             Vec::new()
-        }
-    }
-}
-
-impl Monitor {
-    /// Cancels the running statement of a backend of ours (its session stays usable).
-    pub async fn cancel(&self, pid: i32) {
-        self.signal_backend("pg_cancel_backend", pid).await;
-    }
-
-    /// Terminates a backend of ours (after a yield), so its locks go at once.
-    pub async fn terminate(&self, pid: i32) {
-        self.signal_backend("pg_terminate_backend", pid).await;
-    }
-
-    async fn signal_backend(&self, function: &str, pid: i32) {
-        let Ok(c) = self
-            .conn
-            .connect(&self.database, &application_name("monitor"))
-            .await
-        else {
-            return;
-        };
-        let sql = format!("SELECT pg_catalog.{function}($1)");
-        if let Err(e) = c.execute(&sql, &[&pid]).await {
-            tracing::debug!("{function}({pid}): {}", crate::text::pg_error_text(&e));
         }
     }
 }

@@ -584,7 +584,7 @@ fn new_table_job(config: &Config, s: &Started, database: &str, n: &plan::NewTabl
         engine: b.engine,
         compression: b.compression,
         changes: Vec::new(),
-        split: Vec::new(),
+        expects_split: false,
     }
 }
 
@@ -658,7 +658,7 @@ fn make_jobs(
             engine: Engine::PgDump,
             compression: b.compression,
             changes: Vec::new(),
-            split: Vec::new(),
+            expects_split: false,
         });
     }
     let mut groups: Vec<GroupPlan> = planned
@@ -697,7 +697,7 @@ fn make_jobs(
                 engine: Engine::PgDump,
                 compression: b.compression,
                 changes: Vec::new(),
-                split: Vec::new(),
+                expects_split: false,
             });
         }
     }
@@ -705,14 +705,12 @@ fn make_jobs(
         let engine = engine(&g);
         let own = own(&g);
         // Only the native engine splits a table, and only with a slot to spare.
-        let split = match b.split_above {
+        let expects_split = match b.split_above {
             Some(above) if engine == Engine::Native && b.jobs > 1 => g
                 .tables
                 .iter()
-                .filter(|t| u64::try_from(t.bytes).unwrap_or(0) >= above)
-                .map(|t| t.oid)
-                .collect(),
-            _ => Vec::new(),
+                .any(|t| u64::try_from(t.bytes).unwrap_or(0) >= above),
+            _ => false,
         };
         jobs.push(Job {
             kind: Kind::Tables,
@@ -734,7 +732,7 @@ fn make_jobs(
             engine,
             compression: own.and_then(|c| c.compression).unwrap_or(b.compression),
             changes: Vec::new(),
-            split,
+            expects_split,
         });
     }
     jobs

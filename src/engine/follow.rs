@@ -177,7 +177,7 @@ mod tests {
             engine: Engine::Native,
             compression: Default::default(),
             changes: Vec::new(),
-            split: Vec::new(),
+            expects_split: false,
         }
     }
 

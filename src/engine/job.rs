@@ -50,19 +50,19 @@ pub struct Job {
     /// Planned tables found dropped or renamed by an attempt ([`super::follow`]); `tables`,
     /// `table_oids` and `contents` then name the tables as they are now.
     pub changes: Vec<crate::report::TableChange>,
-    /// Tables the plan expects to be copied by several sessions at once (estimated at least
-    /// `backup.split_above`): the job then takes every slot, for a session each.
-    pub split: Vec<u32>,
+    /// The plan expects a table to be copied by several sessions at once (one estimated at
+    /// least `backup.split_above`): an attempt takes every slot, for a session each.
+    pub expects_split: bool,
 }
 
 impl Job {
     /// The slots (of `jobs`) an attempt takes: one, or all of them for a job with a table
     /// to split.
     pub fn slots(&self, jobs: usize) -> u32 {
-        if self.split.is_empty() {
-            1
-        } else {
+        if self.expects_split {
             u32::try_from(jobs.max(1)).unwrap_or(1)
+        } else {
+            1
         }
     }
 

@@ -229,7 +229,7 @@ async fn lock_and_check(
             columns: row.get(3),
             quoted_db: row.get(7),
             columns_db: row.get(8),
-            blocks: row.get(9),
+            blocks: row.get::<_, i64>(10) / row.get::<_, i64>(9).max(1),
             bytes: row.get(10),
         };
         now.insert(oid, current);

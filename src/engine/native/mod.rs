@@ -398,7 +398,7 @@ impl Native {
             engine: Engine::PgDump,
             compression: crate::compression::Compression::default(),
             changes: Vec::new(),
-            split: Vec::new(),
+            expects_split: false,
         };
         let mut last = String::new();
         for number in 1..=1 + self.shared.lock_retries {

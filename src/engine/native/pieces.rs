@@ -80,8 +80,4 @@ impl InFlight {
     pub fn drain(&mut self) -> impl Iterator<Item = Pending> + '_ {
         self.0.drain(..)
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }

@@ -32,7 +32,7 @@ impl Pooled for NativeSession {
 
 /// Per group table: oid, relkind, quoted name, COPY column list, fingerprint, when the
 /// snapshot was taken (the query takes it) and at which WAL position; then the quoted name
-/// and column list again in the database's encoding, for the archive; its heap's blocks and bytes.
+/// and column list again in the database's encoding, for the archive; the block size and its heap's bytes.
 const GROUP_QUERY: &str = "SELECT c.oid, c.relkind::text,
         pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname),
         (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum)
@@ -53,7 +53,7 @@ const GROUP_QUERY: &str = "SELECT c.oid, c.relkind::text,
             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
               AND a.attgenerated = ''),
           pg_catalog.getdatabaseencoding()),
-        pg_catalog.pg_relation_size(c.oid) / pg_catalog.current_setting('block_size')::int8,
+        pg_catalog.current_setting('block_size')::int8,
         pg_catalog.pg_relation_size(c.oid)
    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
   WHERE c.oid = ANY($1)";

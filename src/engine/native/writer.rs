@@ -139,8 +139,8 @@ impl Output {
         }
     }
 
-    /// The share of [`FINISHING`] completing this file takes: one, and one more per MiB of
-    /// data held in memory.
+    /// The share of the files completing at once ([`FINISHING_PER_JOB`] per slot) this file
+    /// takes: one, and one more per MiB of data held in memory.
     pub fn weight(&self) -> u32 {
         if self.stream.is_some() {
             1

@@ -146,7 +146,7 @@ async fn dump_in_transaction(
                 split.push((copy.oid, sessions, ranges));
                 rows
             }
-            None => copy_table(session, copy, &mut out).await?,
+            None => copy_table(session, copy, table.bytes, &mut out).await?,
         };
         counts.insert(copy.oid, rows);
     }
@@ -216,6 +216,18 @@ async fn lock_and_check(
     let mut now = HashMap::new();
     for row in &rows {
         let oid: u32 = row.get(0);
+        // What was locked is the schema archive's name of the oid: the table still has it,
+        // or the name locked may be another table's (renamed, and its name taken).
+        let (schema, name): (&str, &str) = (row.get(11), row.get(12));
+        if toc
+            .name(oid)
+            .is_none_or(|(s, n)| (s.as_str(), n.as_str()) != (schema, name))
+        {
+            return Err(NativeError::Changed(format!(
+                "{} was renamed as it was locked",
+                crate::text::display_name(schema, name)
+            )));
+        }
         let fingerprint: String = row.get(4);
         if toc.fingerprint(oid) != Some(fingerprint.as_str()) {
             let name: String = row.get(2);
@@ -403,18 +415,21 @@ fn group_entries(
     (entries, copies)
 }
 
-/// Copies one table into its data entry; returns its row count.
+/// Copies one table, of `heap_bytes` on disk, into its data entry; returns its row count.
 async fn copy_table(
     session: &NativeSession,
     copy: &Copy,
+    heap_bytes: i64,
     out: &mut Output,
 ) -> Result<i64, NativeError> {
     out.put(Chunk::Begin(copy.dump_id)).await;
     let stream = session.client.copy_out(copy.sql.as_str()).await?;
     pin_mut!(stream);
     let mut rows = 0i64;
-    // The server sends a message per row: hand them on in batches.
-    let mut batch = bytes::BytesMut::with_capacity(BATCH);
+    // The server sends a message per row: hand them on in batches. A small table's text is
+    // about its heap's size: a small buffer for it, not one of a batch's size.
+    let first = usize::try_from(heap_bytes).unwrap_or(0).clamp(1024, BATCH);
+    let mut batch = bytes::BytesMut::with_capacity(first);
     while let Some(bytes) = stream.next().await {
         let bytes = bytes?;
         rows += bytes.iter().filter(|b| **b == b'\n').count() as i64;

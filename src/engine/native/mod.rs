@@ -439,10 +439,14 @@ impl Native {
 /// renamed as it is locked; then the attempt ends, to be retried later in the run.
 const RESOLVE_TRIES: u32 = 3;
 
-/// Dumps the group's tables under the names they have now ([`crate::engine::follow`]):
-/// resolves the oids' names right before the locks, and again when the locked names turn
-/// out not to be the group's tables any more. A table renamed since the schema archive was
-/// taken falls back to pg_dump: the archive's entries carry the old name.
+/// Dumps the group's tables under the names they have now ([`crate::engine::follow`]).
+///
+/// The first try locks the names the job and the schema archive agree on without asking the
+/// catalog first: the locked names are checked against the oids once locked, so a rename,
+/// a drop or an attached partition in between only sends it to the next tries. Those resolve
+/// the oids' names right before the locks ([`RESOLVE_TRIES`] times at most). A table renamed
+/// since the schema archive was taken falls back to pg_dump: the archive's entries carry the
+/// old name.
 async fn follow_and_dump(
     session: &session::NativeSession,
     toc: &SchemaToc,
@@ -451,13 +455,23 @@ async fn follow_and_dump(
     split: split::Split<'_>,
 ) -> Result<copy::Dumped, NativeError> {
     let mut last = String::new();
-    for _ in 0..RESOLVE_TRIES {
-        let names = crate::engine::follow::resolve(&session.client, &job.table_oids).await?;
-        if job.follow(&names).is_err() {
-            return Err(NativeError::Gone);
+    for resolved in std::iter::once(false).chain(std::iter::repeat_n(true, RESOLVE_TRIES as usize))
+    {
+        if resolved {
+            let names = crate::engine::follow::resolve(&session.client, &job.table_oids).await?;
+            if job.follow(&names).is_err() {
+                return Err(NativeError::Gone);
+            }
         }
-        if let Some(why) = renamed_since_schema(toc, job) {
-            return Err(NativeError::Fallback(why));
+        match renamed_since_schema(toc, job) {
+            Some(why) if resolved => return Err(NativeError::Fallback(why)),
+            Some(why) => {
+                last = why;
+                continue;
+            }
+            // A table the schema archive does not have may have been dropped since the plan.
+            None if !resolved && job.table_oids.iter().any(|o| toc.name(*o).is_none()) => continue,
+            None => {}
         }
         let req = copy::Request {
             group: &job.group,

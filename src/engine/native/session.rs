@@ -32,7 +32,8 @@ impl Pooled for NativeSession {
 
 /// Per group table: oid, relkind, quoted name, COPY column list, fingerprint, when the
 /// snapshot was taken (the query takes it) and at which WAL position; then the quoted name
-/// and column list again in the database's encoding, for the archive; the block size and its heap's bytes.
+/// and column list again in the database's encoding, for the archive; the block size and its
+/// heap's bytes; the schema and name, unquoted.
 const GROUP_QUERY: &str = "SELECT c.oid, c.relkind::text,
         pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname),
         (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum)
@@ -54,7 +55,8 @@ const GROUP_QUERY: &str = "SELECT c.oid, c.relkind::text,
               AND a.attgenerated = ''),
           pg_catalog.getdatabaseencoding()),
         pg_catalog.current_setting('block_size')::int8,
-        pg_catalog.pg_relation_size(c.oid)
+        pg_catalog.pg_relation_size(c.oid),
+        n.nspname::text, c.relname::text
    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
   WHERE c.oid = ANY($1)";
 

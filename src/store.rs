@@ -305,6 +305,9 @@ pub fn create_dir_all(path: &Path) -> io::Result<()> {
             None => break,
         }
     }
+    if missing.is_empty() {
+        return Ok(());
+    }
     fs::DirBuilder::new()
         .recursive(true)
         .mode(mode)
@@ -592,17 +595,78 @@ pub struct Finished {
 /// Hashes the `.ing` file, fsyncs it, renames it to `final_path` and fsyncs the directory.
 /// Refuses to replace an existing file.
 pub fn commit(partial: &Path, final_path: &Path) -> io::Result<Finished> {
-    let (bytes, sha256) = hash_file(partial)?;
-    File::open(partial)?.sync_all()?;
-    if final_path.exists() {
-        return Err(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            format!("{} already exists; not replaced", final_path.display()),
-        ));
-    }
-    fs::rename(partial, final_path)?;
+    commit_written(&File::open(partial)?, partial, final_path, None)
+}
+
+/// [`commit`] of a `.ing` file through `file`, a descriptor of it, with its size and hash
+/// when its writer knows them (the file is read back otherwise).
+pub fn commit_written(
+    file: &File,
+    partial: &Path,
+    final_path: &Path,
+    hashed: Option<Finished>,
+) -> io::Result<Finished> {
+    let finished = match hashed {
+        Some(f) => f,
+        None => {
+            let (bytes, sha256) = hash_file(partial)?;
+            Finished { bytes, sha256 }
+        }
+    };
+    file.sync_all()?;
+    rename_new(partial, final_path)?;
     sync_dir_and_new_parents(final_path.parent().unwrap_or(Path::new(".")))?;
-    Ok(Finished { bytes, sha256 })
+    Ok(finished)
+}
+
+/// Size and hash of bytes about to be written as a file.
+pub fn hash_bytes(data: &[u8]) -> Finished {
+    Finished {
+        bytes: data.len() as u64,
+        sha256: hex::encode(Sha256::digest(data)),
+    }
+}
+
+/// Renames `from` to `to`, refusing to replace an existing `to`: atomically where the file
+/// system can (`renameat2` with `RENAME_NOREPLACE`), else checked just before.
+fn rename_new(from: &Path, to: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let exists = || {
+        io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{} already exists; not replaced", to.display()),
+        )
+    };
+    let (Ok(f), Ok(t)) = (
+        std::ffi::CString::new(from.as_os_str().as_bytes()),
+        std::ffi::CString::new(to.as_os_str().as_bytes()),
+    ) else {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    };
+    // SAFETY: two NUL-terminated paths that outlive the call.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EEXIST) => Err(exists()),
+        Some(libc::EINVAL | libc::ENOSYS | libc::ENOTSUP) => {
+            if to.exists() {
+                return Err(exists());
+            }
+            fs::rename(from, to)
+        }
+        _ => Err(e),
+    }
 }
 
 /// Size and hex sha256 of a file.
@@ -628,16 +692,33 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     write_atomic_mode(path, data, FILE_MODE.load(Ordering::Relaxed))
 }
 
+/// The file mode (`backup.file_mode`).
+pub fn file_mode() -> u32 {
+    FILE_MODE.load(Ordering::Relaxed)
+}
+
 /// [`write_atomic`] with an explicit mode (e.g. 0644 for a file another service reads).
 pub fn write_atomic_mode(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    write_atomic_with(path, mode, |f| f.write_all(data))
+}
+
+/// [`write_atomic`] of what `write` writes, through a buffer: a large file (a run report of
+/// many groups) is never held in memory whole.
+pub fn write_atomic_with(
+    path: &Path,
+    mode: u32,
+    write: impl FnOnce(&mut io::BufWriter<File>) -> io::Result<()>,
+) -> io::Result<()> {
     let partial = create_partial(path)?;
     fs::set_permissions(&partial, fs::Permissions::from_mode(mode))?;
     let result = (|| {
-        let mut f = OpenOptions::new()
+        let f = OpenOptions::new()
             .write(true)
             .truncate(true)
             .open(&partial)?;
-        f.write_all(data)?;
+        let mut w = io::BufWriter::with_capacity(64 * 1024, f);
+        write(&mut w)?;
+        let f = w.into_inner().map_err(|e| e.into_error())?;
         f.sync_all()?;
         drop(f);
         fs::rename(&partial, path)?;

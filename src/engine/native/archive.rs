@@ -43,7 +43,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use crate::compression::Compression;
@@ -640,8 +640,14 @@ pub fn read_data_block(
 // Serializing
 
 fn put_int(buf: &mut Vec<u8>, v: i32) {
-    buf.push(u8::from(v < 0));
-    buf.extend_from_slice(&v.unsigned_abs().to_le_bytes());
+    buf.extend_from_slice(&int_bytes(v));
+}
+
+/// An int as the archive writes it: the sign byte, then the absolute value, little-endian.
+fn int_bytes(v: i32) -> [u8; 5] {
+    let mut b = [u8::from(v < 0), 0, 0, 0, 0];
+    b[1..].copy_from_slice(&v.unsigned_abs().to_le_bytes());
+    b
 }
 
 fn put_str(
@@ -811,7 +817,8 @@ fn toc_bytes(entries: &[Entry], version: (u8, u8, u8)) -> Result<Vec<u8>, Archiv
 /// rewritten with positions.
 ///
 /// Memory stays flat in the data size: data is compressed as it comes and written in chunks
-/// of about 64 KiB. Data positions are counted from where `out` stood when the writer was
+/// of about 64 KiB. The writer writes small pieces (ints of five bytes): give it a buffered
+/// `out` (a `BufWriter` on a file, or memory). Data positions are counted from where `out` stood when the writer was
 /// created, so `out` should be at the start of an empty file. Until [`ArchiveWriter::finish`]
 /// returns, the output is not a complete archive: write it to a temporary name.
 pub struct ArchiveWriter<W: Write + Seek> {
@@ -829,7 +836,7 @@ pub struct ArchiveWriter<W: Write + Seek> {
 
 /// The output and the number of bytes written to it.
 struct Sink<W: Write + Seek> {
-    out: BufWriter<W>,
+    out: W,
     /// Where the archive starts in `out`.
     base: u64,
     /// Bytes written since `base`.
@@ -844,9 +851,7 @@ impl<W: Write + Seek> Sink<W> {
     }
 
     fn int(&mut self, v: i32) -> io::Result<()> {
-        let mut b = Vec::with_capacity(5);
-        put_int(&mut b, v);
-        self.put(&b)
+        self.put(&int_bytes(v))
     }
 
     /// One data chunk: its length, then its bytes. Never empty (a 0 length ends the block).
@@ -921,7 +926,7 @@ impl Piece {
                 z.finish().map_err(io::Error::other)?
             }
             Compression::Zstd(level) => {
-                zstd::bulk::compress(data, level.unwrap_or(zstd::DEFAULT_COMPRESSION_LEVEL))?
+                zstd_compress(data, level.unwrap_or(zstd::DEFAULT_COMPRESSION_LEVEL))?
             }
         };
         let adler = match compression {
@@ -945,9 +950,30 @@ impl Piece {
 /// Raw deflate of `data` at `level`: ending the stream when `last`, else ending in a sync
 /// flush so that more deflate data can follow.
 fn deflate(data: &[u8], level: Option<u32>, last: bool) -> io::Result<Vec<u8>> {
-    use flate2::{Compress, FlushCompress, Status};
-    let level = level.map_or(flate2::Compression::default(), flate2::Compression::new);
-    let mut z = Compress::new(level, false);
+    use flate2::Compress;
+    // A compressor's state is a few hundred KiB: each thread keeps one, reset between pieces,
+    // rather than allocating (and page-faulting) it again for every small table.
+    thread_local! {
+        static DEFLATE: std::cell::RefCell<Option<(Option<u32>, Compress)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let mut z = match DEFLATE.take() {
+        Some((l, mut z)) if l == level => {
+            z.reset();
+            z
+        }
+        _ => Compress::new(
+            level.map_or(flate2::Compression::default(), flate2::Compression::new),
+            false,
+        ),
+    };
+    let out = deflate_with(&mut z, data, last);
+    DEFLATE.set(Some((level, z)));
+    out
+}
+
+fn deflate_with(z: &mut flate2::Compress, data: &[u8], last: bool) -> io::Result<Vec<u8>> {
+    use flate2::{FlushCompress, Status};
     let flush = if last {
         FlushCompress::Finish
     } else {
@@ -968,6 +994,22 @@ fn deflate(data: &[u8], level: Option<u32>, last: bool) -> io::Result<Vec<u8>> {
         }
     }
     Ok(out)
+}
+
+/// One zstd frame of `data` at `level`, with a compression context kept per thread (a
+/// context is about a MiB at the default level).
+fn zstd_compress(data: &[u8], level: i32) -> io::Result<Vec<u8>> {
+    thread_local! {
+        static ZSTD: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let mut z = match ZSTD.take() {
+        Some((l, z)) if l == level => z,
+        _ => zstd::bulk::Compressor::new(level)?,
+    };
+    let out = z.compress(data);
+    ZSTD.set(Some((level, z)));
+    out
 }
 
 /// The zlib header pg_dump's zlib writes at `level` (deflate, 32K window, level hint).
@@ -1013,7 +1055,7 @@ impl<W: Write + Seek> ArchiveWriter<W> {
         }
         let head = header_bytes(&header)?;
         let toc = toc_bytes(&entries, header.version)?;
-        let mut out = BufWriter::with_capacity(CHUNK_SIZE, out);
+        let mut out = out;
         let base = out.stream_position()?;
         let mut sink = Sink { out, base, pos: 0 };
         sink.put(&head)?;
@@ -1067,7 +1109,7 @@ impl<W: Write + Seek> ArchiveWriter<W> {
             index,
             raw: 0,
             pending: Vec::new(),
-            out: Vec::with_capacity(CHUNK_SIZE),
+            out: Vec::new(),
             pieces: 0,
             adler: 1,
             ended: false,
@@ -1220,7 +1262,7 @@ impl<W: Write + Seek> ArchiveWriter<W> {
         sink.out.seek(SeekFrom::Start(sink.base + self.toc_at))?;
         sink.out.write_all(&toc)?;
         sink.out.seek(SeekFrom::Start(sink.base + end))?;
-        let mut out = sink.out.into_inner().map_err(|e| e.into_error())?;
+        let mut out = sink.out;
         out.flush()?;
         Ok(out)
     }

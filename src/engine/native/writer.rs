@@ -4,7 +4,7 @@
 //! whatever the table size). Either way the file is written as `.ing`, fsynced and renamed
 //! by [`crate::store::commit`].
 
-use std::io::BufWriter;
+use std::io::{BufWriter, Seek, Write};
 use std::path::PathBuf;
 
 use super::archive::{self, ArchiveError, ArchiveWriter, Entry, Piece, PIECE_SIZE};
@@ -191,13 +191,11 @@ impl Source {
 }
 
 /// Writes the archive from the COPY data, then commits it (fsync, rename, directory fsync).
-/// Runs on a blocking thread.
-fn write_archive(t: Target, mut source: Source) -> Result<store::Finished, WriteError> {
+/// Runs on a blocking thread. A spooled (small) archive is made in memory and written with
+/// one call, hashed as it is written; a streamed one is written through a buffer and read
+/// back to be hashed (its TOC is rewritten at the end).
+fn write_archive(t: Target, source: Source) -> Result<store::Finished, WriteError> {
     let path = &t.partial;
-    let io = |source: ArchiveError| WriteError::Archive {
-        path: path.clone(),
-        source,
-    };
     let file = std::fs::OpenOptions::new()
         .write(true)
         .truncate(true)
@@ -206,25 +204,67 @@ fn write_archive(t: Target, mut source: Source) -> Result<store::Finished, Write
             path: path.clone(),
             source,
         })?;
-    let compression = t.header.compression;
-    let mut w = ArchiveWriter::new(BufWriter::with_capacity(1 << 16, file), t.header, t.entries)
-        .map_err(io)?;
+    let io = |source: ArchiveError| WriteError::Archive {
+        path: path.clone(),
+        source,
+    };
+    let flushed = |source: std::io::Error| WriteError::Flush {
+        path: path.clone(),
+        source,
+    };
+    let (file, hashed) = match source {
+        Source::Spool(_) => {
+            let memory = std::io::Cursor::new(Vec::new());
+            let bytes = fill(memory, t.header, t.entries, source)
+                .map_err(io)?
+                .ok_or(WriteError::Incomplete)?
+                .into_inner();
+            let mut file = file;
+            file.write_all(&bytes).map_err(flushed)?;
+            (file, Some(store::hash_bytes(&bytes)))
+        }
+        Source::Channel(_) => {
+            let buffered = BufWriter::with_capacity(1 << 16, file);
+            let file = fill(buffered, t.header, t.entries, source)
+                .map_err(io)?
+                .ok_or(WriteError::Incomplete)?
+                .into_inner()
+                .map_err(|e| flushed(e.into_error()))?;
+            (file, None)
+        }
+    };
+    store::commit_written(&file, path, &t.final_path, hashed).map_err(|source| WriteError::Commit {
+        path: t.final_path.clone(),
+        source,
+    })
+}
+
+/// Writes the archive's header, TOC and data from `source` to `out`; returns `out` at its end,
+/// or `None` when the source ended before the archive did (the COPY side gave up).
+fn fill<W: Write + Seek>(
+    out: W,
+    header: archive::Header,
+    entries: Vec<Entry>,
+    mut source: Source,
+) -> Result<Option<W>, ArchiveError> {
+    let compression = header.compression;
+    let mut w = ArchiveWriter::new(out, header, entries)?;
     // The open block's data not yet handed to the compression threads, and the pieces they
     // are compressing, in order. A small block is compressed here, in one piece.
     let mut raw: Vec<u8> = Vec::new();
     let mut inflight = InFlight::default();
-    let put = |w: &mut ArchiveWriter<_>, p: Pending| -> Result<(), ArchiveError> {
+    let put = |w: &mut ArchiveWriter<W>, p: Pending| -> Result<(), ArchiveError> {
         w.write_piece(p.wait()?)
     };
     loop {
         match source.next() {
-            Some(Chunk::Begin(id)) => w.begin_data(id).map_err(io)?,
+            Some(Chunk::Begin(id)) => w.begin_data(id)?,
             Some(Chunk::Data(b)) => {
                 raw.extend_from_slice(&b);
                 if raw.len() >= PIECE_SIZE {
                     let p = pieces::compress(compression, std::mem::take(&mut raw));
                     for done in inflight.push(p) {
-                        put(&mut w, done).map_err(io)?;
+                        put(&mut w, done)?;
                     }
                 }
             }
@@ -232,36 +272,27 @@ fn write_archive(t: Target, mut source: Source) -> Result<store::Finished, Write
                 if !raw.is_empty() {
                     let before = pieces::compress(compression, std::mem::take(&mut raw));
                     for done in inflight.push(before) {
-                        put(&mut w, done).map_err(io)?;
+                        put(&mut w, done)?;
                     }
                 }
                 for done in inflight.push(p) {
-                    put(&mut w, done).map_err(io)?;
+                    put(&mut w, done)?;
                 }
             }
             Some(Chunk::End) => {
                 for done in inflight.drain() {
-                    put(&mut w, done).map_err(io)?;
+                    put(&mut w, done)?;
                 }
                 // The rest, compressed here as the piece that ends the stream.
-                let last = Piece::compress(compression, &raw, true).map_err(ArchiveError::from);
-                w.write_piece(last.map_err(io)?).map_err(io)?;
+                w.write_piece(Piece::compress(compression, &raw, true)?)?;
                 raw.clear();
-                w.end_data().map_err(io)?;
+                w.end_data()?;
             }
             Some(Chunk::Finish) => break,
-            None => return Err(WriteError::Incomplete),
+            None => return Ok(None),
         }
     }
-    let out = w.finish().map_err(io)?;
-    out.into_inner().map_err(|e| WriteError::Flush {
-        path: path.clone(),
-        source: e.into_error(),
-    })?;
-    store::commit(path, &t.final_path).map_err(|source| WriteError::Commit {
-        path: t.final_path.clone(),
-        source,
-    })
+    w.finish().map(Some)
 }
 
 /// The creation time as pg_dump records it (local time, `struct tm` fields).

@@ -260,8 +260,7 @@ pub async fn run(config: &Config, opts: &RunOptions) -> Result<(RunReport, PathB
         .report
         .clone()
         .unwrap_or_else(|| store::report_path(&s.root, &s.run_id));
-    let json = serde_json::to_vec_pretty(&report).expect("report serializes");
-    if let Err(e) = store::write_atomic(&report_path, &json) {
+    if let Err(e) = report.write(&report_path) {
         return Err(Failure::Report(
             anyhow::anyhow!("cannot write the run report {}: {e}", report_path.display()),
             Box::new(report),

@@ -1013,6 +1013,24 @@ mod tests {
         );
         // Never replaces a finished dump.
         let partial = create_partial(&fin).unwrap();
-        assert!(commit(&partial, &fin).is_err());
+        let e = commit(&partial, &fin).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists, "{e}");
+        assert_eq!(fs::read(&fin).unwrap(), b"abc");
+        assert!(partial.exists(), "left for the caller to remove");
+    }
+
+    #[test]
+    fn commit_written_takes_the_writers_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let fin = dir.path().join("y.dump");
+        let partial = create_partial(&fin).unwrap();
+        let data = b"archive bytes";
+        let mut f = OpenOptions::new().write(true).open(&partial).unwrap();
+        f.write_all(data).unwrap();
+        let done = commit_written(&f, &partial, &fin, Some(hash_bytes(data))).unwrap();
+        assert_eq!(done.bytes, data.len() as u64);
+        assert_eq!(done.sha256, hash_file(&fin).unwrap().1);
+        assert_eq!(fs::read(&fin).unwrap(), data);
+        assert!(!partial.exists());
     }
 }

@@ -849,6 +849,9 @@ async fn run_job(ctx: &Ctx, mut job: Job, first: Option<OwnedSemaphorePermit>) -
     report.table_changes = job.changes.clone();
     report.finished_at = now_rfc3339();
     report.duration_ms = started.elapsed().as_millis() as u64;
+    // Kept until the run ends, one per group: not with the room for four attempts a first
+    // push makes (≈ 1.3 KB a group).
+    report.attempts.shrink_to_fit();
     let result = match report.status {
         Status::Ok => Ok(()),
         _ => Err(report.error.as_deref().unwrap_or("unknown error")),
@@ -907,12 +910,14 @@ fn not_started(report: &mut GroupReport, number: u32, sig: i32) {
 
 /// Records a job's successful attempt, the last in the report, and logs it.
 fn succeeded(report: &mut GroupReport, job: &Job, finished: store::Finished, number: u32) {
-    let last = report.attempts.last().expect("just pushed");
+    let last = report.attempts.last_mut().expect("just pushed");
     report.snapshot = last.snapshot.clone();
-    report.row_counts = last.row_counts.clone();
+    // Moved, not copied: the attempt's are not in the report, and the report is kept in
+    // memory until the run ends.
+    report.row_counts = last.row_counts.take();
     report.table_oids = (job.kind == Kind::Tables).then(|| job.table_oids.clone());
     report.lock_wait_ms = last.lock_wait_ms;
-    report.warnings = last.warnings.clone();
+    report.warnings = last.warnings.take();
     let what = match job.kind {
         Kind::Tables => format!("{}, ", crate::text::plural(job.tables.len(), "table")),
         _ => String::new(),

@@ -309,6 +309,8 @@ pub fn read_toc(r: &mut impl Read) -> Result<Toc, ArchiveError> {
         input.at = format!("TOC entry {i} of {count}");
         entries.push(input.entry()?);
     }
+    // A database's schema TOC is kept for the whole run: without the room doubling left.
+    entries.shrink_to_fit();
     Ok(Toc { header, entries })
 }
 
@@ -951,26 +953,51 @@ impl Piece {
 /// flush so that more deflate data can follow.
 fn deflate(data: &[u8], level: Option<u32>, last: bool) -> io::Result<Vec<u8>> {
     use flate2::Compress;
-    // A compressor's state is a few hundred KiB: each thread keeps one, reset between pieces,
-    // rather than allocating (and page-faulting) it again for every small table.
-    thread_local! {
-        static DEFLATE: std::cell::RefCell<Option<(Option<u32>, Compress)>> =
-            const { std::cell::RefCell::new(None) };
-    }
-    let mut z = match DEFLATE.take() {
-        Some((l, mut z)) if l == level => {
+    // A compressor's state is a few hundred KiB: a few are kept, reset between pieces,
+    // rather than allocated (and page-faulted) again for every small table.
+    let mut z = match DEFLATERS.take(|(l, _)| *l == level) {
+        Some((_, mut z)) => {
             z.reset();
             z
         }
-        _ => Compress::new(
+        None => Compress::new(
             level.map_or(flate2::Compression::default(), flate2::Compression::new),
             false,
         ),
     };
     let out = deflate_with(&mut z, data, last);
-    DEFLATE.set(Some((level, z)));
+    DEFLATERS.give((level, z));
     out
 }
+
+/// Compressors kept for the next piece: as many as threads compress at once, at most.
+struct Kept<T> {
+    kept: std::sync::Mutex<Vec<T>>,
+}
+
+impl<T> Kept<T> {
+    const fn new() -> Self {
+        Kept {
+            kept: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    fn take(&self, fits: impl Fn(&T) -> bool) -> Option<T> {
+        let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        let i = kept.iter().position(fits)?;
+        Some(kept.swap_remove(i))
+    }
+
+    fn give(&self, t: T) {
+        let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.len() < 2 * std::thread::available_parallelism().map_or(2, |n| n.get()) {
+            kept.push(t);
+        }
+    }
+}
+
+static DEFLATERS: Kept<(Option<u32>, flate2::Compress)> = Kept::new();
+static ZSTDS: Kept<(i32, zstd::bulk::Compressor<'static>)> = Kept::new();
 
 fn deflate_with(z: &mut flate2::Compress, data: &[u8], last: bool) -> io::Result<Vec<u8>> {
     use flate2::{FlushCompress, Status};
@@ -996,19 +1023,15 @@ fn deflate_with(z: &mut flate2::Compress, data: &[u8], last: bool) -> io::Result
     Ok(out)
 }
 
-/// One zstd frame of `data` at `level`, with a compression context kept per thread (a
-/// context is about a MiB at the default level).
+/// One zstd frame of `data` at `level`, with a kept compression context (a context is
+/// about a MiB at the default level).
 fn zstd_compress(data: &[u8], level: i32) -> io::Result<Vec<u8>> {
-    thread_local! {
-        static ZSTD: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
-            const { std::cell::RefCell::new(None) };
-    }
-    let mut z = match ZSTD.take() {
-        Some((l, z)) if l == level => z,
-        _ => zstd::bulk::Compressor::new(level)?,
+    let mut z = match ZSTDS.take(|(l, _)| *l == level) {
+        Some((_, z)) => z,
+        None => zstd::bulk::Compressor::new(level)?,
     };
     let out = z.compress(data);
-    ZSTD.set(Some((level, z)));
+    ZSTDS.give((level, z));
     out
 }
 

@@ -148,7 +148,7 @@ pub struct GroupReport {
     pub table_oids: Option<Vec<u32>>,
     /// Rows of each table ("schema.table") in the dump's snapshot (`backup.count_rows`).
     #[serde(default)]
-    pub row_counts: Option<std::collections::BTreeMap<String, i64>>,
+    pub row_counts: Option<RowCounts>,
     /// The engine that wrote the file (a group's dump only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub engine: Option<crate::config::Engine>,
@@ -252,7 +252,7 @@ pub struct Attempt {
     pub blockers: Vec<Session>,
     /// The session this attempt yielded to.
     #[serde(default)]
-    pub yielded_to: Option<Session>,
+    pub yielded_to: Option<Box<Session>>,
     pub lock_wait_ms: u64,
     pub snapshot: Option<SnapshotInfo>,
     /// Tables copied by several sessions at once (`backup.split_above`).
@@ -261,7 +261,7 @@ pub struct Attempt {
     #[serde(skip)]
     pub warnings: Option<String>,
     #[serde(skip)]
-    pub row_counts: Option<std::collections::BTreeMap<String, i64>>,
+    pub row_counts: Option<RowCounts>,
 }
 
 impl Attempt {
@@ -570,4 +570,67 @@ pub struct PruneSummary {
     /// Files and links under the directory that are not pg_groupdump's: never touched.
     #[serde(default)]
     pub ignored: Vec<Ignored>,
+}
+
+/// Rows per table ("schema.table"), as a JSON object with the names in order. A sorted vector
+/// rather than a map: a run keeps one per group in memory, mostly of one table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RowCounts(Vec<(String, i64)>);
+
+impl RowCounts {
+    /// The count of `table`.
+    pub fn get(&self, table: &str) -> Option<&i64> {
+        let i = self
+            .0
+            .binary_search_by(|(t, _)| t.as_str().cmp(table))
+            .ok()?;
+        Some(&self.0[i].1)
+    }
+}
+
+impl FromIterator<(String, i64)> for RowCounts {
+    /// As a map collects: in name order, the last count of a name repeated.
+    fn from_iter<I: IntoIterator<Item = (String, i64)>>(iter: I) -> Self {
+        let mut v: Vec<(String, i64)> = iter.into_iter().collect();
+        v.reverse();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v.dedup_by(|later, first| later.0 == first.0);
+        v.shrink_to_fit();
+        RowCounts(v)
+    }
+}
+
+impl Serialize for RowCounts {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(t, n)| (t, n)))
+    }
+}
+
+impl<'de> Deserialize<'de> for RowCounts {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let m = std::collections::BTreeMap::<String, i64>::deserialize(d)?;
+        Ok(RowCounts(m.into_iter().collect()))
+    }
+}
+
+#[cfg(test)]
+mod row_counts_tests {
+    use super::RowCounts;
+
+    #[test]
+    fn a_map_in_json_in_name_order() {
+        let c: RowCounts = [
+            ("s.b".to_string(), 2),
+            ("s.a".to_string(), 1),
+            ("s.b".to_string(), 3),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(c.get("s.b"), Some(&3));
+        assert_eq!(c.get("s.a"), Some(&1));
+        assert_eq!(c.get("s.c"), None);
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(json, r#"{"s.a":1,"s.b":3}"#);
+        assert_eq!(serde_json::from_str::<RowCounts>(&json).unwrap(), c);
+    }
 }

@@ -284,7 +284,7 @@ impl Recording {
             a.error = Some(e.to_string());
             match e {
                 AttemptError::LockTimeout { blockers, .. } => a.blockers = blockers.clone(),
-                AttemptError::Cancelled(Cancel::Yield(s)) => a.yielded_to = Some((**s).clone()),
+                AttemptError::Cancelled(Cancel::Yield(s)) => a.yielded_to = Some(s.clone()),
                 _ => {}
             }
         }

@@ -357,7 +357,7 @@ async fn mail_report(
     };
     report.notification = Some(notification);
     let json = serde_json::to_vec_pretty(report).expect("report serializes");
-    if let Err(e) = crate::store::write_atomic(path, &json) {
+    if let Err(e) = crate::store::write_atomic_sealed(path, &json, config.encryption.as_ref()) {
         crate::say!(
             "pg_groupdump: cannot rewrite the run report {}: {e}",
             path.display()

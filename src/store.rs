@@ -371,7 +371,8 @@ pub fn sweep_partials(root: &Path) -> Vec<PathBuf> {
         let name = entry.file_name().to_string_lossy();
         // A native run's private schema archive, left by a crash before it was read.
         let toc = entry.depth() == 1
-            && name
+            && crate::crypt::plain_name(&name)
+                .0
                 .strip_suffix(".dump")
                 .and_then(|s| s.rsplit_once(SCHEMA_TOC))
                 .is_some_and(|(_, id)| is_run_id(id));
@@ -379,9 +380,15 @@ pub fn sweep_partials(root: &Path) -> Vec<PathBuf> {
             removed.push(entry.path().to_path_buf());
             continue;
         }
+        // A decrypted copy left by a killed `restore` or `verify`: plaintext, removed.
+        if crate::crypt::is_stale_decrypted_copy(&name) && fs::remove_file(entry.path()).is_ok() {
+            removed.push(entry.path().to_path_buf());
+            continue;
+        }
         let Some(stem) = name.strip_suffix(PARTIAL_SUFFIX) else {
             continue;
         };
+        let stem = crate::crypt::plain_name(stem).0;
         let ours = [".dump", ".sql", ".json"].iter().any(|ext| {
             stem.strip_suffix(ext)
                 .and_then(|s| s.rsplit('.').next())
@@ -475,11 +482,13 @@ pub struct StoredFile {
     pub run_id: RunId,
     /// The `.ing` file of an unfinished write.
     pub partial: bool,
+    /// Encrypted ([`crate::crypt`]): the name ends in `.age` (before any `.ing`).
+    pub encrypted: bool,
 }
 
 /// Reads a path relative to the backup directory back into what it is: `Some` exactly for
-/// the paths [`dump_path`], [`globals_path`] and [`report_path`] give (and the `.ing` beside
-/// each), so that whatever else lies in the directory is never taken for a backup.
+/// the paths [`dump_path`], [`globals_path`] and [`report_path`] give, their encrypted forms
+/// ([`crate::crypt::sealed_path`]), and the `.ing` beside each, so that whatever else lies in the directory is never taken for a backup.
 pub fn parse_path(rel: &Path) -> Option<StoredFile> {
     let parts: Vec<&str> = rel
         .components()
@@ -493,6 +502,7 @@ pub fn parse_path(rel: &Path) -> Option<StoredFile> {
         Some(n) => (n, true),
         None => (last, false),
     };
+    let (name, encrypted) = crate::crypt::plain_name(name);
     let (kind, database, group, run_id) = match parts[..] {
         [d, _] if d == GLOBALS_GROUP => {
             let (stem, run_id) = split_name(name, "sql")?;
@@ -505,7 +515,9 @@ pub fn parse_path(rel: &Path) -> Option<StoredFile> {
             let ours = report_path(Path::new(""), run_id.as_str()) == Path::new(d).join(name);
             ours.then_some((FileKind::Report, None, REPORTS_DIR, run_id))?
         }
-        [d, g, _] => return parse_dump_path(d, g, name, partial),
+        [d, g, _] => {
+            return parse_dump_path(d, g, name, partial).map(|f| StoredFile { encrypted, ..f })
+        }
         _ => return None,
     };
     Some(StoredFile {
@@ -514,6 +526,7 @@ pub fn parse_path(rel: &Path) -> Option<StoredFile> {
         group: DirName::Name(group.to_string()),
         run_id,
         partial,
+        encrypted,
     })
 }
 
@@ -553,6 +566,7 @@ fn parse_dump_path(d: &str, g: &str, name: &str, partial: bool) -> Option<Stored
         group: read(group),
         run_id,
         partial,
+        encrypted: false,
     })
 }
 
@@ -626,6 +640,19 @@ pub fn hash_file(path: &Path) -> io::Result<(u64, String)> {
 /// file mode (`backup.file_mode`).
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     write_atomic_mode(path, data, FILE_MODE.load(Ordering::Relaxed))
+}
+
+/// [`write_atomic`] of `data` encrypted to `seal` when given (`path` is then the encrypted
+/// file's, [`crate::crypt::written_path`]): the plaintext never reaches the disk.
+pub fn write_atomic_sealed(
+    path: &Path,
+    data: &[u8],
+    seal: Option<&crate::crypt::Recipients>,
+) -> io::Result<()> {
+    match seal {
+        Some(recipients) => write_atomic(path, &recipients.seal_bytes(data)?),
+        None => write_atomic(path, data),
+    }
 }
 
 /// [`write_atomic`] with an explicit mode (e.g. 0644 for a file another service reads).

@@ -807,15 +807,24 @@ fn toc_bytes(entries: &[Entry], version: (u8, u8, u8)) -> Result<Vec<u8>, Archiv
 // ---------------------------------------------------------------------------------------------
 // Writing
 
-/// Writes an archive: header + TOC with positions unset at creation; data blocks; then the TOC
-/// rewritten with positions.
+/// Writes an archive: header + TOC with positions unset at creation; data blocks; then, on a
+/// seekable output ([`ArchiveWriter::new`]), the TOC rewritten with positions.
+///
+/// On an output that cannot seek (an encrypted stream: [`ArchiveWriter::streaming`]) the TOC
+/// keeps every position unset, as `pg_dump -Fc` writes to a pipe, and the data blocks must
+/// come in TOC order: `pg_restore` reading such an archive from a pipe finds each block by
+/// reading on from the last one (on a file it can seek in, it scans for them, so `-j` works
+/// too).
 ///
 /// Memory stays flat in the data size: data is compressed as it comes and written in chunks
 /// of about 64 KiB. Data positions are counted from where `out` stood when the writer was
 /// created, so `out` should be at the start of an empty file. Until [`ArchiveWriter::finish`]
 /// returns, the output is not a complete archive: write it to a temporary name.
-pub struct ArchiveWriter<W: Write + Seek> {
+pub struct ArchiveWriter<W: Write> {
     sink: Sink<W>,
+    /// Without seeking: the indexes in `entries` of the entries with data, in TOC order, and
+    /// how many of them have been written (the next block must be the next of them).
+    in_order: Option<(Vec<usize>, usize)>,
     compression: Compression,
     version: (u8, u8, u8),
     entries: Vec<Entry>,
@@ -828,7 +837,7 @@ pub struct ArchiveWriter<W: Write + Seek> {
 }
 
 /// The output and the number of bytes written to it.
-struct Sink<W: Write + Seek> {
+struct Sink<W: Write> {
     out: BufWriter<W>,
     /// Where the archive starts in `out`.
     base: u64,
@@ -836,7 +845,7 @@ struct Sink<W: Write + Seek> {
     pos: u64,
 }
 
-impl<W: Write + Seek> Sink<W> {
+impl<W: Write> Sink<W> {
     fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.out.write_all(bytes)?;
         self.pos += bytes.len() as u64;
@@ -987,8 +996,9 @@ fn zlib_header(compression: Compression) -> [u8; 2] {
 const DEFLATE_END: [u8; 2] = [0x03, 0x00];
 
 impl<W: Write + Seek> ArchiveWriter<W> {
-    /// Starts an archive in `out`: writes the header and the TOC with every data position
-    /// unset.
+    /// Starts an archive in `out`, a seekable output: writes the header and the TOC with
+    /// every data position unset, to be rewritten with the positions by
+    /// [`finish`](Self::finish).
     ///
     /// `entries` is the complete TOC in restore order; entries with `had_dumper` get data
     /// later, through [`begin_data`](Self::begin_data). Their `data` fields are ignored: the
@@ -996,7 +1006,64 @@ impl<W: Write + Seek> ArchiveWriter<W> {
     /// The header is written as given (including its creation time); its version must be one
     /// of [`SUPPORTED_VERSIONS`], its format custom, its sizes 4 and 8, and its compression
     /// one that version can record. Dump ids must be unique.
-    pub fn new(out: W, header: Header, mut entries: Vec<Entry>) -> Result<Self, ArchiveError> {
+    pub fn new(mut out: W, header: Header, entries: Vec<Entry>) -> Result<Self, ArchiveError> {
+        let base = out.stream_position()?;
+        Self::start(out, base, header, entries, false)
+    }
+
+    /// Rewrites the TOC with every data position and returns the writer, flushed (not
+    /// fsynced) and positioned at the end of the archive. A `had_dumper` entry without data,
+    /// or a block not ended, is an error.
+    pub fn finish(self) -> Result<W, ArchiveError> {
+        if self.in_order.is_some() {
+            return self.finish_streaming();
+        }
+        self.check_complete()?;
+        let toc = toc_bytes(&self.entries, self.version)?;
+        if toc.len() != self.toc_len {
+            // Cannot happen: only fixed-size data positions changed.
+            return Err(malformed(format!(
+                "the final TOC is {} bytes, the first {}",
+                toc.len(),
+                self.toc_len
+            )));
+        }
+        let mut sink = self.sink;
+        let end = sink.pos;
+        sink.out.seek(SeekFrom::Start(sink.base + self.toc_at))?;
+        sink.out.write_all(&toc)?;
+        sink.out.seek(SeekFrom::Start(sink.base + end))?;
+        let mut out = sink.out.into_inner().map_err(|e| e.into_error())?;
+        out.flush()?;
+        Ok(out)
+    }
+}
+
+impl<W: Write> ArchiveWriter<W> {
+    /// Starts an archive in `out`, an output that cannot seek: the TOC is written once, with
+    /// every data position unset, and the data blocks must be written in TOC order (as
+    /// `pg_dump -Fc` to a pipe writes them). Finish with
+    /// [`finish_streaming`](Self::finish_streaming).
+    pub fn streaming(out: W, header: Header, entries: Vec<Entry>) -> Result<Self, ArchiveError> {
+        Self::start(out, 0, header, entries, true)
+    }
+
+    /// Ends a streaming archive: checks every entry's data was written, flushes, and returns
+    /// the output (for the caller to finish, e.g. an encryption's last chunk).
+    pub fn finish_streaming(self) -> Result<W, ArchiveError> {
+        self.check_complete()?;
+        let mut out = self.sink.out.into_inner().map_err(|e| e.into_error())?;
+        out.flush()?;
+        Ok(out)
+    }
+
+    fn start(
+        out: W,
+        base: u64,
+        header: Header,
+        mut entries: Vec<Entry>,
+        streaming: bool,
+    ) -> Result<Self, ArchiveError> {
         let mut index = HashMap::with_capacity(entries.len());
         for (i, e) in entries.iter_mut().enumerate() {
             if index.insert(e.dump_id, i).is_some() {
@@ -1013,14 +1080,18 @@ impl<W: Write + Seek> ArchiveWriter<W> {
         }
         let head = header_bytes(&header)?;
         let toc = toc_bytes(&entries, header.version)?;
-        let mut out = BufWriter::with_capacity(CHUNK_SIZE, out);
-        let base = out.stream_position()?;
+        let out = BufWriter::with_capacity(CHUNK_SIZE, out);
         let mut sink = Sink { out, base, pos: 0 };
+        let in_order = streaming.then(|| {
+            let with_data = entries.iter().enumerate().filter(|(_, e)| e.had_dumper);
+            (with_data.map(|(i, _)| i).collect(), 0)
+        });
         sink.put(&head)?;
         let toc_at = sink.pos;
         sink.put(&toc)?;
         Ok(ArchiveWriter {
             sink,
+            in_order,
             compression: header.compression,
             version: header.version,
             entries,
@@ -1059,6 +1130,14 @@ impl<W: Write + Seek> ArchiveWriter<W> {
         }
         if e.data != DataState::NotSet {
             return Err(malformed(format!("the data of {name} is already written")));
+        }
+        if let Some((order, done)) = &mut self.in_order {
+            if order.get(*done) != Some(&index) {
+                return Err(malformed(format!(
+                    "the data of {name} comes out of TOC order, which an archive without data positions cannot have"
+                )));
+            }
+            *done += 1;
         }
         self.entries[index].data = DataState::At(self.sink.pos);
         self.sink.put(&[BLK_DATA])?;
@@ -1175,11 +1254,8 @@ impl<W: Write + Seek> ArchiveWriter<W> {
         Ok(block.raw)
     }
 
-    /// Rewrites the TOC with every data position and returns the writer, flushed (not
-    /// fsynced) and positioned at the end of the archive. A `had_dumper` entry without data,
-    /// or a block not ended, is an error.
-    pub fn finish(self) -> Result<W, ArchiveError> {
-        let mut sink = self.sink;
+    /// Whether every entry with data got it and no block is open.
+    fn check_complete(&self) -> Result<(), ArchiveError> {
         if let Some(b) = &self.open {
             return Err(malformed(format!(
                 "the data of {} is not ended",
@@ -1192,37 +1268,22 @@ impl<W: Write + Seek> ArchiveWriter<W> {
             .filter(|e| e.data == DataState::NotSet)
             .map(entry_name)
             .collect();
-        if !missing.is_empty() {
-            let shown = missing
-                .iter()
-                .take(5)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", ");
-            let more = missing.len().saturating_sub(5);
-            let more = if more > 0 {
-                format!(" and {more} more")
-            } else {
-                String::new()
-            };
-            return Err(malformed(format!("no data written for {shown}{more}")));
+        if missing.is_empty() {
+            return Ok(());
         }
-        let toc = toc_bytes(&self.entries, self.version)?;
-        if toc.len() != self.toc_len {
-            // Cannot happen: only fixed-size data positions changed.
-            return Err(malformed(format!(
-                "the final TOC is {} bytes, the first {}",
-                toc.len(),
-                self.toc_len
-            )));
-        }
-        let end = sink.pos;
-        sink.out.seek(SeekFrom::Start(sink.base + self.toc_at))?;
-        sink.out.write_all(&toc)?;
-        sink.out.seek(SeekFrom::Start(sink.base + end))?;
-        let mut out = sink.out.into_inner().map_err(|e| e.into_error())?;
-        out.flush()?;
-        Ok(out)
+        let shown = missing
+            .iter()
+            .take(5)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        let more = missing.len().saturating_sub(5);
+        let more = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
+        Err(malformed(format!("no data written for {shown}{more}")))
     }
 }
 

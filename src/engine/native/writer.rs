@@ -91,6 +91,8 @@ pub(super) struct Target {
     pub(super) final_path: PathBuf,
     pub(super) header: archive::Header,
     pub(super) entries: Vec<Entry>,
+    /// Encrypt the archive as it is written (`[encryption]`).
+    pub(super) seal: Option<crate::crypt::Recipients>,
 }
 
 /// Where a group's COPY data goes: memory while it is small, a writer thread once it is not.
@@ -191,10 +193,15 @@ impl Source {
 }
 
 /// Writes the archive from the COPY data, then commits it (fsync, rename, directory fsync).
-/// Runs on a blocking thread.
-fn write_archive(t: Target, mut source: Source) -> Result<store::Finished, WriteError> {
+/// Runs on a blocking thread. An encrypted archive cannot seek back to record its data
+/// positions: it is written as `pg_dump -Fc` writes to a pipe ([`ArchiveWriter::streaming`]).
+fn write_archive(t: Target, source: Source) -> Result<store::Finished, WriteError> {
     let path = &t.partial;
     let io = |source: ArchiveError| WriteError::Archive {
+        path: path.clone(),
+        source,
+    };
+    let flush = |source: std::io::Error| WriteError::Flush {
         path: path.clone(),
         source,
     };
@@ -207,24 +214,74 @@ fn write_archive(t: Target, mut source: Source) -> Result<store::Finished, Write
             source,
         })?;
     let compression = t.header.compression;
-    let mut w = ArchiveWriter::new(BufWriter::with_capacity(1 << 16, file), t.header, t.entries)
-        .map_err(io)?;
+    match &t.seal {
+        None => {
+            let out = BufWriter::with_capacity(1 << 16, file);
+            let mut w = ArchiveWriter::new(out, t.header, t.entries).map_err(io)?;
+            write_data(&mut w, source, compression).map_err(|e| e.at(path))?;
+            let out = w.finish().map_err(io)?;
+            out.into_inner().map_err(|e| flush(e.into_error()))?;
+        }
+        Some(recipients) => {
+            let sealed = recipients.seal(file).map_err(flush)?;
+            let mut w = ArchiveWriter::streaming(sealed, t.header, t.entries).map_err(io)?;
+            write_data(&mut w, source, compression).map_err(|e| e.at(path))?;
+            let sealed = w.finish_streaming().map_err(io)?;
+            sealed.finish().map_err(flush)?;
+        }
+    }
+    store::commit(path, &t.final_path).map_err(|source| WriteError::Commit {
+        path: t.final_path.clone(),
+        source,
+    })
+}
+
+/// Why [`write_data`] stopped: the archive refused something, or the COPY side gave up.
+enum DataError {
+    Archive(ArchiveError),
+    Incomplete,
+}
+
+impl DataError {
+    fn at(self, path: &std::path::Path) -> WriteError {
+        match self {
+            DataError::Archive(source) => WriteError::Archive {
+                path: path.to_path_buf(),
+                source,
+            },
+            DataError::Incomplete => WriteError::Incomplete,
+        }
+    }
+}
+
+impl From<ArchiveError> for DataError {
+    fn from(e: ArchiveError) -> Self {
+        DataError::Archive(e)
+    }
+}
+
+/// Writes the data blocks from the COPY side's chunks, until [`Chunk::Finish`].
+fn write_data<W: std::io::Write>(
+    w: &mut ArchiveWriter<W>,
+    mut source: Source,
+    compression: crate::compression::Compression,
+) -> Result<(), DataError> {
     // The open block's data not yet handed to the compression threads, and the pieces they
     // are compressing, in order. A small block is compressed here, in one piece.
     let mut raw: Vec<u8> = Vec::new();
     let mut inflight = InFlight::default();
-    let put = |w: &mut ArchiveWriter<_>, p: Pending| -> Result<(), ArchiveError> {
+    let put = |w: &mut ArchiveWriter<W>, p: Pending| -> Result<(), ArchiveError> {
         w.write_piece(p.wait()?)
     };
     loop {
         match source.next() {
-            Some(Chunk::Begin(id)) => w.begin_data(id).map_err(io)?,
+            Some(Chunk::Begin(id)) => w.begin_data(id)?,
             Some(Chunk::Data(b)) => {
                 raw.extend_from_slice(&b);
                 if raw.len() >= PIECE_SIZE {
                     let p = pieces::compress(compression, std::mem::take(&mut raw));
                     for done in inflight.push(p) {
-                        put(&mut w, done).map_err(io)?;
+                        put(w, done)?;
                     }
                 }
             }
@@ -232,36 +289,27 @@ fn write_archive(t: Target, mut source: Source) -> Result<store::Finished, Write
                 if !raw.is_empty() {
                     let before = pieces::compress(compression, std::mem::take(&mut raw));
                     for done in inflight.push(before) {
-                        put(&mut w, done).map_err(io)?;
+                        put(w, done)?;
                     }
                 }
                 for done in inflight.push(p) {
-                    put(&mut w, done).map_err(io)?;
+                    put(w, done)?;
                 }
             }
             Some(Chunk::End) => {
                 for done in inflight.drain() {
-                    put(&mut w, done).map_err(io)?;
+                    put(w, done)?;
                 }
                 // The rest, compressed here as the piece that ends the stream.
-                let last = Piece::compress(compression, &raw, true).map_err(ArchiveError::from);
-                w.write_piece(last.map_err(io)?).map_err(io)?;
+                let last = Piece::compress(compression, &raw, true).map_err(ArchiveError::from)?;
+                w.write_piece(last)?;
                 raw.clear();
-                w.end_data().map_err(io)?;
+                w.end_data()?;
             }
-            Some(Chunk::Finish) => break,
-            None => return Err(WriteError::Incomplete),
+            Some(Chunk::Finish) => return Ok(()),
+            None => return Err(DataError::Incomplete),
         }
     }
-    let out = w.finish().map_err(io)?;
-    out.into_inner().map_err(|e| WriteError::Flush {
-        path: path.clone(),
-        source: e.into_error(),
-    })?;
-    store::commit(path, &t.final_path).map_err(|source| WriteError::Commit {
-        path: t.final_path.clone(),
-        source,
-    })
 }
 
 /// The creation time as pg_dump records it (local time, `struct tm` fields).

@@ -17,6 +17,7 @@ use tokio::process::Command;
 
 use crate::config::Config;
 use crate::connect::{application_name, ConnParams};
+use crate::crypt::{CryptError, Identities, PlainFile};
 use crate::exit::Outcome;
 use crate::failure::Failure;
 use crate::report::{GroupKind, Kind, RunReport, Status};
@@ -49,12 +50,16 @@ pub fn pg_restore_path(config: &Config) -> Result<PathBuf, Failure> {
 /// Reads the report of `run_id`, or the one at `file`, or the newest in `<dir>/reports`.
 pub fn load_report(
     config: &Config,
+    ids: &Identities,
     run_id: Option<&str>,
     file: Option<&Path>,
 ) -> Result<(RunReport, PathBuf), Failure> {
     let path = match (file, run_id) {
         (Some(f), _) => f.to_path_buf(),
-        (None, Some(id)) => store::report_path(&config.backup.dir, id),
+        (None, Some(id)) => {
+            let plain = store::report_path(&config.backup.dir, id);
+            crate::crypt::existing(&plain).unwrap_or(plain)
+        }
         (None, None) => newest_report(&config.backup.dir).ok_or_else(|| {
             Failure::Usage(format!(
                 "no run report in {}",
@@ -62,13 +67,14 @@ pub fn load_report(
             ))
         })?,
     };
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        Failure::Usage(format!(
-            "cannot read the run report {}: {e}",
+    let text = ids.read(&path).map_err(|e| match e {
+        CryptError::Io { source, .. } => Failure::Usage(format!(
+            "cannot read the run report {}: {source}",
             path.display()
-        ))
+        )),
+        e => Failure::Usage(e.to_string()),
     })?;
-    let report = serde_json::from_str(&text)
+    let report = serde_json::from_slice(&text)
         .map_err(|e| Failure::Usage(format!("{} is not a run report: {e}", path.display())))?;
     Ok((report, path))
 }
@@ -79,7 +85,7 @@ fn newest_report(dir: &Path) -> Option<PathBuf> {
         .flatten()
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
-            let id = name.strip_suffix(".json")?;
+            let id = crate::crypt::plain_name(&name).0.strip_suffix(".json")?;
             store::is_run_id(id).then(|| (id.to_string(), e.path()))
         })
         .max()
@@ -424,7 +430,7 @@ fn tempfile_path(what: &str) -> PathBuf {
 /// The schema archive to take a group's prerequisites from: the same run's, else the newest.
 pub fn schema_archive_for(root: &Path, database: &str, run_id: &str) -> Option<PathBuf> {
     let same = store::dump_path(root, database, store::SCHEMA_GROUP, run_id);
-    if same.is_file() {
+    if let Some(same) = crate::crypt::existing(&same) {
         return Some(same);
     }
     group_dumps(root, database, store::SCHEMA_GROUP)
@@ -463,7 +469,10 @@ fn group_dumps(root: &Path, database: &str, group: &str) -> Vec<(String, PathBuf
             let path = e.path();
             let stored = store::parse_path(path.strip_prefix(root).ok()?)?;
             let id = stored.run_id.as_str();
-            let expected = store::dump_path(root, database, group, id);
+            let mut expected = store::dump_path(root, database, group, id);
+            if stored.encrypted {
+                expected = crate::crypt::sealed_path(&expected);
+            }
             (!stored.partial && expected == path).then(|| (id.to_string(), path))
         })
         .collect();
@@ -511,6 +520,27 @@ pub struct RestoreOptions {
     /// Drop the group's objects in the target first (pg_restore --clean --if-exists).
     #[arg(long)]
     pub clean: bool,
+    /// An age identity (secret key) file that decrypts encrypted dumps, as `age-keygen`
+    /// writes it; may be given several times.
+    #[arg(long = "identity", value_name = "FILE")]
+    pub identities: Vec<PathBuf>,
+}
+
+/// The identities of `--identity`: a file that cannot be read is a usage error.
+pub fn load_identities(files: &[PathBuf]) -> Result<Identities, Failure> {
+    Identities::load(files).map_err(|e| Failure::Usage(e.to_string()))
+}
+
+/// `file` as pg_restore can read it: itself, or a decrypted temporary copy (removed when the
+/// [`PlainFile`] is dropped). Missing or wrong keys are usage errors (exit 2).
+pub fn plain_file(ids: &Identities, file: &Path) -> Result<PlainFile, Failure> {
+    ids.plain_file(file).map_err(|e| {
+        if e.is_about_keys() {
+            Failure::Usage(e.to_string())
+        } else {
+            Failure::Start(e.into())
+        }
+    })
 }
 
 /// `pg_groupdump restore`: one group (`--group`), or a whole database from one run (`--run`
@@ -556,6 +586,8 @@ struct Restorer<'a> {
     target: &'a str,
     /// Arguments every pg_restore of this restore gets (`--jobs`).
     common: Vec<std::ffi::OsString>,
+    /// `--identity`: what decrypts encrypted dumps.
+    ids: Identities,
 }
 
 impl<'a> Restorer<'a> {
@@ -573,6 +605,7 @@ impl<'a> Restorer<'a> {
             maintenance: &config.connection.maintenance_database,
             target: &opts.target,
             common,
+            ids: load_identities(&opts.identities)?,
         })
     }
 
@@ -625,17 +658,18 @@ async fn restore_group(
         None => the_database_with_group(root, group)?,
     };
     let (dump_run, file) = match at {
-        Some(at) => find_group_dump_at(root, &database, group, at)?,
+        Some(at) => find_group_dump_at(root, &restorer.ids, &database, group, at)?,
         None => find_group_dump(root, &database, group, opts.run.as_deref())?,
     };
     let created = restorer.create_target().await?;
     if created || database_is_empty(&restorer.conn, restorer.target).await? {
         if let Some(schema) = schema_archive_for(root, &database, &dump_run) {
+            let schema = plain_file(&restorer.ids, &schema)?;
             restore_prerequisites(
                 &restorer.pg_restore,
                 &restorer.conn,
                 restorer.target,
-                &schema,
+                schema.path(),
             )
             .await
             .map_err(|e| Failure::Start(e.into()))?;
@@ -646,7 +680,8 @@ async fn restore_group(
         args.push("--clean".into());
         args.push("--if-exists".into());
     }
-    args.push(file.clone().into());
+    let plain = plain_file(&restorer.ids, &file)?;
+    args.push(plain.path().into());
     crate::say!("restoring {} into {}", file.display(), restorer.target);
     let (ok, stderr) = restorer.run(&args).await?;
     if !stderr.is_empty() {
@@ -696,11 +731,12 @@ fn find_group_dump(
 /// time, or its run's start when the report does not say): (its run id, its path).
 fn find_group_dump_at(
     root: &Path,
+    ids: &Identities,
     database: &str,
     group: &str,
     at: DateTime<Utc>,
 ) -> Result<(String, PathBuf), Failure> {
-    let inv = crate::list::local(root, &[(database.to_string(), group.to_string())]);
+    let inv = crate::list::local(root, ids, &[(database.to_string(), group.to_string())]);
     let history = inv.group(GroupKind::Tables, database, group);
     let Some(dump) = history.and_then(|h| h.at(at)) else {
         return Err(Failure::Usage(format!(
@@ -740,7 +776,7 @@ async fn restore_database_at(
     database: &str,
 ) -> Result<Outcome, Failure> {
     let root = &config.backup.dir;
-    let inv = crate::list::local(root, &crate::list::configured_names(config));
+    let inv = crate::list::local(root, &restorer.ids, &crate::list::configured_names(config));
     let schema_history = inv.group(GroupKind::Schema, database, store::SCHEMA_GROUP);
     let Some(schema) = schema_history.and_then(|h| h.at(at)) else {
         return Err(Failure::Usage(format!(
@@ -832,14 +868,14 @@ async fn restore_database(
     database: &str,
 ) -> Result<Outcome, Failure> {
     let root = &config.backup.dir;
-    let schema = store::dump_path(root, database, store::SCHEMA_GROUP, run_id);
-    if !schema.is_file() {
+    let plain = store::dump_path(root, database, store::SCHEMA_GROUP, run_id);
+    let Some(schema) = crate::crypt::existing(&plain) else {
         return Err(Failure::Usage(format!(
             "run {run_id} has no schema dump of database {database:?} ({} is missing)",
-            schema.display()
+            plain.display()
         )));
-    }
-    let groups = groups_of_run(config, database, run_id);
+    };
+    let groups = groups_of_run(config, &restorer.ids, database, run_id);
     let missing = format!("no successful dump in run {run_id}");
     rebuild(
         restorer,
@@ -862,9 +898,10 @@ async fn rebuild(
     missing: &str,
     from: &str,
 ) -> Result<Outcome, Failure> {
+    let schema = plain_file(&restorer.ids, schema)?;
     restorer.create_target().await?;
     let section = |s: &str| -> Vec<std::ffi::OsString> {
-        vec![format!("--section={s}").into(), schema.into()]
+        vec![format!("--section={s}").into(), schema.path().into()]
     };
     let mut failures = restorer
         .step("schema (pre-data)", &section("pre-data"))
@@ -872,7 +909,8 @@ async fn rebuild(
     for (group, file) in groups {
         match file {
             Some(f) => {
-                let args = ["--data-only".into(), f.clone().into()];
+                let f = plain_file(&restorer.ids, f)?;
+                let args = ["--data-only".into(), f.path().into()];
                 failures += restorer.step(&format!("group {group}"), &args).await?;
             }
             None => {
@@ -907,9 +945,14 @@ async fn rebuild(
 /// The groups of `database` in run `run_id`, each with its dump (`None`: the dump failed).
 /// The run's report says which groups there were; without it (written elsewhere with
 /// `--report`), the dumps on disk do.
-fn groups_of_run(config: &Config, database: &str, run_id: &str) -> Vec<(String, Option<PathBuf>)> {
+fn groups_of_run(
+    config: &Config,
+    ids: &Identities,
+    database: &str,
+    run_id: &str,
+) -> Vec<(String, Option<PathBuf>)> {
     let root = &config.backup.dir;
-    if let Ok((report, _)) = load_report(config, Some(run_id), None) {
+    if let Ok((report, _)) = load_report(config, ids, Some(run_id), None) {
         return report
             .groups
             .iter()
@@ -919,7 +962,7 @@ fn groups_of_run(config: &Config, database: &str, run_id: &str) -> Vec<(String, 
             .map(|g| {
                 let file = (g.status == Status::Ok)
                     .then(|| store::dump_path(root, database, &g.group, run_id))
-                    .filter(|p| p.is_file());
+                    .and_then(|p| crate::crypt::existing(&p));
                 (g.group.clone(), file)
             })
             .collect();
@@ -934,7 +977,7 @@ fn groups_of_run(config: &Config, database: &str, run_id: &str) -> Vec<(String, 
             continue;
         }
         let p = store::dump_path(root, database, &group, run_id);
-        if p.is_file() {
+        if let Some(p) = crate::crypt::existing(&p) {
             groups.push((group, Some(p)));
         }
     }

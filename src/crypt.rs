@@ -293,14 +293,17 @@ impl Identities {
 
 /// `<dir>/.<name>.<pid>.<n>.decrypted` beside `file`.
 fn decrypted_copy_path(file: &Path) -> PathBuf {
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let name = file.file_name().unwrap_or_default().to_string_lossy();
+    scratch_path(file, plain_name(&name).0)
+}
+
+/// A private file beside `file` for something derived from its plaintext (`what` names it):
+/// `.<what>.<pid>.<n>.decrypted`, which the next run removes if this process is killed
+/// before it does. Never in a shared temporary directory.
+pub fn scratch_path(file: &Path, what: &str) -> PathBuf {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    file.with_file_name(format!(
-        ".{}.{}.{n}{DECRYPTED}",
-        plain_name(&name).0,
-        std::process::id()
-    ))
+    file.with_file_name(format!(".{what}.{}.{n}{DECRYPTED}", std::process::id()))
 }
 
 /// Whether `name` is a decrypted copy made by a process that is no longer running (a
@@ -323,9 +326,8 @@ pub fn is_stale_decrypted_copy(name: &str) -> bool {
         return false;
     }
     // SAFETY: kill with signal 0 only checks whether the process exists.
-    let gone = unsafe { libc::kill(pid, 0) } != 0
-        && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
-    gone
+    (unsafe { libc::kill(pid, 0) }) != 0
+        && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
 }
 
 /// A plaintext archive pg_restore reads: the file itself, or a decrypted temporary copy that

@@ -402,8 +402,9 @@ pub async fn restore_prerequisites(
         })
         .map(|l| format!("{l}\n"))
         .collect();
-    let list_file = tempfile_path("toc");
-    std::fs::write(&list_file, list).map_err(|error| PgRestoreError::ListFile {
+    // Beside the archive, not in a shared temporary directory: the list names its objects.
+    let list_file = crate::crypt::scratch_path(schema_archive, "toc");
+    write_private(&list_file, list.as_bytes()).map_err(|error| PgRestoreError::ListFile {
         path: list_file.clone(),
         error,
     })?;
@@ -418,13 +419,16 @@ pub async fn restore_prerequisites(
     result.map(|_| ())
 }
 
-fn tempfile_path(what: &str) -> PathBuf {
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    std::env::temp_dir().join(format!(
-        "pg_groupdump-{}-{}-{what}",
-        std::process::id(),
-        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ))
+/// Writes a new file only its owner may read.
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(data)
 }
 
 /// The schema archive to take a group's prerequisites from: the same run's, else the newest.

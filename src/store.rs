@@ -769,8 +769,24 @@ mod tests {
         let target = outside.path().join("x.20261123T184501Z.dump.ing");
         fs::write(&target, b"x").unwrap();
         std::os::unix::fs::symlink(&target, d.join("link.20261123T184501Z.dump.ing")).unwrap();
-        assert_eq!(sweep_partials(dir.path()), vec![ours.clone()]);
+        let sealed = d.join("db.g.20261123T184501Z.dump.age.ing");
+        fs::write(&sealed, b"x").unwrap();
+        // A decrypted copy of a process that is gone (pid 2^22 + 1 is above pid_max's
+        // default), and one of this process, in use.
+        let stale = d.join(".db.g.20261123T184501Z.dump.4194305.0.decrypted");
+        let in_use = d.join(format!(
+            ".db.g.20261123T184501Z.dump.{}.0.decrypted",
+            std::process::id()
+        ));
+        fs::write(&stale, b"x").unwrap();
+        fs::write(&in_use, b"x").unwrap();
+        let mut removed = sweep_partials(dir.path());
+        removed.sort();
+        let mut want = vec![ours.clone(), sealed.clone(), stale.clone()];
+        want.sort();
+        assert_eq!(removed, want);
         assert!(!ours.exists() && other.exists() && finished.exists() && target.exists());
+        assert!(in_use.exists());
         assert!(is_run_id("20261123T184501Z") && !is_run_id("2026112xT184501Z"));
     }
 
@@ -823,6 +839,30 @@ mod tests {
         }
         let g = parse_path(&globals_path(root, r)).unwrap();
         assert_eq!((g.kind, g.database), (FileKind::Globals, None));
+        // Encrypted files are the same files, marked so; `.age` goes before `.ing`.
+        for p in [
+            dump_path(root, "shop", "orders", r),
+            dump_path(root, "shop", SCHEMA_GROUP, r),
+            globals_path(root, r),
+            report_path(root, r),
+        ] {
+            let plain = parse_path(&p).unwrap();
+            let sealed = parse_path(&crate::crypt::sealed_path(&p)).unwrap();
+            assert!(sealed.encrypted && !plain.encrypted);
+            assert_eq!(
+                StoredFile {
+                    encrypted: false,
+                    ..sealed
+                },
+                plain
+            );
+            let partial = parse_path(&partial_path(&crate::crypt::sealed_path(&p))).unwrap();
+            assert!(partial.partial && partial.encrypted);
+            assert_eq!(
+                parse_path(&partial_path(&p).with_extension("ing.age")),
+                None
+            );
+        }
         let rep = parse_path(&report_path(root, r)).unwrap();
         assert_eq!(rep.kind, FileKind::Report);
         assert!(parse_path(&partial_path(&report_path(root, r))).is_some());

@@ -1458,11 +1458,47 @@ mod tests {
         )
         .unwrap();
         // Out of TOC order on purpose: positions make the order free.
+        write_u(&mut w, u_data);
+        write_t(&mut w, compression, t_data, piece);
+        let out = w.finish().unwrap();
+        assert_eq!(out.position(), out.get_ref().len() as u64);
+        out.into_inner()
+    }
+
+    /// [`write_versioned`] without seeking (into a `Vec`, which cannot): positions unset, the
+    /// blocks in TOC order.
+    fn write_streaming(
+        version: (u8, u8, u8),
+        compression: Compression,
+        t_data: &[u8],
+        u_data: &[u8],
+        piece: usize,
+    ) -> Vec<u8> {
+        let mut w = ArchiveWriter::streaming(
+            Vec::new(),
+            versioned(version, compression),
+            sample_entries(),
+        )
+        .unwrap();
+        write_t(&mut w, compression, t_data, piece);
+        write_u(&mut w, u_data);
+        w.finish_streaming().unwrap()
+    }
+
+    fn write_u<W: Write>(w: &mut ArchiveWriter<W>, u_data: &[u8]) {
         w.begin_data(6).unwrap();
         w.write_data(u_data).unwrap();
         assert_eq!(w.end_data().unwrap(), u_data.len() as u64);
-        // t's data: written, then pieces compressed elsewhere (of uneven sizes, as the ranges
-        // of a split table come), then written again.
+    }
+
+    /// t's data: written, then pieces compressed elsewhere (of uneven sizes, as the ranges
+    /// of a split table come), then written again.
+    fn write_t<W: Write>(
+        w: &mut ArchiveWriter<W>,
+        compression: Compression,
+        t_data: &[u8],
+        piece: usize,
+    ) {
         w.begin_data(4).unwrap();
         let (a, rest) = t_data.split_at(t_data.len() / 3);
         let (b, c) = rest.split_at(rest.len() / 2);
@@ -1479,9 +1515,62 @@ mod tests {
             w.write_data(p).unwrap();
         }
         assert_eq!(w.end_data().unwrap(), t_data.len() as u64);
-        let out = w.finish().unwrap();
-        assert_eq!(out.position(), out.get_ref().len() as u64);
-        out.into_inner()
+    }
+
+    /// The length of the data block at the start of `b`: type, dump id, chunks, 0.
+    fn block_len(b: &[u8]) -> usize {
+        let int = |at: usize| u32::from_le_bytes(b[at + 1..at + 5].try_into().unwrap()) as usize;
+        let mut at = 1 + 5;
+        loop {
+            let len = int(at);
+            at += 5 + len;
+            if len == 0 {
+                return at;
+            }
+        }
+    }
+
+    #[test]
+    fn streaming_writes_positions_unset_and_blocks_in_toc_order() {
+        let t_data = big_copy_text();
+        let u_data = "x\n\\N\n日本\n".as_bytes();
+        for (version, compression) in CASES {
+            let bytes = write_streaming(version, compression, &t_data, u_data, 1 << 20);
+            let mut r = &bytes[..];
+            let toc = read_toc(&mut r).unwrap();
+            let states: Vec<DataState> = toc.entries.iter().map(|e| e.data).collect();
+            use DataState::{NoData, NotSet};
+            assert_eq!(
+                states,
+                [NoData, NoData, NoData, NotSet, NoData, NotSet, NoData]
+            );
+            // The blocks follow the TOC, in its order, and hold the same data as a seeking
+            // writer's.
+            let start = bytes.len() - r.len();
+            let t = read_data_block(&bytes, start as u64, compression).unwrap();
+            assert_eq!((t.dump_id, &t.data[..]), (4, &t_data[..]));
+            let u_at = start + block_len(&bytes[start..]);
+            let u = read_data_block(&bytes, u_at as u64, compression).unwrap();
+            assert_eq!((u.dump_id, &u.data[..]), (6, u_data));
+            assert_eq!(
+                u_at + block_len(&bytes[u_at..]),
+                bytes.len(),
+                "nothing follows"
+            );
+        }
+        // Out of TOC order is refused: pg_restore could not find the earlier block.
+        let mut w =
+            ArchiveWriter::streaming(Vec::new(), header(Compression::None), sample_entries())
+                .unwrap();
+        let err = w.begin_data(6).unwrap_err().to_string();
+        assert!(err.contains("out of TOC order"), "{err}");
+        // Nor may a block be missing at the end.
+        let mut w =
+            ArchiveWriter::streaming(Vec::new(), header(Compression::None), sample_entries())
+                .unwrap();
+        w.begin_data(4).unwrap();
+        w.end_data().unwrap();
+        assert!(w.finish_streaming().is_err());
     }
 
     #[test]
@@ -1769,56 +1858,122 @@ mod tests {
                 Compression::Gzip(_) => "gzip".to_string(),
                 other => other.to_string(),
             };
-            let path = dir.path().join(format!("c{}-{level}.dump", version.1));
-            std::fs::write(
-                &path,
-                write_versioned(version, compression, &t_data, u_data, 1000),
-            )
-            .unwrap();
-            let list = run(Command::new(pg_restore).arg("-l").arg(&path));
-            let entries: Vec<&str> = list.lines().filter(|l| !l.starts_with(';')).collect();
-            assert_eq!(
-                entries,
-                [
-                    // (pg_restore -l leaves out ENCODING, STDSTRINGS and SEARCHPATH.)
-                    "2; 2615 16385 SCHEMA  app postgres",
-                    "3; 1259 16390 TABLE app t postgres",
-                    "4; 0 16390 TABLE DATA app t postgres",
-                    "5; 1259 16400 TABLE app u postgres",
-                    "6; 0 16400 TABLE DATA app u postgres",
-                    "7; 1259 16395 INDEX app t_id postgres",
-                ],
-                "{list}"
-            );
-            assert!(
-                list.contains(&format!(";     Compression: {level}\n")),
-                "{list}"
-            );
-            let sql = run(Command::new(pg_restore).arg("-f").arg("-").arg(&path));
-            let t_copy = format!(
-                "COPY app.t (id, \"名前\") FROM stdin;\n{}",
-                String::from_utf8(t_data.clone()).unwrap()
-            );
-            assert!(sql.contains(&t_copy), "COPY of app.t missing or altered");
-            assert!(
-                sql.contains("COPY app.u (v) FROM stdin;\nx\n\\N\n日本\n\\.\n\n\n"),
-                "{sql}"
-            );
-            assert!(sql.contains("\"名前\" text -- é 日本 🐘"), "{sql}");
-            // A restore list of one data entry finds it through its position.
-            let one = run(Command::new(pg_restore)
-                .args(["-f", "-", "-L"])
-                .arg({
-                    let l = dir.path().join("only-u.list");
-                    std::fs::write(&l, "6; 0 16400 TABLE DATA app u postgres\n").unwrap();
-                    l
-                })
-                .arg(&path));
-            assert!(
-                one.contains("COPY app.u (v) FROM stdin;\nx\n\\N\n日本\n\\.\n\n\n"),
-                "{one}"
-            );
-            assert!(!one.contains("COPY app.t"), "{one}");
+            for streaming in [false, true] {
+                let bytes = if streaming {
+                    write_streaming(version, compression, &t_data, u_data, 1000)
+                } else {
+                    write_versioned(version, compression, &t_data, u_data, 1000)
+                };
+                let path = dir.path().join(format!(
+                    "c{}-{level}{}.dump",
+                    version.1,
+                    if streaming { "-stream" } else { "" }
+                ));
+                std::fs::write(&path, &bytes).unwrap();
+                stock_pg_restore_reads_one(pg_restore, &path, &level, &t_data);
+                if streaming {
+                    // From a pipe, as `age -d … | pg_restore` gives it: read in order.
+                    stock_pg_restore_reads_piped(pg_restore, &bytes, &t_data, u_data);
+                }
+            }
         }
+    }
+
+    fn stock_pg_restore_reads_one(pg_restore: &Path, path: &Path, level: &str, t_data: &[u8]) {
+        let dir = path.parent().unwrap();
+        let list = run(Command::new(pg_restore).arg("-l").arg(path));
+        let entries: Vec<&str> = list.lines().filter(|l| !l.starts_with(';')).collect();
+        assert_eq!(
+            entries,
+            [
+                // (pg_restore -l leaves out ENCODING, STDSTRINGS and SEARCHPATH.)
+                "2; 2615 16385 SCHEMA  app postgres",
+                "3; 1259 16390 TABLE app t postgres",
+                "4; 0 16390 TABLE DATA app t postgres",
+                "5; 1259 16400 TABLE app u postgres",
+                "6; 0 16400 TABLE DATA app u postgres",
+                "7; 1259 16395 INDEX app t_id postgres",
+            ],
+            "{list}"
+        );
+        assert!(
+            list.contains(&format!(";     Compression: {level}\n")),
+            "{list}"
+        );
+        let sql = run(Command::new(pg_restore).arg("-f").arg("-").arg(path));
+        let t_copy = format!(
+            "COPY app.t (id, \"名前\") FROM stdin;\n{}",
+            String::from_utf8(t_data.to_vec()).unwrap()
+        );
+        assert!(sql.contains(&t_copy), "COPY of app.t missing or altered");
+        assert!(
+            sql.contains("COPY app.u (v) FROM stdin;\nx\n\\N\n日本\n\\.\n\n\n"),
+            "{sql}"
+        );
+        assert!(sql.contains("\"名前\" text -- é 日本 🐘"), "{sql}");
+        // A restore list of one data entry finds it through its position.
+        let one = run(Command::new(pg_restore)
+            .args(["-f", "-", "-L"])
+            .arg({
+                let l = dir.join("only-u.list");
+                std::fs::write(&l, "6; 0 16400 TABLE DATA app u postgres\n").unwrap();
+                l
+            })
+            .arg(path));
+        assert!(
+            one.contains("COPY app.u (v) FROM stdin;\nx\n\\N\n日本\n\\.\n\n\n"),
+            "{one}"
+        );
+        assert!(!one.contains("COPY app.t"), "{one}");
+    }
+
+    /// `pg_restore` reading the archive from its standard input (a pipe): it cannot seek, so
+    /// it finds each block by reading on; the whole SQL and the restore list of one entry.
+    fn stock_pg_restore_reads_piped(pg_restore: &Path, bytes: &[u8], t_data: &[u8], u_data: &[u8]) {
+        let piped = |args: &[&str]| -> String {
+            use std::io::Write as _;
+            let mut child = Command::new(pg_restore)
+                .args(args)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut stdin = child.stdin.take().unwrap();
+            let data = bytes.to_vec();
+            let feeder = std::thread::spawn(move || {
+                let _ = stdin.write_all(&data);
+            });
+            let out = child.wait_with_output().unwrap();
+            feeder.join().unwrap();
+            assert!(
+                out.status.success(),
+                "{pg_restore:?} {args:?} < archive: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        };
+        assert!(piped(&["-l"]).contains("6; 0 16400 TABLE DATA app u postgres"));
+        let sql = piped(&["-f", "-"]);
+        let mut t_copy = b"COPY app.t (id, \"\xe5\x90\x8d\xe5\x89\x8d\") FROM stdin;\n".to_vec();
+        t_copy.extend_from_slice(t_data);
+        assert!(
+            sql.as_bytes().windows(t_copy.len()).any(|w| w == t_copy),
+            "COPY of app.t missing or altered (from a pipe)"
+        );
+        let u_copy = format!(
+            "COPY app.u (v) FROM stdin;\n{}",
+            String::from_utf8_lossy(u_data)
+        );
+        assert!(sql.contains(&u_copy), "{sql}");
+        let list =
+            std::env::temp_dir().join(format!("pg_groupdump-only-u-{}.list", std::process::id()));
+        std::fs::write(&list, "6; 0 16400 TABLE DATA app u postgres\n").unwrap();
+        let one = piped(&["-f", "-", "-L", list.to_str().unwrap()]);
+        let _ = std::fs::remove_file(&list);
+        assert!(
+            one.contains(&u_copy) && !one.contains("COPY app.t"),
+            "{one}"
+        );
     }
 }

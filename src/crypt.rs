@@ -249,6 +249,22 @@ impl Identities {
         Ok(out)
     }
 
+    /// Decrypts `file` to the end without keeping anything: whether it decrypts (age
+    /// authenticates every chunk, and the last one as the last).
+    pub fn check(&self, file: &Path) -> Result<(), CryptError> {
+        let input = File::open(file).map_err(|source| CryptError::Io {
+            file: file.to_path_buf(),
+            source,
+        })?;
+        let mut reader = self.open(file, BufReader::with_capacity(1 << 16, input))?;
+        io::copy(&mut reader, &mut io::sink())
+            .map(|_| ())
+            .map_err(|e| CryptError::Damaged {
+                file: file.to_path_buf(),
+                message: e.to_string(),
+            })
+    }
+
     /// A path to the plaintext of `file` that pg_restore can read (and seek in): `file`
     /// itself when it is not encrypted; else a decrypted copy beside it, mode 0600, removed
     /// when the [`PlainFile`] is dropped.

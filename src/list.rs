@@ -611,7 +611,7 @@ pub fn command(
     identities: &[PathBuf],
     json: bool,
 ) -> Result<crate::exit::Outcome, crate::failure::Failure> {
-    let ids = crate::restore::load_identities(identities)?;
+    let ids = Identities::load(identities)?;
     let inv = everywhere(config, &ids, &configured_names(config));
     let now = Utc::now();
     let groups = listing(&inv, config, filter, now);

@@ -530,21 +530,10 @@ pub struct RestoreOptions {
     pub identities: Vec<PathBuf>,
 }
 
-/// The identities of `--identity`: a file that cannot be read is a usage error.
-pub fn load_identities(files: &[PathBuf]) -> Result<Identities, Failure> {
-    Identities::load(files).map_err(|e| Failure::Usage(e.to_string()))
-}
-
 /// `file` as pg_restore can read it: itself, or a decrypted temporary copy (removed when the
 /// [`PlainFile`] is dropped). Missing or wrong keys are usage errors (exit 2).
-pub fn plain_file(ids: &Identities, file: &Path) -> Result<PlainFile, Failure> {
-    ids.plain_file(file).map_err(|e| {
-        if e.is_about_keys() {
-            Failure::Usage(e.to_string())
-        } else {
-            Failure::Start(e.into())
-        }
-    })
+fn plain_file(ids: &Identities, file: &Path) -> Result<PlainFile, Failure> {
+    Ok(ids.plain_file(file)?)
 }
 
 /// `pg_groupdump restore`: one group (`--group`), or a whole database from one run (`--run`
@@ -609,7 +598,7 @@ impl<'a> Restorer<'a> {
             maintenance: &config.connection.maintenance_database,
             target: &opts.target,
             common,
-            ids: load_identities(&opts.identities)?,
+            ids: Identities::load(&opts.identities)?,
         })
     }
 

@@ -46,7 +46,7 @@ pub async fn verify(config: &Config, opts: &VerifyOptions) -> Result<Outcome, Fa
         .await
         .map_err(|e| Failure::Start(e.into()))?;
     let config = mirror.as_ref().map_or(config, |m| &m.config);
-    let ids = crate::restore::load_identities(&opts.identities)?;
+    let ids = Identities::load(&opts.identities)?;
     let (mut report, report_path) =
         load_report(config, &ids, opts.run.as_deref(), opts.report.as_deref())?;
     if let Some(m) = &mirror {
@@ -150,13 +150,23 @@ async fn check_file(pg_restore: &Path, ids: &Identities, g: &GroupReport) -> Vec
     if !problems.is_empty() {
         return problems;
     }
+    if g.kind == Kind::Globals {
+        // SQL: nothing for pg_restore to read; an encrypted one must decrypt.
+        if !crate::crypt::is_sealed(&file) {
+            return Vec::new();
+        }
+        let ids = ids.clone();
+        let checked = tokio::task::spawn_blocking(move || ids.check(&file)).await;
+        return match checked {
+            Ok(Ok(())) => Vec::new(),
+            Ok(Err(e)) => vec![e.to_string()],
+            Err(e) => vec![e.to_string()],
+        };
+    }
     let plain = match decrypted(ids, &file).await {
         Ok(p) => p,
         Err(e) => return vec![e.to_string()],
     };
-    if g.kind == Kind::Globals {
-        return Vec::new();
-    }
     match list_archive(pg_restore, plain.path()).await {
         Err(e) => vec![e.to_string()],
         Ok(entries) => match g.kind {

@@ -258,6 +258,8 @@ fn encrypted_round_trip(engine: &str) {
         &whole,
         "--identity",
         id,
+        "--jobs",
+        "2",
     ])
     .expect_code(0);
     let whole = db_named(&whole);

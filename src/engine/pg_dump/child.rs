@@ -276,17 +276,21 @@ pub async fn run_child<C>(
             Err(e) => Err(std::io::Error::other(e.to_string())),
         },
     };
-    Ok(if status.success() {
-        match sealed {
-            Ok(toc) => Ok(ChildOutput {
-                warnings: text,
-                toc,
-            }),
-            Err(source) => Err(ChildError::Output {
+    // The encryption failing (a full disk) is why a child writing into it failed.
+    let toc = match sealed {
+        Ok(toc) => toc,
+        Err(source) => {
+            return Ok(Err(ChildError::Output {
                 path: req.out.to_path_buf(),
                 source,
-            }),
+            }))
         }
+    };
+    Ok(if status.success() {
+        Ok(ChildOutput {
+            warnings: text,
+            toc,
+        })
     } else {
         let status = match status.code() {
             Some(c) => format!("exit code {c}"),

@@ -578,3 +578,48 @@ fn encryption_s3_round_trip_and_wrong_identity() {
     );
     assert!(env.files().iter().all(|p| !p.starts_with(".from-bucket")));
 }
+
+/// A full disk while encrypting: with either engine, the big group fails naming a full disk,
+/// no `.ing` is left, the small group is complete. Needs root (it mounts a 2 MiB tmpfs).
+#[test]
+fn encryption_disk_full_fails_the_group_cleanly() {
+    require_root("it mounts a tmpfs");
+    let db = fresh_db("enc_disk_full");
+    db.sql(
+        "CREATE TABLE big AS SELECT g AS id, md5(random()::text) || md5(random()::text) AS info
+           FROM generate_series(1, 60000) g;
+         CREATE TABLE small AS SELECT g AS id FROM generate_series(1, 100) g;
+         ANALYZE;",
+    );
+    for engine in ["pg_dump", "native"] {
+        let env = Env::new();
+        let key = new_key(&env, "key.txt");
+        let _tmpfs = crate::faults::Tmpfs::mount(&env.dir, "2m")
+            .unwrap_or_else(|e| panic!("cannot mount a tmpfs on {}: {e}", env.dir.display()));
+        env.config_for(&db)
+            .backup("jobs", "1")
+            .backup("compression", &ts("none"))
+            .backup("engine", &ts(engine))
+            .extra(&format!(
+                "[[group]]\nname = \"big\"\ndatabase = {d}\ntables = [\"public.big\"]\n\n\
+                 [[group]]\nname = \"small\"\ndatabase = {d}\ntables = [\"public.small\"]\n",
+                d = ts(&db.name)
+            ))
+            .extra(&encryption(&key))
+            .write(&env);
+        let out = env.run(&["run"]);
+        out.expect_code(1);
+        env.assert_no_ing();
+        assert!(out.stderr.contains("disk full"), "{engine}: {out:?}");
+        let report = decrypted_report(&env, &key);
+        let big = report_group(&report, "big");
+        assert_eq!(big["status"], "failed", "{engine}: {big:#}");
+        assert!(
+            big["error"].as_str().unwrap().contains("disk full"),
+            "{engine}: {big:#}"
+        );
+        let small = file_of(&report, "small");
+        assert!(age_pipe_pg_restore(&key, &small, "--list").contains("TABLE DATA public small"));
+        assert_all_encrypted(&env.dir);
+    }
+}

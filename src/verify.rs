@@ -209,11 +209,11 @@ async fn check_size_and_hash(file: &Path, g: &GroupReport) -> Vec<String> {
 /// `file` readable by pg_restore (decrypted into a temporary copy when it is encrypted), on
 /// a blocking thread.
 async fn decrypted(ids: &Identities, file: &Path) -> Result<PlainFile, CryptError> {
-    let (ids, file) = (ids.clone(), file.to_path_buf());
-    tokio::task::spawn_blocking(move || ids.plain_file(&file))
+    let (ids, path) = (ids.clone(), file.to_path_buf());
+    tokio::task::spawn_blocking(move || ids.plain_file(&path))
         .await
         .map_err(|e| CryptError::Io {
-            file: PathBuf::new(),
+            file: file.to_path_buf(),
             source: std::io::Error::other(e.to_string()),
         })?
 }

@@ -449,3 +449,71 @@ fn tail(s: &str) -> String {
     }
     format!("…{}", &s[start..])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use archive::{ArchiveWriter, DataState, Entry, Header, SECTION_PRE_DATA};
+
+    /// A schema archive as pg_dump writes it to a pipe: `n` TABLE entries, no data.
+    fn schema_archive(n: i32) -> Vec<u8> {
+        let header = Header {
+            version: archive::V1_16,
+            int_size: 4,
+            off_size: 8,
+            format: 1,
+            compression: Compression::None,
+            created: [0, 0, 0, 1, 0, 126, 0],
+            database: Some("shop".into()),
+            server_version: Some("18.1".into()),
+            pg_dump_version: Some("18.1".into()),
+        };
+        let entries = (1..=n)
+            .map(|i| Entry {
+                dump_id: i,
+                had_dumper: false,
+                table_oid: Some("1259".into()),
+                oid: Some(format!("{}", 16384 + i).into()),
+                tag: Some(format!("t{i}").into()),
+                desc: Some("TABLE".into()),
+                section: SECTION_PRE_DATA,
+                defn: Some(format!("CREATE TABLE public.t{i} (id integer);\n").into()),
+                drop_stmt: Some(format!("DROP TABLE public.t{i};\n").into()),
+                copy_stmt: None,
+                namespace: Some("public".into()),
+                tablespace: Some("".into()),
+                tableam: Some("heap".into()),
+                relkind: i32::from(b'r'),
+                owner: Some("postgres".into()),
+                with_oids: Some("false".into()),
+                deps: vec![],
+                data: DataState::NoData,
+            })
+            .collect();
+        ArchiveWriter::streaming(Vec::new(), header, entries)
+            .unwrap()
+            .finish_streaming()
+            .unwrap()
+    }
+
+    #[test]
+    fn the_toc_is_read_from_a_stream_in_pieces_of_any_size() {
+        let bytes = schema_archive(3000);
+        assert!(bytes.len() > 4 << 16, "several reads' worth");
+        let whole = archive::read_toc(&mut &bytes[..]).unwrap();
+        for piece in [1, 7, 1000, 1 << 16, bytes.len()] {
+            let mut head = TocHead::default();
+            for p in bytes.chunks(piece) {
+                head.feed(p);
+            }
+            assert_eq!(head.end().unwrap(), whole, "pieces of {piece}");
+        }
+        // A stream that is not an archive, or ends inside the TOC, says why.
+        let mut head = TocHead::default();
+        head.feed(b"-- a plain SQL dump\n");
+        assert!(head.end().unwrap_err().contains("PGDMP"));
+        let mut head = TocHead::default();
+        head.feed(&bytes[..bytes.len() / 2]);
+        assert!(head.end().is_err());
+    }
+}

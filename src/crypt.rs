@@ -6,9 +6,11 @@
 //! the clear; the stock `age -d -i key FILE` decrypts any of them. An encrypted file's name is
 //! its plain name with [`SUFFIX`] ([`sealed_path`] decides it, [`plain_name`] reads it back).
 //!
-//! Reading back: [`Identities::open`] decrypts a stream; [`Identities::plain_file`] gives a
-//! path `pg_restore` can read — the file itself when it is not encrypted, else a decrypted
-//! copy (mode 0600, beside the encrypted file, in the backup directory) removed when dropped.
+//! Reading back: [`Identities::open`] and [`Identities::reader`] decrypt a stream (which
+//! `restore::Archive` pipes into pg_restore); [`Identities::plain_file`] gives a path a
+//! seeking `pg_restore -j` can read — the file itself when it is not encrypted, else a
+//! decrypted copy (mode 0600, beside the encrypted file, in the backup directory) removed when
+//! dropped.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Write};
@@ -226,6 +228,19 @@ impl Identities {
                 },
                 e => damaged(e),
             })
+    }
+
+    /// A reader of the plaintext of the encrypted `file`; the identities are checked against
+    /// its recipients at once.
+    pub fn reader(
+        &self,
+        file: &Path,
+    ) -> Result<age::stream::StreamReader<BufReader<File>>, CryptError> {
+        let input = File::open(file).map_err(|source| CryptError::Io {
+            file: file.to_path_buf(),
+            source,
+        })?;
+        self.open(file, BufReader::with_capacity(1 << 16, input))
     }
 
     /// The whole content of `file`, decrypted if it is encrypted.

@@ -148,6 +148,99 @@ pub enum PgRestoreError {
         path: PathBuf,
         error: std::io::Error,
     },
+    /// An encrypted archive could not be decrypted (all of it) for pg_restore.
+    #[error(transparent)]
+    Decrypt(#[from] CryptError),
+}
+
+/// An archive as pg_restore reads it: a file it opens by name, or an encrypted file decrypted
+/// into its standard input as it reads, so that no plaintext reaches a disk. pg_restore reads
+/// its input in order, and these archives hold their data in TOC order; only `pg_restore -j`
+/// must seek, and gets a decrypted copy ([`Archive::seekable`]).
+pub enum Archive {
+    /// Plain, or a decrypted copy.
+    File(PlainFile),
+    /// Encrypted, decrypted on the way in.
+    Piped { file: PathBuf, ids: Identities },
+}
+
+impl Archive {
+    /// `file` to be read in order: an encrypted one is piped (the identities are checked
+    /// against its recipients now).
+    pub fn in_order(ids: &Identities, file: &Path) -> Result<Archive, CryptError> {
+        if !crate::crypt::is_sealed(file) {
+            return ids.plain_file(file).map(Archive::File);
+        }
+        ids.reader(file)?;
+        Ok(Archive::Piped {
+            file: file.to_path_buf(),
+            ids: ids.clone(),
+        })
+    }
+
+    /// `file` for a pg_restore that seeks (`--jobs`): an encrypted one is decrypted into a
+    /// copy beside it first.
+    pub fn seekable(ids: &Identities, file: &Path) -> Result<Archive, CryptError> {
+        ids.plain_file(file).map(Archive::File)
+    }
+
+    /// The archive's file, for messages and for files to put beside it.
+    pub fn file(&self) -> &Path {
+        match self {
+            Archive::File(p) => p.path(),
+            Archive::Piped { file, .. } => file,
+        }
+    }
+
+    /// Runs `cmd` (pg_restore, its options given) on the archive: as its last argument, or
+    /// decrypted into its standard input by a thread. pg_restore may stop reading early
+    /// (`--list` reads only the TOC): that is no error; a file that does not decrypt is.
+    async fn output(
+        &self,
+        mut cmd: Command,
+        program: &Path,
+    ) -> Result<std::process::Output, PgRestoreError> {
+        let (file, ids) = match self {
+            Archive::File(p) => {
+                cmd.arg(p.path()).stdin(Stdio::null());
+                return cmd.output().await.map_err(PgRestoreError::spawn(program));
+            }
+            Archive::Piped { file, ids } => (file.clone(), ids.clone()),
+        };
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(PgRestoreError::spawn(program))?;
+        let stdin = child.stdin.take().expect("stdin is piped");
+        let feeder = tokio::task::spawn_blocking(move || -> Result<(), CryptError> {
+            let failed = |source: std::io::Error| CryptError::Damaged {
+                file: file.clone(),
+                message: source.to_string(),
+            };
+            let mut into = stdin
+                .into_owned_fd()
+                .and_then(crate::tools::blocking_pipe)
+                .map_err(failed)?;
+            let mut from = ids.reader(&file)?;
+            match std::io::copy(&mut from, &mut into) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(failed(e)),
+                _ => Ok(()),
+            }
+        });
+        let out = child
+            .wait_with_output()
+            .await
+            .map_err(PgRestoreError::spawn(program))?;
+        match feeder.await {
+            Ok(Ok(())) => Ok(out),
+            Ok(Err(e)) => Err(e.into()),
+            Err(e) => Err(PgRestoreError::Spawn {
+                program: program.to_path_buf(),
+                error: std::io::Error::other(e.to_string()),
+            }),
+        }
+    }
 }
 
 impl PgRestoreError {
@@ -162,24 +255,19 @@ impl PgRestoreError {
 /// Runs `pg_restore --list` on an archive.
 pub async fn list_archive(
     pg_restore: &Path,
-    archive: &Path,
+    archive: &Archive,
 ) -> Result<Vec<TocEntry>, PgRestoreError> {
     Ok(parse_list(&list_text(pg_restore, archive).await?))
 }
 
 /// The text of `pg_restore --list`.
-async fn list_text(pg_restore: &Path, archive: &Path) -> Result<String, PgRestoreError> {
-    let out = Command::new(pg_restore)
-        .arg("--list")
-        .arg(archive)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(PgRestoreError::spawn(pg_restore))?;
+async fn list_text(pg_restore: &Path, archive: &Archive) -> Result<String, PgRestoreError> {
+    let mut cmd = Command::new(pg_restore);
+    cmd.arg("--list").kill_on_drop(true);
+    let out = archive.output(cmd, pg_restore).await?;
     if !out.status.success() {
         return Err(PgRestoreError::Unreadable {
-            archive: archive.to_path_buf(),
+            archive: archive.file().to_path_buf(),
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         });
     }
@@ -271,12 +359,14 @@ pub fn compare_tables(
     problems
 }
 
-/// Runs pg_restore with `args` into `database`; returns its stderr, and whether it succeeded.
+/// Runs pg_restore with `args` on `archive` into `database`; returns its stderr, and
+/// whether it succeeded.
 pub async fn run_pg_restore(
     pg_restore: &Path,
     conn: &ConnParams,
     database: &str,
     args: &[std::ffi::OsString],
+    archive: &Archive,
 ) -> Result<(bool, String), PgRestoreError> {
     let mut cmd = Command::new(pg_restore);
     cmd.arg("--no-password")
@@ -285,17 +375,13 @@ pub async fn run_pg_restore(
             conn.conninfo(database, &application_name("restore"))
         ))
         .args(args)
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     for (k, v) in conn.child_env() {
         cmd.env(k, v);
     }
-    let out = cmd
-        .output()
-        .await
-        .map_err(PgRestoreError::spawn(pg_restore))?;
+    let out = archive.output(cmd, pg_restore).await?;
     let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
     if !out.status.success() && only_transaction_timeout_errors(&stderr) {
         return Ok((
@@ -390,7 +476,7 @@ pub async fn restore_prerequisites(
     pg_restore: &Path,
     conn: &ConnParams,
     database: &str,
-    schema_archive: &Path,
+    schema_archive: &Archive,
 ) -> Result<(), PgRestoreError> {
     let text = list_text(pg_restore, schema_archive).await?;
     let list: String = text
@@ -403,7 +489,7 @@ pub async fn restore_prerequisites(
         .map(|l| format!("{l}\n"))
         .collect();
     // Beside the archive, not in a shared temporary directory: the list names its objects.
-    let list_file = crate::crypt::scratch_path(schema_archive, "toc");
+    let list_file = crate::crypt::scratch_path(schema_archive.file(), "toc");
     write_private(&list_file, list.as_bytes()).map_err(|error| PgRestoreError::ListFile {
         path: list_file.clone(),
         error,
@@ -412,9 +498,8 @@ pub async fn restore_prerequisites(
         "--no-owner".into(),
         "--use-list".into(),
         list_file.clone().into(),
-        schema_archive.into(),
     ];
-    let result = run_pg_restore(pg_restore, conn, database, &args).await;
+    let result = run_pg_restore(pg_restore, conn, database, &args, schema_archive).await;
     let _ = std::fs::remove_file(&list_file);
     result.map(|_| ())
 }
@@ -530,12 +615,6 @@ pub struct RestoreOptions {
     pub identities: Vec<PathBuf>,
 }
 
-/// `file` as pg_restore can read it: itself, or a decrypted temporary copy (removed when the
-/// [`PlainFile`] is dropped). Missing or wrong keys are usage errors (exit 2).
-fn plain_file(ids: &Identities, file: &Path) -> Result<PlainFile, Failure> {
-    Ok(ids.plain_file(file)?)
-}
-
 /// `pg_groupdump restore`: one group (`--group`), or a whole database from one run (`--run`
 /// with `--database`).
 pub async fn restore(config: &Config, opts: &RestoreOptions) -> Result<Outcome, Failure> {
@@ -581,6 +660,8 @@ struct Restorer<'a> {
     common: Vec<std::ffi::OsString>,
     /// `--identity`: what decrypts encrypted dumps.
     ids: Identities,
+    /// `--jobs`: pg_restore seeks in the archives.
+    parallel: bool,
 }
 
 impl<'a> Restorer<'a> {
@@ -599,6 +680,7 @@ impl<'a> Restorer<'a> {
             target: &opts.target,
             common,
             ids: Identities::load(&opts.identities)?,
+            parallel: opts.jobs.is_some(),
         })
     }
 
@@ -611,19 +693,41 @@ impl<'a> Restorer<'a> {
         Ok(created)
     }
 
-    /// Runs pg_restore into the target with the common arguments and `args`; whether it
-    /// succeeded, and its stderr.
-    async fn run(&self, args: &[std::ffi::OsString]) -> Result<(bool, String), Failure> {
+    /// `file` as this restore's pg_restore reads it (decrypted in a pipe, or into a copy
+    /// with `--jobs`). Missing or wrong keys are usage errors (exit 2).
+    fn archive(&self, file: &Path) -> Result<Archive, Failure> {
+        let archive = if self.parallel {
+            Archive::seekable(&self.ids, file)
+        } else {
+            Archive::in_order(&self.ids, file)
+        };
+        Ok(archive?)
+    }
+
+    /// Runs pg_restore on `archive` into the target with the common arguments and `args`;
+    /// whether it succeeded, and its stderr.
+    async fn run(
+        &self,
+        args: &[std::ffi::OsString],
+        archive: &Archive,
+    ) -> Result<(bool, String), Failure> {
         let all: Vec<std::ffi::OsString> = self.common.iter().chain(args).cloned().collect();
-        run_pg_restore(&self.pg_restore, &self.conn, self.target, &all)
-            .await
-            .map_err(|e| Failure::Start(e.into()))
+        match run_pg_restore(&self.pg_restore, &self.conn, self.target, &all, archive).await {
+            Ok(done) => Ok(done),
+            Err(PgRestoreError::Decrypt(e)) => Err(e.into()),
+            Err(e) => Err(Failure::Start(e.into())),
+        }
     }
 
     /// One pg_restore of a whole-database restore, its stderr printed under `what`; the number
     /// of problems (1 when pg_restore reported errors).
-    async fn step(&self, what: &str, args: &[std::ffi::OsString]) -> Result<usize, Failure> {
-        let (ok, stderr) = self.run(args).await?;
+    async fn step(
+        &self,
+        what: &str,
+        args: &[std::ffi::OsString],
+        archive: &Archive,
+    ) -> Result<usize, Failure> {
+        let (ok, stderr) = self.run(args, archive).await?;
         if !stderr.is_empty() {
             crate::say!("{what}: {stderr}");
         }
@@ -657,12 +761,12 @@ async fn restore_group(
     let created = restorer.create_target().await?;
     if created || database_is_empty(&restorer.conn, restorer.target).await? {
         if let Some(schema) = schema_archive_for(root, &database, &dump_run) {
-            let schema = plain_file(&restorer.ids, &schema)?;
+            let schema = Archive::in_order(&restorer.ids, &schema)?;
             restore_prerequisites(
                 &restorer.pg_restore,
                 &restorer.conn,
                 restorer.target,
-                schema.path(),
+                &schema,
             )
             .await
             .map_err(|e| Failure::Start(e.into()))?;
@@ -673,10 +777,9 @@ async fn restore_group(
         args.push("--clean".into());
         args.push("--if-exists".into());
     }
-    let plain = plain_file(&restorer.ids, &file)?;
-    args.push(plain.path().into());
+    let archive = restorer.archive(&file)?;
     crate::say!("restoring {} into {}", file.display(), restorer.target);
-    let (ok, stderr) = restorer.run(&args).await?;
+    let (ok, stderr) = restorer.run(&args, &archive).await?;
     if !stderr.is_empty() {
         crate::say!("{stderr}");
     }
@@ -891,20 +994,18 @@ async fn rebuild(
     missing: &str,
     from: &str,
 ) -> Result<Outcome, Failure> {
-    let schema = plain_file(&restorer.ids, schema)?;
+    let schema = restorer.archive(schema)?;
     restorer.create_target().await?;
-    let section = |s: &str| -> Vec<std::ffi::OsString> {
-        vec![format!("--section={s}").into(), schema.path().into()]
-    };
+    let section = |s: &str| -> Vec<std::ffi::OsString> { vec![format!("--section={s}").into()] };
     let mut failures = restorer
-        .step("schema (pre-data)", &section("pre-data"))
+        .step("schema (pre-data)", &section("pre-data"), &schema)
         .await?;
     for (group, file) in groups {
         match file {
             Some(f) => {
-                let f = plain_file(&restorer.ids, f)?;
-                let args = ["--data-only".into(), f.path().into()];
-                failures += restorer.step(&format!("group {group}"), &args).await?;
+                let f = restorer.archive(f)?;
+                let args = ["--data-only".into()];
+                failures += restorer.step(&format!("group {group}"), &args, &f).await?;
             }
             None => {
                 failures += 1;
@@ -913,10 +1014,10 @@ async fn rebuild(
         }
     }
     failures += restorer
-        .step("schema (sequence values)", &section("data"))
+        .step("schema (sequence values)", &section("data"), &schema)
         .await?;
     failures += restorer
-        .step("schema (post-data)", &section("post-data"))
+        .step("schema (post-data)", &section("post-data"), &schema)
         .await?;
     crate::say!(
         "restored database {database} from {from} into {}: {} groups{}",

@@ -11,11 +11,13 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{parse_table_ref, Config};
 use crate::connect::{application_name, ConnParams};
-use crate::crypt::{CryptError, Identities, PlainFile};
+use crate::crypt::Identities;
 use crate::exit::Outcome;
 use crate::failure::Failure;
 use crate::report::{GroupReport, Kind, Status};
-use crate::restore::{compare_tables, list_archive, load_report, pg_restore_path, run_pg_restore};
+use crate::restore::{
+    compare_tables, list_archive, load_report, pg_restore_path, run_pg_restore, Archive,
+};
 use crate::text::quote_ident;
 
 /// What `verify` was asked to check.
@@ -163,11 +165,11 @@ async fn check_file(pg_restore: &Path, ids: &Identities, g: &GroupReport) -> Vec
             Err(e) => vec![e.to_string()],
         };
     }
-    let plain = match decrypted(ids, &file).await {
-        Ok(p) => p,
+    let archive = match Archive::in_order(ids, &file) {
+        Ok(a) => a,
         Err(e) => return vec![e.to_string()],
     };
-    match list_archive(pg_restore, plain.path()).await {
+    match list_archive(pg_restore, &archive).await {
         Err(e) => vec![e.to_string()],
         Ok(entries) => match g.kind {
             Kind::Tables => compare_tables(&entries, &report_tables(g), g.table_oids.as_deref()),
@@ -204,18 +206,6 @@ async fn check_size_and_hash(file: &Path, g: &GroupReport) -> Vec<String> {
         ));
     }
     problems
-}
-
-/// `file` readable by pg_restore (decrypted into a temporary copy when it is encrypted), on
-/// a blocking thread.
-async fn decrypted(ids: &Identities, file: &Path) -> Result<PlainFile, CryptError> {
-    let (ids, path) = (ids.clone(), file.to_path_buf());
-    tokio::task::spawn_blocking(move || ids.plain_file(&path))
-        .await
-        .map_err(|e| CryptError::Io {
-            file: file.to_path_buf(),
-            source: std::io::Error::other(e.to_string()),
-        })?
 }
 
 /// What restoring a group into a scratch database needs.
@@ -288,12 +278,11 @@ async fn restore_into(
         .as_deref()
         .and_then(|db| crate::restore::schema_archive_for(&check.config.backup.dir, db, run_id))
     {
-        match decrypted(check.ids, &schema).await {
+        match Archive::in_order(check.ids, &schema) {
             Err(e) => problems.push(e.to_string()),
             Ok(schema) => {
                 if let Err(e) =
-                    crate::restore::restore_prerequisites(pg_restore, conn, scratch, schema.path())
-                        .await
+                    crate::restore::restore_prerequisites(pg_restore, conn, scratch, &schema).await
                 {
                     problems.push(e.to_string());
                 }
@@ -301,19 +290,15 @@ async fn restore_into(
         }
     }
     let file = PathBuf::from(g.file.clone().unwrap_or_default());
-    let plain = match decrypted(check.ids, &file).await {
-        Ok(p) => p,
+    let archive = match Archive::in_order(check.ids, &file) {
+        Ok(a) => a,
         Err(e) => {
             problems.push(e.to_string());
             return problems;
         }
     };
-    let args: Vec<std::ffi::OsString> = vec![
-        "--no-owner".into(),
-        "--no-privileges".into(),
-        plain.path().into(),
-    ];
-    let stderr = match run_pg_restore(pg_restore, conn, scratch, &args).await {
+    let args: Vec<std::ffi::OsString> = vec!["--no-owner".into(), "--no-privileges".into()];
+    let stderr = match run_pg_restore(pg_restore, conn, scratch, &args, &archive).await {
         Err(e) => {
             problems.push(e.to_string());
             return problems;

@@ -219,7 +219,7 @@ pub async fn run_child<C>(
         (Some(recipients), Some(stdout)) => {
             let (recipients, out, read_toc) =
                 (recipients.clone(), req.out.to_path_buf(), req.read_toc);
-            let stdout = match blocking_pipe(stdout) {
+            let stdout = match stdout.into_owned_fd().and_then(crate::tools::blocking_pipe) {
                 Ok(f) => f,
                 Err(source) => {
                     stop_child(&mut child).await;
@@ -305,20 +305,6 @@ pub async fn run_child<C>(
             stderr: text,
         })
     })
-}
-
-/// The child's stdout as a blocking file (tokio made the pipe non-blocking).
-fn blocking_pipe(stdout: tokio::process::ChildStdout) -> std::io::Result<std::fs::File> {
-    use std::os::fd::AsRawFd;
-    let fd = stdout.into_owned_fd()?;
-    // SAFETY: fcntl on a descriptor we own.
-    unsafe {
-        let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
-        if flags < 0 || libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(std::fs::File::from(fd))
 }
 
 /// Encrypts what the child writes into `out` (its `.ing`, already created with the file

@@ -199,6 +199,11 @@ impl Identities {
         Ok(Identities(Arc::new(keys)))
     }
 
+    /// These keys (for tests, and callers that hold keys in memory).
+    pub fn from_keys(keys: Vec<x25519::Identity>) -> Identities {
+        Identities(Arc::new(keys))
+    }
+
     /// Whether any identity was given.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()

@@ -1083,6 +1083,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_encrypted_archive_is_piped_unless_pg_restore_must_seek() {
+        let id = age::x25519::Identity::generate();
+        let r = crate::crypt::Recipients::new(vec![id.to_public()]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = crate::crypt::sealed_path(&dir.path().join("db.g.20260101T000000Z.dump"));
+        std::fs::write(&file, r.seal_bytes(b"PGDMP...").unwrap()).unwrap();
+        let ids = Identities::from_keys(vec![id]);
+        let files = || std::fs::read_dir(dir.path()).unwrap().count();
+        let piped = Archive::in_order(&ids, &file).unwrap();
+        assert!(
+            matches!(piped, Archive::Piped { .. }) && files() == 1,
+            "no copy"
+        );
+        let copy = Archive::seekable(&ids, &file).unwrap();
+        assert!(matches!(copy, Archive::File(_)) && files() == 2);
+        drop(copy);
+        assert_eq!(files(), 1, "the copy is removed");
+        let wrong = Identities::from_keys(vec![age::x25519::Identity::generate()]);
+        assert!(matches!(
+            Archive::in_order(&wrong, &file),
+            Err(CryptError::NoMatch { .. })
+        ));
+    }
+
+    #[test]
     fn only_the_transaction_timeout_of_a_newer_pg_restore_is_forgiven() {
         let tt = "pg_restore: error: could not execute query: ERROR:  unrecognized configuration parameter \"transaction_timeout\"\nCommand was: SET transaction_timeout = 0;\n";
         let one = format!("{tt}pg_restore: warning: errors ignored on restore: 1");

@@ -356,6 +356,9 @@ pub struct Listing {
     pub groups: Vec<GroupListing>,
     /// Reports or directories that could not be read.
     pub errors: Vec<String>,
+    /// Encrypted run reports not read (no `--identity`): the dumps of their runs are listed
+    /// without engine, snapshot time or failures.
+    pub encrypted_reports_unread: usize,
 }
 
 /// One group (or a database's schema dumps, `kind = "schema"`).
@@ -625,6 +628,7 @@ pub fn command(
             now: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             groups,
             errors: inv.errors.clone(),
+            encrypted_reports_unread: inv.sealed_reports,
         };
         println!(
             "{}",

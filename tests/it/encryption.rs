@@ -309,6 +309,7 @@ fn encrypted_round_trip(engine: &str) {
         .find(|g| g["group"] == "orders")
         .unwrap_or_else(|| panic!("{listing:#}"));
     assert_eq!(g["newest"]["engine"], engine, "{g:#}");
+    assert_eq!(listing["encrypted_reports_unread"], 0, "{listing:#}");
     // Nothing decrypted is left behind, and nothing readable was ever written.
     assert_all_encrypted(&env.dir);
 }
@@ -402,6 +403,7 @@ fn encryption_a_missing_or_wrong_identity_is_a_clear_error() {
         .unwrap_or_else(|| panic!("{listing:#}"));
     assert_eq!(g["status"], "ok", "{g:#}");
     assert_eq!(g["kept"], 1, "{g:#}");
+    assert_eq!(listing["encrypted_reports_unread"], 1, "{listing:#}");
     assert!(
         g["newest"]["file"].as_str().unwrap().ends_with(".dump.age"),
         "{g:#}"

@@ -27,7 +27,8 @@
 #     servers as.
 #   - Debian packages for the tools the tests run: tmux (the progress display
 #     on a terminal), openssl (test certificates), systemd (systemd-analyze
-#     verify of the example units), dpkg-deb and binutils (the Debian package).
+#     verify of the example units), dpkg-deb and binutils (the Debian package),
+#     age (the stock `age -d` decrypting encrypted dumps, tests/it/encryption.rs).
 #   - python3's aiosmtpd module (the test SMTP server), with pip, else
 #     Debian's python3-aiosmtpd.
 # A prerequisite that cannot be installed fails the script: no test is meant
@@ -106,13 +107,13 @@ apt_install() {
 
 # Tools the tests run, with the Debian package that has each.
 missing=()
-for tool_pkg in tmux:tmux openssl:openssl systemd-analyze:systemd dpkg-deb:dpkg objdump:binutils; do
+for tool_pkg in tmux:tmux openssl:openssl systemd-analyze:systemd dpkg-deb:dpkg objdump:binutils age:age; do
     command -v "${tool_pkg%%:*}" >/dev/null 2>&1 || missing+=("${tool_pkg#*:}")
 done
 if ((${#missing[@]} > 0)); then
     apt_install "${missing[@]}"
 fi
-for tool in tmux openssl systemd-analyze dpkg-deb objdump; do
+for tool in tmux openssl systemd-analyze dpkg-deb objdump age; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool is still not on PATH after installing it"
 done
 

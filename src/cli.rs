@@ -109,6 +109,10 @@ pub enum Command {
         /// Print the listing as JSON on stdout.
         #[arg(long)]
         json: bool,
+        /// An age identity (secret key) file that decrypts encrypted run reports, for the
+        /// details they hold (snapshot times, engines, failures); may be given several times.
+        #[arg(long = "identity", value_name = "FILE")]
+        identities: Vec<PathBuf>,
     },
     /// Send a test mail with the [email] settings and print the server's reply.
     EmailTest,
@@ -210,12 +214,15 @@ async fn run_command(
             groups,
             databases,
             json,
+            identities,
         } => {
             let filter = crate::list::Filter { databases, groups };
             let config = config.clone();
-            tokio::task::spawn_blocking(move || crate::list::command(&config, &filter, json))
-                .await
-                .unwrap_or_else(|e| Err(Failure::Start(anyhow::anyhow!("list panicked: {e}"))))
+            tokio::task::spawn_blocking(move || {
+                crate::list::command(&config, &filter, &identities, json)
+            })
+            .await
+            .unwrap_or_else(|e| Err(Failure::Start(anyhow::anyhow!("list panicked: {e}"))))
         }
         Command::Verify(opts) => crate::verify::verify(config, &opts).await,
         Command::Restore(opts) => crate::restore::restore(config, &opts).await,
@@ -356,7 +363,7 @@ async fn mail_report(
         }
     };
     report.notification = Some(notification);
-    if let Err(e) = report.write(path) {
+    if let Err(e) = report.write(path, config.encryption.as_ref()) {
         crate::say!(
             "pg_groupdump: cannot rewrite the run report {}: {e}",
             path.display()

@@ -23,6 +23,7 @@ use serde::Deserialize;
 use crate::compression::Compression;
 
 pub(crate) mod email;
+mod encryption;
 mod retention;
 mod storage;
 
@@ -76,6 +77,7 @@ struct RawConfig {
     retention: Option<retention::RawRetention>,
     metrics: Option<RawMetrics>,
     storage: Option<storage::RawStorage>,
+    encryption: Option<encryption::RawEncryption>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -168,6 +170,9 @@ pub struct Config {
     pub metrics_textfile: Option<PathBuf>,
     /// `[storage]`: the bucket every finished dump is uploaded to. `None`: local files only.
     pub storage: Option<StorageConfig>,
+    /// `[encryption]`: the age recipients every file a run writes is encrypted to. `None`:
+    /// files are written in the clear.
+    pub encryption: Option<crate::crypt::Recipients>,
 }
 
 /// `[connection]`: every value is optional; what is missing comes from the libpq environment.
@@ -407,6 +412,10 @@ fn check(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
         Some(s) => Some(storage::check(path, s)?),
         None => None,
     };
+    let encryption = match raw.encryption {
+        Some(e) => Some(encryption::check(path, e)?),
+        None => None,
+    };
     Ok(Config {
         path: path.to_path_buf(),
         connection,
@@ -417,6 +426,7 @@ fn check(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
         retention,
         metrics_textfile,
         storage,
+        encryption,
     })
 }
 

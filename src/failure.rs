@@ -23,6 +23,18 @@ pub enum Failure {
     Report(anyhow::Error, Box<report::RunReport>),
 }
 
+/// A file that cannot be decrypted: missing or wrong keys are usage errors (exit 2), a file
+/// that cannot be read or is damaged is not.
+impl From<crate::crypt::CryptError> for Failure {
+    fn from(e: crate::crypt::CryptError) -> Self {
+        if e.is_about_keys() {
+            Failure::Usage(e.to_string())
+        } else {
+            Failure::Start(e.into())
+        }
+    }
+}
+
 impl Failure {
     /// How a command that failed this way ended (see [`exit`] for the codes).
     pub fn outcome(&self) -> exit::Outcome {

@@ -15,6 +15,7 @@ pub mod cli;
 pub mod compression;
 pub mod config;
 pub mod connect;
+pub mod crypt;
 pub mod engine;
 pub mod exit;
 pub mod failure;

@@ -18,6 +18,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::crypt::Identities;
 use crate::prune::{self, GroupFiles};
 use crate::report::{GroupKind, Kind, RunReport, Status};
 use crate::store;
@@ -64,6 +65,9 @@ pub struct Inventory {
     pub reports: BTreeMap<String, RunReport>,
     /// Reports or directories that could not be read.
     pub errors: Vec<String>,
+    /// Encrypted run reports not read for want of `--identity`: their dumps are listed from
+    /// their file names and sizes only (time of the run, no engine, no failures).
+    pub sealed_reports: usize,
 }
 
 impl Inventory {
@@ -124,6 +128,7 @@ pub fn inventory(
         groups,
         reports,
         errors: Vec::new(),
+        sealed_reports: 0,
     }
 }
 
@@ -167,6 +172,7 @@ struct Holdings {
     groups: Vec<GroupFiles>,
     reports: BTreeMap<String, RunReport>,
     errors: Vec<String>,
+    sealed_reports: usize,
 }
 
 impl Holdings {
@@ -174,29 +180,33 @@ impl Holdings {
     /// wanted).
     fn of(
         scan: prune::Scan,
-        mut read: impl FnMut(&prune::Dump) -> Result<Option<RunReport>, String>,
+        mut read: impl FnMut(&prune::Dump) -> Result<Option<RunReport>, ReportError>,
     ) -> Holdings {
         let mut errors = scan.errors;
         let mut reports = BTreeMap::new();
+        let mut sealed_reports = 0;
         for d in report_files(&scan.groups) {
             match read(d) {
                 Ok(Some(r)) => {
                     reports.insert(d.run_id.clone(), r);
                 }
                 Ok(None) => {}
-                Err(e) => errors.push(e),
+                Err(ReportError::Sealed) => sealed_reports += 1,
+                Err(ReportError::Other(e)) => errors.push(e),
             }
         }
         Holdings {
             groups: scan.groups,
             reports,
             errors,
+            sealed_reports,
         }
     }
 
     fn into_inventory(self, known: &[(String, String)]) -> Inventory {
         let mut inv = inventory(self.groups, self.reports, known);
         inv.errors = self.errors;
+        inv.sealed_reports = self.sealed_reports;
         inv
     }
 
@@ -218,25 +228,26 @@ impl Holdings {
             self.reports.entry(run).or_insert(r);
         }
         self.errors.extend(other.errors);
+        self.sealed_reports += other.sealed_reports;
         self
     }
 }
 
 /// The inventory of the local backup directory `root` (nothing when it does not exist);
-/// `known` as for [`inventory`].
-pub fn local(root: &Path, known: &[(String, String)]) -> Inventory {
-    local_holdings(root).into_inventory(known)
+/// `known` as for [`inventory`]; `ids` decrypt encrypted run reports.
+pub fn local(root: &Path, ids: &Identities, known: &[(String, String)]) -> Inventory {
+    local_holdings(root, ids).into_inventory(known)
 }
 
 /// The inventory of the backup directory and, with `[storage]`, of the bucket too. Runs on a
 /// blocking thread of the runtime (it waits for the bucket's requests).
-pub fn everywhere(config: &Config, known: &[(String, String)]) -> Inventory {
-    let here = local_holdings(&config.backup.dir);
+pub fn everywhere(config: &Config, ids: &Identities, known: &[(String, String)]) -> Inventory {
+    let here = local_holdings(&config.backup.dir, ids);
     let Some(storage) = &config.storage else {
         return here.into_inventory(known);
     };
     let there = match store::bucket::Bucket::open(storage, &config.backup.dir) {
-        Ok(bucket) => bucket_holdings(&bucket, &here.reports),
+        Ok(bucket) => bucket_holdings(&bucket, ids, &here.reports),
         Err(e) => Holdings {
             errors: vec![format!("{e}")],
             ..Holdings::default()
@@ -245,7 +256,7 @@ pub fn everywhere(config: &Config, known: &[(String, String)]) -> Inventory {
     here.merge(there).into_inventory(known)
 }
 
-fn local_holdings(root: &Path) -> Holdings {
+fn local_holdings(root: &Path, ids: &Identities) -> Holdings {
     let root = match root.canonicalize() {
         Ok(r) => r,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Holdings::default(),
@@ -260,13 +271,17 @@ fn local_holdings(root: &Path) -> Holdings {
         }
     };
     Holdings::of(prune::scan(&root), |d| {
-        read_report(&root.join(&d.rel)).map(Some)
+        read_report(&root.join(&d.rel), ids).map(Some)
     })
 }
 
 /// The bucket's group directories, and the run reports in it that `have` does not hold
 /// (downloaded to a temporary file each, read and removed).
-fn bucket_holdings(bucket: &store::bucket::Bucket, have: &BTreeMap<String, RunReport>) -> Holdings {
+fn bucket_holdings(
+    bucket: &store::bucket::Bucket,
+    ids: &Identities,
+    have: &BTreeMap<String, RunReport>,
+) -> Holdings {
     let rt = tokio::runtime::Handle::current();
     let objects = match rt.block_on(bucket.list()) {
         Ok(o) => o,
@@ -281,15 +296,17 @@ fn bucket_holdings(bucket: &store::bucket::Bucket, have: &BTreeMap<String, RunRe
         if have.contains_key(&d.run_id) {
             return Ok(None);
         }
-        let tmp = std::env::temp_dir().join(format!(
-            "pg_groupdump-list-{}-{}.json",
-            std::process::id(),
-            d.run_id
-        ));
+        let name = d.rel.file_name().unwrap_or_default().to_string_lossy();
+        if crate::crypt::plain_name(&name).1 && ids.is_empty() {
+            return Err(ReportError::Sealed);
+        }
+        // Named like the object, so that an encrypted report is read as one.
+        let tmp =
+            std::env::temp_dir().join(format!("pg_groupdump-list-{}-{name}", std::process::id(),));
         let read = rt
             .block_on(bucket.download(&d.rel, &tmp))
-            .map_err(|e| format!("{e}"))
-            .and_then(|_| read_report(&tmp));
+            .map_err(|e| ReportError::Other(format!("{e}")))
+            .and_then(|_| read_report(&tmp, ids));
         let _ = std::fs::remove_file(&tmp);
         read.map(Some)
     })
@@ -304,10 +321,26 @@ fn report_files(groups: &[GroupFiles]) -> impl Iterator<Item = &prune::Dump> {
         .filter(|d| !d.partial)
 }
 
-fn read_report(path: &Path) -> Result<RunReport, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read the run report {}: {e}", path.display()))?;
-    serde_json::from_str(&text).map_err(|e| format!("{} is not a run report: {e}", path.display()))
+/// Why a run report was not read.
+enum ReportError {
+    /// It is encrypted and no `--identity` was given.
+    Sealed,
+    Other(String),
+}
+
+fn read_report(path: &Path, ids: &Identities) -> Result<RunReport, ReportError> {
+    if crate::crypt::is_sealed(path) && ids.is_empty() {
+        return Err(ReportError::Sealed);
+    }
+    let text = ids.read(path).map_err(|e| match e {
+        crate::crypt::CryptError::Io { source, .. } => ReportError::Other(format!(
+            "cannot read the run report {}: {source}",
+            path.display()
+        )),
+        e => ReportError::Other(e.to_string()),
+    })?;
+    serde_json::from_slice(&text)
+        .map_err(|e| ReportError::Other(format!("{} is not a run report: {e}", path.display())))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -323,6 +356,9 @@ pub struct Listing {
     pub groups: Vec<GroupListing>,
     /// Reports or directories that could not be read.
     pub errors: Vec<String>,
+    /// Encrypted run reports not read (no `--identity`): the dumps of their runs are listed
+    /// without engine, snapshot time or failures.
+    pub encrypted_reports_unread: usize,
 }
 
 /// One group (or a database's schema dumps, `kind = "schema"`).
@@ -575,9 +611,11 @@ fn shown_group(g: &GroupListing) -> String {
 pub fn command(
     config: &Config,
     filter: &Filter,
+    identities: &[PathBuf],
     json: bool,
 ) -> Result<crate::exit::Outcome, crate::failure::Failure> {
-    let inv = everywhere(config, &configured_names(config));
+    let ids = Identities::load(identities)?;
+    let inv = everywhere(config, &ids, &configured_names(config));
     let now = Utc::now();
     let groups = listing(&inv, config, filter, now);
     check_filter(config, filter, &inv, &groups)?;
@@ -590,6 +628,7 @@ pub fn command(
             now: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             groups,
             errors: inv.errors.clone(),
+            encrypted_reports_unread: inv.sealed_reports,
         };
         println!(
             "{}",
@@ -600,6 +639,12 @@ pub fn command(
     }
     for e in &inv.errors {
         crate::say!("pg_groupdump: list: {e}");
+    }
+    if inv.sealed_reports > 0 {
+        crate::say!(
+            "pg_groupdump: list: {} run reports are encrypted and no --identity was given: dumps are listed from their file names and sizes (ages from the run ids; no engines or failures)",
+            inv.sealed_reports
+        );
     }
     Ok(crate::exit::Outcome::Ok)
 }
@@ -700,11 +745,11 @@ mod tests {
         let file = store::dump_path(dir.path(), "shop", &long, run);
         std::fs::create_dir_all(file.parent().unwrap()).unwrap();
         std::fs::write(&file, b"x").unwrap();
-        let inv = local(dir.path(), &[]);
+        let inv = local(dir.path(), &Identities::default(), &[]);
         assert!(!inv.groups[0].name_known);
         assert!(inv.group(GroupKind::Tables, "shop", &long).is_none());
         let known = [("shop".to_string(), long.clone())];
-        let inv = local(dir.path(), &known);
+        let inv = local(dir.path(), &Identities::default(), &known);
         let h = inv.group(GroupKind::Tables, "shop", &long).unwrap();
         assert!(h.name_known);
         assert_eq!(h.dumps[0].run_id, run);

@@ -345,10 +345,20 @@ pub struct Notification {
 
 impl RunReport {
     /// Writes the report as pretty JSON to `path`, atomically, streamed to the file (a run
-    /// of 10 000 groups makes a report of about 12 MB).
-    pub fn write(&self, path: &std::path::Path) -> std::io::Result<()> {
-        crate::store::write_atomic_with(path, crate::store::file_mode(), |w| {
-            serde_json::to_writer_pretty(w, self).map_err(std::io::Error::from)
+    /// of 10 000 groups makes a report of about 12 MB) and through the encryption to `seal`
+    /// when given (`path` is then the encrypted file's, [`crate::crypt::written_path`]).
+    pub fn write(
+        &self,
+        path: &std::path::Path,
+        seal: Option<&crate::crypt::Recipients>,
+    ) -> std::io::Result<()> {
+        crate::store::write_atomic_with(path, crate::store::file_mode(), |w| match seal {
+            Some(recipients) => {
+                let mut sealed = recipients.seal(w)?;
+                serde_json::to_writer_pretty(&mut sealed, self)?;
+                sealed.finish().map(drop)
+            }
+            None => serde_json::to_writer_pretty(w, self).map_err(std::io::Error::from),
         })
     }
 

@@ -17,6 +17,7 @@ use tokio::process::Command;
 
 use crate::config::Config;
 use crate::connect::{application_name, ConnParams};
+use crate::crypt::{CryptError, Identities, PlainFile};
 use crate::exit::Outcome;
 use crate::failure::Failure;
 use crate::report::{GroupKind, Kind, RunReport, Status};
@@ -49,12 +50,16 @@ pub fn pg_restore_path(config: &Config) -> Result<PathBuf, Failure> {
 /// Reads the report of `run_id`, or the one at `file`, or the newest in `<dir>/reports`.
 pub fn load_report(
     config: &Config,
+    ids: &Identities,
     run_id: Option<&str>,
     file: Option<&Path>,
 ) -> Result<(RunReport, PathBuf), Failure> {
     let path = match (file, run_id) {
         (Some(f), _) => f.to_path_buf(),
-        (None, Some(id)) => store::report_path(&config.backup.dir, id),
+        (None, Some(id)) => {
+            let plain = store::report_path(&config.backup.dir, id);
+            crate::crypt::existing(&plain).unwrap_or(plain)
+        }
         (None, None) => newest_report(&config.backup.dir).ok_or_else(|| {
             Failure::Usage(format!(
                 "no run report in {}",
@@ -62,13 +67,14 @@ pub fn load_report(
             ))
         })?,
     };
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        Failure::Usage(format!(
-            "cannot read the run report {}: {e}",
+    let text = ids.read(&path).map_err(|e| match e {
+        CryptError::Io { source, .. } => Failure::Usage(format!(
+            "cannot read the run report {}: {source}",
             path.display()
-        ))
+        )),
+        e => Failure::Usage(e.to_string()),
     })?;
-    let report = serde_json::from_str(&text)
+    let report = serde_json::from_slice(&text)
         .map_err(|e| Failure::Usage(format!("{} is not a run report: {e}", path.display())))?;
     Ok((report, path))
 }
@@ -79,7 +85,7 @@ fn newest_report(dir: &Path) -> Option<PathBuf> {
         .flatten()
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
-            let id = name.strip_suffix(".json")?;
+            let id = crate::crypt::plain_name(&name).0.strip_suffix(".json")?;
             store::is_run_id(id).then(|| (id.to_string(), e.path()))
         })
         .max()
@@ -142,6 +148,99 @@ pub enum PgRestoreError {
         path: PathBuf,
         error: std::io::Error,
     },
+    /// An encrypted archive could not be decrypted (all of it) for pg_restore.
+    #[error(transparent)]
+    Decrypt(#[from] CryptError),
+}
+
+/// An archive as pg_restore reads it: a file it opens by name, or an encrypted file decrypted
+/// into its standard input as it reads, so that no plaintext reaches a disk. pg_restore reads
+/// its input in order, and these archives hold their data in TOC order; only `pg_restore -j`
+/// must seek, and gets a decrypted copy ([`Archive::seekable`]).
+pub enum Archive {
+    /// Plain, or a decrypted copy.
+    File(PlainFile),
+    /// Encrypted, decrypted on the way in.
+    Piped { file: PathBuf, ids: Identities },
+}
+
+impl Archive {
+    /// `file` to be read in order: an encrypted one is piped (the identities are checked
+    /// against its recipients now).
+    pub fn in_order(ids: &Identities, file: &Path) -> Result<Archive, CryptError> {
+        if !crate::crypt::is_sealed(file) {
+            return ids.plain_file(file).map(Archive::File);
+        }
+        ids.reader(file)?;
+        Ok(Archive::Piped {
+            file: file.to_path_buf(),
+            ids: ids.clone(),
+        })
+    }
+
+    /// `file` for a pg_restore that seeks (`--jobs`): an encrypted one is decrypted into a
+    /// copy beside it first.
+    pub fn seekable(ids: &Identities, file: &Path) -> Result<Archive, CryptError> {
+        ids.plain_file(file).map(Archive::File)
+    }
+
+    /// The archive's file, for messages and for files to put beside it.
+    pub fn file(&self) -> &Path {
+        match self {
+            Archive::File(p) => p.path(),
+            Archive::Piped { file, .. } => file,
+        }
+    }
+
+    /// Runs `cmd` (pg_restore, its options given) on the archive: as its last argument, or
+    /// decrypted into its standard input by a thread. pg_restore may stop reading early
+    /// (`--list` reads only the TOC): that is no error; a file that does not decrypt is.
+    async fn output(
+        &self,
+        mut cmd: Command,
+        program: &Path,
+    ) -> Result<std::process::Output, PgRestoreError> {
+        let (file, ids) = match self {
+            Archive::File(p) => {
+                cmd.arg(p.path()).stdin(Stdio::null());
+                return cmd.output().await.map_err(PgRestoreError::spawn(program));
+            }
+            Archive::Piped { file, ids } => (file.clone(), ids.clone()),
+        };
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(PgRestoreError::spawn(program))?;
+        let stdin = child.stdin.take().expect("stdin is piped");
+        let feeder = tokio::task::spawn_blocking(move || -> Result<(), CryptError> {
+            let failed = |source: std::io::Error| CryptError::Damaged {
+                file: file.clone(),
+                message: source.to_string(),
+            };
+            let mut into = stdin
+                .into_owned_fd()
+                .and_then(crate::tools::blocking_pipe)
+                .map_err(failed)?;
+            let mut from = ids.reader(&file)?;
+            match std::io::copy(&mut from, &mut into) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(failed(e)),
+                _ => Ok(()),
+            }
+        });
+        let out = child
+            .wait_with_output()
+            .await
+            .map_err(PgRestoreError::spawn(program))?;
+        match feeder.await {
+            Ok(Ok(())) => Ok(out),
+            Ok(Err(e)) => Err(e.into()),
+            Err(e) => Err(PgRestoreError::Spawn {
+                program: program.to_path_buf(),
+                error: std::io::Error::other(e.to_string()),
+            }),
+        }
+    }
 }
 
 impl PgRestoreError {
@@ -156,24 +255,19 @@ impl PgRestoreError {
 /// Runs `pg_restore --list` on an archive.
 pub async fn list_archive(
     pg_restore: &Path,
-    archive: &Path,
+    archive: &Archive,
 ) -> Result<Vec<TocEntry>, PgRestoreError> {
     Ok(parse_list(&list_text(pg_restore, archive).await?))
 }
 
 /// The text of `pg_restore --list`.
-async fn list_text(pg_restore: &Path, archive: &Path) -> Result<String, PgRestoreError> {
-    let out = Command::new(pg_restore)
-        .arg("--list")
-        .arg(archive)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(PgRestoreError::spawn(pg_restore))?;
+async fn list_text(pg_restore: &Path, archive: &Archive) -> Result<String, PgRestoreError> {
+    let mut cmd = Command::new(pg_restore);
+    cmd.arg("--list").kill_on_drop(true);
+    let out = archive.output(cmd, pg_restore).await?;
     if !out.status.success() {
         return Err(PgRestoreError::Unreadable {
-            archive: archive.to_path_buf(),
+            archive: archive.file().to_path_buf(),
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         });
     }
@@ -265,12 +359,14 @@ pub fn compare_tables(
     problems
 }
 
-/// Runs pg_restore with `args` into `database`; returns its stderr, and whether it succeeded.
+/// Runs pg_restore with `args` on `archive` into `database`; returns its stderr, and
+/// whether it succeeded.
 pub async fn run_pg_restore(
     pg_restore: &Path,
     conn: &ConnParams,
     database: &str,
     args: &[std::ffi::OsString],
+    archive: &Archive,
 ) -> Result<(bool, String), PgRestoreError> {
     let mut cmd = Command::new(pg_restore);
     cmd.arg("--no-password")
@@ -279,17 +375,13 @@ pub async fn run_pg_restore(
             conn.conninfo(database, &application_name("restore"))
         ))
         .args(args)
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     for (k, v) in conn.child_env() {
         cmd.env(k, v);
     }
-    let out = cmd
-        .output()
-        .await
-        .map_err(PgRestoreError::spawn(pg_restore))?;
+    let out = archive.output(cmd, pg_restore).await?;
     let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
     if !out.status.success() && only_transaction_timeout_errors(&stderr) {
         return Ok((
@@ -384,7 +476,7 @@ pub async fn restore_prerequisites(
     pg_restore: &Path,
     conn: &ConnParams,
     database: &str,
-    schema_archive: &Path,
+    schema_archive: &Archive,
 ) -> Result<(), PgRestoreError> {
     let text = list_text(pg_restore, schema_archive).await?;
     let list: String = text
@@ -396,8 +488,9 @@ pub async fn restore_prerequisites(
         })
         .map(|l| format!("{l}\n"))
         .collect();
-    let list_file = tempfile_path("toc");
-    std::fs::write(&list_file, list).map_err(|error| PgRestoreError::ListFile {
+    // Beside the archive, not in a shared temporary directory: the list names its objects.
+    let list_file = crate::crypt::scratch_path(schema_archive.file(), "toc");
+    write_private(&list_file, list.as_bytes()).map_err(|error| PgRestoreError::ListFile {
         path: list_file.clone(),
         error,
     })?;
@@ -405,26 +498,28 @@ pub async fn restore_prerequisites(
         "--no-owner".into(),
         "--use-list".into(),
         list_file.clone().into(),
-        schema_archive.into(),
     ];
-    let result = run_pg_restore(pg_restore, conn, database, &args).await;
+    let result = run_pg_restore(pg_restore, conn, database, &args, schema_archive).await;
     let _ = std::fs::remove_file(&list_file);
     result.map(|_| ())
 }
 
-fn tempfile_path(what: &str) -> PathBuf {
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    std::env::temp_dir().join(format!(
-        "pg_groupdump-{}-{}-{what}",
-        std::process::id(),
-        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ))
+/// Writes a new file only its owner may read.
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(data)
 }
 
 /// The schema archive to take a group's prerequisites from: the same run's, else the newest.
 pub fn schema_archive_for(root: &Path, database: &str, run_id: &str) -> Option<PathBuf> {
     let same = store::dump_path(root, database, store::SCHEMA_GROUP, run_id);
-    if same.is_file() {
+    if let Some(same) = crate::crypt::existing(&same) {
         return Some(same);
     }
     group_dumps(root, database, store::SCHEMA_GROUP)
@@ -463,7 +558,10 @@ fn group_dumps(root: &Path, database: &str, group: &str) -> Vec<(String, PathBuf
             let path = e.path();
             let stored = store::parse_path(path.strip_prefix(root).ok()?)?;
             let id = stored.run_id.as_str();
-            let expected = store::dump_path(root, database, group, id);
+            let mut expected = store::dump_path(root, database, group, id);
+            if stored.encrypted {
+                expected = crate::crypt::sealed_path(&expected);
+            }
             (!stored.partial && expected == path).then(|| (id.to_string(), path))
         })
         .collect();
@@ -511,6 +609,10 @@ pub struct RestoreOptions {
     /// Drop the group's objects in the target first (pg_restore --clean --if-exists).
     #[arg(long)]
     pub clean: bool,
+    /// An age identity (secret key) file that decrypts encrypted dumps, as `age-keygen`
+    /// writes it; may be given several times.
+    #[arg(long = "identity", value_name = "FILE")]
+    pub identities: Vec<PathBuf>,
 }
 
 /// `pg_groupdump restore`: one group (`--group`), or a whole database from one run (`--run`
@@ -556,6 +658,10 @@ struct Restorer<'a> {
     target: &'a str,
     /// Arguments every pg_restore of this restore gets (`--jobs`).
     common: Vec<std::ffi::OsString>,
+    /// `--identity`: what decrypts encrypted dumps.
+    ids: Identities,
+    /// `--jobs`: pg_restore seeks in the archives.
+    parallel: bool,
 }
 
 impl<'a> Restorer<'a> {
@@ -573,6 +679,8 @@ impl<'a> Restorer<'a> {
             maintenance: &config.connection.maintenance_database,
             target: &opts.target,
             common,
+            ids: Identities::load(&opts.identities)?,
+            parallel: opts.jobs.is_some(),
         })
     }
 
@@ -585,19 +693,41 @@ impl<'a> Restorer<'a> {
         Ok(created)
     }
 
-    /// Runs pg_restore into the target with the common arguments and `args`; whether it
-    /// succeeded, and its stderr.
-    async fn run(&self, args: &[std::ffi::OsString]) -> Result<(bool, String), Failure> {
+    /// `file` as this restore's pg_restore reads it (decrypted in a pipe, or into a copy
+    /// with `--jobs`). Missing or wrong keys are usage errors (exit 2).
+    fn archive(&self, file: &Path) -> Result<Archive, Failure> {
+        let archive = if self.parallel {
+            Archive::seekable(&self.ids, file)
+        } else {
+            Archive::in_order(&self.ids, file)
+        };
+        Ok(archive?)
+    }
+
+    /// Runs pg_restore on `archive` into the target with the common arguments and `args`;
+    /// whether it succeeded, and its stderr.
+    async fn run(
+        &self,
+        args: &[std::ffi::OsString],
+        archive: &Archive,
+    ) -> Result<(bool, String), Failure> {
         let all: Vec<std::ffi::OsString> = self.common.iter().chain(args).cloned().collect();
-        run_pg_restore(&self.pg_restore, &self.conn, self.target, &all)
-            .await
-            .map_err(|e| Failure::Start(e.into()))
+        match run_pg_restore(&self.pg_restore, &self.conn, self.target, &all, archive).await {
+            Ok(done) => Ok(done),
+            Err(PgRestoreError::Decrypt(e)) => Err(e.into()),
+            Err(e) => Err(Failure::Start(e.into())),
+        }
     }
 
     /// One pg_restore of a whole-database restore, its stderr printed under `what`; the number
     /// of problems (1 when pg_restore reported errors).
-    async fn step(&self, what: &str, args: &[std::ffi::OsString]) -> Result<usize, Failure> {
-        let (ok, stderr) = self.run(args).await?;
+    async fn step(
+        &self,
+        what: &str,
+        args: &[std::ffi::OsString],
+        archive: &Archive,
+    ) -> Result<usize, Failure> {
+        let (ok, stderr) = self.run(args, archive).await?;
         if !stderr.is_empty() {
             crate::say!("{what}: {stderr}");
         }
@@ -625,12 +755,13 @@ async fn restore_group(
         None => the_database_with_group(root, group)?,
     };
     let (dump_run, file) = match at {
-        Some(at) => find_group_dump_at(root, &database, group, at)?,
+        Some(at) => find_group_dump_at(root, &restorer.ids, &database, group, at)?,
         None => find_group_dump(root, &database, group, opts.run.as_deref())?,
     };
     let created = restorer.create_target().await?;
     if created || database_is_empty(&restorer.conn, restorer.target).await? {
         if let Some(schema) = schema_archive_for(root, &database, &dump_run) {
+            let schema = Archive::in_order(&restorer.ids, &schema)?;
             restore_prerequisites(
                 &restorer.pg_restore,
                 &restorer.conn,
@@ -646,9 +777,9 @@ async fn restore_group(
         args.push("--clean".into());
         args.push("--if-exists".into());
     }
-    args.push(file.clone().into());
+    let archive = restorer.archive(&file)?;
     crate::say!("restoring {} into {}", file.display(), restorer.target);
-    let (ok, stderr) = restorer.run(&args).await?;
+    let (ok, stderr) = restorer.run(&args, &archive).await?;
     if !stderr.is_empty() {
         crate::say!("{stderr}");
     }
@@ -696,11 +827,12 @@ fn find_group_dump(
 /// time, or its run's start when the report does not say): (its run id, its path).
 fn find_group_dump_at(
     root: &Path,
+    ids: &Identities,
     database: &str,
     group: &str,
     at: DateTime<Utc>,
 ) -> Result<(String, PathBuf), Failure> {
-    let inv = crate::list::local(root, &[(database.to_string(), group.to_string())]);
+    let inv = crate::list::local(root, ids, &[(database.to_string(), group.to_string())]);
     let history = inv.group(GroupKind::Tables, database, group);
     let Some(dump) = history.and_then(|h| h.at(at)) else {
         return Err(Failure::Usage(format!(
@@ -740,7 +872,7 @@ async fn restore_database_at(
     database: &str,
 ) -> Result<Outcome, Failure> {
     let root = &config.backup.dir;
-    let inv = crate::list::local(root, &crate::list::configured_names(config));
+    let inv = crate::list::local(root, &restorer.ids, &crate::list::configured_names(config));
     let schema_history = inv.group(GroupKind::Schema, database, store::SCHEMA_GROUP);
     let Some(schema) = schema_history.and_then(|h| h.at(at)) else {
         return Err(Failure::Usage(format!(
@@ -832,14 +964,14 @@ async fn restore_database(
     database: &str,
 ) -> Result<Outcome, Failure> {
     let root = &config.backup.dir;
-    let schema = store::dump_path(root, database, store::SCHEMA_GROUP, run_id);
-    if !schema.is_file() {
+    let plain = store::dump_path(root, database, store::SCHEMA_GROUP, run_id);
+    let Some(schema) = crate::crypt::existing(&plain) else {
         return Err(Failure::Usage(format!(
             "run {run_id} has no schema dump of database {database:?} ({} is missing)",
-            schema.display()
+            plain.display()
         )));
-    }
-    let groups = groups_of_run(config, database, run_id);
+    };
+    let groups = groups_of_run(config, &restorer.ids, database, run_id);
     let missing = format!("no successful dump in run {run_id}");
     rebuild(
         restorer,
@@ -862,18 +994,18 @@ async fn rebuild(
     missing: &str,
     from: &str,
 ) -> Result<Outcome, Failure> {
+    let schema = restorer.archive(schema)?;
     restorer.create_target().await?;
-    let section = |s: &str| -> Vec<std::ffi::OsString> {
-        vec![format!("--section={s}").into(), schema.into()]
-    };
+    let section = |s: &str| -> Vec<std::ffi::OsString> { vec![format!("--section={s}").into()] };
     let mut failures = restorer
-        .step("schema (pre-data)", &section("pre-data"))
+        .step("schema (pre-data)", &section("pre-data"), &schema)
         .await?;
     for (group, file) in groups {
         match file {
             Some(f) => {
-                let args = ["--data-only".into(), f.clone().into()];
-                failures += restorer.step(&format!("group {group}"), &args).await?;
+                let f = restorer.archive(f)?;
+                let args = ["--data-only".into()];
+                failures += restorer.step(&format!("group {group}"), &args, &f).await?;
             }
             None => {
                 failures += 1;
@@ -882,10 +1014,10 @@ async fn rebuild(
         }
     }
     failures += restorer
-        .step("schema (sequence values)", &section("data"))
+        .step("schema (sequence values)", &section("data"), &schema)
         .await?;
     failures += restorer
-        .step("schema (post-data)", &section("post-data"))
+        .step("schema (post-data)", &section("post-data"), &schema)
         .await?;
     crate::say!(
         "restored database {database} from {from} into {}: {} groups{}",
@@ -907,9 +1039,14 @@ async fn rebuild(
 /// The groups of `database` in run `run_id`, each with its dump (`None`: the dump failed).
 /// The run's report says which groups there were; without it (written elsewhere with
 /// `--report`), the dumps on disk do.
-fn groups_of_run(config: &Config, database: &str, run_id: &str) -> Vec<(String, Option<PathBuf>)> {
+fn groups_of_run(
+    config: &Config,
+    ids: &Identities,
+    database: &str,
+    run_id: &str,
+) -> Vec<(String, Option<PathBuf>)> {
     let root = &config.backup.dir;
-    if let Ok((report, _)) = load_report(config, Some(run_id), None) {
+    if let Ok((report, _)) = load_report(config, ids, Some(run_id), None) {
         return report
             .groups
             .iter()
@@ -919,7 +1056,7 @@ fn groups_of_run(config: &Config, database: &str, run_id: &str) -> Vec<(String, 
             .map(|g| {
                 let file = (g.status == Status::Ok)
                     .then(|| store::dump_path(root, database, &g.group, run_id))
-                    .filter(|p| p.is_file());
+                    .and_then(|p| crate::crypt::existing(&p));
                 (g.group.clone(), file)
             })
             .collect();
@@ -934,7 +1071,7 @@ fn groups_of_run(config: &Config, database: &str, run_id: &str) -> Vec<(String, 
             continue;
         }
         let p = store::dump_path(root, database, &group, run_id);
-        if p.is_file() {
+        if let Some(p) = crate::crypt::existing(&p) {
             groups.push((group, Some(p)));
         }
     }
@@ -944,6 +1081,31 @@ fn groups_of_run(config: &Config, database: &str, run_id: &str) -> Vec<(String, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_encrypted_archive_is_piped_unless_pg_restore_must_seek() {
+        let id = age::x25519::Identity::generate();
+        let r = crate::crypt::Recipients::new(vec![id.to_public()]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = crate::crypt::sealed_path(&dir.path().join("db.g.20260101T000000Z.dump"));
+        std::fs::write(&file, r.seal_bytes(b"PGDMP...").unwrap()).unwrap();
+        let ids = Identities::from_keys(vec![id]);
+        let files = || std::fs::read_dir(dir.path()).unwrap().count();
+        let piped = Archive::in_order(&ids, &file).unwrap();
+        assert!(
+            matches!(piped, Archive::Piped { .. }) && files() == 1,
+            "no copy"
+        );
+        let copy = Archive::seekable(&ids, &file).unwrap();
+        assert!(matches!(copy, Archive::File(_)) && files() == 2);
+        drop(copy);
+        assert_eq!(files(), 1, "the copy is removed");
+        let wrong = Identities::from_keys(vec![age::x25519::Identity::generate()]);
+        assert!(matches!(
+            Archive::in_order(&wrong, &file),
+            Err(CryptError::NoMatch { .. })
+        ));
+    }
 
     #[test]
     fn only_the_transaction_timeout_of_a_newer_pg_restore_is_forgiven() {

@@ -256,11 +256,13 @@ pub async fn run(config: &Config, opts: &RunOptions) -> Result<(RunReport, PathB
         signal: interrupted.map(|s| signal_name(s).to_string()),
         new_since_plan,
     };
-    let report_path = opts
-        .report
-        .clone()
-        .unwrap_or_else(|| store::report_path(&s.root, &s.run_id));
-    if let Err(e) = report.write(&report_path) {
+    let report_path = crate::crypt::written_path(
+        opts.report
+            .clone()
+            .unwrap_or_else(|| store::report_path(&s.root, &s.run_id)),
+        config.encryption.as_ref(),
+    );
+    if let Err(e) = report.write(&report_path, config.encryption.as_ref()) {
         return Err(Failure::Report(
             anyhow::anyhow!("cannot write the run report {}: {e}", report_path.display()),
             Box::new(report),
@@ -448,6 +450,7 @@ fn context(
         run_id: s.run_id.clone(),
         lock_wait_timeout: b.lock_wait_timeout,
         yield_after: b.yield_after,
+        seal: config.encryption.clone(),
     };
     Ctx {
         permits: shared.slots.clone(),
@@ -568,7 +571,10 @@ fn new_table_job(config: &Config, s: &Started, database: &str, n: &plan::NewTabl
     let group = n.table.display();
     Job {
         kind: Kind::Tables,
-        path: store::dump_path(&s.root, database, &group, &s.run_id),
+        path: crate::crypt::written_path(
+            store::dump_path(&s.root, database, &group, &s.run_id),
+            config.encryption.as_ref(),
+        ),
         database: Some(database.to_string()),
         tables: tables.iter().map(|t| t.display()).collect(),
         table_oids: tables.iter().map(|t| t.oid).collect(),
@@ -640,6 +646,7 @@ fn make_jobs(
     run_id: &str,
 ) -> Vec<Job> {
     let b = &config.backup;
+    let seal = config.encryption.as_ref();
     let filtered = !opts.groups.is_empty() || !opts.databases.is_empty();
     let mut jobs: Vec<Job> = Vec::new();
     if b.globals && !filtered {
@@ -652,7 +659,7 @@ fn make_jobs(
             contents: Contents::Globals {
                 role_passwords: planned.role_passwords,
             },
-            path: store::globals_path(root, run_id),
+            path: crate::crypt::written_path(store::globals_path(root, run_id), seal),
             lock_wait_timeout: b.lock_wait_timeout,
             yield_after: None,
             engine: Engine::PgDump,
@@ -691,7 +698,10 @@ fn make_jobs(
                 contents: Contents::Schema {
                     exclude_data: db.schema_data_exclusions(),
                 },
-                path: store::dump_path(root, &db.database, store::SCHEMA_GROUP, run_id),
+                path: crate::crypt::written_path(
+                    store::dump_path(root, &db.database, store::SCHEMA_GROUP, run_id),
+                    seal,
+                ),
                 lock_wait_timeout: b.lock_wait_timeout,
                 yield_after: b.yield_after,
                 engine: Engine::PgDump,
@@ -714,7 +724,10 @@ fn make_jobs(
         };
         jobs.push(Job {
             kind: Kind::Tables,
-            path: store::dump_path(root, &g.database, &g.group, run_id),
+            path: crate::crypt::written_path(
+                store::dump_path(root, &g.database, &g.group, run_id),
+                seal,
+            ),
             database: Some(g.database.clone()),
             tables: g.table_names(),
             table_oids: g.tables.iter().map(|t| t.oid).collect(),

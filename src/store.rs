@@ -374,7 +374,8 @@ pub fn sweep_partials(root: &Path) -> Vec<PathBuf> {
         let name = entry.file_name().to_string_lossy();
         // A native run's private schema archive, left by a crash before it was read.
         let toc = entry.depth() == 1
-            && name
+            && crate::crypt::plain_name(&name)
+                .0
                 .strip_suffix(".dump")
                 .and_then(|s| s.rsplit_once(SCHEMA_TOC))
                 .is_some_and(|(_, id)| is_run_id(id));
@@ -382,9 +383,15 @@ pub fn sweep_partials(root: &Path) -> Vec<PathBuf> {
             removed.push(entry.path().to_path_buf());
             continue;
         }
+        // A decrypted copy left by a killed `restore` or `verify`: plaintext, removed.
+        if crate::crypt::is_stale_decrypted_copy(&name) && fs::remove_file(entry.path()).is_ok() {
+            removed.push(entry.path().to_path_buf());
+            continue;
+        }
         let Some(stem) = name.strip_suffix(PARTIAL_SUFFIX) else {
             continue;
         };
+        let stem = crate::crypt::plain_name(stem).0;
         let ours = [".dump", ".sql", ".json"].iter().any(|ext| {
             stem.strip_suffix(ext)
                 .and_then(|s| s.rsplit('.').next())
@@ -478,11 +485,13 @@ pub struct StoredFile {
     pub run_id: RunId,
     /// The `.ing` file of an unfinished write.
     pub partial: bool,
+    /// Encrypted ([`crate::crypt`]): the name ends in `.age` (before any `.ing`).
+    pub encrypted: bool,
 }
 
 /// Reads a path relative to the backup directory back into what it is: `Some` exactly for
-/// the paths [`dump_path`], [`globals_path`] and [`report_path`] give (and the `.ing` beside
-/// each), so that whatever else lies in the directory is never taken for a backup.
+/// the paths [`dump_path`], [`globals_path`] and [`report_path`] give, their encrypted forms
+/// ([`crate::crypt::sealed_path`]), and the `.ing` beside each, so that whatever else lies in the directory is never taken for a backup.
 pub fn parse_path(rel: &Path) -> Option<StoredFile> {
     let parts: Vec<&str> = rel
         .components()
@@ -496,6 +505,7 @@ pub fn parse_path(rel: &Path) -> Option<StoredFile> {
         Some(n) => (n, true),
         None => (last, false),
     };
+    let (name, encrypted) = crate::crypt::plain_name(name);
     let (kind, database, group, run_id) = match parts[..] {
         [d, _] if d == GLOBALS_GROUP => {
             let (stem, run_id) = split_name(name, "sql")?;
@@ -508,7 +518,9 @@ pub fn parse_path(rel: &Path) -> Option<StoredFile> {
             let ours = report_path(Path::new(""), run_id.as_str()) == Path::new(d).join(name);
             ours.then_some((FileKind::Report, None, REPORTS_DIR, run_id))?
         }
-        [d, g, _] => return parse_dump_path(d, g, name, partial),
+        [d, g, _] => {
+            return parse_dump_path(d, g, name, partial).map(|f| StoredFile { encrypted, ..f })
+        }
         _ => return None,
     };
     Some(StoredFile {
@@ -517,6 +529,7 @@ pub fn parse_path(rel: &Path) -> Option<StoredFile> {
         group: DirName::Name(group.to_string()),
         run_id,
         partial,
+        encrypted,
     })
 }
 
@@ -556,6 +569,7 @@ fn parse_dump_path(d: &str, g: &str, name: &str, partial: bool) -> Option<Stored
         group: read(group),
         run_id,
         partial,
+        encrypted: false,
     })
 }
 
@@ -823,8 +837,24 @@ mod tests {
         let target = outside.path().join("x.20261123T184501Z.dump.ing");
         fs::write(&target, b"x").unwrap();
         std::os::unix::fs::symlink(&target, d.join("link.20261123T184501Z.dump.ing")).unwrap();
-        assert_eq!(sweep_partials(dir.path()), vec![ours.clone()]);
+        let sealed = d.join("db.g.20261123T184501Z.dump.age.ing");
+        fs::write(&sealed, b"x").unwrap();
+        // A decrypted copy of a process that is gone (pid 2^22 + 1 is above pid_max's
+        // default), and one of this process, in use.
+        let stale = d.join(".db.g.20261123T184501Z.dump.4194305.0.decrypted");
+        let in_use = d.join(format!(
+            ".db.g.20261123T184501Z.dump.{}.0.decrypted",
+            std::process::id()
+        ));
+        fs::write(&stale, b"x").unwrap();
+        fs::write(&in_use, b"x").unwrap();
+        let mut removed = sweep_partials(dir.path());
+        removed.sort();
+        let mut want = vec![ours.clone(), sealed.clone(), stale.clone()];
+        want.sort();
+        assert_eq!(removed, want);
         assert!(!ours.exists() && other.exists() && finished.exists() && target.exists());
+        assert!(in_use.exists());
         assert!(is_run_id("20261123T184501Z") && !is_run_id("2026112xT184501Z"));
     }
 
@@ -877,6 +907,30 @@ mod tests {
         }
         let g = parse_path(&globals_path(root, r)).unwrap();
         assert_eq!((g.kind, g.database), (FileKind::Globals, None));
+        // Encrypted files are the same files, marked so; `.age` goes before `.ing`.
+        for p in [
+            dump_path(root, "shop", "orders", r),
+            dump_path(root, "shop", SCHEMA_GROUP, r),
+            globals_path(root, r),
+            report_path(root, r),
+        ] {
+            let plain = parse_path(&p).unwrap();
+            let sealed = parse_path(&crate::crypt::sealed_path(&p)).unwrap();
+            assert!(sealed.encrypted && !plain.encrypted);
+            assert_eq!(
+                StoredFile {
+                    encrypted: false,
+                    ..sealed
+                },
+                plain
+            );
+            let partial = parse_path(&partial_path(&crate::crypt::sealed_path(&p))).unwrap();
+            assert!(partial.partial && partial.encrypted);
+            assert_eq!(
+                parse_path(&partial_path(&p).with_extension("ing.age")),
+                None
+            );
+        }
         let rep = parse_path(&report_path(root, r)).unwrap();
         assert_eq!(rep.kind, FileKind::Report);
         assert!(parse_path(&partial_path(&report_path(root, r))).is_some());

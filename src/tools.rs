@@ -142,6 +142,20 @@ pub async fn check_tools(
     })
 }
 
+/// A child's pipe (stdin or stdout, as `into_owned_fd` gives it) as a blocking file, for a
+/// thread that feeds or drains it: tokio makes its pipes non-blocking.
+pub fn blocking_pipe(fd: std::os::fd::OwnedFd) -> std::io::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe {
+        let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(std::fs::File::from(fd))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,10 +11,13 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{parse_table_ref, Config};
 use crate::connect::{application_name, ConnParams};
+use crate::crypt::Identities;
 use crate::exit::Outcome;
 use crate::failure::Failure;
 use crate::report::{GroupReport, Kind, Status};
-use crate::restore::{compare_tables, list_archive, load_report, pg_restore_path, run_pg_restore};
+use crate::restore::{
+    compare_tables, list_archive, load_report, pg_restore_path, run_pg_restore, Archive,
+};
 use crate::text::quote_ident;
 
 /// What `verify` was asked to check.
@@ -29,6 +32,10 @@ pub struct VerifyOptions {
     /// Also restore every group into a scratch database and compare row counts.
     #[arg(long)]
     pub restore: bool,
+    /// An age identity (secret key) file that decrypts encrypted dumps and reports, as
+    /// `age-keygen` writes it; may be given several times.
+    #[arg(long = "identity", value_name = "FILE")]
+    pub identities: Vec<PathBuf>,
 }
 
 /// `pg_groupdump verify`; `SomeFailed` when anything does not match.
@@ -41,8 +48,9 @@ pub async fn verify(config: &Config, opts: &VerifyOptions) -> Result<Outcome, Fa
         .await
         .map_err(|e| Failure::Start(e.into()))?;
     let config = mirror.as_ref().map_or(config, |m| &m.config);
+    let ids = Identities::load(&opts.identities)?;
     let (mut report, report_path) =
-        load_report(config, opts.run.as_deref(), opts.report.as_deref())?;
+        load_report(config, &ids, opts.run.as_deref(), opts.report.as_deref())?;
     if let Some(m) = &mirror {
         // The report names the files where the run wrote them; their copies are here.
         let root = PathBuf::from(&report.dir);
@@ -81,11 +89,16 @@ pub async fn verify(config: &Config, opts: &VerifyOptions) -> Result<Outcome, Fa
             continue;
         }
         checked += 1;
-        let mut problems = check_file(&pg_restore, g).await;
+        let mut problems = check_file(&pg_restore, &ids, g).await;
         // A restore proves nothing about a file that is already wrong.
         if let (true, Some(conn), Kind::Tables) = (problems.is_empty(), &conn, g.kind) {
-            problems
-                .extend(restore_and_count(config, conn, &pg_restore, &report.run_id, n, g).await);
+            let check = Check {
+                config,
+                conn,
+                pg_restore: &pg_restore,
+                ids: &ids,
+            };
+            problems.extend(restore_and_count(&check, &report.run_id, n, g).await);
         }
         if !problems.is_empty() {
             bad += 1;
@@ -131,15 +144,32 @@ fn report_tables(g: &GroupReport) -> Vec<(String, String)> {
 /// Checks one dump file against its report entry: size and sha256, then (but for globals,
 /// which are SQL) that pg_restore reads it and that it holds exactly the group's tables — or,
 /// for a schema dump, no table data.
-async fn check_file(pg_restore: &Path, g: &GroupReport) -> Vec<String> {
+async fn check_file(pg_restore: &Path, ids: &Identities, g: &GroupReport) -> Vec<String> {
     let Some(file) = g.file.as_deref().map(PathBuf::from) else {
         return vec!["the report names no file".into()];
     };
     let problems = check_size_and_hash(&file, g).await;
-    if !problems.is_empty() || g.kind == Kind::Globals {
+    if !problems.is_empty() {
         return problems;
     }
-    match list_archive(pg_restore, &file).await {
+    if g.kind == Kind::Globals {
+        // SQL: nothing for pg_restore to read; an encrypted one must decrypt.
+        if !crate::crypt::is_sealed(&file) {
+            return Vec::new();
+        }
+        let ids = ids.clone();
+        let checked = tokio::task::spawn_blocking(move || ids.check(&file)).await;
+        return match checked {
+            Ok(Ok(())) => Vec::new(),
+            Ok(Err(e)) => vec![e.to_string()],
+            Err(e) => vec![e.to_string()],
+        };
+    }
+    let archive = match Archive::in_order(ids, &file) {
+        Ok(a) => a,
+        Err(e) => return vec![e.to_string()],
+    };
+    match list_archive(pg_restore, &archive).await {
         Err(e) => vec![e.to_string()],
         Ok(entries) => match g.kind {
             Kind::Tables => compare_tables(&entries, &report_tables(g), g.table_oids.as_deref()),
@@ -178,16 +208,23 @@ async fn check_size_and_hash(file: &Path, g: &GroupReport) -> Vec<String> {
     problems
 }
 
+/// What restoring a group into a scratch database needs.
+struct Check<'a> {
+    config: &'a Config,
+    conn: &'a ConnParams,
+    pg_restore: &'a Path,
+    ids: &'a Identities,
+}
+
 /// Restores one group into a scratch database and compares row counts with the report's.
 /// The scratch database is dropped afterwards whatever happened.
 async fn restore_and_count(
-    config: &Config,
-    conn: &ConnParams,
-    pg_restore: &Path,
+    check: &Check<'_>,
     run_id: &str,
     n: usize,
     g: &GroupReport,
 ) -> Vec<String> {
+    let (config, conn) = (check.config, check.conn);
     let maintenance = &config.connection.maintenance_database;
     let scratch = format!(
         "pg_groupdump_verify_{}_{}_{n}",
@@ -210,7 +247,7 @@ async fn restore_and_count(
             crate::text::pg_error_text(&e)
         )];
     }
-    let problems = restore_into(config, conn, pg_restore, run_id, &scratch, g).await;
+    let problems = restore_into(check, run_id, &scratch, g).await;
     if let Err(e) = admin
         .batch_execute(&format!(
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",
@@ -229,29 +266,39 @@ async fn restore_and_count(
 /// Restores the group's dump into `scratch` (after the prerequisites from the run's schema
 /// archive) and compares the row counts.
 async fn restore_into(
-    config: &Config,
-    conn: &ConnParams,
-    pg_restore: &Path,
+    check: &Check<'_>,
     run_id: &str,
     scratch: &str,
     g: &GroupReport,
 ) -> Vec<String> {
+    let (conn, pg_restore) = (check.conn, check.pg_restore);
     let mut problems = Vec::new();
     if let Some(schema) = g
         .database
         .as_deref()
-        .and_then(|db| crate::restore::schema_archive_for(&config.backup.dir, db, run_id))
+        .and_then(|db| crate::restore::schema_archive_for(&check.config.backup.dir, db, run_id))
     {
-        if let Err(e) =
-            crate::restore::restore_prerequisites(pg_restore, conn, scratch, &schema).await
-        {
-            problems.push(e.to_string());
+        match Archive::in_order(check.ids, &schema) {
+            Err(e) => problems.push(e.to_string()),
+            Ok(schema) => {
+                if let Err(e) =
+                    crate::restore::restore_prerequisites(pg_restore, conn, scratch, &schema).await
+                {
+                    problems.push(e.to_string());
+                }
+            }
         }
     }
-    let file = g.file.clone().unwrap_or_default();
-    let args: Vec<std::ffi::OsString> =
-        vec!["--no-owner".into(), "--no-privileges".into(), file.into()];
-    let stderr = match run_pg_restore(pg_restore, conn, scratch, &args).await {
+    let file = PathBuf::from(g.file.clone().unwrap_or_default());
+    let archive = match Archive::in_order(check.ids, &file) {
+        Ok(a) => a,
+        Err(e) => {
+            problems.push(e.to_string());
+            return problems;
+        }
+    };
+    let args: Vec<std::ffi::OsString> = vec!["--no-owner".into(), "--no-privileges".into()];
+    let stderr = match run_pg_restore(pg_restore, conn, scratch, &args, &archive).await {
         Err(e) => {
             problems.push(e.to_string());
             return problems;

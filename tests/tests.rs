@@ -14,6 +14,8 @@ mod consistency;
 mod ddl_storm;
 #[path = "it/email.rs"]
 mod email;
+#[path = "it/encryption.rs"]
+mod encryption;
 #[path = "it/failure.rs"]
 mod failure;
 #[path = "it/faults.rs"]

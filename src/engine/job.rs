@@ -331,4 +331,6 @@ pub struct Settings {
     /// The run's defaults, for the schema dumps the native engine takes itself.
     pub lock_wait_timeout: Duration,
     pub yield_after: Option<Duration>,
+    /// `[encryption]`: every file is encrypted to these recipients as it is written.
+    pub seal: Option<crate::crypt::Recipients>,
 }

@@ -825,10 +825,10 @@ fn server_restart_mid_run_is_retried_and_every_group_restores() {
 // ---------------------------------------------------------------------------------------------
 
 /// A tmpfs mounted on a directory; unmounted on drop (lazily if busy).
-struct Tmpfs(PathBuf);
+pub(crate) struct Tmpfs(PathBuf);
 
 impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Result<Tmpfs, String> {
+    pub(crate) fn mount(dir: &Path, size: &str) -> Result<Tmpfs, String> {
         fs::create_dir_all(dir).unwrap();
         let out = Command::new("mount")
             .args([

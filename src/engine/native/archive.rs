@@ -815,16 +815,25 @@ fn toc_bytes(entries: &[Entry], version: (u8, u8, u8)) -> Result<Vec<u8>, Archiv
 // ---------------------------------------------------------------------------------------------
 // Writing
 
-/// Writes an archive: header + TOC with positions unset at creation; data blocks; then the TOC
-/// rewritten with positions.
+/// Writes an archive: header + TOC with positions unset at creation; data blocks; then, on a
+/// seekable output ([`ArchiveWriter::new`]), the TOC rewritten with positions.
+///
+/// On an output that cannot seek (an encrypted stream: [`ArchiveWriter::streaming`]) the TOC
+/// keeps every position unset, as `pg_dump -Fc` writes to a pipe, and the data blocks must
+/// come in TOC order: `pg_restore` reading such an archive from a pipe finds each block by
+/// reading on from the last one (on a file it can seek in, it scans for them, so `-j` works
+/// too).
 ///
 /// Memory stays flat in the data size: data is compressed as it comes and written in chunks
 /// of about 64 KiB. The writer writes small pieces (ints of five bytes): give it a buffered
 /// `out` (a `BufWriter` on a file, or memory). Data positions are counted from where `out` stood when the writer was
 /// created, so `out` should be at the start of an empty file. Until [`ArchiveWriter::finish`]
 /// returns, the output is not a complete archive: write it to a temporary name.
-pub struct ArchiveWriter<W: Write + Seek> {
+pub struct ArchiveWriter<W: Write> {
     sink: Sink<W>,
+    /// Without seeking: the indexes in `entries` of the entries with data, in TOC order, and
+    /// how many of them have been written (the next block must be the next of them).
+    in_order: Option<(Vec<usize>, usize)>,
     compression: Compression,
     version: (u8, u8, u8),
     entries: Vec<Entry>,
@@ -837,7 +846,7 @@ pub struct ArchiveWriter<W: Write + Seek> {
 }
 
 /// The output and the number of bytes written to it.
-struct Sink<W: Write + Seek> {
+struct Sink<W: Write> {
     out: W,
     /// Where the archive starts in `out`.
     base: u64,
@@ -845,7 +854,7 @@ struct Sink<W: Write + Seek> {
     pos: u64,
 }
 
-impl<W: Write + Seek> Sink<W> {
+impl<W: Write> Sink<W> {
     fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.out.write_all(bytes)?;
         self.pos += bytes.len() as u64;
@@ -1052,8 +1061,9 @@ fn zlib_header(compression: Compression) -> [u8; 2] {
 const DEFLATE_END: [u8; 2] = [0x03, 0x00];
 
 impl<W: Write + Seek> ArchiveWriter<W> {
-    /// Starts an archive in `out`: writes the header and the TOC with every data position
-    /// unset.
+    /// Starts an archive in `out`, a seekable output: writes the header and the TOC with
+    /// every data position unset, to be rewritten with the positions by
+    /// [`finish`](Self::finish).
     ///
     /// `entries` is the complete TOC in restore order; entries with `had_dumper` get data
     /// later, through [`begin_data`](Self::begin_data). Their `data` fields are ignored: the
@@ -1061,7 +1071,64 @@ impl<W: Write + Seek> ArchiveWriter<W> {
     /// The header is written as given (including its creation time); its version must be one
     /// of [`SUPPORTED_VERSIONS`], its format custom, its sizes 4 and 8, and its compression
     /// one that version can record. Dump ids must be unique.
-    pub fn new(out: W, header: Header, mut entries: Vec<Entry>) -> Result<Self, ArchiveError> {
+    pub fn new(mut out: W, header: Header, entries: Vec<Entry>) -> Result<Self, ArchiveError> {
+        let base = out.stream_position()?;
+        Self::start(out, base, header, entries, false)
+    }
+
+    /// Rewrites the TOC with every data position and returns the writer, flushed (not
+    /// fsynced) and positioned at the end of the archive. A `had_dumper` entry without data,
+    /// or a block not ended, is an error.
+    pub fn finish(self) -> Result<W, ArchiveError> {
+        if self.in_order.is_some() {
+            return self.finish_streaming();
+        }
+        self.check_complete()?;
+        let toc = toc_bytes(&self.entries, self.version)?;
+        if toc.len() != self.toc_len {
+            // Cannot happen: only fixed-size data positions changed.
+            return Err(malformed(format!(
+                "the final TOC is {} bytes, the first {}",
+                toc.len(),
+                self.toc_len
+            )));
+        }
+        let mut sink = self.sink;
+        let end = sink.pos;
+        sink.out.seek(SeekFrom::Start(sink.base + self.toc_at))?;
+        sink.out.write_all(&toc)?;
+        sink.out.seek(SeekFrom::Start(sink.base + end))?;
+        let mut out = sink.out;
+        out.flush()?;
+        Ok(out)
+    }
+}
+
+impl<W: Write> ArchiveWriter<W> {
+    /// Starts an archive in `out`, an output that cannot seek: the TOC is written once, with
+    /// every data position unset, and the data blocks must be written in TOC order (as
+    /// `pg_dump -Fc` to a pipe writes them). Finish with
+    /// [`finish_streaming`](Self::finish_streaming).
+    pub fn streaming(out: W, header: Header, entries: Vec<Entry>) -> Result<Self, ArchiveError> {
+        Self::start(out, 0, header, entries, true)
+    }
+
+    /// Ends a streaming archive: checks every entry's data was written, flushes, and returns
+    /// the output (for the caller to finish, e.g. an encryption's last chunk).
+    pub fn finish_streaming(self) -> Result<W, ArchiveError> {
+        self.check_complete()?;
+        let mut out = self.sink.out;
+        out.flush()?;
+        Ok(out)
+    }
+
+    fn start(
+        out: W,
+        base: u64,
+        header: Header,
+        mut entries: Vec<Entry>,
+        streaming: bool,
+    ) -> Result<Self, ArchiveError> {
         let mut index = HashMap::with_capacity(entries.len());
         for (i, e) in entries.iter_mut().enumerate() {
             if index.insert(e.dump_id, i).is_some() {
@@ -1078,14 +1145,17 @@ impl<W: Write + Seek> ArchiveWriter<W> {
         }
         let head = header_bytes(&header)?;
         let toc = toc_bytes(&entries, header.version)?;
-        let mut out = out;
-        let base = out.stream_position()?;
         let mut sink = Sink { out, base, pos: 0 };
+        let in_order = streaming.then(|| {
+            let with_data = entries.iter().enumerate().filter(|(_, e)| e.had_dumper);
+            (with_data.map(|(i, _)| i).collect(), 0)
+        });
         sink.put(&head)?;
         let toc_at = sink.pos;
         sink.put(&toc)?;
         Ok(ArchiveWriter {
             sink,
+            in_order,
             compression: header.compression,
             version: header.version,
             entries,
@@ -1124,6 +1194,14 @@ impl<W: Write + Seek> ArchiveWriter<W> {
         }
         if e.data != DataState::NotSet {
             return Err(malformed(format!("the data of {name} is already written")));
+        }
+        if let Some((order, done)) = &mut self.in_order {
+            if order.get(*done) != Some(&index) {
+                return Err(malformed(format!(
+                    "the data of {name} comes out of TOC order, which an archive without data positions cannot have"
+                )));
+            }
+            *done += 1;
         }
         self.entries[index].data = DataState::At(self.sink.pos);
         self.sink.put(&[BLK_DATA])?;
@@ -1240,11 +1318,8 @@ impl<W: Write + Seek> ArchiveWriter<W> {
         Ok(block.raw)
     }
 
-    /// Rewrites the TOC with every data position and returns the writer, flushed (not
-    /// fsynced) and positioned at the end of the archive. A `had_dumper` entry without data,
-    /// or a block not ended, is an error.
-    pub fn finish(self) -> Result<W, ArchiveError> {
-        let mut sink = self.sink;
+    /// Whether every entry with data got it and no block is open.
+    fn check_complete(&self) -> Result<(), ArchiveError> {
         if let Some(b) = &self.open {
             return Err(malformed(format!(
                 "the data of {} is not ended",
@@ -1257,37 +1332,22 @@ impl<W: Write + Seek> ArchiveWriter<W> {
             .filter(|e| e.data == DataState::NotSet)
             .map(entry_name)
             .collect();
-        if !missing.is_empty() {
-            let shown = missing
-                .iter()
-                .take(5)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", ");
-            let more = missing.len().saturating_sub(5);
-            let more = if more > 0 {
-                format!(" and {more} more")
-            } else {
-                String::new()
-            };
-            return Err(malformed(format!("no data written for {shown}{more}")));
+        if missing.is_empty() {
+            return Ok(());
         }
-        let toc = toc_bytes(&self.entries, self.version)?;
-        if toc.len() != self.toc_len {
-            // Cannot happen: only fixed-size data positions changed.
-            return Err(malformed(format!(
-                "the final TOC is {} bytes, the first {}",
-                toc.len(),
-                self.toc_len
-            )));
-        }
-        let end = sink.pos;
-        sink.out.seek(SeekFrom::Start(sink.base + self.toc_at))?;
-        sink.out.write_all(&toc)?;
-        sink.out.seek(SeekFrom::Start(sink.base + end))?;
-        let mut out = sink.out;
-        out.flush()?;
-        Ok(out)
+        let shown = missing
+            .iter()
+            .take(5)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        let more = missing.len().saturating_sub(5);
+        let more = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
+        Err(malformed(format!("no data written for {shown}{more}")))
     }
 }
 
@@ -1462,11 +1522,47 @@ mod tests {
         )
         .unwrap();
         // Out of TOC order on purpose: positions make the order free.
+        write_u(&mut w, u_data);
+        write_t(&mut w, compression, t_data, piece);
+        let out = w.finish().unwrap();
+        assert_eq!(out.position(), out.get_ref().len() as u64);
+        out.into_inner()
+    }
+
+    /// [`write_versioned`] without seeking (into a `Vec`, which cannot): positions unset, the
+    /// blocks in TOC order.
+    fn write_streaming(
+        version: (u8, u8, u8),
+        compression: Compression,
+        t_data: &[u8],
+        u_data: &[u8],
+        piece: usize,
+    ) -> Vec<u8> {
+        let mut w = ArchiveWriter::streaming(
+            Vec::new(),
+            versioned(version, compression),
+            sample_entries(),
+        )
+        .unwrap();
+        write_t(&mut w, compression, t_data, piece);
+        write_u(&mut w, u_data);
+        w.finish_streaming().unwrap()
+    }
+
+    fn write_u<W: Write>(w: &mut ArchiveWriter<W>, u_data: &[u8]) {
         w.begin_data(6).unwrap();
         w.write_data(u_data).unwrap();
         assert_eq!(w.end_data().unwrap(), u_data.len() as u64);
-        // t's data: written, then pieces compressed elsewhere (of uneven sizes, as the ranges
-        // of a split table come), then written again.
+    }
+
+    /// t's data: written, then pieces compressed elsewhere (of uneven sizes, as the ranges
+    /// of a split table come), then written again.
+    fn write_t<W: Write>(
+        w: &mut ArchiveWriter<W>,
+        compression: Compression,
+        t_data: &[u8],
+        piece: usize,
+    ) {
         w.begin_data(4).unwrap();
         let (a, rest) = t_data.split_at(t_data.len() / 3);
         let (b, c) = rest.split_at(rest.len() / 2);
@@ -1483,9 +1579,62 @@ mod tests {
             w.write_data(p).unwrap();
         }
         assert_eq!(w.end_data().unwrap(), t_data.len() as u64);
-        let out = w.finish().unwrap();
-        assert_eq!(out.position(), out.get_ref().len() as u64);
-        out.into_inner()
+    }
+
+    /// The length of the data block at the start of `b`: type, dump id, chunks, 0.
+    fn block_len(b: &[u8]) -> usize {
+        let int = |at: usize| u32::from_le_bytes(b[at + 1..at + 5].try_into().unwrap()) as usize;
+        let mut at = 1 + 5;
+        loop {
+            let len = int(at);
+            at += 5 + len;
+            if len == 0 {
+                return at;
+            }
+        }
+    }
+
+    #[test]
+    fn streaming_writes_positions_unset_and_blocks_in_toc_order() {
+        let t_data = big_copy_text();
+        let u_data = "x\n\\N\n日本\n".as_bytes();
+        for (version, compression) in CASES {
+            let bytes = write_streaming(version, compression, &t_data, u_data, 1 << 20);
+            let mut r = &bytes[..];
+            let toc = read_toc(&mut r).unwrap();
+            let states: Vec<DataState> = toc.entries.iter().map(|e| e.data).collect();
+            use DataState::{NoData, NotSet};
+            assert_eq!(
+                states,
+                [NoData, NoData, NoData, NotSet, NoData, NotSet, NoData]
+            );
+            // The blocks follow the TOC, in its order, and hold the same data as a seeking
+            // writer's.
+            let start = bytes.len() - r.len();
+            let t = read_data_block(&bytes, start as u64, compression).unwrap();
+            assert_eq!((t.dump_id, &t.data[..]), (4, &t_data[..]));
+            let u_at = start + block_len(&bytes[start..]);
+            let u = read_data_block(&bytes, u_at as u64, compression).unwrap();
+            assert_eq!((u.dump_id, &u.data[..]), (6, u_data));
+            assert_eq!(
+                u_at + block_len(&bytes[u_at..]),
+                bytes.len(),
+                "nothing follows"
+            );
+        }
+        // Out of TOC order is refused: pg_restore could not find the earlier block.
+        let mut w =
+            ArchiveWriter::streaming(Vec::new(), header(Compression::None), sample_entries())
+                .unwrap();
+        let err = w.begin_data(6).unwrap_err().to_string();
+        assert!(err.contains("out of TOC order"), "{err}");
+        // Nor may a block be missing at the end.
+        let mut w =
+            ArchiveWriter::streaming(Vec::new(), header(Compression::None), sample_entries())
+                .unwrap();
+        w.begin_data(4).unwrap();
+        w.end_data().unwrap();
+        assert!(w.finish_streaming().is_err());
     }
 
     #[test]
@@ -1773,56 +1922,122 @@ mod tests {
                 Compression::Gzip(_) => "gzip".to_string(),
                 other => other.to_string(),
             };
-            let path = dir.path().join(format!("c{}-{level}.dump", version.1));
-            std::fs::write(
-                &path,
-                write_versioned(version, compression, &t_data, u_data, 1000),
-            )
-            .unwrap();
-            let list = run(Command::new(pg_restore).arg("-l").arg(&path));
-            let entries: Vec<&str> = list.lines().filter(|l| !l.starts_with(';')).collect();
-            assert_eq!(
-                entries,
-                [
-                    // (pg_restore -l leaves out ENCODING, STDSTRINGS and SEARCHPATH.)
-                    "2; 2615 16385 SCHEMA  app postgres",
-                    "3; 1259 16390 TABLE app t postgres",
-                    "4; 0 16390 TABLE DATA app t postgres",
-                    "5; 1259 16400 TABLE app u postgres",
-                    "6; 0 16400 TABLE DATA app u postgres",
-                    "7; 1259 16395 INDEX app t_id postgres",
-                ],
-                "{list}"
-            );
-            assert!(
-                list.contains(&format!(";     Compression: {level}\n")),
-                "{list}"
-            );
-            let sql = run(Command::new(pg_restore).arg("-f").arg("-").arg(&path));
-            let t_copy = format!(
-                "COPY app.t (id, \"名前\") FROM stdin;\n{}",
-                String::from_utf8(t_data.clone()).unwrap()
-            );
-            assert!(sql.contains(&t_copy), "COPY of app.t missing or altered");
-            assert!(
-                sql.contains("COPY app.u (v) FROM stdin;\nx\n\\N\n日本\n\\.\n\n\n"),
-                "{sql}"
-            );
-            assert!(sql.contains("\"名前\" text -- é 日本 🐘"), "{sql}");
-            // A restore list of one data entry finds it through its position.
-            let one = run(Command::new(pg_restore)
-                .args(["-f", "-", "-L"])
-                .arg({
-                    let l = dir.path().join("only-u.list");
-                    std::fs::write(&l, "6; 0 16400 TABLE DATA app u postgres\n").unwrap();
-                    l
-                })
-                .arg(&path));
-            assert!(
-                one.contains("COPY app.u (v) FROM stdin;\nx\n\\N\n日本\n\\.\n\n\n"),
-                "{one}"
-            );
-            assert!(!one.contains("COPY app.t"), "{one}");
+            for streaming in [false, true] {
+                let bytes = if streaming {
+                    write_streaming(version, compression, &t_data, u_data, 1000)
+                } else {
+                    write_versioned(version, compression, &t_data, u_data, 1000)
+                };
+                let path = dir.path().join(format!(
+                    "c{}-{level}{}.dump",
+                    version.1,
+                    if streaming { "-stream" } else { "" }
+                ));
+                std::fs::write(&path, &bytes).unwrap();
+                stock_pg_restore_reads_one(pg_restore, &path, &level, &t_data);
+                if streaming {
+                    // From a pipe, as `age -d … | pg_restore` gives it: read in order.
+                    stock_pg_restore_reads_piped(pg_restore, &bytes, &t_data, u_data);
+                }
+            }
         }
+    }
+
+    fn stock_pg_restore_reads_one(pg_restore: &Path, path: &Path, level: &str, t_data: &[u8]) {
+        let dir = path.parent().unwrap();
+        let list = run(Command::new(pg_restore).arg("-l").arg(path));
+        let entries: Vec<&str> = list.lines().filter(|l| !l.starts_with(';')).collect();
+        assert_eq!(
+            entries,
+            [
+                // (pg_restore -l leaves out ENCODING, STDSTRINGS and SEARCHPATH.)
+                "2; 2615 16385 SCHEMA  app postgres",
+                "3; 1259 16390 TABLE app t postgres",
+                "4; 0 16390 TABLE DATA app t postgres",
+                "5; 1259 16400 TABLE app u postgres",
+                "6; 0 16400 TABLE DATA app u postgres",
+                "7; 1259 16395 INDEX app t_id postgres",
+            ],
+            "{list}"
+        );
+        assert!(
+            list.contains(&format!(";     Compression: {level}\n")),
+            "{list}"
+        );
+        let sql = run(Command::new(pg_restore).arg("-f").arg("-").arg(path));
+        let t_copy = format!(
+            "COPY app.t (id, \"名前\") FROM stdin;\n{}",
+            String::from_utf8(t_data.to_vec()).unwrap()
+        );
+        assert!(sql.contains(&t_copy), "COPY of app.t missing or altered");
+        assert!(
+            sql.contains("COPY app.u (v) FROM stdin;\nx\n\\N\n日本\n\\.\n\n\n"),
+            "{sql}"
+        );
+        assert!(sql.contains("\"名前\" text -- é 日本 🐘"), "{sql}");
+        // A restore list of one data entry finds it through its position.
+        let one = run(Command::new(pg_restore)
+            .args(["-f", "-", "-L"])
+            .arg({
+                let l = dir.join("only-u.list");
+                std::fs::write(&l, "6; 0 16400 TABLE DATA app u postgres\n").unwrap();
+                l
+            })
+            .arg(path));
+        assert!(
+            one.contains("COPY app.u (v) FROM stdin;\nx\n\\N\n日本\n\\.\n\n\n"),
+            "{one}"
+        );
+        assert!(!one.contains("COPY app.t"), "{one}");
+    }
+
+    /// `pg_restore` reading the archive from its standard input (a pipe): it cannot seek, so
+    /// it finds each block by reading on; the whole SQL and the restore list of one entry.
+    fn stock_pg_restore_reads_piped(pg_restore: &Path, bytes: &[u8], t_data: &[u8], u_data: &[u8]) {
+        let piped = |args: &[&str]| -> String {
+            use std::io::Write as _;
+            let mut child = Command::new(pg_restore)
+                .args(args)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut stdin = child.stdin.take().unwrap();
+            let data = bytes.to_vec();
+            let feeder = std::thread::spawn(move || {
+                let _ = stdin.write_all(&data);
+            });
+            let out = child.wait_with_output().unwrap();
+            feeder.join().unwrap();
+            assert!(
+                out.status.success(),
+                "{pg_restore:?} {args:?} < archive: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        };
+        assert!(piped(&["-l"]).contains("6; 0 16400 TABLE DATA app u postgres"));
+        let sql = piped(&["-f", "-"]);
+        let mut t_copy = b"COPY app.t (id, \"\xe5\x90\x8d\xe5\x89\x8d\") FROM stdin;\n".to_vec();
+        t_copy.extend_from_slice(t_data);
+        assert!(
+            sql.as_bytes().windows(t_copy.len()).any(|w| w == t_copy),
+            "COPY of app.t missing or altered (from a pipe)"
+        );
+        let u_copy = format!(
+            "COPY app.u (v) FROM stdin;\n{}",
+            String::from_utf8_lossy(u_data)
+        );
+        assert!(sql.contains(&u_copy), "{sql}");
+        let list =
+            std::env::temp_dir().join(format!("pg_groupdump-only-u-{}.list", std::process::id()));
+        std::fs::write(&list, "6; 0 16400 TABLE DATA app u postgres\n").unwrap();
+        let one = piped(&["-f", "-", "-L", list.to_str().unwrap()]);
+        let _ = std::fs::remove_file(&list);
+        assert!(
+            one.contains(&u_copy) && !one.contains("COPY app.t"),
+            "{one}"
+        );
     }
 }

@@ -49,6 +49,8 @@ pub struct Request<'a> {
     pub final_path: &'a Path,
     /// Which tables may be copied by several sessions, and with how many.
     pub split: super::split::Split<'a>,
+    /// Encrypt the archive to these recipients (`[encryption]`).
+    pub seal: Option<&'a crate::crypt::Recipients>,
 }
 
 /// Dumps a group on `session`. On error the session's transaction is rolled back when
@@ -115,6 +117,7 @@ async fn dump_in_transaction(
         final_path: req.final_path.to_path_buf(),
         header,
         entries,
+        seal: req.seal.cloned(),
     });
     let mut counts = HashMap::new();
     let mut exported = None;
@@ -379,6 +382,14 @@ fn group_entries(
         });
     }
     data_entries.sort_by(|a, b| (&a.namespace, &a.tag).cmp(&(&b.namespace, &b.tag)));
+    // The tables are copied in the order of their data entries: an archive written without
+    // seeking (encrypted) must hold its data blocks in TOC order.
+    let rank: HashMap<i32, usize> = data_entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.dump_id, i))
+        .collect();
+    copies.sort_by_key(|c| rank[&c.dump_id]);
     for (s, (last, called)) in sel.sequences.iter().zip(seq_values) {
         next_id += 1;
         let mut defn = b"SELECT pg_catalog.setval(".to_vec();

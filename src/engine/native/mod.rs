@@ -70,6 +70,8 @@ struct TocSlot {
     database: String,
     /// What the schema snapshot said, recorded by the successful attempt.
     recorded: Mutex<Option<Recorded>>,
+    /// The archive's TOC, read from pg_dump's output as it went to the encryption.
+    streamed: Mutex<Option<Result<archive::Toc, String>>>,
     tx: watch::Sender<Option<TocResult>>,
 }
 
@@ -78,12 +80,29 @@ impl TocSlot {
         Arc::new(TocSlot {
             database: database.to_string(),
             recorded: Mutex::new(None),
+            streamed: Mutex::new(None),
             tx: watch::channel(None).0,
         })
     }
 
     fn take_recorded(&self) -> Option<Recorded> {
         self.recorded.lock().expect("toc slot").take()
+    }
+
+    /// The schema archive's TOC: as it streamed by, or else read from its file at `path`
+    /// (not encrypted), and what the snapshot recorded.
+    async fn load(&self, path: PathBuf) -> TocResult {
+        let recorded = self
+            .take_recorded()
+            .ok_or_else(|| "the catalog could not be read in its snapshot".to_string())?;
+        let streamed = self.streamed.lock().expect("toc slot").take();
+        let loaded = match streamed {
+            Some(toc) => SchemaToc::new(toc?, recorded),
+            None => tokio::task::spawn_blocking(move || SchemaToc::load(&path, recorded))
+                .await
+                .map_err(|e| e.to_string())?,
+        };
+        loaded.map(Arc::new).map_err(|e| e.to_string())
     }
 }
 
@@ -99,6 +118,10 @@ impl InSnapshot for TocSlot {
                 ),
             }
         })
+    }
+
+    fn archive_toc(&self, toc: Result<archive::Toc, String>) {
+        *self.streamed.lock().expect("toc slot") = Some(toc);
     }
 }
 
@@ -136,6 +159,8 @@ pub struct Native {
     lock_wait_timeout: Duration,
     yield_after: Option<Duration>,
     split_above: Option<u64>,
+    /// `[encryption]`: archives are encrypted as they are written.
+    seal: Option<crate::crypt::Recipients>,
 }
 
 /// Why an attempt did not finish natively.
@@ -192,6 +217,7 @@ impl Native {
             lock_wait_timeout: settings.lock_wait_timeout,
             yield_after: settings.yield_after,
             split_above: settings.split_above,
+            seal: settings.seal.clone(),
         }
     }
 
@@ -229,9 +255,8 @@ impl Native {
         let Some(slot) = self.slot_for(job) else {
             return;
         };
-        let recorded = slot.take_recorded();
         let toc = match result {
-            Ok(()) => load_toc(job.path.clone(), recorded).await,
+            Ok(()) => slot.load(job.path.clone()).await,
             Err(e) => Err(format!("the schema dump failed: {e}")),
         };
         warn_if_unusable(&slot.database, &toc);
@@ -295,7 +320,7 @@ impl Native {
             database,
         };
         let dumped = tokio::select! {
-            r = follow_and_dump(&session, toc, job, &partial, split) => Ok(r),
+            r = follow_and_dump(&session, toc, job, &partial, split, self.seal.as_ref()) => Ok(r),
             c = cancel => Err(c),
         };
         let observed = watch.finish();
@@ -392,7 +417,10 @@ impl Native {
             tables: Vec::new(),
             table_oids: Vec::new(),
             contents: Contents::SchemaOnly,
-            path: store::schema_toc_path(&self.root, database, &self.run_id),
+            path: crate::crypt::written_path(
+                store::schema_toc_path(&self.root, database, &self.run_id),
+                self.seal.as_ref(),
+            ),
             lock_wait_timeout: self.lock_wait_timeout,
             yield_after: self.yield_after,
             engine: Engine::PgDump,
@@ -405,7 +433,7 @@ impl Native {
             let (a, result) = self.pg_dump.attempt(&mut job, number, Some(&*slot)).await;
             match result {
                 Ok(_) => {
-                    let toc = load_toc(job.path.clone(), slot.take_recorded()).await;
+                    let toc = slot.load(job.path.clone()).await;
                     remove_quietly(&job.path);
                     warn_if_unusable(database, &toc);
                     return toc;
@@ -453,6 +481,7 @@ async fn follow_and_dump(
     job: &mut Job,
     partial: &std::path::Path,
     split: split::Split<'_>,
+    seal: Option<&crate::crypt::Recipients>,
 ) -> Result<copy::Dumped, NativeError> {
     let mut last = String::new();
     for resolved in std::iter::once(false).chain(std::iter::repeat_n(true, RESOLVE_TRIES as usize))
@@ -481,6 +510,7 @@ async fn follow_and_dump(
             out: partial,
             final_path: &job.path,
             split: split::Split { ..split },
+            seal,
         };
         match copy::dump_group(session, toc, &req).await {
             Err(NativeError::Changed(why)) => last = why,
@@ -505,17 +535,6 @@ fn renamed_since_schema(toc: &SchemaToc, job: &Job) -> Option<String> {
             )
         })
     })
-}
-
-/// Reads a schema archive's TOC for the native engine.
-async fn load_toc(path: PathBuf, recorded: Option<Recorded>) -> TocResult {
-    let recorded =
-        recorded.ok_or_else(|| "the catalog could not be read in its snapshot".to_string())?;
-    tokio::task::spawn_blocking(move || SchemaToc::load(&path, recorded))
-        .await
-        .map_err(|e| e.to_string())?
-        .map(Arc::new)
-        .map_err(|e| e.to_string())
 }
 
 /// The one log line for a database whose groups the native engine cannot dump.

@@ -191,7 +191,8 @@ impl SchemaToc {
         Self::new(toc, recorded)
     }
 
-    fn new(toc: Toc, recorded: Recorded) -> Result<SchemaToc, TocError> {
+    /// The TOC of a schema archive (read from its stream) with what its snapshot recorded.
+    pub fn new(toc: Toc, recorded: Recorded) -> Result<SchemaToc, TocError> {
         let mut me = SchemaToc {
             toc,
             recorded,

@@ -4,7 +4,7 @@
 //! whatever the table size). Either way the file is written as `.ing`, fsynced and renamed
 //! by [`crate::store::commit`].
 
-use std::io::{BufWriter, Seek, Write};
+use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 
 use super::archive::{self, ArchiveError, ArchiveWriter, Entry, Piece, PIECE_SIZE};
@@ -91,6 +91,8 @@ pub(super) struct Target {
     pub(super) final_path: PathBuf,
     pub(super) header: archive::Header,
     pub(super) entries: Vec<Entry>,
+    /// Encrypt the archive as it is written (`[encryption]`).
+    pub(super) seal: Option<crate::crypt::Recipients>,
 }
 
 /// Where a group's COPY data goes: memory while it is small, a writer thread once it is not.
@@ -191,12 +193,24 @@ impl Source {
 }
 
 /// Writes the archive from the COPY data, then commits it (fsync, rename, directory fsync).
-/// Runs on a blocking thread. A spooled (small) archive is made in memory and written with
-/// one call, hashed as it is written; a streamed one is written through a buffer and read
-/// back to be hashed (its TOC is rewritten at the end).
+/// Runs on a blocking thread.
+/// - A spooled (small) archive is made in memory and written with one call, hashed as it
+///   is written.
+/// - A streamed one is written through a buffer and read back to be hashed (its TOC is
+///   rewritten at the end).
+/// - An encrypted one cannot seek back to record its data positions: it is written as
+///   `pg_dump -Fc` writes to a pipe ([`ArchiveWriter::streaming`]).
 fn write_archive(t: Target, source: Source) -> Result<store::Finished, WriteError> {
     let path = &t.partial;
-    let file = std::fs::OpenOptions::new()
+    let io = |source: ArchiveError| WriteError::Archive {
+        path: path.clone(),
+        source,
+    };
+    let flush = |source: std::io::Error| WriteError::Flush {
+        path: path.clone(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
         .write(true)
         .truncate(true)
         .open(path)
@@ -204,33 +218,32 @@ fn write_archive(t: Target, source: Source) -> Result<store::Finished, WriteErro
             path: path.clone(),
             source,
         })?;
-    let io = |source: ArchiveError| WriteError::Archive {
-        path: path.clone(),
-        source,
-    };
-    let flushed = |source: std::io::Error| WriteError::Flush {
-        path: path.clone(),
-        source,
-    };
-    let (file, hashed) = match source {
-        Source::Spool(_) => {
+    let compression = t.header.compression;
+    let hashed = match (&t.seal, &source) {
+        (None, Source::Spool(_)) => {
             let memory = std::io::Cursor::new(Vec::new());
-            let bytes = fill(memory, t.header, t.entries, source)
-                .map_err(io)?
-                .ok_or(WriteError::Incomplete)?
-                .into_inner();
-            let mut file = file;
-            file.write_all(&bytes).map_err(flushed)?;
-            (file, Some(store::hash_bytes(&bytes)))
+            let mut w = ArchiveWriter::new(memory, t.header, t.entries).map_err(io)?;
+            write_data(&mut w, source, compression).map_err(|e| e.at(path))?;
+            let bytes = w.finish().map_err(io)?.into_inner();
+            file.write_all(&bytes).map_err(flush)?;
+            Some(store::hash_bytes(&bytes))
         }
-        Source::Channel(_) => {
-            let buffered = BufWriter::with_capacity(1 << 16, file);
-            let file = fill(buffered, t.header, t.entries, source)
-                .map_err(io)?
-                .ok_or(WriteError::Incomplete)?
-                .into_inner()
-                .map_err(|e| flushed(e.into_error()))?;
-            (file, None)
+        (None, Source::Channel(_)) => {
+            let out = BufWriter::with_capacity(1 << 16, file);
+            let mut w = ArchiveWriter::new(out, t.header, t.entries).map_err(io)?;
+            write_data(&mut w, source, compression).map_err(|e| e.at(path))?;
+            let out = w.finish().map_err(io)?;
+            file = out.into_inner().map_err(|e| flush(e.into_error()))?;
+            None
+        }
+        (Some(recipients), _) => {
+            // The encryption writes in chunks of its own: no buffer in front of the file.
+            let sealed = recipients.seal(file).map_err(flush)?;
+            let mut w = ArchiveWriter::streaming(sealed, t.header, t.entries).map_err(io)?;
+            write_data(&mut w, source, compression).map_err(|e| e.at(path))?;
+            let sealed = w.finish_streaming().map_err(io)?;
+            file = sealed.finish().map_err(flush)?;
+            None
         }
     };
     store::commit_written(&file, path, &t.final_path, hashed).map_err(|source| WriteError::Commit {
@@ -239,16 +252,36 @@ fn write_archive(t: Target, source: Source) -> Result<store::Finished, WriteErro
     })
 }
 
-/// Writes the archive's header, TOC and data from `source` to `out`; returns `out` at its end,
-/// or `None` when the source ended before the archive did (the COPY side gave up).
-fn fill<W: Write + Seek>(
-    out: W,
-    header: archive::Header,
-    entries: Vec<Entry>,
+/// Why [`write_data`] stopped: the archive refused something, or the COPY side gave up.
+enum DataError {
+    Archive(ArchiveError),
+    Incomplete,
+}
+
+impl DataError {
+    fn at(self, path: &std::path::Path) -> WriteError {
+        match self {
+            DataError::Archive(source) => WriteError::Archive {
+                path: path.to_path_buf(),
+                source,
+            },
+            DataError::Incomplete => WriteError::Incomplete,
+        }
+    }
+}
+
+impl From<ArchiveError> for DataError {
+    fn from(e: ArchiveError) -> Self {
+        DataError::Archive(e)
+    }
+}
+
+/// Writes the data blocks from the COPY side's chunks, until [`Chunk::Finish`].
+fn write_data<W: std::io::Write>(
+    w: &mut ArchiveWriter<W>,
     mut source: Source,
-) -> Result<Option<W>, ArchiveError> {
-    let compression = header.compression;
-    let mut w = ArchiveWriter::new(out, header, entries)?;
+    compression: crate::compression::Compression,
+) -> Result<(), DataError> {
     // The open block's data not yet handed to the compression threads, and the pieces they
     // are compressing, in order. A small block is compressed here, in one piece.
     let mut raw: Vec<u8> = Vec::new();
@@ -264,7 +297,7 @@ fn fill<W: Write + Seek>(
                 if raw.len() >= PIECE_SIZE {
                     let p = pieces::compress(compression, std::mem::take(&mut raw));
                     for done in inflight.push(p) {
-                        put(&mut w, done)?;
+                        put(w, done)?;
                     }
                 }
             }
@@ -272,27 +305,27 @@ fn fill<W: Write + Seek>(
                 if !raw.is_empty() {
                     let before = pieces::compress(compression, std::mem::take(&mut raw));
                     for done in inflight.push(before) {
-                        put(&mut w, done)?;
+                        put(w, done)?;
                     }
                 }
                 for done in inflight.push(p) {
-                    put(&mut w, done)?;
+                    put(w, done)?;
                 }
             }
             Some(Chunk::End) => {
                 for done in inflight.drain() {
-                    put(&mut w, done)?;
+                    put(w, done)?;
                 }
                 // The rest, compressed here as the piece that ends the stream.
-                w.write_piece(Piece::compress(compression, &raw, true)?)?;
+                let last = Piece::compress(compression, &raw, true).map_err(ArchiveError::from)?;
+                w.write_piece(last)?;
                 raw.clear();
                 w.end_data()?;
             }
-            Some(Chunk::Finish) => break,
-            None => return Ok(None),
+            Some(Chunk::Finish) => return Ok(()),
+            None => return Err(DataError::Incomplete),
         }
     }
-    w.finish().map(Some)
 }
 
 /// The creation time as pg_dump records it (local time, `struct tm` fields).

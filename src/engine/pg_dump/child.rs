@@ -15,7 +15,9 @@ use tokio::process::Command;
 
 use crate::compression::Compression;
 use crate::connect::ConnParams;
+use crate::crypt::Recipients;
 use crate::engine::job::Contents;
+use crate::engine::native::archive::{self, Toc};
 use crate::tools::Tools;
 
 /// How much of a child's stderr is kept for the report.
@@ -28,6 +30,8 @@ pub struct DumpSettings {
     pub conn: ConnParams,
     /// `--statistics` (pg_dump 18 and later).
     pub statistics: bool,
+    /// `[encryption]`: every output is encrypted to these recipients as it is written.
+    pub seal: Option<Recipients>,
 }
 
 /// A failed child: what it said.
@@ -45,6 +49,23 @@ pub enum ChildError {
         status: String,
         stderr: String,
     },
+    /// The child's output could not be encrypted into its file.
+    #[error("cannot write {}: {}", path.display(), crate::text::io_message(source))]
+    Output {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What a successful child left besides its file.
+#[derive(Debug, Default)]
+pub struct ChildOutput {
+    /// Its stderr (warnings).
+    pub warnings: String,
+    /// With [`DumpRequest::read_toc`]: the archive's TOC, read as it streamed by, or why it
+    /// could not be.
+    pub toc: Option<Result<Toc, String>>,
 }
 
 /// How long a child may take to exit after SIGTERM before it gets SIGKILL.
@@ -61,6 +82,11 @@ pub struct DumpRequest<'a> {
     /// An exported snapshot for `pg_dump --snapshot`.
     pub snapshot: Option<&'a str>,
     pub out: &'a Path,
+    /// Encrypt the output to these recipients: the child writes to a pipe, and only the
+    /// encrypted stream reaches `out`.
+    pub seal: Option<&'a Recipients>,
+    /// Read the archive's TOC from the stream (with `seal`: the file cannot be read back).
+    pub read_toc: bool,
 }
 
 /// Builds the command line (without the password, which goes in the environment).
@@ -76,6 +102,8 @@ pub fn command_args(
         lock_wait_timeout,
         snapshot,
         out,
+        seal,
+        read_toc: _,
     } = *req;
     let mut args: Vec<std::ffi::OsString> = Vec::new();
     let conninfo = settings.conn.conninfo(database, application_name);
@@ -129,27 +157,35 @@ pub fn command_args(
         }
     };
     args.push("--no-password".into());
-    let mut file_arg = std::ffi::OsString::from("--file=");
-    file_arg.push(out.as_os_str());
-    args.push(file_arg);
+    // Encrypted: the output goes to stdout, a pipe to the encryption.
+    if seal.is_none() {
+        let mut file_arg = std::ffi::OsString::from("--file=");
+        file_arg.push(out.as_os_str());
+        args.push(file_arg);
+    }
     args.push(format!("--dbname={conninfo}").into());
     (program, args)
 }
 
-/// Runs one dump child writing to `out`; returns its stderr (warnings) on success. When
+/// Runs one dump child writing to `out` (through the encryption, with `seal`); returns its
+/// stderr (warnings) on success. When
 /// `cancel` completes first, the child's process group gets SIGTERM (SIGKILL after
 /// [`KILL_GRACE`]) and the result is `Err` with what `cancel` gave.
 pub async fn run_child<C>(
     settings: &DumpSettings,
     req: &DumpRequest<'_>,
     cancel: impl std::future::Future<Output = C>,
-) -> Result<Result<String, ChildError>, C> {
+) -> Result<Result<ChildOutput, ChildError>, C> {
     let (program, args) = command_args(settings, req);
     let program_name = program.display().to_string();
     let mut cmd = Command::new(&program);
     cmd.args(&args)
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(if req.seal.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .process_group(0);
@@ -178,6 +214,23 @@ pub async fn run_child<C>(
                 source,
             }))
         }
+    };
+    let sealing = match (req.seal, child.stdout.take()) {
+        (Some(recipients), Some(stdout)) => {
+            let (recipients, out, read_toc) =
+                (recipients.clone(), req.out.to_path_buf(), req.read_toc);
+            let stdout = match stdout.into_owned_fd().and_then(crate::tools::blocking_pipe) {
+                Ok(f) => f,
+                Err(source) => {
+                    stop_child(&mut child).await;
+                    return Ok(Err(ChildError::Output { path: out, source }));
+                }
+            };
+            Some(tokio::task::spawn_blocking(move || {
+                seal_stream(stdout, &out, &recipients, read_toc)
+            }))
+        }
+        _ => None,
     };
     let mut stderr = child.stderr.take().expect("stderr is piped");
     // Read stderr while the child runs, so a chatty child never blocks on a full pipe.
@@ -216,8 +269,28 @@ pub async fn run_child<C>(
     };
     let err_bytes = reader.await.unwrap_or_default();
     let text = tail(&String::from_utf8_lossy(&err_bytes));
+    let sealed = match sealing {
+        None => Ok(None),
+        Some(task) => match task.await {
+            Ok(r) => r,
+            Err(e) => Err(std::io::Error::other(e.to_string())),
+        },
+    };
+    // The encryption failing (a full disk) is why a child writing into it failed.
+    let toc = match sealed {
+        Ok(toc) => toc,
+        Err(source) => {
+            return Ok(Err(ChildError::Output {
+                path: req.out.to_path_buf(),
+                source,
+            }))
+        }
+    };
     Ok(if status.success() {
-        Ok(text)
+        Ok(ChildOutput {
+            warnings: text,
+            toc,
+        })
     } else {
         let status = match status.code() {
             Some(c) => format!("exit code {c}"),
@@ -232,6 +305,100 @@ pub async fn run_child<C>(
             stderr: text,
         })
     })
+}
+
+/// Encrypts what the child writes into `out` (its `.ing`, already created with the file
+/// mode) as it arrives. With `read_toc`, the archive's TOC is read from the stream's head,
+/// which is kept in memory only until the TOC is complete.
+fn seal_stream(
+    mut input: std::fs::File,
+    out: &Path,
+    recipients: &Recipients,
+    read_toc: bool,
+) -> std::io::Result<Option<Result<Toc, String>>> {
+    use std::io::{Read, Write};
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(out)?;
+    let mut sealed = recipients.seal(file)?;
+    let mut head = read_toc.then(TocHead::default);
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        sealed.write_all(&buf[..n])?;
+        if let Some(h) = &mut head {
+            h.feed(&buf[..n]);
+        }
+    }
+    sealed.finish()?;
+    Ok(head.map(TocHead::end))
+}
+
+/// The head of an archive stream, kept until its TOC can be read. Parsing is tried each time
+/// the head has doubled, so a large TOC costs linear time.
+#[derive(Default)]
+struct TocHead {
+    bytes: Vec<u8>,
+    next_try: usize,
+    done: Option<Result<Toc, String>>,
+}
+
+impl TocHead {
+    fn feed(&mut self, data: &[u8]) {
+        if self.done.is_some() {
+            return;
+        }
+        self.bytes.extend_from_slice(data);
+        if self.bytes.len() >= self.next_try {
+            self.next_try = (self.bytes.len() * 2).max(1 << 16);
+            self.attempt(false);
+        }
+    }
+
+    /// Reads the TOC if the head holds it; at the end of the stream, whatever the result.
+    fn attempt(&mut self, at_end: bool) {
+        let mut r = UpToEnd {
+            rest: &self.bytes,
+            ran_out: false,
+        };
+        match archive::read_toc(&mut r) {
+            Ok(toc) => self.done = Some(Ok(toc)),
+            // It needs more than has come so far.
+            Err(_) if r.ran_out && !at_end => {}
+            Err(e) => self.done = Some(Err(e.to_string())),
+        }
+        if self.done.is_some() {
+            self.bytes = Vec::new();
+        }
+    }
+
+    fn end(mut self) -> Result<Toc, String> {
+        if self.done.is_none() {
+            self.attempt(true);
+        }
+        self.done.expect("attempted at the end")
+    }
+}
+
+/// A reader of a byte slice that records whether a read went past its end.
+struct UpToEnd<'a> {
+    rest: &'a [u8],
+    ran_out: bool,
+}
+
+impl std::io::Read for UpToEnd<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.rest.is_empty() && !buf.is_empty() {
+            self.ran_out = true;
+        }
+        std::io::Read::read(&mut self.rest, buf)
+    }
 }
 
 /// SIGTERM to the child's process group, then SIGKILL if it has not exited within the grace
@@ -267,4 +434,72 @@ fn tail(s: &str) -> String {
         start += 1;
     }
     format!("…{}", &s[start..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use archive::{ArchiveWriter, DataState, Entry, Header, SECTION_PRE_DATA};
+
+    /// A schema archive as pg_dump writes it to a pipe: `n` TABLE entries, no data.
+    fn schema_archive(n: i32) -> Vec<u8> {
+        let header = Header {
+            version: archive::V1_16,
+            int_size: 4,
+            off_size: 8,
+            format: 1,
+            compression: Compression::None,
+            created: [0, 0, 0, 1, 0, 126, 0],
+            database: Some("shop".into()),
+            server_version: Some("18.1".into()),
+            pg_dump_version: Some("18.1".into()),
+        };
+        let entries = (1..=n)
+            .map(|i| Entry {
+                dump_id: i,
+                had_dumper: false,
+                table_oid: Some("1259".into()),
+                oid: Some(format!("{}", 16384 + i).into()),
+                tag: Some(format!("t{i}").into()),
+                desc: Some("TABLE".into()),
+                section: SECTION_PRE_DATA,
+                defn: Some(format!("CREATE TABLE public.t{i} (id integer);\n").into()),
+                drop_stmt: Some(format!("DROP TABLE public.t{i};\n").into()),
+                copy_stmt: None,
+                namespace: Some("public".into()),
+                tablespace: Some("".into()),
+                tableam: Some("heap".into()),
+                relkind: i32::from(b'r'),
+                owner: Some("postgres".into()),
+                with_oids: Some("false".into()),
+                deps: vec![],
+                data: DataState::NoData,
+            })
+            .collect();
+        ArchiveWriter::streaming(Vec::new(), header, entries)
+            .unwrap()
+            .finish_streaming()
+            .unwrap()
+    }
+
+    #[test]
+    fn the_toc_is_read_from_a_stream_in_pieces_of_any_size() {
+        let bytes = schema_archive(3000);
+        assert!(bytes.len() > 4 << 16, "several reads' worth");
+        let whole = archive::read_toc(&mut &bytes[..]).unwrap();
+        for piece in [1, 7, 1000, 1 << 16, bytes.len()] {
+            let mut head = TocHead::default();
+            for p in bytes.chunks(piece) {
+                head.feed(p);
+            }
+            assert_eq!(head.end().unwrap(), whole, "pieces of {piece}");
+        }
+        // A stream that is not an archive, or ends inside the TOC, says why.
+        let mut head = TocHead::default();
+        head.feed(b"-- a plain SQL dump\n");
+        assert!(head.end().unwrap_err().contains("PGDMP"));
+        let mut head = TocHead::default();
+        head.feed(&bytes[..bytes.len() / 2]);
+        assert!(head.end().is_err());
+    }
 }

@@ -36,6 +36,10 @@ use child::{ChildError, DumpSettings};
 /// how the native engine reads the catalog as the schema archive sees it.
 pub trait InSnapshot: Send + Sync {
     fn record<'a>(&'a self, client: &'a Client) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+    /// The archive's TOC, read from pg_dump's output as it streamed by to the encryption
+    /// (an encrypted archive is not read back from its file).
+    fn archive_toc(&self, toc: Result<crate::engine::native::archive::Toc, String>);
 }
 
 /// The pg_dump engine of a run.
@@ -54,6 +58,7 @@ impl PgDump {
                 tools: settings.tools.clone(),
                 conn: settings.conn.clone(),
                 statistics: settings.statistics,
+                seal: settings.seal.clone(),
             },
             maintenance: settings.maintenance.clone(),
             snapshots: Snapshots::new(settings.conn.clone(), settings.jobs),
@@ -113,6 +118,8 @@ impl PgDump {
             lock_wait_timeout: job.lock_wait_timeout,
             snapshot: exported.as_ref().map(|e| e.id.as_str()),
             out: &partial,
+            seal: self.settings.seal.as_ref(),
+            read_toc: in_snapshot.is_some(),
         };
         let child = match (in_snapshot, &exported) {
             (Some(work), Some(e)) => {
@@ -144,8 +151,12 @@ impl PgDump {
         }
         a.lock_wait_ms = observed.lock_wait.as_millis() as u64;
         let outcome = match child {
-            Ok(Ok(warnings)) => {
+            Ok(Ok(output)) => {
+                let warnings = output.warnings;
                 a.warnings = (!warnings.is_empty()).then_some(warnings);
+                if let (Some(work), Some(toc)) = (in_snapshot, output.toc) {
+                    work.archive_toc(toc);
+                }
                 match self.confirm_names(job, database).await {
                     Ok(()) => commit(&partial, job).await,
                     Err(e) => Err(e),
@@ -268,6 +279,14 @@ async fn commit(partial: &std::path::Path, job: &Job) -> Result<store::Finished,
 /// disk, or something retrying will not mend.
 fn classify(job: &Job, partial: &std::path::Path, e: ChildError) -> AttemptError {
     let text = e.to_string();
+    if let ChildError::Output { source, .. } = &e {
+        if source.raw_os_error() == Some(libc::ENOSPC) {
+            return AttemptError::DiskFull {
+                path: partial.to_path_buf(),
+                detail: text,
+            };
+        }
+    }
     let ChildError::Failed { .. } = e else {
         return AttemptError::Other(text);
     };

@@ -51,14 +51,20 @@ pub async fn verify(config: &Config, opts: &VerifyOptions) -> Result<Outcome, Fa
     let ids = Identities::load(&opts.identities)?;
     let (mut report, report_path) =
         load_report(config, &ids, opts.run.as_deref(), opts.report.as_deref())?;
+    let mut metadata = vec![ObjectSha256::NotFromBucket; report.groups.len()];
     if let Some(m) = &mirror {
         // The report names the files where the run wrote them; their copies are here.
         let root = PathBuf::from(&report.dir);
-        for g in &mut report.groups {
-            g.file = g
-                .file
-                .take()
-                .map(|f| m.local(&root, Path::new(&f)).display().to_string());
+        for (g, meta) in report.groups.iter_mut().zip(&mut metadata) {
+            let Some(f) = g.file.take().map(PathBuf::from) else {
+                continue;
+            };
+            *meta = match m.sha256_metadata(&root, &f) {
+                None => ObjectSha256::NotFromBucket,
+                Some(None) => ObjectSha256::Missing,
+                Some(Some(sha)) => ObjectSha256::Is(sha.to_string()),
+            };
+            g.file = Some(m.local(&root, &f).display().to_string());
         }
     }
     let pg_restore = pg_restore_path(config)?;
@@ -90,6 +96,18 @@ pub async fn verify(config: &Config, opts: &VerifyOptions) -> Result<Outcome, Fa
         }
         checked += 1;
         let mut problems = check_file(&pg_restore, &ids, g).await;
+        let mut notes = Vec::new();
+        match &metadata[n] {
+            ObjectSha256::NotFromBucket => {}
+            ObjectSha256::Missing => notes.push(
+                "the object has no sha256 metadata (uploaded by an older version): checked against the report only".to_string(),
+            ),
+            ObjectSha256::Is(sha) if Some(sha) != g.sha256.as_ref() => problems.push(format!(
+                "the object's sha256 metadata is {sha}, the report says {}",
+                g.sha256.as_deref().unwrap_or("nothing")
+            )),
+            ObjectSha256::Is(_) => {}
+        }
         // A restore proves nothing about a file that is already wrong.
         if let (true, Some(conn), Kind::Tables) = (problems.is_empty(), &conn, g.kind) {
             let check = Check {
@@ -103,7 +121,7 @@ pub async fn verify(config: &Config, opts: &VerifyOptions) -> Result<Outcome, Fa
         if !problems.is_empty() {
             bad += 1;
         }
-        print_verdict(&label, g, &problems);
+        print_verdict(&label, g, &problems, &notes);
     }
     crate::say!(
         "run {}: {} dumps checked, {} bad{}",
@@ -119,8 +137,18 @@ pub async fn verify(config: &Config, opts: &VerifyOptions) -> Result<Outcome, Fa
     })
 }
 
-/// "ok" or "BAD" for one dump, with its problems below.
-fn print_verdict(label: &str, g: &GroupReport, problems: &[String]) {
+/// A checked dump's [`crate::store::bucket::SHA256_METADATA`] in the bucket.
+#[derive(Debug, Clone)]
+enum ObjectSha256 {
+    /// The file was not read from the bucket.
+    NotFromBucket,
+    /// The object has none (uploaded by an older version).
+    Missing,
+    Is(String),
+}
+
+/// "ok" or "BAD" for one dump, with its problems (or notes) below.
+fn print_verdict(label: &str, g: &GroupReport, problems: &[String], notes: &[String]) {
     let file = g.file.as_deref().unwrap_or("(no file)");
     if problems.is_empty() {
         crate::say!("ok   {} {file}", crate::text::printable(label));
@@ -129,6 +157,9 @@ fn print_verdict(label: &str, g: &GroupReport, problems: &[String]) {
         for p in problems {
             crate::say!("     {}", crate::text::printable(p));
         }
+    }
+    for n in notes {
+        crate::say!("     note: {}", crate::text::printable(n));
     }
 }
 

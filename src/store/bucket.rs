@@ -7,6 +7,10 @@
 //! every upload started is recorded first in a small state file in `backup.dir`
 //! ([`PENDING_FILE`], written atomically), so that the next run aborts what a killed run left,
 //! whether or not the server can list multipart uploads.
+//!
+//! Every object carries the SHA-256 of its file as user metadata ([`SHA256_METADATA`], the
+//! header `x-amz-meta-sha256`), given when its multipart upload is created: it is there from
+//! the moment the object exists under its key.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -15,9 +19,16 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder, AwsCredential};
+use object_store::client::{
+    ClientOptions, HttpClient, HttpConnector, HttpError, HttpRequest, HttpResponse, HttpService,
+    ReqwestConnector,
+};
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as Key;
-use object_store::{BackoffConfig, ObjectStore, PutPayload, RetryConfig, StaticCredentialProvider};
+use object_store::{
+    Attribute, Attributes, BackoffConfig, ObjectStore, PutMultipartOptions, PutPayload,
+    RetryConfig, StaticCredentialProvider,
+};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -25,6 +36,10 @@ use crate::config::StorageConfig;
 
 /// The state file of the uploads started and not yet completed or aborted.
 pub const PENDING_FILE: &str = ".pg_groupdump.uploads";
+
+/// The user metadata every object carries: the SHA-256 of its file, in hex
+/// (`x-amz-meta-sha256`).
+pub const SHA256_METADATA: &str = "sha256";
 
 /// Why the bucket could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +155,7 @@ impl Bucket {
             .with_bucket_name(&cfg.bucket)
             .with_region(&cfg.region)
             .with_virtual_hosted_style_request(!cfg.path_style)
+            .with_http_connector(ReadsUploadIds)
             .with_retry(RetryConfig {
                 backoff: BackoffConfig {
                     init_backoff: Duration::from_millis(200),
@@ -241,11 +257,7 @@ impl Bucket {
             key: key.to_string(),
             message,
         };
-        let id = self
-            .s3
-            .create_multipart(&key)
-            .await
-            .map_err(|e| fail(describe(&e)))?;
+        let id = self.create_multipart(&key, sha256).await.map_err(fail)?;
         let pending = Pending {
             key: key.to_string(),
             id: id.clone(),
@@ -285,6 +297,30 @@ impl Bucket {
             url: self.url_of(&key),
             bytes,
         })
+    }
+
+    /// Starts a multipart upload whose object will carry `sha256` as its metadata; returns its
+    /// id. (object_store's `MultipartStore::create_multipart` takes no metadata, and
+    /// `put_multipart_opts`, which does, keeps the id to itself: [`ReadsUploadIds`] reads it
+    /// from the server's answer, so the upload can be recorded, and aborted by a later run.)
+    async fn create_multipart(&self, key: &Key, sha256: &str) -> Result<String, String> {
+        let slot = UploadIdSlot::default();
+        let mut opts = PutMultipartOptions {
+            attributes: Attributes::from_iter([(
+                Attribute::Metadata(SHA256_METADATA.into()),
+                sha256.to_string(),
+            )]),
+            ..Default::default()
+        };
+        opts.extensions.insert(slot.clone());
+        // Its parts, completion and abort go through `MultipartStore`, by id.
+        let _upload = self
+            .s3
+            .put_multipart_opts(key, opts)
+            .await
+            .map_err(|e| describe(&e))?;
+        slot.take()
+            .ok_or_else(|| "the server's answer to CreateMultipartUpload has no UploadId".into())
     }
 
     /// Sends the file in parts ([`PARTS_AT_ONCE`] in flight while the next is read), hashing
@@ -413,7 +449,7 @@ impl Bucket {
     }
 
     /// Downloads the object at `relative` to `to` (created with the file mode), streamed.
-    pub async fn download(&self, relative: &Path, to: &Path) -> Result<u64, BucketError> {
+    pub async fn download(&self, relative: &Path, to: &Path) -> Result<Downloaded, BucketError> {
         let key = self.key_of_relative(relative)?;
         let err = |e| self.object_error(key.as_ref(), e);
         let io = |source| BucketError::Local {
@@ -421,6 +457,10 @@ impl Bucket {
             source,
         };
         let got = self.s3.get(&key).await.map_err(err)?;
+        let sha256 = got
+            .attributes
+            .get(&Attribute::Metadata(SHA256_METADATA.into()))
+            .map(|v| v.to_string());
         if let Some(parent) = to.parent() {
             super::create_dir_all(parent).map_err(io)?;
         }
@@ -440,8 +480,81 @@ impl Bucket {
             file.write_all(&chunk).await.map_err(io)?;
         }
         file.sync_all().await.map_err(io)?;
-        Ok(bytes)
+        Ok(Downloaded { bytes, sha256 })
     }
+}
+
+/// An object copied from the bucket.
+#[derive(Debug, Clone)]
+pub struct Downloaded {
+    pub bytes: u64,
+    /// Its [`SHA256_METADATA`]; `None` for an object uploaded by a version that set none.
+    pub sha256: Option<String>,
+}
+
+/// Where [`ReadsUploadIds`] puts the id of the multipart upload a request creates; carried by
+/// the request as an extension.
+#[derive(Debug, Clone, Default)]
+struct UploadIdSlot(Arc<Mutex<Option<String>>>);
+
+impl UploadIdSlot {
+    fn take(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// object_store's reqwest client, reading the `UploadId` of a CreateMultipartUpload answer
+/// into the request's [`UploadIdSlot`]. Requests are signed before they get here; nothing is
+/// changed in them.
+#[derive(Debug)]
+struct ReadsUploadIds;
+
+impl HttpConnector for ReadsUploadIds {
+    fn connect(&self, options: &ClientOptions) -> object_store::Result<HttpClient> {
+        let inner = ReqwestConnector::default().connect(options)?;
+        Ok(HttpClient::new(ReadingUploadIds(inner)))
+    }
+}
+
+#[derive(Debug)]
+struct ReadingUploadIds(HttpClient);
+
+type Answer<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<HttpResponse, HttpError>> + Send + 'a>,
+>;
+
+impl HttpService for ReadingUploadIds {
+    fn call<'s, 'a>(&'s self, req: HttpRequest) -> Answer<'a>
+    where
+        's: 'a,
+        Self: 'a,
+    {
+        Box::pin(async move {
+            let slot = req.extensions().get::<UploadIdSlot>().cloned();
+            let answer = self.0.execute(req).await?;
+            let Some(slot) = slot.filter(|_| answer.status().is_success()) else {
+                return Ok(answer);
+            };
+            let (parts, body) = answer.into_parts();
+            let body = body.bytes().await?;
+            *slot.0.lock().unwrap_or_else(|e| e.into_inner()) = upload_id_in(&body);
+            Ok(HttpResponse::from_parts(parts, body.into()))
+        })
+    }
+}
+
+/// The `<UploadId>` of an InitiateMultipartUploadResult.
+fn upload_id_in(xml: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(xml).ok()?;
+    let start = text.find("<UploadId>")? + "<UploadId>".len();
+    let end = text[start..].find("</UploadId>")? + start;
+    let id = text[start..end]
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&amp;", "&");
+    (!id.is_empty()).then_some(id)
 }
 
 /// An object store error in one line: what was tried (its first line, without the URL's
@@ -556,6 +669,8 @@ pub struct Mirror {
     /// The configuration with `backup.dir` set to the copy.
     pub config: crate::config::Config,
     dir: PathBuf,
+    /// Each copied object's [`SHA256_METADATA`], by its path relative to the prefix.
+    sha256: std::collections::HashMap<PathBuf, Option<String>>,
 }
 
 impl Mirror {
@@ -599,10 +714,12 @@ impl Mirror {
         let mut mirror = Mirror {
             config: config.clone(),
             dir: dir.clone(),
+            sha256: Default::default(),
         };
         mirror.config.backup.dir = dir.clone();
         for (o, _) in parsed.iter().filter(|(_, f)| want.wants(f)) {
-            bucket.download(&o.relative, &dir.join(&o.relative)).await?;
+            let got = bucket.download(&o.relative, &dir.join(&o.relative)).await?;
+            mirror.sha256.insert(o.relative.clone(), got.sha256);
         }
         Ok(Some(mirror))
     }
@@ -613,6 +730,13 @@ impl Mirror {
             Ok(rel) => self.dir.join(rel),
             Err(_) => file.to_path_buf(),
         }
+    }
+
+    /// The [`SHA256_METADATA`] of the object of `file`, a path below `original_root`: `None`
+    /// when it was not copied, `Some(None)` when the object has none.
+    pub fn sha256_metadata(&self, original_root: &Path, file: &Path) -> Option<Option<&str>> {
+        let rel = file.strip_prefix(original_root).ok()?;
+        self.sha256.get(rel).map(Option::as_deref)
     }
 }
 

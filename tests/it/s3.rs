@@ -110,6 +110,20 @@ fn s3_run_uploads_every_dump_and_verify_and_restore_read_the_bucket() {
         uploaded += g["bytes"].as_u64().unwrap();
     }
     assert_eq!(objects.len(), 4, "three dumps and the report: {objects:?}");
+    // Every object carries its file's SHA-256 as metadata: the report's for the dumps.
+    for g in groups {
+        assert_eq!(
+            s3.user_metadata("host1/pg", &relative(&env, g), "sha256")
+                .as_deref(),
+            g["sha256"].as_str(),
+            "{g:#}"
+        );
+    }
+    let report_rel = PathBuf::from(format!("reports/{run_id}.json"));
+    assert_eq!(
+        s3.user_metadata("host1/pg", &report_rel, "sha256"),
+        Some(sha256_of(&s3.object("host1/pg", &report_rel)))
+    );
     assert!(s3.open_uploads().is_empty(), "{:?}", s3.open_uploads());
     let prom = fs::read_to_string(&metrics).unwrap();
     assert!(
@@ -151,6 +165,25 @@ fn s3_run_uploads_every_dump_and_verify_and_restore_read_the_bucket() {
     fs::write(&obj, &bad).unwrap();
     env.run(&["verify"]).expect_code(1);
     fs::write(&obj, &good).unwrap();
+
+    // An object whose metadata is not the report's sha256 is bad; one without (uploaded by
+    // an older version) is checked against the report only, with a note.
+    let sha = report_group(&report, "orders")["sha256"].as_str().unwrap();
+    let wrong = "0".repeat(64);
+    s3.set_user_metadata("host1/pg", &orders, "sha256", &wrong);
+    let out = env.run(&["verify"]);
+    out.expect_code(1);
+    assert!(
+        out.stderr.contains(&format!(
+            "the object's sha256 metadata is {wrong}, the report says {sha}"
+        )),
+        "{out:?}"
+    );
+    fs::remove_file(s3.metadata_file("host1/pg", &orders)).unwrap();
+    let out = env.run(&["verify"]);
+    out.expect_code(0);
+    assert!(out.stderr.contains("no sha256 metadata"), "{out:?}");
+    s3.set_user_metadata("host1/pg", &orders, "sha256", sha);
 
     // restore of one group from the bucket into a new database.
     let target = unique_name("s3_up_target");

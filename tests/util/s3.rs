@@ -138,6 +138,35 @@ impl S3 {
         self.root.path().join(BUCKET).join(prefix).join(relative)
     }
 
+    /// The file in which s3s-fs keeps the attributes of the object `prefix/relative` (its
+    /// user metadata among them): `<root>/.bucket-<b64 bucket>.object-<b64 key>.metadata.json`.
+    pub fn metadata_file(&self, prefix: &str, relative: &Path) -> PathBuf {
+        let key = format!("{prefix}/{}", relative.display());
+        self.root.path().join(format!(
+            ".bucket-{}.object-{}.metadata.json",
+            base64_url(BUCKET.as_bytes()),
+            base64_url(key.as_bytes())
+        ))
+    }
+
+    /// The object's user metadata `name` (`x-amz-meta-<name>`), as the server keeps it.
+    pub fn user_metadata(&self, prefix: &str, relative: &Path, name: &str) -> Option<String> {
+        let file = self.metadata_file(prefix, relative);
+        let json: serde_json::Value = serde_json::from_slice(&fs::read(file).ok()?).ok()?;
+        json["user_metadata"][name].as_str().map(str::to_string)
+    }
+
+    /// Sets the object's user metadata `name` to `value`, behind the server's back.
+    pub fn set_user_metadata(&self, prefix: &str, relative: &Path, name: &str, value: &str) {
+        let file = self.metadata_file(prefix, relative);
+        let mut json: serde_json::Value = match fs::read(&file) {
+            Ok(b) => serde_json::from_slice(&b).expect("metadata json"),
+            Err(_) => serde_json::json!({}),
+        };
+        json["user_metadata"][name] = value.into();
+        fs::write(&file, serde_json::to_vec(&json).unwrap()).expect("write metadata");
+    }
+
     /// Multipart uploads in progress (neither completed nor aborted).
     pub fn open_uploads(&self) -> Vec<String> {
         fs::read_dir(self.root.path())
@@ -153,4 +182,33 @@ impl Drop for S3 {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// URL-safe base64 without padding, as s3s-fs names its metadata files.
+fn base64_url(data: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let n = chunk.iter().fold(0u32, |n, b| n << 8 | u32::from(*b)) << (8 * (3 - chunk.len()));
+        for i in 0..=chunk.len() {
+            out.push(char::from(ABC[(n >> (18 - 6 * i) & 63) as usize]));
+        }
+    }
+    out
+}
+
+#[test]
+fn base64_url_matches_the_rfc_4648_vectors() {
+    for (plain, coded) in [
+        ("", ""),
+        ("f", "Zg"),
+        ("fo", "Zm8"),
+        ("foo", "Zm9v"),
+        ("foob", "Zm9vYg"),
+        ("fooba", "Zm9vYmE"),
+        ("foobar", "Zm9vYmFy"),
+    ] {
+        assert_eq!(base64_url(plain.as_bytes()), coded);
+    }
+    assert_eq!(base64_url(&[0xfb, 0xff]), "-_8");
 }

@@ -771,6 +771,7 @@ mod tests {
             notification: None,
             signal: None,
             new_since_plan: Vec::new(),
+            retried_uploads: Vec::new(),
         }
     }
 

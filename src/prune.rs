@@ -309,6 +309,20 @@ pub fn plan(groups: &[GroupInput], now: DateTime<Utc>) -> Vec<GroupPlan> {
     plans
 }
 
+/// Keeps the local files that are not in the bucket (`unsent`, relative to the backup
+/// directory), whatever the rules said: their only copy.
+fn keep_unsent(plans: &mut [GroupPlan], unsent: &std::collections::BTreeSet<PathBuf>) {
+    let decisions = plans.iter_mut().flat_map(|p| &mut p.decisions);
+    for d in decisions.filter(|d| d.rule.action() == Action::Delete && unsent.contains(&d.dump.rel))
+    {
+        d.rule = Rule::NotUploaded;
+        d.reason = format!(
+            "not in the bucket (its upload failed): kept until a run uploads it ({})",
+            d.reason
+        );
+    }
+}
+
 fn plan_group(g: &GroupInput, now: DateTime<Utc>) -> GroupPlan {
     let mut dumps = g.dumps.clone();
     // Newest first; the run id orders like the time.
@@ -566,7 +580,8 @@ pub fn prune_at(
     let scan = scan(&root);
     summary.errors.extend(scan.errors);
     summary.ignored = scan.ignored;
-    let plans = plan(&inputs(config, retention, protect, scan.groups), now);
+    let mut plans = plan(&inputs(config, retention, protect, scan.groups), now);
+    keep_unsent(&mut plans, &crate::store::bucket::unsent_files(&root));
     execute(&root, &shown_root, plans, dry_run, &mut summary);
     summary.groups.sort_by_key(order);
     summary

@@ -319,6 +319,9 @@ pub struct RunReport {
     /// Tables created while the run dumped, found by its last pass over the catalog.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub new_since_plan: Vec<NewTable>,
+    /// With `[storage]`: the files of earlier runs whose upload had failed, uploaded again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retried_uploads: Vec<crate::store::bucket::RetriedUpload>,
 }
 
 /// A table created after the run's plan.
@@ -392,9 +395,15 @@ impl RunReport {
         self.groups.iter().filter_map(|g| g.bytes).sum()
     }
 
-    /// Bytes uploaded to `[storage]` by the run.
+    /// Bytes uploaded to `[storage]` by the run (its dumps, and the files of earlier runs it
+    /// uploaded again).
     pub fn uploaded_bytes(&self) -> u64 {
-        self.groups.iter().filter_map(|g| g.uploaded_bytes).sum()
+        let retried = self.retried_uploads.iter().filter_map(|r| r.bytes);
+        self.groups
+            .iter()
+            .filter_map(|g| g.uploaded_bytes)
+            .chain(retried)
+            .sum()
     }
 
     /// The human summary for stderr.
@@ -408,6 +417,14 @@ impl RunReport {
                 "FAILED {db} / {}: {}",
                 crate::text::printable(&g.group),
                 g.error.as_deref().unwrap_or("").replace('\n', "\n    ")
+            );
+        }
+        for r in self.retried_uploads.iter().filter(|r| !r.ok) {
+            let _ = writeln!(
+                s,
+                "FAILED the upload of {}, retried: {}",
+                r.file,
+                r.error.as_deref().unwrap_or("")
             );
         }
         let gone = self
@@ -499,6 +516,9 @@ pub enum Rule {
     Expired,
     /// An `.ing` file left by an interrupted run.
     Leftover,
+    /// A local file not in `[storage]`'s bucket (its upload failed): kept until a run
+    /// uploads it.
+    NotUploaded,
 }
 
 impl Rule {

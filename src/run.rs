@@ -174,6 +174,8 @@ struct Started {
     root: PathBuf,
     run_id: String,
     bucket: Option<Arc<Bucket>>,
+    /// Files of earlier runs not in the bucket, uploaded after this run's dumps.
+    unsent: Vec<PathBuf>,
     /// Held until the run ends.
     _lock: RunLock,
 }
@@ -228,13 +230,20 @@ pub async fn run(config: &Config, opts: &RunOptions) -> Result<(RunReport, PathB
         })
         .collect();
 
-    // Prune under the same lock; a group whose dump failed in this run loses nothing.
+    // Files whose upload failed in earlier runs: after this run's own dumps, which come
+    // first, and before the prune (which keeps them when their upload fails again).
     let interrupted = *shutdown.borrow();
+    let retried_uploads = match (&s.bucket, interrupted) {
+        (Some(b), None) => b.retry_unsent(s.unsent.clone()).await,
+        _ => Vec::new(),
+    };
+    // Prune under the same lock; a group whose dump failed in this run loses nothing.
     let prune = match interrupted {
         None => prune_after(config, &group_reports, s.bucket.clone()).await,
         Some(_) => None,
     };
-    let failed = group_reports.iter().any(|g| g.status == Status::Failed);
+    let failed = group_reports.iter().any(|g| g.status == Status::Failed)
+        || retried_uploads.iter().any(|r| !r.ok);
     let report = RunReport {
         run_id: s.run_id.clone(),
         started_at,
@@ -255,6 +264,7 @@ pub async fn run(config: &Config, opts: &RunOptions) -> Result<(RunReport, PathB
         notification: None,
         signal: interrupted.map(|s| signal_name(s).to_string()),
         new_since_plan,
+        retried_uploads,
     };
     let report_path = crate::crypt::written_path(
         opts.report
@@ -273,6 +283,7 @@ pub async fn run(config: &Config, opts: &RunOptions) -> Result<(RunReport, PathB
         if let Err(e) = bucket.upload(&report_path, &sha256).await {
             return Err(Failure::Report(e.into(), Box::new(report)));
         }
+        bucket.end_run();
     }
     tracing::info!(
         "run {} finished in {:.1}s",
@@ -329,7 +340,7 @@ async fn start(config: &Config, opts: &RunOptions) -> Result<Started, Failure> {
     for p in store::sweep_partials(&root) {
         tracing::info!("removed {}, left by an interrupted run", p.display());
     }
-    let bucket = open_bucket(config, &root).await?;
+    let (bucket, unsent) = open_bucket(config, &root).await?;
     let run_id = new_run_id(lock.previous_run_id()).await;
     lock.record(Some(&run_id)).map_err(|e| {
         Failure::Start(anyhow::anyhow!(
@@ -349,15 +360,20 @@ async fn start(config: &Config, opts: &RunOptions) -> Result<Started, Failure> {
         root,
         run_id,
         bucket,
+        unsent,
         _lock: lock,
     })
 }
 
+/// The bucket of `[storage]`, and the files of earlier runs not in it.
+type Opened = (Option<Arc<Bucket>>, Vec<PathBuf>);
+
 /// Opens `[storage]`'s bucket, checks that it can be listed (credentials, bucket name,
-/// endpoint) and aborts the uploads a killed run left.
-async fn open_bucket(config: &Config, root: &Path) -> Result<Option<Arc<Bucket>>, Failure> {
+/// endpoint), aborts the uploads a killed run left and finds the files of earlier runs whose
+/// upload failed.
+async fn open_bucket(config: &Config, root: &Path) -> Result<Opened, Failure> {
     let Some(cfg) = &config.storage else {
-        return Ok(None);
+        return Ok((None, Vec::new()));
     };
     if cfg.insecure {
         tracing::warn!(
@@ -371,7 +387,14 @@ async fn open_bucket(config: &Config, root: &Path) -> Result<Option<Arc<Bucket>>
     for key in bucket.abort_stale().await.map_err(start)? {
         tracing::info!("aborted the upload of {key}, left by an interrupted run");
     }
-    Ok(Some(Arc::new(bucket)))
+    let unsent = bucket.begin_run().await.map_err(start)?;
+    if !unsent.is_empty() {
+        tracing::info!(
+            "{} of earlier runs not in the bucket: uploaded after this run's dumps",
+            crate::text::plural(unsent.len(), "file")
+        );
+    }
+    Ok((Some(Arc::new(bucket)), unsent))
 }
 
 /// What the configuration asks of pg_dump's version: statistics need pg_dump 18, compression

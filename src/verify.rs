@@ -86,7 +86,7 @@ pub async fn verify(config: &Config, opts: &VerifyOptions) -> Result<Outcome, Fa
             g.database.as_deref().unwrap_or("(cluster)"),
             g.group
         );
-        if g.status != Status::Ok {
+        if g.status != Status::Ok && !upload_failed(g) {
             let why = match g.status {
                 Status::Gone => "every table of the group was dropped before its dump",
                 _ => "the dump failed in this run",
@@ -97,6 +97,12 @@ pub async fn verify(config: &Config, opts: &VerifyOptions) -> Result<Outcome, Fa
         checked += 1;
         let mut problems = check_file(&pg_restore, &ids, g).await;
         let mut notes = Vec::new();
+        if upload_failed(g) {
+            notes.push(
+                "its upload failed in this run (failed in the report); the file was kept"
+                    .to_string(),
+            );
+        }
         match &metadata[n] {
             ObjectSha256::NotFromBucket => {}
             ObjectSha256::Missing => notes.push(
@@ -135,6 +141,12 @@ pub async fn verify(config: &Config, opts: &VerifyOptions) -> Result<Outcome, Fa
     } else {
         Outcome::Ok
     })
+}
+
+/// A group whose dump was written, and whose upload to `[storage]` failed: the only failed
+/// group with a file and its hash in the report. A later run uploads its file.
+fn upload_failed(g: &GroupReport) -> bool {
+    g.status == Status::Failed && g.file.is_some() && g.sha256.is_some()
 }
 
 /// A checked dump's [`crate::store::bucket::SHA256_METADATA`] in the bucket.

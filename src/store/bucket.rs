@@ -37,6 +37,10 @@ use crate::config::StorageConfig;
 /// The state file of the uploads started and not yet completed or aborted.
 pub const PENDING_FILE: &str = ".pg_groupdump.uploads";
 
+/// The state file of the committed files not known to be in the bucket (their upload
+/// failed), which later runs upload; see [`Unsent`].
+pub const UNSENT_FILE: &str = ".pg_groupdump.unsent";
+
 /// The user metadata every object carries: the SHA-256 of its file, in hex
 /// (`x-amz-meta-sha256`).
 pub const SHA256_METADATA: &str = "sha256";
@@ -123,6 +127,45 @@ struct Pending {
     id: String,
 }
 
+/// What [`UNSENT_FILE`] holds: the files whose upload failed, and whether a run is under way.
+/// A run that finds no such file (lost, or never written) or one a run left under way (it was
+/// killed: a file it committed may never have had its upload started) compares the bucket
+/// with `backup.dir` once, so that no kept file is forgotten; other runs list nothing.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Unsent {
+    run_in_progress: bool,
+    /// Relative to `backup.dir` (and to the prefix).
+    files: BTreeSet<PathBuf>,
+    /// A write of the state file failed in this run (not saved): the run does not clear
+    /// `run_in_progress`, and the next one compares again.
+    #[serde(skip)]
+    unsaved: bool,
+}
+
+/// The files recorded in [`UNSENT_FILE`] of `root` as not in the bucket (relative to it);
+/// prune keeps them.
+pub fn unsent_files(root: &Path) -> BTreeSet<PathBuf> {
+    std::fs::read(root.join(UNSENT_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Unsent>(&b).ok())
+        .map(|u| u.files)
+        .unwrap_or_default()
+}
+
+/// A file of an earlier run uploaded again by [`Bucket::retry_unsent`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RetriedUpload {
+    pub file: String,
+    /// `s3://bucket/key`.
+    pub object: String,
+    pub ok: bool,
+    /// What went up.
+    #[serde(default)]
+    pub bytes: Option<u64>,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
 /// An object in the bucket, by its path relative to the prefix (the same as below
 /// `backup.dir`).
 #[derive(Debug, Clone)]
@@ -145,6 +188,7 @@ pub struct Bucket {
     cfg: StorageConfig,
     root: PathBuf,
     pending: Mutex<BTreeSet<Pending>>,
+    unsent: Mutex<Unsent>,
     uploads: tokio::sync::Semaphore,
 }
 
@@ -181,6 +225,7 @@ impl Bucket {
             cfg: cfg.clone(),
             root: root.to_path_buf(),
             pending: Mutex::new(BTreeSet::new()),
+            unsent: Mutex::new(Unsent::default()),
             uploads: tokio::sync::Semaphore::new(UPLOADS_AT_ONCE),
         })
     }
@@ -248,9 +293,27 @@ impl Bucket {
     }
 
     /// Uploads a committed file whose SHA-256 is `sha256`; the object appears under its key
-    /// only complete and checked. Without `keep_local`, the local file is removed once up.
+    /// only complete and checked. Without `keep_local`, the local file is removed once up. A
+    /// file whose upload fails is recorded in [`UNSENT_FILE`] for later runs.
     pub async fn upload(&self, local: &Path, sha256: &str) -> Result<Uploaded, BucketError> {
         let key = self.key_of(local)?;
+        let result = self.upload_to(&key, local, sha256).await;
+        let rel = local.strip_prefix(&self.root).unwrap_or(local);
+        self.change_unsent(|u| match result.is_ok() {
+            true => u.files.remove(rel),
+            false => u.files.insert(rel.to_path_buf()),
+        });
+        result
+    }
+
+    /// [`Bucket::upload`] to `key`.
+    async fn upload_to(
+        &self,
+        key: &Key,
+        local: &Path,
+        sha256: &str,
+    ) -> Result<Uploaded, BucketError> {
+        let key = key.clone();
         let _turn = self.uploads.acquire().await.expect("never closed");
         let fail = |message: String| BucketError::Upload {
             url: self.cfg.url.clone(),
@@ -388,6 +451,125 @@ impl Bucket {
         let json = serde_json::to_vec(&*p).expect("serializes");
         let path = self.root.join(PENDING_FILE);
         super::write_atomic(&path, &json).map_err(|source| BucketError::State { path, source })
+    }
+
+    /// Changes the files not in the bucket; writes [`UNSENT_FILE`] when `change` says it
+    /// changed something. A write that fails is logged, and makes the next run compare the
+    /// bucket with `backup.dir`.
+    fn change_unsent(&self, change: impl FnOnce(&mut Unsent) -> bool) {
+        let mut u = self.unsent.lock().unwrap_or_else(|e| e.into_inner());
+        if change(&mut u) {
+            save_unsent(&self.root, &mut u);
+        }
+    }
+
+    /// Starts a run's use of the bucket: reads [`UNSENT_FILE`] and, when it is missing or a
+    /// killed run left it, adds the committed files of `backup.dir` not in the bucket; then
+    /// records the run as under way. Returns the files that wait for upload, for
+    /// [`Bucket::retry_unsent`].
+    pub async fn begin_run(&self) -> Result<Vec<PathBuf>, BucketError> {
+        let path = self.root.join(UNSENT_FILE);
+        let found: Option<Unsent> = match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).ok(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => return Err(BucketError::State { path, source }),
+        };
+        let mut unsent = match found {
+            Some(u) if !u.run_in_progress => u,
+            found => {
+                let mut u = found.unwrap_or_default();
+                u.files.extend(self.missing_from_bucket().await?);
+                u
+            }
+        };
+        unsent.run_in_progress = true;
+        let json = serde_json::to_vec(&unsent).expect("serializes");
+        super::write_atomic(&path, &json).map_err(|source| BucketError::State { path, source })?;
+        let waiting = unsent.files.iter().cloned().collect();
+        *self.unsent.lock().unwrap_or_else(|e| e.into_inner()) = unsent;
+        Ok(waiting)
+    }
+
+    /// Ends a run's use of the bucket: [`UNSENT_FILE`] no longer says a run is under way
+    /// (unless one of its writes failed).
+    pub fn end_run(&self) {
+        self.change_unsent(|u| {
+            u.run_in_progress = u.unsaved;
+            true
+        });
+    }
+
+    /// The committed files of `backup.dir` (complete dumps, schema dumps, globals, reports:
+    /// never `.ing`) that are not in the bucket. Lists the whole prefix.
+    async fn missing_from_bucket(&self) -> Result<Vec<PathBuf>, BucketError> {
+        let there: std::collections::HashSet<PathBuf> =
+            self.list().await?.into_iter().map(|o| o.relative).collect();
+        let scan = crate::prune::scan(&self.root);
+        Ok(scan
+            .groups
+            .into_iter()
+            .flat_map(|g| g.dumps)
+            .filter(|d| !d.partial && !there.contains(&d.rel))
+            .map(|d| d.rel)
+            .collect())
+    }
+
+    /// Uploads `files` (relative to `backup.dir`), those [`Bucket::begin_run`] found not in
+    /// the bucket, one after the other (each as [`Bucket::upload`] does). A file no longer in
+    /// `backup.dir` is forgotten, and reported as an error.
+    pub async fn retry_unsent(&self, files: Vec<PathBuf>) -> Vec<RetriedUpload> {
+        let mut done = Vec::new();
+        for rel in files {
+            let local = self.root.join(&rel);
+            let object = match self.key_of_relative(&rel) {
+                Ok(key) => self.url_of(&key),
+                Err(e) => e.to_string(),
+            };
+            let mut r = RetriedUpload {
+                file: local.display().to_string(),
+                object,
+                ok: false,
+                bytes: None,
+                error: None,
+            };
+            match self.retry_one(&local).await {
+                Ok(up) => {
+                    tracing::info!(
+                        "uploaded {} ({}), whose upload had failed in an earlier run",
+                        up.url,
+                        crate::text::human_bytes(up.bytes)
+                    );
+                    (r.ok, r.bytes) = (true, Some(up.bytes));
+                }
+                Err(e) => {
+                    tracing::error!("FAILED the upload of {}, retried: {e}", local.display());
+                    r.error = Some(e.to_string());
+                }
+            }
+            done.push(r);
+        }
+        done
+    }
+
+    /// Hashes a file of an earlier run and uploads it; one that is gone is forgotten.
+    async fn retry_one(&self, local: &Path) -> Result<Uploaded, BucketError> {
+        let path = local.to_path_buf();
+        let hashed = tokio::task::spawn_blocking(move || super::hash_file(&path)).await;
+        let io = |source| BucketError::Local {
+            path: local.to_path_buf(),
+            source,
+        };
+        match hashed {
+            Ok(Ok((_, sha256))) => self.upload(local, &sha256).await,
+            Ok(Err(e)) => {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    let rel = local.strip_prefix(&self.root).unwrap_or(local);
+                    self.change_unsent(|u| u.files.remove(rel));
+                }
+                Err(io(e))
+            }
+            Err(e) => Err(io(std::io::Error::other(e))),
+        }
     }
 
     /// Aborts the uploads a killed run left (read from the state file); returns their keys.
@@ -555,6 +737,20 @@ fn upload_id_in(xml: &[u8]) -> Option<String> {
         .replace("&apos;", "'")
         .replace("&amp;", "&");
     (!id.is_empty()).then_some(id)
+}
+
+/// Writes [`UNSENT_FILE`]; a failure is logged and remembered in `u.unsaved`.
+fn save_unsent(root: &Path, u: &mut Unsent) {
+    let path = root.join(UNSENT_FILE);
+    let json = serde_json::to_vec(&*u).expect("serializes");
+    if let Err(e) = super::write_atomic(&path, &json) {
+        tracing::error!(
+            "cannot record the files not in the bucket in {}: {e}; the next run compares the bucket with {}",
+            path.display(),
+            root.display()
+        );
+        u.unsaved = true;
+    }
 }
 
 /// An object store error in one line: what was tried (its first line, without the URL's

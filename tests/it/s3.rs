@@ -376,6 +376,83 @@ fn s3_server_gone_mid_upload_fails_the_group_and_keeps_its_local_file() {
     assert!(!s3.object("g", &rel).exists(), "{:?}", s3.objects("g"));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains(SECRET_KEY));
+    // Every file of the run is recorded as not in the bucket, its report too.
+    let run1 = report["run_id"].as_str().unwrap();
+    let unsent: Value = read_json(&env.dir.join(".pg_groupdump.unsent"));
+    let unsent: Vec<PathBuf> = unsent["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| PathBuf::from(f.as_str().unwrap()))
+        .collect();
+    let report1_rel = PathBuf::from(format!("reports/{run1}.json"));
+    assert!(
+        unsent.contains(&rel) && unsent.contains(&report1_rel),
+        "{unsent:?}"
+    );
+
+    // The next run, the server up, uploads them after its own dumps, and says so.
+    let out = env.run(&["run"]);
+    out.expect_code(0);
+    assert!(out.stderr.contains("whose upload had failed"), "{out:?}");
+    let objects = s3.objects("g");
+    let run2 = objects
+        .iter()
+        .filter(|p| p.starts_with("reports"))
+        .filter_map(|p| p.file_stem())
+        .map(|s| s.to_string_lossy().into_owned())
+        .max()
+        .unwrap();
+    assert_ne!(run2, run1);
+    let report2 = read_json(&s3.object("g", &PathBuf::from(format!("reports/{run2}.json"))));
+    let retried = report2["retried_uploads"]
+        .as_array()
+        .expect("retried_uploads");
+    let files: Vec<PathBuf> = retried
+        .iter()
+        .map(|r| {
+            assert_eq!(r["ok"], true, "{r:#}");
+            relative(&env, r)
+        })
+        .collect();
+    let (mut want, mut got) = (unsent.clone(), files.clone());
+    want.sort();
+    got.sort();
+    assert_eq!(got, want, "{report2:#}");
+    let r = retried.iter().find(|r| relative(&env, r) == rel).unwrap();
+    assert_eq!(r["bytes"], big["bytes"], "{r:#}");
+    assert_eq!(
+        r["object"].as_str().unwrap(),
+        format!("s3://{BUCKET}/g/{}", rel.display())
+    );
+    for f in &unsent {
+        assert!(objects.contains(f), "{f:?} not in {objects:?}");
+        assert_eq!(
+            s3.user_metadata("g", f, "sha256"),
+            Some(sha256_of(&s3.object("g", f))),
+            "{f:?}"
+        );
+    }
+    assert_eq!(
+        sha256_of(&s3.object("g", &rel)),
+        big["sha256"].as_str().unwrap()
+    );
+    // keep_local = false: up, so no longer kept locally; nothing left to send.
+    assert!(env.dumps().is_empty(), "{:?}", env.files());
+    let state = read_json(&env.dir.join(".pg_groupdump.unsent"));
+    assert_eq!(state["files"], serde_json::json!([]), "{state:#}");
+    assert_eq!(state["run_in_progress"], false, "{state:#}");
+    // The failed run, read from the bucket, restores.
+    let out = env.run(&["verify", "--restore", "--run", run1]);
+    out.expect_code(0);
+    assert!(
+        out.stderr.contains("dumps checked, 0 bad") && !out.stderr.contains(": 0 dumps checked"),
+        "{out:?}"
+    );
+    assert!(
+        out.stderr.contains("its upload failed in this run"),
+        "{out:?}"
+    );
 }
 
 #[test]
@@ -407,7 +484,15 @@ fn s3_run_killed_mid_upload_leaves_no_object_and_the_next_run_aborts_its_upload(
         "an object of the killed run: {:?}",
         s3.objects("k")
     );
-    // The next run aborts it, then uploads its own.
+    let killed_dump: Vec<PathBuf> = env
+        .files()
+        .into_iter()
+        .filter(|p| p.starts_with(&big_dir))
+        .collect();
+    assert_eq!(killed_dump.len(), 1, "{:?}", env.files());
+    // The next run aborts it, uploads its own dumps, then the killed run's committed dump:
+    // the killed run left the state of the unsent files saying a run was under way, so the
+    // next one compared the bucket with the backup directory.
     let out = env.run(&["run"]);
     out.expect_code(0);
     assert!(out.stderr.contains("aborted the upload of"), "{out:?}");
@@ -416,13 +501,28 @@ fn s3_run_killed_mid_upload_leaves_no_object_and_the_next_run_aborts_its_upload(
     let big = report_group(&report, "big");
     let object = s3.object("k", &relative(&env, big));
     assert_eq!(sha256_of(&object), big["sha256"].as_str().unwrap());
+    let retried = report["retried_uploads"]
+        .as_array()
+        .expect("retried_uploads");
+    let killed = retried
+        .iter()
+        .find(|r| relative(&env, r) == killed_dump[0])
+        .unwrap_or_else(|| panic!("the killed run's dump was not retried: {report:#}"));
+    assert_eq!(killed["ok"], true, "{killed:#}");
+    let killed_object = s3.object("k", &killed_dump[0]);
     assert_eq!(
-        s3.objects("k")
-            .iter()
-            .filter(|p| p.starts_with(&big_dir))
-            .count(),
-        1
+        sha256_of(&killed_object),
+        sha256_of(&env.dir.join(&killed_dump[0]))
     );
+    let mut in_bucket: Vec<PathBuf> = s3
+        .objects("k")
+        .into_iter()
+        .filter(|p| p.starts_with(&big_dir))
+        .collect();
+    in_bucket.sort();
+    let mut want = vec![killed_dump[0].clone(), relative(&env, big)];
+    want.sort();
+    assert_eq!(in_bucket, want);
 }
 
 #[test]

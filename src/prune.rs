@@ -1006,6 +1006,36 @@ mod tests {
     }
 
     #[test]
+    fn a_file_not_in_the_bucket_is_kept_whatever_the_rules() {
+        let (unsent, sent, partial) = (
+            dump(&rid(10), false),
+            dump(&rid(9), false),
+            dump(&rid(8), true),
+        );
+        let g = group(
+            vec![dump(&rid(1), false), unsent.clone(), sent, partial.clone()],
+            4,
+            1,
+        );
+        let mut plans = plan(&[g], now());
+        let set = [unsent.rel.clone(), partial.rel.clone()]
+            .into_iter()
+            .collect();
+        keep_unsent(&mut plans, &set);
+        assert_eq!(
+            rules(&plans[0]),
+            vec![
+                (rid(1), Rule::Newest),
+                (rid(8), Rule::NotUploaded),
+                (rid(9), Rule::Expired),
+                (rid(10), Rule::NotUploaded),
+            ]
+        );
+        assert_eq!(plans[0].decisions[3].rule.action(), Action::Keep);
+        assert!(plans[0].decisions[3].reason.contains("its upload failed"));
+    }
+
+    #[test]
     fn rule_keep_min_keeps_the_newest_whatever_their_age() {
         let old: Vec<Dump> = [30, 20, 40, 50]
             .iter()

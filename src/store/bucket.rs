@@ -941,3 +941,34 @@ impl Drop for Mirror {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_upload_id_is_read_from_the_answer() {
+        let xml = br#"<?xml version="1.0" encoding="UTF-8"?>
+<InitiateMultipartUploadResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Bucket>b</Bucket><Key>k</Key><UploadId>VXBsb2Fk&amp;x.y-z</UploadId></InitiateMultipartUploadResult>"#;
+        assert_eq!(upload_id_in(xml).as_deref(), Some("VXBsb2Fk&x.y-z"));
+        assert_eq!(upload_id_in(b"<UploadId></UploadId>"), None);
+        assert_eq!(upload_id_in(b"<Error><Code>X</Code></Error>"), None);
+    }
+
+    #[test]
+    fn unsent_files_reads_the_state_file_and_is_empty_without_one() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(unsent_files(dir.path()).is_empty());
+        let u = Unsent {
+            run_in_progress: false,
+            files: [PathBuf::from("db/g/db.g.20260101T000000Z.dump")].into(),
+            unsaved: true,
+        };
+        std::fs::write(
+            dir.path().join(UNSENT_FILE),
+            serde_json::to_vec(&u).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(unsent_files(dir.path()), u.files);
+    }
+}

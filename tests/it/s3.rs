@@ -455,6 +455,80 @@ fn s3_server_gone_mid_upload_fails_the_group_and_keeps_its_local_file() {
     );
 }
 
+/// The paths in `retried_uploads` of the newest report in the bucket under `prefix`.
+fn retried_in_bucket(env: &Env, s3: &S3, prefix: &str) -> Vec<PathBuf> {
+    let run = s3
+        .objects(prefix)
+        .into_iter()
+        .filter(|p| p.starts_with("reports"))
+        .max()
+        .expect("a report in the bucket");
+    let report = read_json(&s3.object(prefix, &run));
+    let mut files: Vec<PathBuf> = report["retried_uploads"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no retried_uploads: {report:#}"))
+        .iter()
+        .map(|r| {
+            assert_eq!(r["ok"], true, "{r:#}");
+            relative(env, r)
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn s3_unsent_state_is_trusted_and_a_lost_one_is_rebuilt_from_a_listing() {
+    let mut s3 = S3::start();
+    let db = big_db("s3_unsent");
+    let env = Env::new();
+    big_config(&env, &db, &s3, "u", "keep_local = false");
+    let run = spawn_run(&env);
+    wait_until(
+        "the big group's upload starts",
+        Duration::from_secs(120),
+        || {
+            fs::read_to_string(env.dir.join(".pg_groupdump.uploads"))
+                .is_ok_and(|s| s.contains("/big/"))
+        },
+    );
+    s3.kill();
+    run.wait_with_output().unwrap();
+    s3.restart();
+    let report1 = env.newest_report();
+    let big = relative(&env, report_group(&report1, "big"));
+    let state = env.dir.join(".pg_groupdump.unsent");
+    let mut left: Vec<PathBuf> = read_json(&state)["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| PathBuf::from(f.as_str().unwrap()))
+        .filter(|f| *f != big)
+        .collect();
+    left.sort();
+    assert!(!left.is_empty(), "only the big dump was not uploaded");
+    // A sound state (no run under way) is trusted: only what it names goes up, no listing.
+    fs::write(
+        &state,
+        serde_json::to_vec(&serde_json::json!({"run_in_progress": false, "files": [big]})).unwrap(),
+    )
+    .unwrap();
+    env.run(&["run"]).expect_code(0);
+    assert_eq!(retried_in_bucket(&env, &s3, "u"), vec![big.clone()]);
+    for f in &left {
+        assert!(env.dir.join(f).is_file(), "{f:?} was not kept");
+        assert!(!s3.object("u", f).exists(), "{f:?} went up unasked");
+    }
+    // A lost state is rebuilt by comparing the bucket with the backup directory.
+    fs::remove_file(&state).unwrap();
+    env.run(&["run"]).expect_code(0);
+    assert_eq!(retried_in_bucket(&env, &s3, "u"), left);
+    for f in &left {
+        assert!(s3.object("u", f).exists(), "{f:?} not uploaded");
+        assert!(!env.dir.join(f).exists(), "{f:?} still local");
+    }
+}
+
 #[test]
 fn s3_run_killed_mid_upload_leaves_no_object_and_the_next_run_aborts_its_upload() {
     let s3 = S3::start();

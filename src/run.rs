@@ -278,11 +278,14 @@ pub async fn run(config: &Config, opts: &RunOptions) -> Result<(RunReport, PathB
             Box::new(report),
         ));
     }
-    if let (Some(bucket), true) = (&s.bucket, report_path.starts_with(&s.root)) {
-        let (_, sha256) = store::hash_file(&report_path).unwrap_or_default();
-        if let Err(e) = bucket.upload(&report_path, &sha256).await {
-            return Err(Failure::Report(e.into(), Box::new(report)));
+    if let Some(bucket) = &s.bucket {
+        if report_path.starts_with(&s.root) {
+            let (_, sha256) = store::hash_file(&report_path).unwrap_or_default();
+            if let Err(e) = bucket.upload(&report_path, &sha256).await {
+                return Err(Failure::Report(e.into(), Box::new(report)));
+            }
         }
+        // Not reached by a run that ends in error: the next one compares the bucket with dir.
         bucket.end_run();
     }
     tracing::info!(

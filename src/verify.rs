@@ -78,6 +78,16 @@ pub async fn verify(config: &Config, opts: &VerifyOptions) -> Result<Outcome, Fa
         report.run_id,
         report_path.display()
     );
+    let report_bad = match mirror
+        .as_ref()
+        .map(|m| report_object_problem(m, &report_path))
+    {
+        Some(Some(problem)) => {
+            crate::say!("BAD  the run report: {}", crate::text::printable(&problem));
+            true
+        }
+        _ => false,
+    };
     let mut bad = 0;
     let mut checked = 0;
     for (n, g) in report.groups.iter().enumerate() {
@@ -136,11 +146,24 @@ pub async fn verify(config: &Config, opts: &VerifyOptions) -> Result<Outcome, Fa
         bad,
         if opts.restore { " (with restore)" } else { "" }
     );
-    Ok(if bad > 0 {
+    Ok(if bad > 0 || report_bad {
         Outcome::SomeFailed
     } else {
         Outcome::Ok
     })
+}
+
+/// The run report read from the bucket against its object's sha256 metadata (`None`: they
+/// agree, or the object has none).
+fn report_object_problem(m: &crate::store::bucket::Mirror, report_path: &Path) -> Option<String> {
+    let meta = m.sha256_metadata(&m.config.backup.dir, report_path)??;
+    match crate::store::hash_file(report_path) {
+        Ok((_, sha)) if sha == meta => None,
+        Ok((_, sha)) => Some(format!(
+            "the object's sha256 metadata is {meta}, its bytes hash to {sha}"
+        )),
+        Err(e) => Some(format!("cannot read {}: {e}", report_path.display())),
+    }
 }
 
 /// A group whose dump was written, and whose upload to `[storage]` failed: the only failed

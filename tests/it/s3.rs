@@ -184,6 +184,18 @@ fn s3_run_uploads_every_dump_and_verify_and_restore_read_the_bucket() {
     out.expect_code(0);
     assert!(out.stderr.contains("no sha256 metadata"), "{out:?}");
     s3.set_user_metadata("host1/pg", &orders, "sha256", sha);
+    // The report object is checked against its own metadata.
+    let report_sha = sha256_of(&s3.object("host1/pg", &report_rel));
+    s3.set_user_metadata("host1/pg", &report_rel, "sha256", &wrong);
+    let out = env.run(&["verify"]);
+    out.expect_code(1);
+    assert!(
+        out.stderr.contains(&format!(
+            "BAD  the run report: the object's sha256 metadata is {wrong}, its bytes hash to {report_sha}"
+        )),
+        "{out:?}"
+    );
+    s3.set_user_metadata("host1/pg", &report_rel, "sha256", &report_sha);
 
     // restore of one group from the bucket into a new database.
     let target = unique_name("s3_up_target");

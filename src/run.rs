@@ -390,7 +390,10 @@ async fn open_bucket(config: &Config, root: &Path) -> Result<Opened, Failure> {
     for key in bucket.abort_stale().await.map_err(start)? {
         tracing::info!("aborted the upload of {key}, left by an interrupted run");
     }
-    let unsent = bucket.begin_run().await.map_err(start)?;
+    let unsent = bucket
+        .begin_run(|| committed_files(root))
+        .await
+        .map_err(start)?;
     if !unsent.is_empty() {
         tracing::info!(
             "{} of earlier runs not in the bucket: uploaded after this run's dumps",
@@ -983,4 +986,16 @@ fn absolute(p: &Path) -> String {
         .unwrap_or_else(|_| p.to_path_buf())
         .display()
         .to_string()
+}
+
+/// The complete files of the backup directory (dumps, schema dumps, globals, reports; never
+/// `.ing`), relative to it, as prune sees them.
+fn committed_files(root: &Path) -> Vec<PathBuf> {
+    crate::prune::scan(root)
+        .groups
+        .into_iter()
+        .flat_map(|g| g.dumps)
+        .filter(|d| !d.partial)
+        .map(|d| d.rel)
+        .collect()
 }

@@ -464,10 +464,14 @@ impl Bucket {
     }
 
     /// Starts a run's use of the bucket: reads [`UNSENT_FILE`] and, when it is missing or a
-    /// killed run left it, adds the committed files of `backup.dir` not in the bucket; then
-    /// records the run as under way. Returns the files that wait for upload, for
+    /// killed run left it, adds the files of `committed()` (the complete files of
+    /// `backup.dir`, relative to it: never `.ing`) that are not in the bucket; then records
+    /// the run as under way. Returns the files that wait for upload, for
     /// [`Bucket::retry_unsent`].
-    pub async fn begin_run(&self) -> Result<Vec<PathBuf>, BucketError> {
+    pub async fn begin_run(
+        &self,
+        committed: impl FnOnce() -> Vec<PathBuf>,
+    ) -> Result<Vec<PathBuf>, BucketError> {
         let path = self.root.join(UNSENT_FILE);
         let found: Option<Unsent> = match std::fs::read(&path) {
             Ok(b) => serde_json::from_slice(&b).ok(),
@@ -478,7 +482,7 @@ impl Bucket {
             Some(u) if !u.run_in_progress => u,
             found => {
                 let mut u = found.unwrap_or_default();
-                u.files.extend(self.missing_from_bucket().await?);
+                u.files.extend(self.missing_from_bucket(committed()).await?);
                 u
             }
         };
@@ -499,18 +503,17 @@ impl Bucket {
         });
     }
 
-    /// The committed files of `backup.dir` (complete dumps, schema dumps, globals, reports:
-    /// never `.ing`) that are not in the bucket. Lists the whole prefix.
-    async fn missing_from_bucket(&self) -> Result<Vec<PathBuf>, BucketError> {
+    /// Those of `committed` (relative to `backup.dir`) that are not in the bucket. Lists the
+    /// whole prefix.
+    async fn missing_from_bucket(
+        &self,
+        committed: Vec<PathBuf>,
+    ) -> Result<Vec<PathBuf>, BucketError> {
         let there: std::collections::HashSet<PathBuf> =
             self.list().await?.into_iter().map(|o| o.relative).collect();
-        let scan = crate::prune::scan(&self.root);
-        Ok(scan
-            .groups
+        Ok(committed
             .into_iter()
-            .flat_map(|g| g.dumps)
-            .filter(|d| !d.partial && !there.contains(&d.rel))
-            .map(|d| d.rel)
+            .filter(|rel| !there.contains(rel))
             .collect())
     }
 

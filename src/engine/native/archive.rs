@@ -999,10 +999,17 @@ impl<T> Kept<T> {
 
     fn give(&self, t: T) {
         let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
-        if kept.len() < 2 * std::thread::available_parallelism().map_or(2, |n| n.get()) {
+        if kept.len() < 2 * cores() {
             kept.push(t);
         }
     }
+}
+
+/// The cores this process may use, read once (std reads the cgroup's quota each time): the
+/// compression threads ([`super::pieces`]) and the compressors kept.
+pub fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
 }
 
 static DEFLATERS: Kept<(Option<u32>, flate2::Compress)> = Kept::new();

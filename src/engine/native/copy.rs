@@ -381,15 +381,11 @@ fn group_entries(
             encoding: encoding.clone(),
         });
     }
-    data_entries.sort_by(|a, b| (&a.namespace, &a.tag).cmp(&(&b.namespace, &b.tag)));
-    // The tables are copied in the order of their data entries: an archive written without
-    // seeking (encrypted) must hold its data blocks in TOC order.
-    let rank: HashMap<i32, usize> = data_entries
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (e.dump_id, i))
-        .collect();
-    copies.sort_by_key(|c| rank[&c.dump_id]);
+    // The data entries in pg_dump's order, and the tables copied in that order with them (an
+    // archive written without seeking, encrypted, holds its data blocks in TOC order).
+    let mut paired: Vec<(Entry, Copy)> = data_entries.into_iter().zip(copies).collect();
+    paired.sort_by(|(a, _), (b, _)| (&a.namespace, &a.tag).cmp(&(&b.namespace, &b.tag)));
+    let (mut data_entries, copies): (Vec<Entry>, Vec<Copy>) = paired.into_iter().unzip();
     for (s, (last, called)) in sel.sequences.iter().zip(seq_values) {
         next_id += 1;
         let mut defn = b"SELECT pg_catalog.setval(".to_vec();

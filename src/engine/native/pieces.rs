@@ -38,7 +38,7 @@ pub fn compress(compression: Compression, data: Vec<u8>) -> Pending {
 
 /// Threads compressing pieces: one per core.
 pub fn threads() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get())
+    super::archive::cores()
 }
 
 fn pool() -> &'static Mutex<Sender<Task>> {

@@ -329,6 +329,18 @@ fn big_config(env: &Env, db: &TestDb, s3: &S3, prefix: &str, extra: &str) {
 }
 
 /// Starts `pg_groupdump run` in the background.
+/// Waits until the run's upload of the big group has started (its id is recorded).
+fn wait_for_big_upload(env: &Env) {
+    wait_until(
+        "the big group's upload starts",
+        Duration::from_secs(120),
+        || {
+            fs::read_to_string(env.dir.join(".pg_groupdump.uploads"))
+                .is_ok_and(|s| s.contains("/big/"))
+        },
+    );
+}
+
 fn spawn_run(env: &Env) -> std::process::Child {
     let mut c = Command::new(env!("CARGO_BIN_EXE_pg_groupdump"));
     c.arg("-c")
@@ -359,14 +371,7 @@ fn s3_server_gone_mid_upload_fails_the_group_and_keeps_its_local_file() {
     let env = Env::new();
     big_config(&env, &db, &s3, "g", "keep_local = false");
     let run = spawn_run(&env);
-    wait_until(
-        "the big group's upload starts",
-        Duration::from_secs(120),
-        || {
-            fs::read_to_string(env.dir.join(".pg_groupdump.uploads"))
-                .is_ok_and(|s| s.contains("/big/"))
-        },
-    );
+    wait_for_big_upload(&env);
     s3.kill();
     let out = run.wait_with_output().unwrap();
     // Its report could not go up either; it is kept locally.
@@ -496,14 +501,7 @@ fn s3_unsent_state_is_trusted_and_a_lost_one_is_rebuilt_from_a_listing() {
     let env = Env::new();
     big_config(&env, &db, &s3, "u", "keep_local = false");
     let run = spawn_run(&env);
-    wait_until(
-        "the big group's upload starts",
-        Duration::from_secs(120),
-        || {
-            fs::read_to_string(env.dir.join(".pg_groupdump.uploads"))
-                .is_ok_and(|s| s.contains("/big/"))
-        },
-    );
+    wait_for_big_upload(&env);
     s3.kill();
     run.wait_with_output().unwrap();
     s3.restart();
@@ -550,14 +548,7 @@ fn s3_run_killed_mid_upload_leaves_no_object_and_the_next_run_aborts_its_upload(
     let run = spawn_run(&env);
     let pid = run.id();
     // Caught while the big group's parts go up: the server held still, the run killed.
-    wait_until(
-        "the big group's upload starts",
-        Duration::from_secs(120),
-        || {
-            fs::read_to_string(env.dir.join(".pg_groupdump.uploads"))
-                .is_ok_and(|s| s.contains("/big/"))
-        },
-    );
+    wait_for_big_upload(&env);
     s3.freeze();
     signal(pid, "KILL");
     let _ = run.wait_with_output();

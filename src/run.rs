@@ -185,8 +185,8 @@ pub async fn run(config: &Config, opts: &RunOptions) -> Result<(RunReport, PathB
     let started = Instant::now();
     let started_at = now_rfc3339();
     let shutdown = listen_for_signals();
-    let s = start(config, opts).await?;
-    let jobs = make_jobs(config, opts, &s.planned, &s.root, &s.run_id);
+    let mut s = start(config, opts).await?;
+    let jobs = make_jobs(config, opts, &mut s.planned, &s.root, &s.run_id);
     // The display outlives the scheduler: its final line stays below the last log lines.
     let progress = Arc::new(Progress::new(jobs.len() as u64, opts.progress));
     let ctx = Arc::new(context(
@@ -670,7 +670,7 @@ async fn prune_after(
 fn make_jobs(
     config: &Config,
     opts: &RunOptions,
-    planned: &Planned,
+    planned: &mut Planned,
     root: &Path,
     run_id: &str,
 ) -> Vec<Job> {
@@ -697,14 +697,6 @@ fn make_jobs(
             expects_split: false,
         });
     }
-    let mut groups: Vec<GroupPlan> = planned
-        .plan
-        .databases
-        .iter()
-        .flat_map(|d| d.groups.iter().cloned())
-        .filter(|g| opts.groups.is_empty() || opts.groups.contains(&g.group))
-        .collect();
-    plan::by_size_desc(&mut groups);
     let own = |g: &GroupPlan| {
         config
             .groups
@@ -740,6 +732,15 @@ fn make_jobs(
             });
         }
     }
+    // Moved out of the plan, which the run keeps to its end.
+    let mut groups: Vec<GroupPlan> = planned
+        .plan
+        .databases
+        .iter_mut()
+        .flat_map(|d| d.take_groups())
+        .filter(|g| opts.groups.is_empty() || opts.groups.contains(&g.group))
+        .collect();
+    plan::by_size_desc(&mut groups);
     for g in groups {
         let engine = engine(&g);
         let own = own(&g);

@@ -149,6 +149,24 @@ pub async fn read_database(
     })
 }
 
+/// Which relations [`read_tables`] reads (`c` a `pg_class`, `n` its `pg_namespace`).
+const TABLE_FILTER: &str = "c.relkind IN ('r', 'p') AND c.relpersistence <> 't'";
+
+/// Whether the database has a table (as [`read_tables`] sees them) whose oid is not among
+/// `known`: one cheap query, where reading the catalog again costs as much as the plan did.
+pub async fn has_table_not_in(
+    client: &Client,
+    known: &[u32],
+) -> Result<bool, tokio_postgres::Error> {
+    let sql = format!(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+          WHERE {TABLE_FILTER} AND {SYSTEM_SCHEMA_FILTER}
+            AND NOT EXISTS (SELECT 1 FROM unnest($1::pg_catalog.oid[]) k WHERE k = c.oid))"
+    );
+    Ok(client.query_one(&sql, &[&known]).await?.get(0))
+}
+
 /// Ordinary and partitioned tables outside the system schemas (temporary ones left out), with
 /// their estimated size: heap, TOAST and indexes.
 async fn read_tables(client: &Client) -> Result<Vec<Table>, tokio_postgres::Error> {
@@ -167,7 +185,7 @@ async fn read_tables(client: &Client) -> Result<Vec<Table>, tokio_postgres::Erro
                            AND d.objid = c.oid AND d.deptype = 'e')
            FROM pg_catalog.pg_class c
            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-          WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't' AND {SYSTEM_SCHEMA_FILTER}
+          WHERE {TABLE_FILTER} AND {SYSTEM_SCHEMA_FILTER}
           ORDER BY n.nspname, c.relname"
     );
     Ok(client

@@ -563,11 +563,17 @@ async fn new_since_plan(config: &Config, s: &Started) -> Vec<(String, plan::NewT
                 .conn
                 .connect(&db.database, &application_name("catalog"))
                 .await?;
-            Ok::<_, anyhow::Error>(catalog::read_database(&c, &db.database).await?)
+            // Mostly there is none: asked first, the catalog is read again only if there is.
+            let known: Vec<u32> = db.known_oids.iter().copied().collect();
+            if !catalog::has_table_not_in(&c, &known).await? {
+                return Ok(None);
+            }
+            Ok::<_, anyhow::Error>(Some(catalog::read_database(&c, &db.database).await?))
         }
         .await;
         let cat = match cat {
-            Ok(cat) => cat,
+            Ok(Some(cat)) => cat,
+            Ok(None) => continue,
             Err(e) => {
                 tracing::warn!(
                     "{}: cannot look for tables created during the run: {e:#}",

@@ -41,10 +41,11 @@
 //!
 //! Large objects (`BLOBS` entries, block type 2) are not written by this module.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::compression::Compression;
 
@@ -128,8 +129,18 @@ pub struct Header {
 
 /// A string of an archive: bytes in the dumped database's encoding — UTF-8 in most, but
 /// LATIN1, SQL_ASCII or another in some — kept exactly as they are.
+///
+/// Shared, not copied: a group's archive takes its entries from the schema archive's, and
+/// the schema archive's owners, schemas and kinds repeat thousands of times ([`read_toc`]
+/// keeps one copy of each).
 #[derive(Clone, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
-pub struct Text(Vec<u8>);
+pub struct Text(Arc<[u8]>);
+
+impl std::borrow::Borrow<[u8]> for Text {
+    fn borrow(&self) -> &[u8] {
+        &self.0
+    }
+}
 
 impl Text {
     pub fn as_bytes(&self) -> &[u8] {
@@ -138,7 +149,7 @@ impl Text {
 
     /// Whether it is exactly `s` (keywords such as entry kinds are ASCII in every encoding).
     pub fn is(&self, s: &str) -> bool {
-        self.0 == s.as_bytes()
+        *self.0 == *s.as_bytes()
     }
 
     /// The text for messages, with bytes that are not UTF-8 replaced.
@@ -160,19 +171,19 @@ impl std::fmt::Debug for Text {
 
 impl From<&str> for Text {
     fn from(s: &str) -> Self {
-        Text(s.as_bytes().to_vec())
+        Text(Arc::from(s.as_bytes()))
     }
 }
 
 impl From<String> for Text {
     fn from(s: String) -> Self {
-        Text(s.into_bytes())
+        Text(Arc::from(s.into_bytes()))
     }
 }
 
 impl From<Vec<u8>> for Text {
     fn from(b: Vec<u8>) -> Self {
-        Text(b)
+        Text(Arc::from(b))
     }
 }
 
@@ -296,6 +307,8 @@ pub fn read_toc(r: &mut impl Read) -> Result<Toc, ArchiveError> {
         version: V1_14,
         pos: 0,
         at: String::from("header"),
+        scratch: Vec::new(),
+        shared: HashSet::new(),
     };
     let header = input.header()?;
     input.at = String::from("TOC");
@@ -329,6 +342,10 @@ struct Input<'a, R> {
     pos: u64,
     /// What is being read ("header", "TOC entry 3 of 16 (dump id 42)").
     at: String,
+    /// The string being read.
+    scratch: Vec<u8>,
+    /// Strings that repeat from entry to entry, one copy each ([`Input::shared_string`]).
+    shared: HashSet<Text>,
 }
 
 impl<R: Read> Input<'_, R> {
@@ -376,16 +393,38 @@ impl<R: Read> Input<'_, R> {
     }
 
     fn string(&mut self, field: &str) -> Result<Option<Text>, ArchiveError> {
+        Ok(self
+            .read_string(field)?
+            .then(|| Text(Arc::from(&self.scratch[..]))))
+    }
+
+    /// A string of a field whose values repeat (owner, schema, kind…): one copy of each.
+    fn shared_string(&mut self, field: &str) -> Result<Option<Text>, ArchiveError> {
+        if !self.read_string(field)? {
+            return Ok(None);
+        }
+        if let Some(t) = self.shared.get(&self.scratch[..]) {
+            return Ok(Some(t.clone()));
+        }
+        let t = Text(Arc::from(&self.scratch[..]));
+        self.shared.insert(t.clone());
+        Ok(Some(t))
+    }
+
+    /// Reads a string into `scratch`; false for NULL.
+    fn read_string(&mut self, field: &str) -> Result<bool, ArchiveError> {
         let len = self.int(field)?;
         if len == -1 {
-            return Ok(None);
+            return Ok(false);
         }
         let Ok(len) = usize::try_from(len) else {
             return Err(self.bad(field, &format!("string length {len}")));
         };
         // Read through `take` so a corrupt length cannot allocate gigabytes up front.
-        let mut buf = Vec::new();
-        let got = (&mut *self.r).take(len as u64).read_to_end(&mut buf)?;
+        self.scratch.clear();
+        let got = (&mut *self.r)
+            .take(len as u64)
+            .read_to_end(&mut self.scratch)?;
         self.pos += got as u64;
         if got < len {
             return Err(self.bad(
@@ -393,10 +432,10 @@ impl<R: Read> Input<'_, R> {
                 &format!("the archive ends {got} bytes into a {len}-byte string (truncated?)"),
             ));
         }
-        if buf.contains(&0) {
+        if self.scratch.contains(&0) {
             return Err(self.bad(field, "string contains a NUL byte"));
         }
-        Ok(Some(Text(buf)))
+        Ok(true)
     }
 
     fn header(&mut self) -> Result<Header, ArchiveError> {
@@ -487,10 +526,10 @@ impl<R: Read> Input<'_, R> {
             1 => true,
             n => return Err(self.bad("hadDumper", &format!("{n} is not 0 or 1"))),
         };
-        let table_oid = self.string("tableoid")?;
+        let table_oid = self.shared_string("tableoid")?;
         let oid = self.string("oid")?;
         let tag = self.string("tag")?;
-        let desc = self.string("desc")?;
+        let desc = self.shared_string("desc")?;
         let section = self.int("section")?;
         if !(SECTION_NONE..=SECTION_POST_DATA).contains(&section) {
             return Err(self.bad("section", &format!("{section} is not 1 to 4")));
@@ -498,16 +537,16 @@ impl<R: Read> Input<'_, R> {
         let defn = self.string("defn")?;
         let drop_stmt = self.string("dropStmt")?;
         let copy_stmt = self.string("copyStmt")?;
-        let namespace = self.string("namespace")?;
-        let tablespace = self.string("tablespace")?;
-        let tableam = self.string("tableam")?;
+        let namespace = self.shared_string("namespace")?;
+        let tablespace = self.shared_string("tablespace")?;
+        let tableam = self.shared_string("tableam")?;
         let relkind = if self.version >= V1_16 {
             self.int("relkind")?
         } else {
             0
         };
-        let owner = self.string("owner")?;
-        let with_oids = self.string("withOids")?;
+        let owner = self.shared_string("owner")?;
+        let with_oids = self.shared_string("withOids")?;
         let mut deps = Vec::new();
         while let Some(d) = self.string("dependency")? {
             match d.parse::<i32>() {
@@ -589,6 +628,8 @@ pub fn read_data_block(
         version: V1_14,
         pos,
         at: format!("data block at byte {pos}"),
+        scratch: Vec::new(),
+        shared: HashSet::new(),
     };
     let kind = input.byte("block type")?;
     if kind != BLK_DATA {

@@ -106,7 +106,7 @@ async fn dump_in_transaction(
     sel: &Selection,
     req: &Request<'_>,
 ) -> Result<Dumped, NativeError> {
-    let (snapshot, lock_wait, now) = lock_and_check(session, toc, sel, req).await?;
+    let (snapshot, lock_wait, now, mut prepared) = lock_and_check(session, toc, sel, req).await?;
     let seq_values = sequence_values(session, toc, sel).await?;
     let (entries, copies) = group_entries(toc, sel, &now, &seq_values);
     let mut header = toc.toc.header.clone();
@@ -149,7 +149,10 @@ async fn dump_in_transaction(
                 split.push((copy.oid, sessions, ranges));
                 rows
             }
-            None => copy_table(session, copy, table.bytes, &mut out).await?,
+            None => {
+                let statement = prepared.remove(&copy.oid);
+                copy_table(session, copy, statement, table.bytes, &mut out).await?
+            }
         };
         counts.insert(copy.oid, rows);
     }
@@ -166,14 +169,24 @@ async fn dump_in_transaction(
     })
 }
 
+/// What [`lock_and_check`] found: the snapshot, the time the locks took, the tables as the
+/// snapshot sees them, and each table's COPY, prepared.
+type Checked = (
+    SnapshotInfo,
+    Duration,
+    HashMap<u32, Current>,
+    HashMap<u32, tokio_postgres::Statement>,
+);
+
 /// Locks the group's tables, then takes the snapshot and reads what the tables are now,
-/// falling back when that is no longer what the schema archive says.
+/// falling back when that is no longer what the schema archive says. Each table's COPY is
+/// prepared in the same round trip ([`copy_statement`]).
 async fn lock_and_check(
     session: &NativeSession,
     toc: &SchemaToc,
     sel: &Selection,
     req: &Request<'_>,
-) -> Result<(SnapshotInfo, Duration, HashMap<u32, Current>), NativeError> {
+) -> Result<Checked, NativeError> {
     let c = &session.client;
     let lock_list = sel
         .tables
@@ -195,7 +208,16 @@ async fn lock_and_check(
         (r, started.elapsed())
     };
     let oids: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&req.table_oids];
-    let ((locked, lock_wait), rows) = tokio::join!(locking, c.query(&session.group_query, &oids));
+    let copies = sel
+        .tables
+        .iter()
+        .map(|(oid, ..)| Ok((*oid, copy_statement(toc, *oid)?)))
+        .collect::<Result<Vec<_>, NativeError>>()?;
+    let preparing = futures_util::future::join_all(copies.iter().map(|(_, sql)| c.prepare(sql)));
+    // Sent in this order, one behind the other: the COPY statements are only parsed, which
+    // reads no catalog (COPY looks up its table when it runs).
+    let ((locked, lock_wait), rows, prepared) =
+        tokio::join!(locking, c.query(&session.group_query, &oids), preparing);
     if let Err(e) = locked {
         return Err(match e.code() {
             Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
@@ -264,7 +286,33 @@ async fn lock_and_check(
             ));
         }
     }
-    Ok((snapshot, lock_wait, now))
+    // A statement that did not prepare (the LOCK failed) is not needed: the error is above.
+    let prepared = copies
+        .iter()
+        .zip(prepared)
+        .filter_map(|((oid, _), p)| Some((*oid, p.ok()?)))
+        .collect();
+    Ok((snapshot, lock_wait, now, prepared))
+}
+
+/// A table's COPY by the name the schema archive gives it and that was locked, without a
+/// column list: COPY then sends every column but dropped and generated ones, in column
+/// order — the list the archive's `COPY … FROM stdin` names, since the table still matches
+/// the schema archive once checked. In the database's encoding, as pg_dump's session reads.
+fn copy_statement(toc: &SchemaToc, oid: u32) -> Result<String, NativeError> {
+    Ok(format!(
+        "COPY {} TO STDOUT{}",
+        utf8_name(toc, oid)?,
+        copy_encoding(toc)
+    ))
+}
+
+/// The COPY option that converts rows to the database's encoding (ours speaks UTF-8).
+fn copy_encoding(toc: &SchemaToc) -> String {
+    match toc.encoding() {
+        "UTF8" => String::new(),
+        other => format!(" (ENCODING {})", quote_literal(other)),
+    }
 }
 
 /// The owned sequences' (last_value, is_called), in the snapshot (as pg_dump reads them).
@@ -326,10 +374,7 @@ fn group_entries(
     let mut copies = Vec::new();
     // COPY converts the rows to the database's encoding, as pg_dump's session (whose
     // client_encoding is the database's) gets them; ours speaks UTF-8.
-    let encoding = match toc.encoding() {
-        "UTF8" => String::new(),
-        other => format!(" (ENCODING {})", quote_literal(other)),
-    };
+    let encoding = copy_encoding(toc);
     for (oid, table_dump_id, schema, name, owner) in &sel.tables {
         let table = &now[oid];
         if table.relkind != "r" {
@@ -423,14 +468,20 @@ fn group_entries(
 }
 
 /// Copies one table, of `heap_bytes` on disk, into its data entry; returns its row count.
+/// With `statement` (prepared with the locks) the COPY runs without a round trip to prepare
+/// it.
 async fn copy_table(
     session: &NativeSession,
     copy: &Copy,
+    statement: Option<tokio_postgres::Statement>,
     heap_bytes: i64,
     out: &mut Output,
 ) -> Result<i64, NativeError> {
     out.put(Chunk::Begin(copy.dump_id)).await;
-    let stream = session.client.copy_out(copy.sql.as_str()).await?;
+    let stream = match &statement {
+        Some(s) => session.client.copy_out(s).await?,
+        None => session.client.copy_out(copy.sql.as_str()).await?,
+    };
     pin_mut!(stream);
     let mut rows = 0i64;
     // The server sends a message per row: hand them on in batches. A small table's text is

@@ -741,9 +741,11 @@ fn check_metrics(path: &Path, raw: Option<RawMetrics>) -> Result<Option<PathBuf>
     }
 }
 
-/// Parses a humantime duration ("6s", "1m 30s", "500ms").
-/// The default `backup.split_above`: a table that takes about a second or more to copy.
-pub const DEFAULT_SPLIT_ABOVE: u64 = 64 << 20;
+/// The default `backup.split_above`: a table that takes about half a second or more to copy
+/// and compress on one core. Copied by every session, its lock window is a fraction of one
+/// session's (on S8: 0.37× the per-table loop's longest lock, against 0.65× at 64 MB;
+/// BENCHMARKS.md).
+pub const DEFAULT_SPLIT_ABOVE: u64 = 32 << 20;
 
 /// A size as PostgreSQL writes them: a number of bytes, or with a unit `B`, `kB`, `MB`, `GB`
 /// or `TB` (powers of 1024; case and a space before the unit do not matter).
@@ -762,6 +764,7 @@ pub fn parse_size(s: &str) -> Option<u64> {
     n.checked_mul(1 << shift)
 }
 
+/// Parses a humantime duration ("6s", "1m 30s", "500ms").
 pub fn parse_duration(s: &str) -> Option<Duration> {
     humantime::parse_duration(s.trim()).ok()
 }

@@ -743,8 +743,8 @@ fn check_metrics(path: &Path, raw: Option<RawMetrics>) -> Result<Option<PathBuf>
 
 /// The default `backup.split_above`: a table that takes about half a second or more to copy
 /// and compress on one core. Copied by every session, its lock window is a fraction of one
-/// session's (on S8: 0.37× the per-table loop's longest lock, against 0.65× at 64 MB;
-/// BENCHMARKS.md).
+/// session's (on S8 the longest single-table lock is 0.35× the per-table loop's, against
+/// 0.65× at 64 MB; BENCHMARKS.md).
 pub const DEFAULT_SPLIT_ABOVE: u64 = 32 << 20;
 
 /// A size as PostgreSQL writes them: a number of bytes, or with a unit `B`, `kB`, `MB`, `GB`

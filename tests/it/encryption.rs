@@ -246,56 +246,35 @@ fn encrypted_round_trip(engine: &str) {
     let out = env.run(&["verify", "--restore", "--identity", id]);
     out.expect_code(0);
     assert!(out.stderr.contains("dumps checked, 0 bad"), "{out:?}");
+    // `restore` into a new database, decrypting with --identity.
+    let restore = |target: &str, args: &[&str]| {
+        let mut all = vec!["restore", "--target", target, "--identity", id];
+        all.extend_from_slice(args);
+        env.run(&all).expect_code(0);
+    };
     // customers first: the foreign key of orders to it is restored too.
     let target = unique_name(&format!("enc_{engine}_target"));
     for g in ["customers", "orders"] {
-        env.run(&[
-            "restore",
-            "--group",
-            g,
-            "--target",
-            &target,
-            "--identity",
-            id,
-        ])
-        .expect_code(0);
+        restore(&target, &["--group", g]);
     }
     let target = db_named(&target);
     for t in ["customers", "orders", "order_items"] {
         assert_same_rows(&db, &target, "public", t);
     }
     let whole = unique_name(&format!("enc_{engine}_whole"));
-    env.run(&[
-        "restore",
-        "--run",
-        &run_id,
-        "--database",
-        &db.name,
-        "--target",
+    restore(
         &whole,
-        "--identity",
-        id,
-        "--jobs",
-        "2",
-    ])
-    .expect_code(0);
+        &["--run", &run_id, "--database", &db.name, "--jobs", "2"],
+    );
     let whole = db_named(&whole);
     for t in ["customers", "orders", "order_items"] {
         assert_same_rows(&db, &whole, "public", t);
     }
     let at = unique_name(&format!("enc_{engine}_at"));
-    env.run(&[
-        "restore",
-        "--at",
-        "2100-01-01T00:00:00Z",
-        "--database",
-        &db.name,
-        "--target",
+    restore(
         &at,
-        "--identity",
-        id,
-    ])
-    .expect_code(0);
+        &["--at", "2100-01-01T00:00:00Z", "--database", &db.name],
+    );
     assert_same_rows(&db, &db_named(&at), "public", "customers");
 
     // list reads the encrypted reports with --identity (the engine comes from them).

@@ -106,7 +106,7 @@ async fn dump_in_transaction(
     sel: &Selection,
     req: &Request<'_>,
 ) -> Result<Dumped, NativeError> {
-    let (snapshot, lock_wait, now, mut prepared) = lock_and_check(session, toc, sel, req).await?;
+    let (snapshot, lock_wait, now, prepared) = lock_and_check(session, toc, sel, req).await?;
     let seq_values = sequence_values(session, toc, sel).await?;
     let (entries, copies) = group_entries(toc, sel, &now, &seq_values);
     let mut header = toc.toc.header.clone();
@@ -150,7 +150,9 @@ async fn dump_in_transaction(
                 rows
             }
             None => {
-                let statement = prepared.remove(&copy.oid);
+                let statement = prepared.get(&copy.oid).ok_or(NativeError::Unexpected(
+                    "a table's COPY was not prepared with the group's locks",
+                ))?;
                 copy_table(session, copy, statement, table.bytes, &mut out).await?
             }
         };
@@ -286,12 +288,11 @@ async fn lock_and_check(
             ));
         }
     }
-    // A statement that did not prepare (the LOCK failed) is not needed: the error is above.
     let prepared = copies
         .iter()
         .zip(prepared)
-        .filter_map(|((oid, _), p)| Some((*oid, p.ok()?)))
-        .collect();
+        .map(|((oid, _), p)| Ok((*oid, p?)))
+        .collect::<Result<_, tokio_postgres::Error>>()?;
     Ok((snapshot, lock_wait, now, prepared))
 }
 
@@ -350,13 +351,12 @@ async fn sequence_values(
     Ok(values)
 }
 
-/// One table's COPY: which table, the TABLE DATA entry it fills, the statement; and, for
+/// One table's COPY: which table, the TABLE DATA entry it fills; and, for
 /// copying it in ranges, `SELECT <columns> FROM ONLY <table>` (`None` for a table without
 /// columns) and the COPY options.
 pub(super) struct Copy {
     pub(super) oid: u32,
     pub(super) dump_id: i32,
-    sql: String,
     pub(super) select: Option<String>,
     pub(super) encoding: String,
 }
@@ -411,14 +411,9 @@ fn group_entries(
             data: DataState::NotSet,
         });
         let quoted = &table.quoted;
-        let sql = match &table.columns {
-            Some(cols) => format!("COPY {quoted} ({cols}) TO STDOUT{encoding}"),
-            None => format!("COPY {quoted} TO STDOUT{encoding}"),
-        };
         copies.push(Copy {
             oid: *oid,
             dump_id: next_id,
-            sql,
             select: table
                 .columns
                 .as_ref()
@@ -467,21 +462,17 @@ fn group_entries(
     (entries, copies)
 }
 
-/// Copies one table, of `heap_bytes` on disk, into its data entry; returns its row count.
-/// With `statement` (prepared with the locks) the COPY runs without a round trip to prepare
-/// it.
+/// Copies one table, of `heap_bytes` on disk, into its data entry with its COPY `statement`
+/// ([`copy_statement`], prepared with the locks); returns its row count.
 async fn copy_table(
     session: &NativeSession,
     copy: &Copy,
-    statement: Option<tokio_postgres::Statement>,
+    statement: &tokio_postgres::Statement,
     heap_bytes: i64,
     out: &mut Output,
 ) -> Result<i64, NativeError> {
     out.put(Chunk::Begin(copy.dump_id)).await;
-    let stream = match &statement {
-        Some(s) => session.client.copy_out(s).await?,
-        None => session.client.copy_out(copy.sql.as_str()).await?,
-    };
+    let stream = session.client.copy_out(statement).await?;
     pin_mut!(stream);
     let mut rows = 0i64;
     // The server sends a message per row: hand them on in batches. A small table's text is
